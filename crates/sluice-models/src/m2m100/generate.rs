@@ -1,0 +1,396 @@
+//! Greedy and beam-search decoding, reproducing transformers' `generate` token for token.
+//!
+//! Beam search follows transformers 5's vectorised algorithm: per sentence the top `2 × beams`
+//! continuations are kept, finished candidates only count when among the top `beams`, scores of
+//! finished hypotheses are divided by `generated_len ^ length_penalty`, and the same `-1e9` f32
+//! penalties decide which candidates may still enter. Sentences that can no longer change are
+//! dropped from the decoder batch instead of being carried along, which changes no result.
+
+use super::config::EarlyStopping;
+use super::model::{EncoderOutput, M2M100Model};
+use crate::error::{ModelError, Result};
+
+/// The penalty transformers adds to scores that must not win (an f32, added in f32).
+const BLOCKED: f32 = -1.0e9;
+
+/// Resolved decoding settings for one call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateParams {
+    /// Beams; 1 selects greedy decoding.
+    pub num_beams: usize,
+    /// Total decoder length, start token included.
+    pub max_length: usize,
+    /// Total decoder length before which end-of-sequence is forbidden.
+    pub min_length: usize,
+    /// Exponent of the length normalisation of finished hypotheses.
+    pub length_penalty: f64,
+    /// Beam stopping rule.
+    pub early_stopping: EarlyStopping,
+    /// Token forced first (the target language).
+    pub forced_bos: Option<u32>,
+    /// Token forced last.
+    pub forced_eos: Option<u32>,
+    /// First decoder token.
+    pub decoder_start: u32,
+    /// End-of-sequence ids.
+    pub eos: Vec<u32>,
+}
+
+impl GenerateParams {
+    fn check(&self) -> Result<()> {
+        if self.num_beams == 0 {
+            return Err(ModelError::InvalidSettings("num_beams must be at least 1".into()));
+        }
+        if self.max_length < 2 {
+            return Err(ModelError::InvalidSettings(
+                "at least one new token must be allowed (max_new_tokens >= 1)".into(),
+            ));
+        }
+        if self.min_length > self.max_length {
+            return Err(ModelError::InvalidSettings(format!(
+                "min_new_tokens ({}) exceeds max_new_tokens ({})",
+                self.min_length.saturating_sub(1),
+                self.max_length - 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies the logits processors transformers would build for these settings, in its order.
+    fn process(&self, scores: &mut [f32], cur_len: usize) {
+        if cur_len < self.min_length {
+            for &e in &self.eos {
+                if let Some(s) = scores.get_mut(e as usize) {
+                    *s = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let force = |scores: &mut [f32], tok: u32| {
+            scores.fill(f32::NEG_INFINITY);
+            if let Some(s) = scores.get_mut(tok as usize) {
+                *s = 0.0;
+            }
+        };
+        if cur_len == 1 {
+            if let Some(b) = self.forced_bos {
+                force(scores, b);
+            }
+        }
+        if cur_len + 1 == self.max_length {
+            if let Some(e) = self.forced_eos {
+                force(scores, e);
+            }
+        }
+    }
+}
+
+/// Decodes every sentence of `enc`; each output starts with the decoder start token and ends with
+/// end-of-sequence unless it reached `max_length`.
+pub fn generate(
+    model: &M2M100Model,
+    enc: &EncoderOutput,
+    params: &GenerateParams,
+) -> Result<Vec<Vec<u32>>> {
+    params.check()?;
+    if params.num_beams == 1 {
+        greedy(model, enc, params)
+    } else {
+        beam_search(model, enc, params)
+    }
+}
+
+/// Index of the first maximum, as `torch.argmax`.
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn greedy(model: &M2M100Model, enc: &EncoderOutput, p: &GenerateParams) -> Result<Vec<Vec<u32>>> {
+    let n = enc.hidden.dim(0)?;
+    let mut seqs = vec![vec![p.decoder_start]; n];
+    let mut active: Vec<usize> = (0..n).collect();
+    let rows: Vec<u32> = (0..n as u32).collect();
+    let mut state = model.start_decoding(enc, &rows)?;
+    while !active.is_empty() {
+        let tokens: Vec<u32> = active.iter().map(|&i| seqs[i][seqs[i].len() - 1]).collect();
+        let cur_len = seqs[active[0]].len();
+        let logits = model.decode_step(&tokens, &mut state)?.to_vec2::<f32>()?;
+        let mut keep = Vec::with_capacity(active.len());
+        for (r, mut row) in logits.into_iter().enumerate() {
+            p.process(&mut row, cur_len);
+            let tok = argmax(&row);
+            let seq = &mut seqs[active[r]];
+            seq.push(tok);
+            if !p.eos.contains(&tok) && seq.len() < p.max_length {
+                keep.push(r);
+            }
+        }
+        if keep.len() < active.len() {
+            active = keep.iter().map(|&r| active[r]).collect();
+            if !active.is_empty() {
+                state.select_rows(&keep.iter().map(|&r| r as u32).collect::<Vec<_>>())?;
+            }
+        }
+    }
+    Ok(seqs)
+}
+
+/// A finished-hypothesis slot of one sentence.
+#[derive(Debug, Clone)]
+struct Slot {
+    /// Length-normalised score (or a blocked placeholder).
+    score: f32,
+    /// Whether this slot holds a real finished hypothesis.
+    finished: bool,
+    /// The hypothesis, start token included.
+    tokens: Vec<u32>,
+}
+
+/// Beam-search state of one sentence.
+#[derive(Debug, Clone)]
+struct Sentence {
+    /// Running beams, best first.
+    running: Vec<Vec<u32>>,
+    /// Accumulated log-probabilities of the running beams.
+    running_scores: Vec<f32>,
+    /// Best finished hypotheses, best first.
+    slots: Vec<Slot>,
+    /// transformers' `is_early_stop_heuristic_unsatisfied`: the search can still improve.
+    improvable: bool,
+}
+
+impl Sentence {
+    fn is_full(&self) -> bool {
+        self.slots.iter().all(|s| s.finished)
+    }
+
+    /// Whether nothing can change any more, so the sentence may leave the batch.
+    fn is_frozen(&self, p: &GenerateParams) -> bool {
+        !self.improvable || (p.early_stopping == EarlyStopping::True && self.is_full())
+    }
+}
+
+/// Indices of the `k` largest values, largest first, earlier index first among equals.
+fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    let cmp = |a: &usize, b: &usize| values[*b].total_cmp(&values[*a]).then(a.cmp(b));
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k, cmp);
+        idx.truncate(k);
+    }
+    idx.sort_by(cmp);
+    idx
+}
+
+/// The `k` best (flat index, score) pairs of `beams × vocab` accumulated scores, best first.
+fn top_candidates(log_probs: &[Vec<f32>], running: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let vocab = log_probs[0].len();
+    // A bounded sorted list beats sorting beams × vocab (640k) entries for k = 10.
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+    for (j, row) in log_probs.iter().enumerate() {
+        let base = running[j];
+        for (t, &lp) in row.iter().enumerate() {
+            let s = lp + base;
+            if best.len() == k && !(s > best[k - 1].1) {
+                continue;
+            }
+            let flat = j * vocab + t;
+            let pos = best.partition_point(|&(_, b)| b >= s);
+            best.insert(pos, (flat, s));
+            best.truncate(k);
+        }
+    }
+    best
+}
+
+fn beam_search(
+    model: &M2M100Model,
+    enc: &EncoderOutput,
+    p: &GenerateParams,
+) -> Result<Vec<Vec<u32>>> {
+    let k = p.num_beams;
+    let n = enc.hidden.dim(0)?;
+    // Enough candidates that `k` remain after every end-of-sequence id has taken one per beam.
+    let keep = 2.max(1 + p.eos.len()) * k;
+    let mut sentences: Vec<Sentence> = (0..n)
+        .map(|_| Sentence {
+            running: vec![vec![p.decoder_start]; k],
+            running_scores: (0..k).map(|j| if j == 0 { 0.0 } else { BLOCKED }).collect(),
+            slots: vec![
+                Slot {
+                    score: BLOCKED,
+                    finished: false,
+                    tokens: Vec::new(),
+                };
+                k
+            ],
+            improvable: true,
+        })
+        .collect();
+    let rows: Vec<u32> = (0..n as u32).flat_map(|i| std::iter::repeat_n(i, k)).collect();
+    let mut state = model.start_decoding(enc, &rows)?;
+    let mut active: Vec<usize> = (0..n).collect();
+    let mut cur_len = 1;
+    while !active.is_empty() {
+        let tokens: Vec<u32> = active
+            .iter()
+            .flat_map(|&s| sentences[s].running.iter().map(|b| b[b.len() - 1]))
+            .collect();
+        let logits = model.decode_step(&tokens, &mut state)?;
+        let log_probs = M2M100Model::log_softmax(&logits)?.to_vec2::<f32>()?;
+        let at_max = cur_len + 1 >= p.max_length;
+        let divisor = ((cur_len as f64).powf(p.length_penalty)) as f32;
+        let mut next_rows: Vec<u32> = Vec::with_capacity(active.len() * k);
+        let mut still_active = Vec::with_capacity(active.len());
+        for (a, &s) in active.iter().enumerate() {
+            let mut rows_lp: Vec<Vec<f32>> = log_probs[a * k..(a + 1) * k].to_vec();
+            for row in rows_lp.iter_mut() {
+                p.process(row, cur_len);
+            }
+            let sent = &mut sentences[s];
+            let vocab = rows_lp[0].len();
+            let cands = top_candidates(&rows_lp, &sent.running_scores, keep);
+            let hits: Vec<bool> = cands
+                .iter()
+                .map(|&(flat, _)| at_max || p.eos.contains(&((flat % vocab) as u32)))
+                .collect();
+            let extend = |flat: usize| {
+                let mut seq = sent.running[flat / vocab].clone();
+                seq.push((flat % vocab) as u32);
+                seq
+            };
+
+            // Finished hypotheses: merge the new ones into the slots, keep the best k.
+            let full_penalty = if p.early_stopping == EarlyStopping::True && sent.is_full() {
+                BLOCKED
+            } else {
+                0.0
+            };
+            let frozen_penalty = if sent.improvable { 0.0 } else { BLOCKED };
+            let mut merged_scores: Vec<f32> = sent.slots.iter().map(|sl| sl.score).collect();
+            for (c, &(_, score)) in cands.iter().enumerate() {
+                let just_finished = hits[c] && c < k;
+                let mut f = score / divisor;
+                f += full_penalty;
+                f += frozen_penalty;
+                f += if just_finished { 0.0 } else { BLOCKED };
+                merged_scores.push(f);
+            }
+            let new_slots: Vec<Slot> = top_k(&merged_scores, k)
+                .into_iter()
+                .map(|m| {
+                    if m < k {
+                        sent.slots[m].clone()
+                    } else {
+                        let c = m - k;
+                        let finished = hits[c] && c < k;
+                        Slot {
+                            score: merged_scores[m],
+                            finished,
+                            tokens: if finished { extend(cands[c].0) } else { Vec::new() },
+                        }
+                    }
+                })
+                .collect();
+
+            // Running beams: the best k candidates that did not just finish.
+            let running_vals: Vec<f32> = cands
+                .iter()
+                .zip(&hits)
+                .map(|(&(_, sc), &h)| sc + if h { BLOCKED } else { 0.0 })
+                .collect();
+            let chosen = top_k(&running_vals, k);
+            let base_row = (a * k) as u32;
+            let running: Vec<Vec<u32>> = chosen.iter().map(|&c| extend(cands[c].0)).collect();
+            let sources: Vec<u32> = chosen
+                .iter()
+                .map(|&c| base_row + (cands[c].0 / vocab) as u32)
+                .collect();
+            sent.running = running;
+            sent.running_scores = chosen.iter().map(|&c| running_vals[c]).collect();
+            sent.slots = new_slots;
+
+            // Can a running beam still beat the worst finished one?
+            let hyp_len = if p.early_stopping == EarlyStopping::Never && p.length_penalty > 0.0 {
+                p.max_length - 1
+            } else {
+                cur_len
+            };
+            let best_possible = sent.running_scores[0] / ((hyp_len as f64).powf(p.length_penalty)) as f32;
+            let worst_all = sent.slots.iter().map(|sl| sl.score).fold(f32::INFINITY, f32::min);
+            let can_improve = sent
+                .slots
+                .iter()
+                .any(|sl| best_possible > if sl.finished { worst_all } else { BLOCKED });
+            sent.improvable &= can_improve;
+
+            if !at_max && !sent.is_frozen(p) {
+                still_active.push(s);
+                next_rows.extend(sources);
+            }
+        }
+        cur_len += 1;
+        active = still_active;
+        if !active.is_empty() {
+            state.select_rows(&next_rows)?;
+        }
+    }
+    Ok(sentences
+        .into_iter()
+        .map(|s| {
+            let best = &s.slots[0];
+            if best.finished {
+                best.tokens.clone()
+            } else {
+                s.running[0].clone()
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_by_score_then_index() {
+        assert_eq!(top_k(&[1.0, 3.0, 3.0, 2.0], 3), vec![1, 2, 3]);
+        assert_eq!(top_k(&[f32::NEG_INFINITY, 0.0], 2), vec![1, 0]);
+    }
+
+    #[test]
+    fn top_candidates_scans_all_beams() {
+        let lp = vec![vec![-1.0, -2.0, -0.5], vec![-0.1, -3.0, -4.0]];
+        let got = top_candidates(&lp, &[0.0, -1.0], 3);
+        assert_eq!(got.iter().map(|c| c.0).collect::<Vec<_>>(), vec![2, 0, 3]);
+    }
+
+    #[test]
+    fn processors_force_language_then_forbid_early_end() {
+        let p = GenerateParams {
+            num_beams: 1,
+            max_length: 5,
+            min_length: 3,
+            length_penalty: 1.0,
+            early_stopping: EarlyStopping::Heuristic,
+            forced_bos: Some(3),
+            forced_eos: Some(2),
+            decoder_start: 2,
+            eos: vec![2],
+        };
+        let mut s = vec![0.5; 5];
+        p.process(&mut s, 1);
+        assert_eq!(argmax(&s), 3);
+        let mut s = vec![0.0, 0.0, 9.0, 0.0, 0.0];
+        p.process(&mut s, 2);
+        assert_ne!(argmax(&s), 2);
+        let mut s = vec![9.0, 0.0, 0.0, 0.0, 0.0];
+        p.process(&mut s, 4);
+        assert_eq!(argmax(&s), 2);
+    }
+}

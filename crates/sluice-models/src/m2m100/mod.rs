@@ -1,0 +1,210 @@
+//! M2M100 translation: load a checkpoint directory, tokenize, encode, generate, decode.
+
+pub mod config;
+pub mod generate;
+pub mod languages;
+pub mod model;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+pub use config::{Config, EarlyStopping, GenerationConfig};
+pub use generate::GenerateParams;
+pub use model::M2M100Model;
+pub use tokenizer::M2M100Tokenizer;
+
+use crate::error::{ModelError, Result};
+use crate::weights;
+
+/// The files of a model directory in the Hugging Face layout that Sluice reads.
+pub const MODEL_FILES: [&str; 5] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "sentencepiece.bpe.model",
+];
+
+/// Per-call overrides of the model's generation defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationOptions {
+    /// Beams (1 = greedy).
+    pub num_beams: Option<usize>,
+    /// Upper bound on generated tokens (language token and `</s>` included).
+    pub max_new_tokens: Option<usize>,
+    /// Lower bound on generated tokens before `</s>` may end the sentence.
+    pub min_new_tokens: Option<usize>,
+    /// Length normalisation exponent for beam search.
+    pub length_penalty: Option<f64>,
+    /// Beam stopping rule.
+    pub early_stopping: Option<EarlyStopping>,
+}
+
+/// A loaded M2M100 model with its tokenizer and generation defaults.
+#[derive(Debug)]
+pub struct M2M100 {
+    config: Config,
+    generation: GenerationConfig,
+    tokenizer: M2M100Tokenizer,
+    model: M2M100Model,
+    dir: PathBuf,
+}
+
+fn required(dir: &Path, file: &str) -> Result<PathBuf> {
+    let p = dir.join(file);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(ModelError::MissingFile {
+            dir: dir.to_owned(),
+            file: file.to_owned(),
+            hint: "an M2M100 directory in the Hugging Face layout holds config.json, vocab.json, \
+                   sentencepiece.bpe.model and model.safetensors or pytorch_model.bin \
+                   (`sluice fetch-model facebook/m2m100_418M --to DIR` writes one)"
+                .to_owned(),
+        })
+    }
+}
+
+fn optional(dir: &Path, file: &str) -> Option<PathBuf> {
+    Some(dir.join(file)).filter(|p| p.is_file())
+}
+
+impl M2M100 {
+    /// Loads a model directory in the Hugging Face layout onto `device` (f32 weights).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::NoSuchDirectory(dir.to_owned()));
+        }
+        let config_path = required(dir, "config.json")?;
+        let config = Config::from_file(&config_path)?;
+        let generation = GenerationConfig::from_dir(
+            &config_path,
+            optional(dir, "generation_config.json").as_deref(),
+        )?;
+        let tokenizer = M2M100Tokenizer::from_files(
+            &required(dir, "vocab.json")?,
+            &required(dir, "sentencepiece.bpe.model")?,
+            optional(dir, "tokenizer_config.json").as_deref(),
+        )?;
+        let needed = tokenizer.vocab_len() + tokenizer.languages().len();
+        if needed > config.vocab_size {
+            return Err(ModelError::InvalidFile {
+                path: config_path,
+                reason: format!(
+                    "vocab_size {} is smaller than vocab.json plus language tokens ({needed})",
+                    config.vocab_size
+                ),
+            });
+        }
+        let files = weights::weight_files(dir)?;
+        let vb = files.var_builder(DType::F32, device)?;
+        let model = M2M100Model::new(&config, vb)?;
+        tracing::info!(dir = %dir.display(), "loaded M2M100 model");
+        Ok(Self {
+            config,
+            generation,
+            tokenizer,
+            model,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The architecture config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The generation defaults read from the directory.
+    pub fn generation_config(&self) -> &GenerationConfig {
+        &self.generation
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &M2M100Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The network.
+    pub fn model(&self) -> &M2M100Model {
+        &self.model
+    }
+
+    /// The directory the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Decoding settings for a target language: the call's options over the model's defaults,
+    /// resolved as transformers' `generate` resolves them.
+    pub fn params(&self, tgt_lang_id: u32, opts: &GenerationOptions) -> GenerateParams {
+        let g = &self.generation;
+        let max_length = match opts.max_new_tokens.or(g.max_new_tokens) {
+            Some(n) => n + 1,
+            None => g
+                .max_length
+                .unwrap_or_else(|| (20 + 1).min(self.config.max_position_embeddings)),
+        };
+        let min_length = match opts.min_new_tokens.or(g.min_new_tokens) {
+            Some(n) => n + 1,
+            None => g.min_length.unwrap_or(0),
+        };
+        GenerateParams {
+            num_beams: opts.num_beams.or(g.num_beams).unwrap_or(1),
+            max_length,
+            min_length,
+            length_penalty: opts.length_penalty.or(g.length_penalty).unwrap_or(1.0),
+            early_stopping: opts.early_stopping.or(g.early_stopping).unwrap_or_default(),
+            forced_bos: Some(tgt_lang_id),
+            forced_eos: g.forced_eos_token_id,
+            decoder_start: g
+                .decoder_start_token_id
+                .unwrap_or(self.config.decoder_start_token_id),
+            eos: g.eos_token_ids(&self.config),
+        }
+    }
+
+    /// Generated ids (decoder start first) for already tokenized sentences, as one batch.
+    pub fn generate_ids(&self, batch: &[Vec<u32>], params: &GenerateParams) -> Result<Vec<Vec<u32>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let enc = self.model.encode(batch)?;
+        generate::generate(&self.model, &enc, params)
+    }
+
+    /// Translates texts from one language to another, `batch_size` sentences at a time.
+    ///
+    /// Sentences are grouped by token length to limit padding; results come back in input order.
+    /// Empty texts translate to empty texts without running the model.
+    pub fn translate<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        from: &str,
+        to: &str,
+        opts: &GenerationOptions,
+        batch_size: usize,
+    ) -> Result<Vec<String>> {
+        let src = self.tokenizer.lang_id(from)?;
+        let tgt = self.tokenizer.lang_id(to)?;
+        let params = self.params(tgt, opts);
+        let mut encoded = Vec::with_capacity(texts.len());
+        for (i, t) in texts.iter().enumerate() {
+            if !t.as_ref().is_empty() {
+                encoded.push((i, self.tokenizer.encode(t.as_ref(), src)?));
+            }
+        }
+        encoded.sort_by_key(|(_, ids)| ids.len());
+        let mut out = vec![String::new(); texts.len()];
+        for chunk in encoded.chunks(batch_size.max(1)) {
+            let batch: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
+            let generated = self.generate_ids(&batch, &params)?;
+            for ((i, _), ids) in chunk.iter().zip(generated) {
+                out[*i] = self.tokenizer.decode(&ids)?;
+            }
+        }
+        Ok(out)
+    }
+}
