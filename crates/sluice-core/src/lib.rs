@@ -41,7 +41,10 @@ mod tests {
 
     #[test]
     fn closest_suggests_a_near_name() {
-        assert_eq!(closest("m2m100", ["m2m100_418m", "nllb"]), Some("m2m100_418m"));
+        assert_eq!(
+            closest("m2m100", ["m2m100_418m", "nllb"]),
+            Some("m2m100_418m")
+        );
         assert_eq!(closest("EN", ["en", "ja"]), Some("en"));
     }
 
@@ -54,6 +57,9 @@ mod tests {
     fn record_round_trips_through_json() {
         let r: Record = serde_json::from_str(r#"{"id":"1","text":"hi"}"#).unwrap();
         assert_eq!(r.id, "1");
-        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"id":"1","text":"hi"}"#);
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"id":"1","text":"hi"}"#
+        );
     }
 }

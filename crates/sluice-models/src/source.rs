@@ -95,7 +95,12 @@ impl HubSettings {
             None => Cache::from_env().path().clone(),
         };
         let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .map(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+            })
             .unwrap_or(false);
         Self {
             cache_dir,
@@ -192,7 +197,12 @@ pub struct Snapshot {
 
 /// Downloads a hub model and copies its files into `to` (for init containers), each written to a
 /// temporary name and renamed, so an interrupted fetch never leaves a partial file under its name.
-pub fn fetch_model(repo: &str, revision: &str, to: &Path, hub: &HubSettings) -> Result<Vec<PathBuf>> {
+pub fn fetch_model(
+    repo: &str,
+    revision: &str,
+    to: &Path,
+    hub: &HubSettings,
+) -> Result<Vec<PathBuf>> {
     let snap = hub.snapshot(repo, revision)?;
     std::fs::create_dir_all(to).map_err(|e| ModelError::io(to, e))?;
     let mut written = Vec::new();
@@ -238,6 +248,9 @@ mod tests {
             ModelSource::parse("/abs/dir"),
             ModelSource::Dir("/abs/dir".into())
         );
-        assert_eq!(ModelSource::parse("a/b/c"), ModelSource::Dir("a/b/c".into()));
+        assert_eq!(
+            ModelSource::parse("a/b/c"),
+            ModelSource::Dir("a/b/c".into())
+        );
     }
 }

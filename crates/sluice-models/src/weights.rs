@@ -74,7 +74,10 @@ impl MmapSafetensors {
         })?;
         let (path, map) = &self.maps[e.file];
         let bytes = map.get(e.start..e.end).ok_or_else(|| {
-            candle_core::Error::Msg(format!("{}: tensor {name} lies past the end", path.display()))
+            candle_core::Error::Msg(format!(
+                "{}: tensor {name} lies past the end",
+                path.display()
+            ))
         })?;
         let view = safetensors::tensor::TensorView::new(e.dtype, e.shape.clone(), bytes)
             .map_err(|err| candle_core::Error::Msg(format!("{}: {name}: {err}", path.display())))?;
@@ -150,7 +153,11 @@ pub fn weight_files(dir: &Path) -> Result<WeightFiles> {
         let mut files: Vec<String> = v
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .map(|m| m.values().filter_map(|f| f.as_str().map(str::to_owned)).collect())
+            .map(|m| {
+                m.values()
+                    .filter_map(|f| f.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         files.sort();
         files.dedup();
@@ -171,7 +178,8 @@ pub fn weight_files(dir: &Path) -> Result<WeightFiles> {
     Err(ModelError::MissingFile {
         dir: dir.to_owned(),
         file: "model.safetensors".into(),
-        hint: "expected model.safetensors, model.safetensors.index.json or pytorch_model.bin".into(),
+        hint: "expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+            .into(),
     })
 }
 

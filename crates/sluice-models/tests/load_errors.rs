@@ -30,21 +30,30 @@ fn load_err(dir: &Path) -> String {
 #[test]
 fn missing_directory_is_named() {
     let err = load_err(Path::new("/nonexistent/model"));
-    assert!(err.contains("/nonexistent/model") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("/nonexistent/model") && err.contains("does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_vocab_is_named_with_the_layout() {
     let dir = copy_fixture(&["vocab.json"]);
     let err = load_err(dir.path());
-    assert!(err.contains("no vocab.json") && err.contains("sentencepiece.bpe.model"), "{err}");
+    assert!(
+        err.contains("no vocab.json") && err.contains("sentencepiece.bpe.model"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_weights_are_named() {
     let dir = copy_fixture(&["model.safetensors", "pytorch_model.bin"]);
     let err = load_err(dir.path());
-    assert!(err.contains("model.safetensors") && err.contains("pytorch_model.bin"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("pytorch_model.bin"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -56,7 +65,10 @@ fn config_of_another_architecture_is_refused() {
     )
     .unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("\"marian\"") && err.contains("not M2M100"), "{err}");
+    assert!(
+        err.contains("\"marian\"") && err.contains("not M2M100"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -64,7 +76,10 @@ fn malformed_config_is_refused_with_the_reason() {
     let dir = copy_fixture(&[]);
     std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("config.json") && err.contains("not valid JSON"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("not valid JSON"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -84,7 +99,10 @@ fn unknown_language_names_the_code_and_suggests_one() {
         .translate(&["hi"], "en", "jp", &GenerationOptions::default(), 1)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("\"jp\"") && err.contains("did you mean \"ja\"?"), "{err}");
+    assert!(
+        err.contains("\"jp\"") && err.contains("did you mean \"ja\"?"),
+        "{err}"
+    );
     assert!(err.contains("zu") && err.contains("100 codes"), "{err}");
 }
 
@@ -95,7 +113,10 @@ fn zero_new_tokens_is_refused() {
         max_new_tokens: Some(0),
         ..Default::default()
     };
-    let err = m.translate(&["hi"], "en", "fr", &opts, 1).unwrap_err().to_string();
+    let err = m
+        .translate(&["hi"], "en", "fr", &opts, 1)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("max_new_tokens"), "{err}");
 }
 
@@ -145,7 +166,10 @@ fn offline_hub_id_not_in_cache_fails_fast_saying_so() {
         .resolve(&settings(cache.path(), true))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("HF_HUB_OFFLINE") && err.contains("sluice fetch-model"), "{err}");
+    assert!(
+        err.contains("HF_HUB_OFFLINE") && err.contains("sluice fetch-model"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -156,7 +180,10 @@ fn unreachable_hub_fails_fast_with_what_to_do() {
         .resolve(&settings(cache.path(), false))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("Hugging Face hub") && err.contains("fetch-model"), "{err}");
+    assert!(
+        err.contains("Hugging Face hub") && err.contains("fetch-model"),
+        "{err}"
+    );
     assert!(err.contains("HF_HUB_OFFLINE=1"), "{err}");
     // "Fast" means no retry loop: a refused local connection answers within seconds.
     assert!(start.elapsed().as_secs() < 30);
@@ -167,11 +194,18 @@ fn fetch_model_copies_cached_files_into_a_directory() {
     let cache = fake_hub_cache("sluice-test/tiny-m2m100");
     let to = tempfile::tempdir().unwrap();
     let target = to.path().join("model");
-    let files = fetch_model("sluice-test/tiny-m2m100", "main", &target, &settings(cache.path(), false))
-        .unwrap();
+    let files = fetch_model(
+        "sluice-test/tiny-m2m100",
+        "main",
+        &target,
+        &settings(cache.path(), false),
+    )
+    .unwrap();
     assert!(files.iter().any(|f| f.ends_with("model.safetensors")));
-    assert!(!std::fs::read_dir(&target)
+    assert!(!std::fs::read_dir(&target).unwrap().any(|e| e
         .unwrap()
-        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".partial")));
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".partial")));
     M2M100::load(&target, &Device::Cpu).unwrap();
 }

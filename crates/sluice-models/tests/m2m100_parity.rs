@@ -55,7 +55,11 @@ fn tokenizer_ids_match_reference() {
     for case in reference()["tokenize"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let lang = tok.lang_id(case["lang"].as_str().unwrap()).unwrap();
-        assert_eq!(tok.encode(text, lang).unwrap(), ids(&case["ids"]), "text {text:?}");
+        assert_eq!(
+            tok.encode(text, lang).unwrap(),
+            ids(&case["ids"]),
+            "text {text:?}"
+        );
     }
 }
 
@@ -99,7 +103,10 @@ fn encoder_outputs_match_reference_within_1e_4() {
         let len = batch[i].len();
         let got = out.hidden.i((i, ..len)).unwrap().to_vec2::<f32>().unwrap();
         let diff = max_abs_diff(&got, &case["hidden"]);
-        assert!(diff < 1e-4, "sentence {i} in a padded batch: max abs diff {diff}");
+        assert!(
+            diff < 1e-4,
+            "sentence {i} in a padded batch: max abs diff {diff}"
+        );
     }
 }
 
@@ -124,7 +131,11 @@ fn check_generation(batch_size: usize) {
             for (j, g) in got.iter().enumerate() {
                 let i = start * batch_size + j;
                 assert_eq!(g, &want[i], "{name}, sentence {i}, batch size {batch_size}");
-                assert_eq!(tok.decode(g).unwrap(), texts[i].as_str().unwrap(), "{name} text {i}");
+                assert_eq!(
+                    tok.decode(g).unwrap(),
+                    texts[i].as_str().unwrap(),
+                    "{name} text {i}"
+                );
             }
         }
     }
@@ -157,7 +168,12 @@ fn pytorch_checkpoint_loads_the_same_weights() {
     let from_bin = M2M100::load(dir.path(), &Device::Cpu).unwrap();
     let case = &reference()["generation"][1];
     let tok = from_bin.tokenizer();
-    let src = tok.encode("Life is like a box of chocolates.", tok.lang_id("en").unwrap()).unwrap();
+    let src = tok
+        .encode(
+            "Life is like a box of chocolates.",
+            tok.lang_id("en").unwrap(),
+        )
+        .unwrap();
     let params = from_bin.params(tok.lang_id("ja").unwrap(), &options(&case["options"]));
     assert_eq!(
         from_bin.generate_ids(&[src], &params).unwrap()[0],

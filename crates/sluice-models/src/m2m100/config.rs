@@ -87,10 +87,11 @@ impl Config {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::InvalidFile {
-            path: path.to_owned(),
-            reason: format!("not valid JSON: {e}"),
-        })?;
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::InvalidFile {
+                path: path.to_owned(),
+                reason: format!("not valid JSON: {e}"),
+            })?;
         if let Some(found) = raw.get("model_type").and_then(|v| v.as_str()) {
             if found != "m2m_100" {
                 return Err(ModelError::NotM2M100 {
@@ -161,7 +162,9 @@ impl std::str::FromStr for EarlyStopping {
             "true" => Ok(Self::True),
             "false" => Ok(Self::Heuristic),
             "never" => Ok(Self::Never),
-            _ => Err(format!("early stopping must be true, false or never, not {s:?}")),
+            _ => Err(format!(
+                "early stopping must be true, false or never, not {s:?}"
+            )),
         }
     }
 }

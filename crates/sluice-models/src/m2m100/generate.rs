@@ -39,7 +39,9 @@ pub struct GenerateParams {
 impl GenerateParams {
     fn check(&self) -> Result<()> {
         if self.num_beams == 0 {
-            return Err(ModelError::InvalidSettings("num_beams must be at least 1".into()));
+            return Err(ModelError::InvalidSettings(
+                "num_beams must be at least 1".into(),
+            ));
         }
         if self.max_length < 2 {
             return Err(ModelError::InvalidSettings(
@@ -196,7 +198,10 @@ fn top_candidates(log_probs: &[Vec<f32>], running: &[f32], k: usize) -> Vec<(usi
         let base = running[j];
         for (t, &lp) in row.iter().enumerate() {
             let s = lp + base;
-            if best.len() == k && !(s > best[k - 1].1) {
+            // Equal scores keep the earlier index (and NaN never enters), as torch.topk does here.
+            let enters = best.len() < k
+                || s.partial_cmp(&best[k - 1].1) == Some(std::cmp::Ordering::Greater);
+            if !enters || s.is_nan() {
                 continue;
             }
             let flat = j * vocab + t;
@@ -232,7 +237,9 @@ fn beam_search(
             improvable: true,
         })
         .collect();
-    let rows: Vec<u32> = (0..n as u32).flat_map(|i| std::iter::repeat_n(i, k)).collect();
+    let rows: Vec<u32> = (0..n as u32)
+        .flat_map(|i| std::iter::repeat_n(i, k))
+        .collect();
     let mut state = model.start_decoding(enc, &rows)?;
     let mut active: Vec<usize> = (0..n).collect();
     let mut cur_len = 1;
@@ -292,7 +299,11 @@ fn beam_search(
                         Slot {
                             score: merged_scores[m],
                             finished,
-                            tokens: if finished { extend(cands[c].0) } else { Vec::new() },
+                            tokens: if finished {
+                                extend(cands[c].0)
+                            } else {
+                                Vec::new()
+                            },
                         }
                     }
                 })
@@ -321,8 +332,13 @@ fn beam_search(
             } else {
                 cur_len
             };
-            let best_possible = sent.running_scores[0] / ((hyp_len as f64).powf(p.length_penalty)) as f32;
-            let worst_all = sent.slots.iter().map(|sl| sl.score).fold(f32::INFINITY, f32::min);
+            let best_possible =
+                sent.running_scores[0] / ((hyp_len as f64).powf(p.length_penalty)) as f32;
+            let worst_all = sent
+                .slots
+                .iter()
+                .map(|sl| sl.score)
+                .fold(f32::INFINITY, f32::min);
             let can_improve = sent
                 .slots
                 .iter()

@@ -167,7 +167,11 @@ impl M2M100 {
     }
 
     /// Generated ids (decoder start first) for already tokenized sentences, as one batch.
-    pub fn generate_ids(&self, batch: &[Vec<u32>], params: &GenerateParams) -> Result<Vec<Vec<u32>>> {
+    pub fn generate_ids(
+        &self,
+        batch: &[Vec<u32>],
+        params: &GenerateParams,
+    ) -> Result<Vec<Vec<u32>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }

@@ -313,6 +313,9 @@ mod tests {
 
     #[test]
     fn clean_up_joins_punctuation() {
-        assert_eq!(clean_up_tokenization("I do n't know , ok ?"), "I don't know, ok?");
+        assert_eq!(
+            clean_up_tokenization("I do n't know , ok ?"),
+            "I don't know, ok?"
+        );
     }
 }

@@ -1,0 +1,228 @@
+//! `sluice translate` and `sluice fetch-model` as a user runs them: the real binary, stdin/stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-m2m100")
+}
+
+fn reference() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap())
+        .unwrap()
+}
+
+fn sluice(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Never reach for the real hub from a test.
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("SLUICE_MODEL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn check_case(case_index: usize, extra: &[&str]) {
+    let r = reference();
+    let case = &r["generation"][case_index];
+    let texts: Vec<&str> = r["tokenize"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    let model = fixture_dir();
+    let mut args = vec![
+        "translate",
+        "--model",
+        model.to_str().unwrap(),
+        "--from",
+        "en",
+        "--to",
+        case["tgt"].as_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = sluice(&args, &(texts.join("\n") + "\n"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let got: Vec<&str> = stdout.lines().collect();
+    assert_eq!(got.len(), texts.len(), "one output line per input line");
+    for (i, text) in texts.iter().enumerate() {
+        let want = if text.is_empty() {
+            ""
+        } else {
+            case["texts"][i].as_str().unwrap()
+        };
+        assert_eq!(got[i], want, "line {i}");
+    }
+}
+
+#[test]
+fn translate_greedy_reproduces_reference_texts_in_order() {
+    check_case(0, &["--beams", "1", "--batch-size", "3"]);
+}
+
+#[test]
+fn translate_with_model_default_beam_search_reproduces_reference() {
+    check_case(1, &[]);
+}
+
+#[test]
+fn translate_with_all_generation_flags_reproduces_reference() {
+    // Case 3: 4 beams, length penalty 1.3, early stopping "never", 5..16 new tokens.
+    check_case(
+        3,
+        &[
+            "--beams",
+            "4",
+            "--length-penalty",
+            "1.3",
+            "--early-stopping",
+            "never",
+            "--min-new-tokens",
+            "5",
+            "--max-new-tokens",
+            "16",
+        ],
+    );
+}
+
+#[test]
+fn unknown_language_fails_before_reading_input() {
+    let model = fixture_dir();
+    let out = sluice(
+        &[
+            "translate",
+            "--model",
+            model.to_str().unwrap(),
+            "--from",
+            "en",
+            "--to",
+            "jp",
+        ],
+        "hello\n",
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown language code \"jp\" (did you mean \"ja\"?)"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn missing_model_directory_is_named() {
+    let out = sluice(
+        &[
+            "translate",
+            "--model",
+            "./no/such/model",
+            "--from",
+            "en",
+            "--to",
+            "fr",
+        ],
+        "",
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("./no/such/model") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn default_hub_model_offline_and_uncached_says_what_to_do() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = sluice(
+        &["translate", "--from", "en", "--to", "fr"],
+        "hello\n",
+        &[("HF_HUB_CACHE", cache.path().to_str().unwrap())],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("facebook/m2m100_418M") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fetch_model_writes_a_loadable_directory_from_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo_dir = cache.path().join("models--sluice-test--tiny");
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), commit).unwrap();
+    let snap = repo_dir.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    for e in std::fs::read_dir(fixture_dir()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, snap.join(p.file_name().unwrap())).unwrap();
+    }
+    let target = tempfile::tempdir().unwrap();
+    let to = target.path().join("m");
+    let env = [("HF_HUB_CACHE", cache.path().to_str().unwrap())];
+    let out = sluice(
+        &[
+            "fetch-model",
+            "sluice-test/tiny",
+            "--to",
+            to.to_str().unwrap(),
+        ],
+        "",
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = sluice(
+        &[
+            "translate",
+            "--model",
+            to.to_str().unwrap(),
+            "--from",
+            "en",
+            "--to",
+            "fr",
+            "--beams",
+            "1",
+        ],
+        "Life is like a box of chocolates.\n",
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim_end(),
+        reference()["generation"][0]["texts"][0].as_str().unwrap()
+    );
+}
