@@ -98,8 +98,10 @@ fn hub_settings() -> HubSettings {
 fn translate(args: TranslateArgs) -> anyhow::Result<()> {
     let source = ModelSource::parse(&args.model);
     let dir = source.resolve(&hub_settings())?;
+    let started = std::time::Instant::now();
     let model = M2M100::load(&dir, &candle_core::Device::Cpu)
         .with_context(|| format!("loading model {source}"))?;
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "model loaded");
     // Check both codes before reading any input, so a typo fails at once.
     model.tokenizer().lang_id(&args.from)?;
     model.tokenizer().lang_id(&args.to)?;
@@ -117,6 +119,7 @@ fn translate(args: TranslateArgs) -> anyhow::Result<()> {
     let stdin = std::io::stdin().lock();
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut lines = stdin.lines();
+    let (started, mut count) = (std::time::Instant::now(), 0usize);
     loop {
         let mut chunk = Vec::with_capacity(chunk_len);
         for line in lines.by_ref().take(chunk_len) {
@@ -131,7 +134,13 @@ fn translate(args: TranslateArgs) -> anyhow::Result<()> {
             writeln!(out, "{}", t.replace(['\n', '\r'], " "))?;
         }
         out.flush()?;
+        count += chunk.len();
     }
+    tracing::info!(
+        lines = count,
+        seconds = started.elapsed().as_secs_f64(),
+        "translated"
+    );
     Ok(())
 }
 
