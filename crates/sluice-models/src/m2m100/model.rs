@@ -89,15 +89,15 @@ impl Attention {
     /// Keys and values of `x`, split into heads.
     fn key_values(&self, x: &Tensor) -> CResult<(Tensor, Tensor)> {
         Ok((
-            self.split_heads(&self.k_proj.forward(x)?)?,
-            self.split_heads(&self.v_proj.forward(x)?)?,
+            self.split_heads(&linear(&self.k_proj, x)?)?,
+            self.split_heads(&linear(&self.v_proj, x)?)?,
         ))
     }
 
     /// Attention of `x` over `k`/`v` with an additive mask broadcastable to the scores.
     fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> CResult<Tensor> {
         let (rows, len, dim) = x.dims3()?;
-        let q = self.split_heads(&self.q_proj.forward(x)?)?;
+        let q = self.split_heads(&linear(&self.q_proj, x)?)?;
         let scores = (q.matmul(&k.t()?)? * self.scaling)?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
@@ -108,7 +108,7 @@ impl Attention {
             .matmul(v)?
             .transpose(1, 2)?
             .reshape((rows, len, dim))?;
-        self.out_proj.forward(&out)
+        linear(&self.out_proj, &out)
     }
 }
 
@@ -129,15 +129,26 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let h = self.fc1.forward(x)?;
+        let h = linear(&self.fc1, x)?;
         let h = match self.act {
             Activation::Relu => h.relu()?,
             Activation::Gelu => h.gelu_erf()?,
             Activation::GeluNew => h.gelu()?,
             Activation::Silu => h.silu()?,
         };
-        self.fc2.forward(&h)
+        linear(&self.fc2, &h)
     }
+}
+
+/// `x @ W^T + b` over the last dimension of `[rows, len, in]`, as one 2-D matmul.
+///
+/// candle's `Linear` on a 3-D input broadcasts the weight into a batched matmul: one
+/// matrix-vector product per row while decoding, each reading the whole weight. Flattening the
+/// rows makes it a single matrix-matrix product that reads the weight once.
+fn linear(l: &Linear, x: &Tensor) -> CResult<Tensor> {
+    let (rows, len, dim) = x.dims3()?;
+    l.forward(&x.reshape((rows * len, dim))?)?
+        .reshape((rows, len, ()))
 }
 
 fn layer_norm(dim: usize, vb: VarBuilder) -> CResult<LayerNorm> {
