@@ -140,15 +140,28 @@ impl FeedForward {
     }
 }
 
+/// Row counts up to which `W · xᵀ` beats `x · Wᵀ` (decoding steps; the encoder has more rows).
+const FEW_ROWS: usize = 256;
+
 /// `x @ W^T + b` over the last dimension of `[rows, len, in]`, as one 2-D matmul.
 ///
 /// candle's `Linear` on a 3-D input broadcasts the weight into a batched matmul: one
 /// matrix-vector product per row while decoding, each reading the whole weight. Flattening the
-/// rows makes it a single matrix-matrix product that reads the weight once.
+/// rows makes it one matrix product; with few rows it is computed as `W · xᵀ`, so the gemm kernel
+/// streams the weight as its left operand instead of repacking it as the right one on every call.
 fn linear(l: &Linear, x: &Tensor) -> CResult<Tensor> {
     let (rows, len, dim) = x.dims3()?;
-    l.forward(&x.reshape((rows * len, dim))?)?
-        .reshape((rows, len, ()))
+    let flat = x.reshape((rows * len, dim))?;
+    let y = if rows * len <= FEW_ROWS {
+        let y = l.weight().matmul(&flat.t()?.contiguous()?)?.t()?;
+        match l.bias() {
+            Some(b) => y.broadcast_add(b)?,
+            None => y.contiguous()?,
+        }
+    } else {
+        l.forward(&flat)?
+    };
+    y.reshape((rows, len, ()))
 }
 
 fn layer_norm(dim: usize, vb: VarBuilder) -> CResult<LayerNorm> {
@@ -410,7 +423,13 @@ impl M2M100Model {
         }
         state.len += 1;
         let x = self.decoder_norm.forward(&x)?.i((.., 0, ..))?;
-        x.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
+        // `W · xᵀ` rather than `x · Wᵀ`: the 128k-row head is then the left operand, which the
+        // gemm kernel streams, instead of the right one, which it repacks on every call.
+        self.lm_head
+            .matmul(&x.t()?.contiguous()?)?
+            .t()?
+            .contiguous()?
+            .to_dtype(DType::F32)
     }
 
     /// Log-probabilities over the vocabulary from logits, `[rows, vocab]`.
