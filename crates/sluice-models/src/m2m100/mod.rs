@@ -18,15 +18,6 @@ pub use tokenizer::M2M100Tokenizer;
 use crate::error::{ModelError, Result};
 use crate::weights;
 
-/// The files of a model directory in the Hugging Face layout that Sluice reads.
-pub const MODEL_FILES: [&str; 5] = [
-    "config.json",
-    "generation_config.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "sentencepiece.bpe.model",
-];
-
 /// Per-call overrides of the model's generation defaults.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerationOptions {

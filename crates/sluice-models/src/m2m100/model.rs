@@ -256,11 +256,6 @@ impl DecoderState {
         self.mask = self.mask.index_select(&idx, 0)?;
         Ok(())
     }
-
-    /// Number of rows being decoded.
-    pub fn rows(&self) -> CResult<usize> {
-        self.mask.dim(0)
-    }
 }
 
 /// M2M100 encoder-decoder with its tied output head.
