@@ -1,14 +1,18 @@
-//! The `sluice` binary: a thin shell over the library crates (server, pipelines and workers come
-//! with their issues). Errors surface here as `anyhow` with their whole cause chain.
+//! The `sluice` binary: a thin shell over the library crates (pipelines and workers come with
+//! their issues). Errors surface here as `anyhow` with their whole cause chain.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_models::m2m100::{EarlyStopping, GenerationOptions};
 use sluice_models::source::{fetch_model, HubSettings, DEFAULT_MODEL};
 use sluice_models::{ModelSource, M2M100};
+use sluice_serve::batcher::BatchConfig;
+use sluice_serve::translation::Limits;
+use sluice_serve::ServeConfig;
 
 /// Sluice: serve ML models and run inference pipelines.
 #[derive(Parser, Debug)]
@@ -24,6 +28,62 @@ enum Command {
     Translate(TranslateArgs),
     /// Download a model from the Hugging Face hub into a directory (for init containers).
     FetchModel(FetchArgs),
+    /// Serve POST /translation (and health, readiness, metrics) over HTTP.
+    Serve(ServeArgs),
+    /// Load-test a running server: send translation requests and report latency and throughput.
+    Stress(sluice_serve::stress::StressArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Model directory (Hugging Face layout) or hub id; a hub id is downloaded on first start.
+    #[arg(long, env = "SLUICE_MODEL", default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Address to listen on.
+    #[arg(long, env = "SLUICE_HOST", default_value = "0.0.0.0")]
+    host: std::net::IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "SLUICE_PORT", default_value_t = 9527)]
+    port: u16,
+    /// Most records in one batch.
+    #[arg(long, env = "SLUICE_MAX_BATCH_SIZE", default_value_t = 32)]
+    max_batch_size: usize,
+    /// Most padded source tokens (longest record × records) in one batch.
+    #[arg(long, env = "SLUICE_MAX_BATCH_TOKENS", default_value_t = 16384)]
+    max_batch_tokens: usize,
+    /// Longest wait, in milliseconds, for a batch to fill while the model is idle.
+    #[arg(long, env = "SLUICE_MAX_WAIT_MS", default_value_t = 5)]
+    max_wait_ms: u64,
+    /// Records queued or being translated at most; more are refused with 503 + Retry-After.
+    #[arg(long, env = "SLUICE_QUEUE_CAPACITY", default_value_t = 1024)]
+    queue_capacity: usize,
+    /// Compute threads, each running one batch at a time.
+    #[arg(long, env = "SLUICE_COMPUTE_WORKERS", default_value_t = 1)]
+    compute_workers: usize,
+    /// Most records in one request (at most the queue capacity).
+    #[arg(long, env = "SLUICE_MAX_RECORDS", default_value_t = 512)]
+    max_records: usize,
+    /// Largest request body in bytes.
+    #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Most source tokens per record [default: the model's max_position_embeddings].
+    #[arg(long, env = "SLUICE_MAX_INPUT_TOKENS")]
+    max_input_tokens: Option<usize>,
+    /// Most beams a request may ask for.
+    #[arg(long, env = "SLUICE_MAX_BEAMS", default_value_t = 8)]
+    max_beams: usize,
+    /// Most new tokens a request may ask for (also caps the model's default).
+    #[arg(long, env = "SLUICE_MAX_NEW_TOKENS", default_value_t = 512)]
+    max_new_tokens: usize,
+    /// Deadline in milliseconds for requests that do not send x-sluice-deadline-ms (504 after it).
+    #[arg(long, env = "SLUICE_DEADLINE_MS")]
+    deadline_ms: Option<u64>,
+    /// Seconds shutdown waits for in-flight requests.
+    #[arg(long, env = "SLUICE_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    shutdown_timeout: u64,
+    /// Seconds a refused client is told to wait (Retry-After).
+    #[arg(long, env = "SLUICE_RETRY_AFTER", default_value_t = 1)]
+    retry_after: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,18 +127,27 @@ struct FetchArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // A server's log is its record of what happened; one-shot commands stay quiet unless asked.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Translate(args) => translate(args),
         Command::FetchModel(args) => fetch(args),
+        Command::Serve(args) => serve(args),
+        Command::Stress(args) => {
+            runtime().and_then(|rt| rt.block_on(sluice_serve::stress::run(args)))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -143,6 +212,76 @@ fn translate(args: TranslateArgs) -> anyhow::Result<()> {
         "translated"
     );
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let queue_capacity = args.queue_capacity.max(1);
+    if args.max_records > queue_capacity {
+        tracing::warn!(
+            max_records = args.max_records,
+            queue_capacity,
+            "--max-records exceeds --queue-capacity; lowering it so every valid request fits"
+        );
+    }
+    let config = ServeConfig {
+        model: args.model,
+        batch: BatchConfig {
+            max_items: args.max_batch_size.max(1),
+            max_tokens: args.max_batch_tokens,
+            max_wait: Duration::from_millis(args.max_wait_ms),
+            queue_capacity,
+            workers: args.compute_workers.max(1),
+        },
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            max_records: args.max_records.min(queue_capacity),
+            max_input_tokens: args.max_input_tokens,
+            max_beams: args.max_beams.max(1),
+            max_new_tokens: args.max_new_tokens.max(1),
+        },
+        deadline: args.deadline_ms.map(Duration::from_millis),
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        retry_after: args.retry_after,
+    };
+    let addr = std::net::SocketAddr::new(args.host, args.port);
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        sluice_serve::serve(listener, config, shutdown_signal()).await
+    })
+}
+
+/// Completes on SIGINT or SIGTERM (what Kubernetes sends before killing a pod).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
 }
 
 fn fetch(args: FetchArgs) -> anyhow::Result<()> {

@@ -1,0 +1,187 @@
+//! Wire types of the HTTP surface and the JSON error every route answers with.
+//!
+//! The translation types follow `CONTRACT.md` field for field; the optional generation settings
+//! sit inside `payload` next to the contract's fields, so contract clients are unaffected.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `POST /translation` body.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct TranslationRequest {
+    /// What to translate.
+    pub payload: Payload,
+}
+
+/// The records and languages of one translation request.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Payload {
+    /// Source language code (an M2M100 code such as `en`).
+    #[schema(example = "en")]
+    pub from_lang: String,
+    /// Target language code.
+    #[schema(example = "ja")]
+    pub to_lang: String,
+    /// Texts to translate; results come back in this order.
+    pub records: Vec<RecordIn>,
+    /// Beams for beam search (1 = greedy); defaults to the model's generation config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beams: Option<usize>,
+    /// Most tokens generated per record; defaults to the model's generation config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<usize>,
+}
+
+/// One text to translate.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct RecordIn {
+    /// Caller's id, echoed in the result (duplicates allowed).
+    #[schema(example = "123")]
+    pub id: String,
+    /// The text; empty text translates to empty text.
+    #[schema(example = "Life is like a box of chocolates.")]
+    pub text: String,
+}
+
+/// `POST /translation` answer.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct TranslationResponse {
+    /// One entry per record, in request order.
+    pub result: Vec<RecordOut>,
+}
+
+/// One translated record.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+pub struct RecordOut {
+    /// The record's id.
+    pub id: String,
+    /// The translation.
+    pub text: String,
+}
+
+/// `GET /healthz` and `GET /readyz` answer.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// `alive`, `ready`, `loading`, `draining` or `saturated`.
+    pub status: String,
+    /// Items queued or being computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<usize>,
+    /// Items the queue holds at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_capacity: Option<usize>,
+}
+
+/// Body of every error answer.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable code and a message for people.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `unknown_language`, `overloaded`.
+    pub code: String,
+    /// What happened and, where possible, what to do.
+    pub message: String,
+}
+
+/// An error answer: status, code, message and, for 503, when to retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Seconds for the `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with no retry hint.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A 503 telling the client when to come back.
+    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+/// Parses a JSON body, naming the field at fault (`payload.records[2].id: ...`) on error.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let what = if inner.is_syntax() || inner.is_eof() {
+            "malformed JSON"
+        } else {
+            "invalid request"
+        };
+        let message = if path == "." || path.is_empty() {
+            format!("{what}: {inner}")
+        } else {
+            format!("{what} at {path}: {inner}")
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let e = parse_json::<TranslationRequest>(
+            br#"{"payload":{"fromLang":"en","toLang":"ja","records":[{"id":1,"text":"a"}]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("payload.records[0].id"), "{}", e.message);
+        let e = parse_json::<TranslationRequest>(br#"{"payload":{"fromLang":"en""#).unwrap_err();
+        assert!(e.message.starts_with("malformed JSON"), "{}", e.message);
+        let e = parse_json::<TranslationRequest>(br#"{"payload":{"fromLang":"en","toLang":"ja"}}"#)
+            .unwrap_err();
+        assert!(
+            e.message.contains("missing field `records`"),
+            "{}",
+            e.message
+        );
+    }
+}

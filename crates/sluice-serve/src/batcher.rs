@@ -1,0 +1,548 @@
+//! Dynamic batching across requests: one queue per model, owned by one task (an actor), feeding
+//! dedicated compute threads.
+//!
+//! Request handlers only append entries and await their replies; no lock guards the queue. The
+//! batching rules live in [`State`], plain synchronous code tested without a runtime. Forward
+//! passes run on OS threads owned by the batcher, never on the async runtime, so a long batch
+//! cannot stall accepting connections, health checks or metrics. Capacity is enforced before an
+//! entry is queued (a semaphore the handler tries once), so overload is answered at admission.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+/// A model that runs batches of prepared inputs on a compute thread.
+pub trait Backend: Send + Sync + 'static {
+    /// One prepared item (for translation: the encoded source tokens).
+    type Input: Send + 'static;
+    /// What entries must share to run in one batch (target language, decoding settings).
+    type Key: Clone + Eq + Send + std::fmt::Debug + 'static;
+    /// The result of one item.
+    type Output: Send + 'static;
+
+    /// Runs one batch; returns one output per input, in order.
+    fn run(&self, key: &Self::Key, inputs: Vec<Self::Input>) -> Result<Vec<Self::Output>, String>;
+
+    /// Work units produced by one output (generated tokens), counted in the metrics.
+    fn output_units(&self, _output: &Self::Output) -> usize {
+        0
+    }
+}
+
+/// Why an entry got no output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ItemError {
+    /// The entry's deadline passed before it reached a batch.
+    #[error("the request's deadline passed while it waited in the queue")]
+    DeadlineExceeded,
+    /// The model failed on the batch holding the entry.
+    #[error("the model failed: {0}")]
+    Model(String),
+}
+
+/// What a handler receives for one entry.
+pub type Reply<B> = Result<<B as Backend>::Output, ItemError>;
+
+/// One item waiting for a batch.
+pub struct Entry<B: Backend> {
+    /// The prepared input handed to the backend.
+    pub input: B::Input,
+    /// Entries run together only when their keys are equal.
+    pub key: B::Key,
+    /// Padding cost of the item (its token count): a batch costs `longest × items`.
+    pub cost: usize,
+    /// Where the output goes; closed once the client has gone away.
+    pub reply: oneshot::Sender<Reply<B>>,
+    /// When the entry joined the queue: the max-wait rule and the queue-time metric start here.
+    pub queued_at: Instant,
+    /// After this instant nobody waits for the output, so the entry is not computed.
+    pub deadline: Option<Instant>,
+    /// The entry's seat in the queue capacity, given back when the entry is answered or dropped.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Entries removed without being computed, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    /// Their client disconnected (or stopped waiting).
+    pub disconnected: usize,
+    /// Their deadline passed.
+    pub expired: usize,
+}
+
+/// The queue's contents and batching rules, without any I/O.
+pub struct State<B: Backend> {
+    entries: VecDeque<Entry<B>>,
+}
+
+impl<B: Backend> Default for State<B> {
+    fn default() -> Self {
+        Self {
+            entries: VecDeque::new(),
+        }
+    }
+}
+
+impl<B: Backend> State<B> {
+    /// Adds entries at the back, in order.
+    pub fn append(&mut self, entries: impl IntoIterator<Item = Entry<B>>) {
+        self.entries.extend(entries);
+    }
+
+    /// Entries waiting.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// When the oldest waiting entry was queued.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.entries.front().map(|e| e.queued_at)
+    }
+
+    /// Removes entries nobody waits for: the client left, or the deadline passed (those are told).
+    pub fn drop_dead(&mut self, now: Instant) -> Dropped {
+        let mut dropped = Dropped::default();
+        let mut kept = VecDeque::with_capacity(self.entries.len());
+        for e in self.entries.drain(..) {
+            if e.reply.is_closed() {
+                dropped.disconnected += 1;
+            } else if e.deadline.is_some_and(|d| d <= now) {
+                dropped.expired += 1;
+                let _ = e.reply.send(Err(ItemError::DeadlineExceeded));
+            } else {
+                kept.push_back(e);
+            }
+        }
+        self.entries = kept;
+        dropped
+    }
+
+    /// Takes the next batch: the oldest entry plus up to `max_items - 1` entries with the same key
+    /// and the closest lengths, while `longest × items` stays within `max_tokens`.
+    ///
+    /// Always including the oldest entry bounds every entry's wait; picking neighbours by length
+    /// keeps padding low when long and short texts are queued together. The batch comes back
+    /// sorted by cost.
+    pub fn next_batch(&mut self, max_items: usize, max_tokens: usize) -> Vec<Entry<B>> {
+        let Some(first) = self.entries.front() else {
+            return Vec::new();
+        };
+        let key = first.key.clone();
+        // Same-key entries by cost; a stable sort keeps arrival order among equal costs.
+        let mut same: Vec<(usize, usize)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.key == key)
+            .map(|(i, e)| (e.cost, i))
+            .collect();
+        same.sort_by_key(|&(cost, _)| cost);
+        let p = same
+            .iter()
+            .position(|&(_, i)| i == 0)
+            .expect("the oldest entry has its own key");
+        let (mut lo, mut hi) = (p, p);
+        let fits = |longest: usize, items: usize| longest.saturating_mul(items) <= max_tokens;
+        while hi - lo + 1 < max_items.max(1) {
+            let items = hi - lo + 2;
+            // Adding a shorter entry costs its own padding; a longer one pads everyone else.
+            let left = (lo > 0 && fits(same[hi].0, items)).then(|| same[hi].0 - same[lo - 1].0);
+            let right = (hi + 1 < same.len() && fits(same[hi + 1].0, items))
+                .then(|| (same[hi + 1].0 - same[hi].0) * (hi - lo + 1));
+            match (left, right) {
+                (Some(l), Some(r)) if r < l => hi += 1,
+                (Some(_), _) => lo -= 1,
+                (None, Some(_)) => hi += 1,
+                (None, None) => break,
+            }
+        }
+        let mut picked: Vec<usize> = same[lo..=hi].iter().map(|&(_, i)| i).collect();
+        picked.sort_unstable();
+        let mut batch = Vec::with_capacity(picked.len());
+        for &i in picked.iter().rev() {
+            batch.push(self.entries.remove(i).expect("picked index is in range"));
+        }
+        // Back to arrival order, so the stable sort keeps it among equal costs.
+        batch.reverse();
+        batch.sort_by_key(|e| e.cost);
+        batch
+    }
+}
+
+/// How batches are formed and how much may wait.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Most items in one batch.
+    pub max_items: usize,
+    /// Most padded tokens (`longest × items`) in one batch.
+    pub max_tokens: usize,
+    /// Longest time the oldest entry waits for a batch to fill while a compute thread is free.
+    pub max_wait: Duration,
+    /// Items queued or being computed at most; beyond it requests are refused with 503.
+    pub queue_capacity: usize,
+    /// Compute threads, each running one batch at a time.
+    pub workers: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_items: 32,
+            max_tokens: 16_384,
+            max_wait: Duration::from_millis(5),
+            queue_capacity: 1024,
+            workers: 1,
+        }
+    }
+}
+
+/// The admission side of a model's queue, shared by request handlers.
+pub struct Queue<B: Backend> {
+    tx: mpsc::UnboundedSender<Vec<Entry<B>>>,
+    seats: Arc<Semaphore>,
+    capacity: usize,
+}
+
+/// The queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the queue is full ({capacity} items)")]
+pub struct Full {
+    /// The queue's capacity.
+    pub capacity: usize,
+}
+
+impl<B: Backend> Queue<B> {
+    /// Reserves seats for `n` items at once, or fails at once when they are not free.
+    pub fn admit(&self, n: usize) -> Result<Option<OwnedSemaphorePermit>, Full> {
+        if n == 0 {
+            return Ok(None);
+        }
+        let n32 = u32::try_from(n).map_err(|_| Full {
+            capacity: self.capacity,
+        })?;
+        match self.seats.clone().try_acquire_many_owned(n32) {
+            Ok(p) => Ok(Some(p)),
+            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => Err(Full {
+                capacity: self.capacity,
+            }),
+        }
+    }
+
+    /// Hands admitted entries to the batcher; false once it has stopped.
+    pub fn push(&self, entries: Vec<Entry<B>>) -> bool {
+        self.tx.send(entries).is_ok()
+    }
+
+    /// Items queued or being computed.
+    pub fn depth(&self) -> usize {
+        self.capacity - self.seats.available_permits()
+    }
+
+    /// Items the queue holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+struct Job<B: Backend> {
+    batch: Vec<Entry<B>>,
+    done: oneshot::Sender<()>,
+}
+
+/// Handles of a running batcher: await `finished` after dropping every [`Queue`] to drain it.
+pub struct Running<B: Backend> {
+    /// The admission side.
+    pub queue: Arc<Queue<B>>,
+    /// Completes once the queue is closed, drained and every compute thread has exited.
+    pub finished: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the batching task and its compute threads for one model; `name` labels metrics.
+pub fn start<B: Backend>(backend: Arc<B>, config: BatchConfig, name: &str) -> Running<B> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let capacity = config.queue_capacity.max(1);
+    let seats = Arc::new(Semaphore::new(capacity));
+    let queue = Arc::new(Queue {
+        tx,
+        seats: seats.clone(),
+        capacity,
+    });
+    let (job_tx, job_rx) = std_mpsc::channel::<Job<B>>();
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let mut threads = Vec::new();
+    for w in 0..config.workers.max(1) {
+        let (backend, job_rx, name) = (backend.clone(), job_rx.clone(), name.to_owned());
+        let t = std::thread::Builder::new()
+            .name(format!("sluice-compute-{name}-{w}"))
+            .spawn(move || compute_loop(&*backend, &job_rx, &name))
+            .expect("spawning a compute thread");
+        threads.push(t);
+    }
+    let name = name.to_owned();
+    let finished = tokio::spawn(async move {
+        batch_loop(rx, job_tx, config, seats, capacity, &name).await;
+        // The job sender is gone, so the threads end after their current batch.
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    });
+    Running { queue, finished }
+}
+
+async fn batch_loop<B: Backend>(
+    mut rx: mpsc::UnboundedReceiver<Vec<Entry<B>>>,
+    jobs: std_mpsc::Sender<Job<B>>,
+    config: BatchConfig,
+    seats: Arc<Semaphore>,
+    capacity: usize,
+    name: &str,
+) {
+    let mut state = State::<B>::default();
+    let mut in_flight = FuturesUnordered::new();
+    let mut closed = false;
+    let workers = config.workers.max(1);
+    let depth = metrics::gauge!("sluice_queue_depth", "model" => name.to_owned());
+    loop {
+        let free = in_flight.len() < workers;
+        let wake = state
+            .oldest()
+            .filter(|_| free)
+            .map(|t| tokio::time::Instant::from_std(t + config.max_wait));
+        tokio::select! {
+            msg = rx.recv(), if !closed => match msg {
+                Some(entries) => state.append(entries),
+                None => closed = true,
+            },
+            Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
+        }
+        // Take whatever else has arrived, so a burst is batched together.
+        while let Ok(entries) = rx.try_recv() {
+            state.append(entries);
+        }
+        while in_flight.len() < workers && !state.is_empty() {
+            let now = Instant::now();
+            let dropped = state.drop_dead(now);
+            if dropped.disconnected > 0 {
+                metrics::counter!("sluice_queue_dropped_total", "model" => name.to_owned(), "reason" => "disconnected")
+                    .increment(dropped.disconnected as u64);
+            }
+            if dropped.expired > 0 {
+                metrics::counter!("sluice_queue_dropped_total", "model" => name.to_owned(), "reason" => "deadline")
+                    .increment(dropped.expired as u64);
+            }
+            let Some(oldest) = state.oldest() else { break };
+            let ready =
+                closed || state.len() >= config.max_items || now >= oldest + config.max_wait;
+            if !ready {
+                break;
+            }
+            let batch = state.next_batch(config.max_items, config.max_tokens);
+            let (done, finished) = oneshot::channel();
+            if jobs.send(Job { batch, done }).is_err() {
+                tracing::error!(model = name, "compute threads are gone; dropping the queue");
+                return;
+            }
+            in_flight.push(finished);
+        }
+        depth.set((capacity - seats.available_permits()) as f64);
+        if closed && state.is_empty() && in_flight.is_empty() {
+            return;
+        }
+    }
+}
+
+fn compute_loop<B: Backend>(backend: &B, jobs: &Mutex<std_mpsc::Receiver<Job<B>>>, name: &str) {
+    let labels = [("model", name.to_owned())];
+    loop {
+        let job = {
+            let rx = jobs.lock().unwrap_or_else(|e| e.into_inner());
+            rx.recv()
+        };
+        let Ok(Job { batch, done }) = job else { return };
+        let started = Instant::now();
+        let Some(key) = batch.first().map(|e| e.key.clone()) else {
+            let _ = done.send(());
+            continue;
+        };
+        let mut inputs = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for e in batch {
+            metrics::histogram!("sluice_queue_wait_seconds", &labels)
+                .record(started.duration_since(e.queued_at).as_secs_f64());
+            inputs.push(e.input);
+            waiting.push((e.reply, e.permit));
+        }
+        let items = inputs.len();
+        // A panic in the model fails this batch, not the thread: later batches still run.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| backend.run(&key, inputs)))
+            .unwrap_or_else(|_| Err("the model panicked".to_owned()));
+        let outputs = match result {
+            Ok(o) if o.len() == items => Ok(o),
+            Ok(o) => Err(format!(
+                "the model returned {} outputs for {items} inputs",
+                o.len()
+            )),
+            Err(e) => Err(e),
+        };
+        metrics::histogram!("sluice_batch_size", &labels).record(items as f64);
+        metrics::histogram!("sluice_batch_duration_seconds", &labels)
+            .record(started.elapsed().as_secs_f64());
+        match outputs {
+            Ok(outputs) => {
+                let units: usize = outputs.iter().map(|o| backend.output_units(o)).sum();
+                metrics::counter!("sluice_generated_tokens_total", &labels).increment(units as u64);
+                for ((reply, _permit), out) in waiting.into_iter().zip(outputs) {
+                    let _ = reply.send(Ok(out));
+                }
+            }
+            Err(e) => {
+                tracing::error!(model = name, error = %e, items, "batch failed");
+                metrics::counter!("sluice_batch_failures_total", &labels).increment(1);
+                for (reply, _permit) in waiting {
+                    let _ = reply.send(Err(ItemError::Model(e.clone())));
+                }
+            }
+        }
+        let _ = done.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+    impl Backend for Echo {
+        type Input = usize;
+        type Key = u8;
+        type Output = usize;
+        fn run(&self, _key: &u8, inputs: Vec<usize>) -> Result<Vec<usize>, String> {
+            Ok(inputs)
+        }
+    }
+
+    struct Fixture {
+        seats: Arc<Semaphore>,
+        receivers: Vec<oneshot::Receiver<Reply<Echo>>>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                seats: Arc::new(Semaphore::new(1000)),
+                receivers: Vec::new(),
+            }
+        }
+        fn entry(&mut self, key: u8, cost: usize) -> Entry<Echo> {
+            let (reply, rx) = oneshot::channel();
+            self.receivers.push(rx);
+            Entry {
+                input: self.receivers.len() - 1,
+                key,
+                cost,
+                reply,
+                queued_at: Instant::now(),
+                deadline: None,
+                permit: self.seats.clone().try_acquire_owned().unwrap(),
+            }
+        }
+    }
+
+    fn inputs(batch: &[Entry<Echo>]) -> Vec<usize> {
+        batch.iter().map(|e| e.input).collect()
+    }
+
+    #[test]
+    fn batch_always_holds_the_oldest_entry_and_only_its_key() {
+        let mut f = Fixture::new();
+        let mut s = State::default();
+        let entries = vec![f.entry(1, 5), f.entry(2, 5), f.entry(1, 6), f.entry(1, 5)];
+        s.append(entries);
+        let b = s.next_batch(8, 1000);
+        assert_eq!(inputs(&b), vec![0, 3, 2]);
+        assert_eq!(s.len(), 1);
+        assert_eq!(inputs(&s.next_batch(8, 1000)), vec![1]);
+        assert!(s.next_batch(8, 1000).is_empty());
+    }
+
+    #[test]
+    fn batch_picks_neighbours_by_length_up_to_max_items() {
+        let mut f = Fixture::new();
+        let mut s = State::default();
+        // Oldest has cost 10; the closest costs are 9 and 11, then 12.
+        let entries = vec![
+            f.entry(0, 10),
+            f.entry(0, 40),
+            f.entry(0, 2),
+            f.entry(0, 11),
+            f.entry(0, 9),
+            f.entry(0, 12),
+        ];
+        s.append(entries);
+        let b = s.next_batch(3, 1000);
+        assert_eq!(inputs(&b), vec![4, 0, 3]);
+        let b = s.next_batch(3, 1000);
+        assert_eq!(inputs(&b), vec![2, 5, 1]);
+    }
+
+    #[test]
+    fn token_budget_counts_padding_to_the_longest() {
+        let mut f = Fixture::new();
+        let mut s = State::default();
+        s.append(vec![
+            f.entry(0, 10),
+            f.entry(0, 10),
+            f.entry(0, 10),
+            f.entry(0, 30),
+        ]);
+        // 3 × 10 = 30 fits, a fourth (longest 30, 4 items = 120) does not.
+        let b = s.next_batch(10, 40);
+        assert_eq!(inputs(&b), vec![0, 1, 2]);
+        // An entry longer than the budget still runs, alone.
+        let b = s.next_batch(10, 20);
+        assert_eq!(inputs(&b), vec![3]);
+    }
+
+    #[test]
+    fn disconnected_and_expired_entries_are_dropped_before_batching() {
+        let mut f = Fixture::new();
+        let mut s = State::default();
+        let gone = f.entry(0, 1);
+        let mut late = f.entry(0, 1);
+        late.deadline = Some(Instant::now());
+        let entries = vec![gone, late, f.entry(0, 1)];
+        s.append(entries);
+        // Client of entry 0 goes away.
+        drop(f.receivers.remove(0));
+        let dropped = s.drop_dead(Instant::now() + Duration::from_millis(1));
+        assert_eq!(
+            dropped,
+            Dropped {
+                disconnected: 1,
+                expired: 1
+            }
+        );
+        let batch = s.next_batch(10, 100);
+        assert_eq!(inputs(&batch), vec![2]);
+        // The expired entry was told why.
+        assert_eq!(
+            f.receivers[0].try_recv(),
+            Ok(Err(ItemError::DeadlineExceeded))
+        );
+        // Seats of dropped entries are free again: 1000 minus the one still held by the batch.
+        assert_eq!(f.seats.available_permits(), 999);
+    }
+}

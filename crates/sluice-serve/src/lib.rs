@@ -1,0 +1,11 @@
+//! The Sluice model server: `POST /translation` over M2M100 with dynamic batching across requests,
+//! admission control, health, metrics and graceful shutdown, plus the `stress` load client.
+
+pub mod api;
+pub mod batcher;
+pub mod metrics;
+pub mod server;
+pub mod stress;
+pub mod translation;
+
+pub use server::{serve, ServeConfig};

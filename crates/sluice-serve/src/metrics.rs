@@ -1,0 +1,75 @@
+//! The process-wide Prometheus recorder behind `GET /metrics`.
+//!
+//! `metrics` macros write to one global recorder, so it is installed once per process; servers
+//! started later in the same process (tests) share it.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Latency buckets in seconds: 1 ms to 2 minutes.
+const SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Batch-size buckets in items.
+const ITEMS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Installs the recorder (once) and describes the metrics Sluice records.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full("sluice_batch_size".into()), ITEMS)
+            })
+            .expect("bucket lists are not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "sluice_http_requests_total",
+        "HTTP requests answered, by route and status"
+    );
+    describe_histogram!(
+        "sluice_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time from request to response, by route"
+    );
+    describe_histogram!(
+        "sluice_queue_wait_seconds",
+        Unit::Seconds,
+        "Time items waited in the queue before their batch started"
+    );
+    describe_gauge!("sluice_queue_depth", "Items queued or being computed");
+    describe_histogram!("sluice_batch_size", "Items per batch");
+    describe_histogram!(
+        "sluice_batch_duration_seconds",
+        Unit::Seconds,
+        "Compute time per batch"
+    );
+    describe_counter!("sluice_generated_tokens_total", "Tokens generated");
+    describe_counter!(
+        "sluice_queue_dropped_total",
+        "Items dropped before compute, by reason (disconnected, deadline)"
+    );
+    describe_counter!("sluice_batch_failures_total", "Batches the model failed on");
+}
+
+/// The metrics in Prometheus' text format.
+pub fn render() -> String {
+    let handle = install();
+    handle.run_upkeep();
+    handle.render()
+}

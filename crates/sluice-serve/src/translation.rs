@@ -1,0 +1,235 @@
+//! The M2M100 model behind `POST /translation`: request validation and tokenization before
+//! admission, and the batch backend run on the compute threads.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use sluice_models::m2m100::GenerationOptions;
+use sluice_models::{ModelError, M2M100};
+
+use crate::api::{ApiError, Payload};
+use crate::batcher::Backend;
+
+/// Server-side bounds on what one request may ask for.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most records in one request.
+    pub max_records: usize,
+    /// Most source tokens in one record; `None` uses the model's `max_position_embeddings`.
+    pub max_input_tokens: Option<usize>,
+    /// Most beams a request may ask for.
+    pub max_beams: usize,
+    /// Most new tokens a request may ask for; also caps the model's default.
+    pub max_new_tokens: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 << 20,
+            max_records: 512,
+            max_input_tokens: None,
+            max_beams: 8,
+            max_new_tokens: 512,
+        }
+    }
+}
+
+/// The settings records must share to be decoded in one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TranslateKey {
+    /// Target language token (forced first).
+    pub tgt: u32,
+    /// Beams.
+    pub beams: usize,
+    /// Most generated tokens.
+    pub max_new_tokens: usize,
+}
+
+/// A translated record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Translation {
+    /// The text.
+    pub text: String,
+    /// Tokens the decoder produced for it.
+    pub tokens: usize,
+}
+
+/// A request checked and tokenized, ready for admission.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The records' ids, in request order.
+    pub ids: Vec<String>,
+    /// Encoded source per record; `None` for empty text, which is answered without the model.
+    pub items: Vec<Option<Vec<u32>>>,
+    /// Batch key shared by all the records.
+    pub key: TranslateKey,
+}
+
+/// Runs M2M100 batches.
+pub struct Translator {
+    model: Arc<M2M100>,
+}
+
+impl Translator {
+    /// Wraps a loaded model.
+    pub fn new(model: Arc<M2M100>) -> Self {
+        Self { model }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &M2M100 {
+        &self.model
+    }
+
+    /// Most source tokens accepted per record.
+    pub fn max_input_tokens(&self, limits: &Limits) -> usize {
+        limits
+            .max_input_tokens
+            .unwrap_or(self.model.config().max_position_embeddings)
+    }
+
+    /// Checks languages, settings and lengths, and tokenizes every record.
+    pub fn prepare(&self, limits: &Limits, payload: Payload) -> Result<Prepared, ApiError> {
+        let tok = self.model.tokenizer();
+        let lang = |field: &str, code: &str| {
+            tok.lang_id(code).map_err(|e| match e {
+                ModelError::UnknownLanguage { suggestion, .. } => {
+                    let hint = suggestion
+                        .map(|s| format!(" (did you mean \"{s}\"?)"))
+                        .unwrap_or_default();
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "unknown_language",
+                        format!(
+                            "unknown language code \"{code}\" in payload.{field}{hint}; the valid \
+                             codes (also in GET /openapi.json) are: {}",
+                            tok.languages().join(", ")
+                        ),
+                    )
+                }
+                other => internal(other),
+            })
+        };
+        let src = lang("fromLang", &payload.from_lang)?;
+        let tgt = lang("toLang", &payload.to_lang)?;
+        let key = self.key(limits, tgt, payload.beams, payload.max_new_tokens)?;
+        let max_tokens = self.max_input_tokens(limits);
+        let mut ids = Vec::with_capacity(payload.records.len());
+        let mut items = Vec::with_capacity(payload.records.len());
+        for (i, r) in payload.records.into_iter().enumerate() {
+            if r.text.is_empty() {
+                items.push(None);
+            } else {
+                let enc = tok.encode(&r.text, src).map_err(internal)?;
+                if enc.len() > max_tokens {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "text_too_long",
+                        format!(
+                            "payload.records[{i}] (id \"{}\") is {} tokens long; the limit is \
+                             {max_tokens} tokens per record: split the text",
+                            r.id,
+                            enc.len()
+                        ),
+                    ));
+                }
+                items.push(Some(enc));
+            }
+            ids.push(r.id);
+        }
+        Ok(Prepared { ids, items, key })
+    }
+
+    /// Resolves generation settings against the model's defaults and the server's maxima.
+    fn key(
+        &self,
+        limits: &Limits,
+        tgt: u32,
+        beams: Option<usize>,
+        max_new_tokens: Option<usize>,
+    ) -> Result<TranslateKey, ApiError> {
+        let out_of_range = |field: &str, value: usize, max: usize| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_parameter",
+                format!("payload.{field} is {value}; it must be between 1 and {max}"),
+            )
+        };
+        if let Some(b) = beams.filter(|&b| b == 0 || b > limits.max_beams) {
+            return Err(out_of_range("beams", b, limits.max_beams));
+        }
+        if let Some(n) = max_new_tokens.filter(|&n| n == 0 || n > limits.max_new_tokens) {
+            return Err(out_of_range("maxNewTokens", n, limits.max_new_tokens));
+        }
+        let defaults = self.model.params(tgt, &GenerationOptions::default());
+        Ok(TranslateKey {
+            tgt,
+            beams: beams.unwrap_or(defaults.num_beams.min(limits.max_beams)),
+            max_new_tokens: max_new_tokens.unwrap_or(
+                defaults
+                    .max_length
+                    .saturating_sub(1)
+                    .clamp(1, limits.max_new_tokens),
+            ),
+        })
+    }
+
+    /// Translates one short sentence so the first request does not pay for page faults.
+    pub fn warm_up(&self) -> Result<(), ModelError> {
+        let tok = self.model.tokenizer();
+        let (en, fr) = (tok.lang_id("en")?, tok.lang_id("fr")?);
+        let key = TranslateKey {
+            tgt: fr,
+            beams: 1,
+            max_new_tokens: 4,
+        };
+        let input = tok.encode("Hello, world.", en)?;
+        self.run(&key, vec![input])
+            .map_err(ModelError::InvalidSettings)?;
+        Ok(())
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
+impl Backend for Translator {
+    type Input = Vec<u32>;
+    type Key = TranslateKey;
+    type Output = Translation;
+
+    fn run(&self, key: &TranslateKey, inputs: Vec<Vec<u32>>) -> Result<Vec<Translation>, String> {
+        let opts = GenerationOptions {
+            num_beams: Some(key.beams),
+            max_new_tokens: Some(key.max_new_tokens),
+            ..GenerationOptions::default()
+        };
+        let params = self.model.params(key.tgt, &opts);
+        let generated = self
+            .model
+            .generate_ids(&inputs, &params)
+            .map_err(|e| e.to_string())?;
+        generated
+            .into_iter()
+            .map(|ids| {
+                let text = self
+                    .model
+                    .tokenizer()
+                    .decode(&ids)
+                    .map_err(|e| e.to_string())?;
+                Ok(Translation {
+                    text,
+                    tokens: ids.len().saturating_sub(1),
+                })
+            })
+            .collect()
+    }
+
+    fn output_units(&self, output: &Translation) -> usize {
+        output.tokens
+    }
+}

@@ -1,0 +1,159 @@
+//! A real server on an ephemeral loopback port, loaded with the tiny fixture model, and helpers
+//! to talk to it over HTTP.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sluice_serve::ServeConfig;
+use tokio::sync::oneshot;
+
+/// The tiny M2M100 checkpoint written by `tools/make_tiny_m2m100.py`.
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-m2m100")
+}
+
+/// The fixture's reference outputs from transformers.
+pub fn reference() -> Value {
+    let text = std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Source texts and transformers' en→ja translations with the model's default (beam) settings,
+/// leaving out the empty text (the contract answers it with empty text without the model).
+pub fn reference_en_ja() -> Vec<(String, String)> {
+    let r = reference();
+    let case = r["generation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "beam_defaults")
+        .unwrap()
+        .clone();
+    assert_eq!(case["tgt"], "ja");
+    let sources = r["encoder"].as_array().unwrap();
+    let outputs = case["texts"].as_array().unwrap();
+    assert_eq!(sources.len(), outputs.len());
+    sources
+        .iter()
+        .zip(outputs)
+        .map(|(s, o)| {
+            (
+                s["text"].as_str().unwrap().to_owned(),
+                o.as_str().unwrap().to_owned(),
+            )
+        })
+        .filter(|(s, _)| !s.is_empty())
+        .collect()
+}
+
+/// A config serving the fixture. Its longest reference sentence (97 tokens) exceeds the tiny
+/// model's `max_position_embeddings` (48), so the per-record limit is raised as a user would.
+pub fn config() -> ServeConfig {
+    let mut c = ServeConfig {
+        model: fixture_dir().to_string_lossy().into_owned(),
+        ..ServeConfig::default()
+    };
+    c.limits.max_input_tokens = Some(128);
+    c
+}
+
+/// A running server.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// A client without proxies or pooling limits.
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    /// Binds an ephemeral port, serves `config`, and waits until `/readyz` says ready.
+    pub async fn start(config: ServeConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sluice_serve::serve(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let server = Self {
+            base,
+            client,
+            stop: Some(stop),
+            task,
+        };
+        for _ in 0..600 {
+            if let Ok(r) = server.client.get(server.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return server;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server did not become ready in 30 s");
+    }
+
+    /// The full URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Posts a JSON value to /translation; returns status, headers and body.
+    pub async fn translate(&self, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = self
+            .client
+            .post(self.url("/translation"))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let bytes = r.bytes().await.unwrap();
+        let v = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!("non-JSON answer ({e}): {}", String::from_utf8_lossy(&bytes))
+        });
+        (status, headers, v)
+    }
+
+    /// The metrics text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Asks the server to stop and waits for it to drain.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        (&mut self.task).await.unwrap()
+    }
+}
+
+/// A translation request body.
+pub fn request(from: &str, to: &str, records: &[(&str, &str)]) -> Value {
+    let records: Vec<Value> = records
+        .iter()
+        .map(|(id, text)| json!({"id": id, "text": text}))
+        .collect();
+    json!({"payload": {"fromLang": from, "toLang": to, "records": records}})
+}
+
+/// The value of a metric line (`name{labels} value`) whose name and labels start with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
