@@ -1,0 +1,306 @@
+//! `sluice serve` and `sluice stress` as a user runs them: the real binary on a loopback port.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-m2m100")
+}
+
+/// A `sluice serve` process and the lines of its log.
+struct Server {
+    child: Child,
+    base: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    async fn start(extra: &[&str]) -> Self {
+        let model = fixture_dir();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--model", model.to_str().unwrap()])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--max-input-tokens",
+                "128",
+            ])
+            .args(extra)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, log) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let addr = loop {
+            let line = log
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the server logs its address");
+            if let Some(rest) = line.split("listening addr=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        let server = Self {
+            child,
+            base: format!("http://{addr}"),
+            log,
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..600 {
+            if let Ok(r) = client.get(server.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return server;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server not ready in 30 s");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    fn log_lines(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn reference_texts() -> Vec<String> {
+    let r: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap(),
+    )
+    .unwrap();
+    r["encoder"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_every_request_in_flight_then_exits_0() {
+    let mut server = Server::start(&["--max-batch-size", "8"]).await;
+    let texts = reference_texts();
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for r in 0..8 {
+        let records: Vec<Value> = (0..64)
+            .map(|i| json!({"id": format!("{r}-{i}"), "text": texts[i % texts.len()]}))
+            .collect();
+        let body = json!({"payload": {"fromLang": "en", "toLang": "ja", "records": records}});
+        let (client, url) = (client.clone(), server.url("/translation"));
+        tasks.push(tokio::spawn(async move {
+            let resp = client.post(url).json(&body).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap();
+            (status, v, Instant::now())
+        }));
+    }
+    // Wait until the queue holds work, so the signal lands while requests are in flight.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&m, "sluice_queue_depth").unwrap_or(0.0) > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no request reached the queue");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.signal("TERM");
+    let signalled = Instant::now();
+    let mut answered_after_signal = 0;
+    for t in tasks {
+        let (status, v, at) = t.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["result"].as_array().unwrap().len(), 64);
+        answered_after_signal += usize::from(at > signalled);
+    }
+    assert!(
+        answered_after_signal > 0,
+        "every request finished before the signal"
+    );
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let log = server.log_lines().join("\n");
+    assert!(log.contains("shutdown requested: draining"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+}
+
+fn stress(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("stress")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_reports_success_latency_throughput_and_writes_its_files() {
+    let server = Server::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, json_path, chart) = (
+        dir.path().join("lat.csv"),
+        dir.path().join("lat.json"),
+        dir.path().join("lat.svg"),
+    );
+    let url = server.url("/translation");
+    let out = stress(&[
+        "--url",
+        &url,
+        "--pay-size",
+        "4",
+        "--num-req",
+        "20",
+        "--sleep",
+        "0.005",
+        "--from",
+        "en",
+        "--to",
+        "fr",
+        "--max-new-tokens",
+        "10",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--json",
+        json_path.to_str().unwrap(),
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("20 sent, 20 succeeded (100.0%)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("p95"), "{stdout}");
+    assert!(stdout.contains("statuses:   200 × 20"), "{stdout}");
+
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(doc["summary"]["succeeded"], 20);
+    assert!(
+        (doc["summary"]["records_per_s"].as_f64().unwrap()
+            - 4.0 * doc["summary"]["requests_per_s"].as_f64().unwrap())
+        .abs()
+            < 1e-6
+    );
+    let requests = doc["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 20);
+    assert!(requests
+        .iter()
+        .all(|r| r["ok"] == true && r["status"] == 200));
+    let csv_text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv_text.lines().count(), 21);
+    assert!(csv_text.starts_with("index,start_s,latency_s,status,ok,error\n0,"));
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(100)]);
+    assert!(svg.contains("20 requests × 4 records"));
+
+    // Closed loop: four clients, each sending when the last answer came back.
+    let out = stress(&[
+        "--url",
+        &url,
+        "--pay-size",
+        "2",
+        "--num-req",
+        "12",
+        "--concurrency",
+        "4",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("12 sent, 12 succeeded (100.0%)"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_against_a_tiny_queue_sees_503s_and_successes() {
+    let server = Server::start(&["--queue-capacity", "2", "--max-records", "2"]).await;
+    let url = server.url("/translation");
+    let out = stress(&[
+        "--url",
+        &url,
+        "--pay-size",
+        "2",
+        "--num-req",
+        "40",
+        "--sleep",
+        "0",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    let statuses = stdout.lines().find(|l| l.starts_with("statuses:")).unwrap();
+    assert!(
+        statuses.contains("200 × ") && statuses.contains("503 × "),
+        "{stdout}"
+    );
+
+    // Nothing answers on a closed port: every request is a connection failure, reported as such.
+    drop(server);
+    let out = stress(&[
+        "--url",
+        &url,
+        "--pay-size",
+        "1",
+        "--num-req",
+        "3",
+        "--sleep",
+        "0",
+        "--timeout",
+        "5",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("3 sent, 0 succeeded (0.0%)"), "{stdout}");
+    assert!(stdout.contains("connect × 3"), "{stdout}");
+}

@@ -1,0 +1,61 @@
+//! Records of a client that has gone away are dropped from the queue and never computed.
+//! (One test in this file: the metrics it reads are process-wide.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::{metric, reference_en_ja, request, TestServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_disconnected_clients_are_dropped_before_compute() {
+    let mut config = common::config();
+    config.batch.max_items = 4;
+    let server = TestServer::start(config).await;
+    let refs = reference_en_ja();
+    let records = |n: usize, prefix: &str| -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| (format!("{prefix}{i}"), refs[i % refs.len()].0.clone()))
+            .collect()
+    };
+    let borrow = |v: &[(String, String)]| -> serde_json::Value {
+        let r: Vec<(&str, &str)> = v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        request("en", "ja", &r)
+    };
+    let before = server.metrics().await;
+    let items_before = metric(&before, "sluice_batch_size_sum").unwrap_or(0.0);
+
+    // A long request keeps the compute thread busy; its records are older, so they go first.
+    let long = borrow(&records(128, "long"));
+    let (client, url) = (server.client.clone(), server.url("/translation"));
+    let first =
+        tokio::spawn(async move { client.post(url).json(&long).send().await.unwrap().status() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(server.url("/translation"))
+        .json(&borrow(&records(8, "gone")))
+        .send()
+        .await;
+    assert!(gone.unwrap_err().is_timeout());
+    assert_eq!(first.await.unwrap(), 200);
+    // Give the batcher one more turn after the long request.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let after = server.metrics().await;
+    assert_eq!(
+        metric(
+            &after,
+            "sluice_queue_dropped_total{model=\"m2m100\",reason=\"disconnected\"}"
+        ),
+        Some(8.0)
+    );
+    assert_eq!(
+        metric(&after, "sluice_batch_size_sum").unwrap() - items_before,
+        128.0
+    );
+    server.stop().await.unwrap();
+}

@@ -1,0 +1,60 @@
+//! Health, readiness, metrics and the OpenAPI document.
+
+mod common;
+
+use common::TestServer;
+use serde_json::Value;
+
+#[tokio::test]
+async fn health_readiness_metrics_and_openapi_describe_the_server() {
+    let server = TestServer::start(common::config()).await;
+    let get = |path: &str| server.client.get(server.url(path)).send();
+
+    let r = get("/healthz").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "alive");
+
+    let r = get("/readyz").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "ready");
+    assert_eq!(v["queueCapacity"], 1024);
+
+    let r = get("/metrics").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("sluice_http_requests_total{route=\"/readyz\",status=\"200\"}"),
+        "{text}"
+    );
+
+    let r = get("/openapi.json").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    for path in [
+        "/translation",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    let responses = &doc["paths"]["/translation"]["post"]["responses"];
+    for code in ["200", "400", "413", "422", "503", "504"] {
+        assert!(responses[code].is_object(), "{code} missing");
+    }
+    let langs = doc["components"]["schemas"]["Payload"]["properties"]["toLang"]["enum"]
+        .as_array()
+        .unwrap();
+    assert_eq!(langs.len(), 100);
+    assert!(langs.contains(&Value::from("ja")));
+    server.stop().await.unwrap();
+}
