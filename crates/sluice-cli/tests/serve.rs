@@ -75,13 +75,10 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+    fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) with a pid this test spawned and has not reaped yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     }
 
     fn log_lines(&self) -> Vec<String> {
@@ -153,7 +150,7 @@ async fn sigterm_answers_every_request_in_flight_then_exits_0() {
         assert!(Instant::now() < deadline, "no request reached the queue");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    server.signal("TERM");
+    server.terminate();
     let signalled = Instant::now();
     let mut answered_after_signal = 0;
     for t in tasks {

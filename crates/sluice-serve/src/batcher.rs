@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -210,31 +211,105 @@ pub struct Queue<B: Backend> {
     tx: mpsc::UnboundedSender<Vec<Entry<B>>>,
     seats: Arc<Semaphore>,
     capacity: usize,
+    rate: Arc<Rate>,
 }
 
-/// The queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the queue is full ({capacity} items)")]
-pub struct Full {
-    /// The queue's capacity.
-    pub capacity: usize,
+/// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refused {
+    /// Every seat is taken.
+    #[error("the queue is full ({capacity} items)")]
+    Full {
+        /// The queue's capacity.
+        capacity: usize,
+    },
+    /// The request would not be answered before its deadline.
+    #[error(
+        "{ahead} items would be ahead of this request's last one: about {:.1} s at the measured \
+         {rate:.1} items/s, beyond its {:.1} s deadline",
+        wait.as_secs_f64(),
+        deadline.as_secs_f64()
+    )]
+    TooSlow {
+        /// Items queued or in compute, this request's included.
+        ahead: usize,
+        /// Measured items per second.
+        rate: f64,
+        /// Expected time to finish them.
+        wait: Duration,
+        /// The request's deadline.
+        deadline: Duration,
+    },
+}
+
+/// Smoothed items per second finished by all compute threads together (lock-free: handlers read
+/// it on every admission, compute threads write it after every batch).
+#[derive(Debug, Default)]
+pub struct Rate {
+    /// f64 bits of the estimate; 0 until the first batch.
+    bits: AtomicU64,
+}
+
+impl Rate {
+    /// Weight of the newest batch in the moving average.
+    const ALPHA: f64 = 0.3;
+
+    /// Records a batch of `items` that took `seconds` on one of `workers` threads.
+    pub fn observe(&self, items: usize, seconds: f64, workers: usize) {
+        if seconds <= 0.0 {
+            return;
+        }
+        let now = items as f64 / seconds * workers as f64;
+        // Lost updates between racing workers only drop one sample of an average.
+        let new = match self.get() {
+            Some(old) => old + Self::ALPHA * (now - old),
+            None => now,
+        };
+        self.bits.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The estimate, once a batch has finished.
+    pub fn get(&self) -> Option<f64> {
+        Some(f64::from_bits(self.bits.load(Ordering::Relaxed))).filter(|r| *r > 0.0)
+    }
 }
 
 impl<B: Backend> Queue<B> {
-    /// Reserves seats for `n` items at once, or fails at once when they are not free.
-    pub fn admit(&self, n: usize) -> Result<Option<OwnedSemaphorePermit>, Full> {
+    /// Reserves seats for `n` items at once, or refuses at once: when the seats are not free, or
+    /// when the work already queued would, at the measured rate, outlast `deadline`.
+    pub fn admit(
+        &self,
+        n: usize,
+        deadline: Option<Duration>,
+    ) -> Result<Option<OwnedSemaphorePermit>, Refused> {
         if n == 0 {
             return Ok(None);
         }
-        let n32 = u32::try_from(n).map_err(|_| Full {
+        let full = Refused::Full {
             capacity: self.capacity,
-        })?;
+        };
+        if let (Some(deadline), Some(rate)) = (deadline, self.rate.get()) {
+            let ahead = self.depth() + n;
+            let wait = Duration::from_secs_f64(ahead as f64 / rate);
+            if wait > deadline {
+                return Err(Refused::TooSlow {
+                    ahead,
+                    rate,
+                    wait,
+                    deadline,
+                });
+            }
+        }
+        let n32 = u32::try_from(n).map_err(|_| full.clone())?;
         match self.seats.clone().try_acquire_many_owned(n32) {
             Ok(p) => Ok(Some(p)),
-            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => Err(Full {
-                capacity: self.capacity,
-            }),
+            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => Err(full),
         }
+    }
+
+    /// Items per second the compute threads have been finishing lately, once measured.
+    pub fn rate(&self) -> Option<f64> {
+        self.rate.get()
     }
 
     /// Hands admitted entries to the batcher; false once it has stopped.
@@ -256,6 +331,9 @@ impl<B: Backend> Queue<B> {
 struct Job<B: Backend> {
     batch: Vec<Entry<B>>,
     done: oneshot::Sender<()>,
+    /// Entries were left waiting, so the batch is as large as the rules allow: only such batches
+    /// measure the rate a deep queue drains at (lone small batches would understate it).
+    saturated: bool,
 }
 
 /// Handles of a running batcher: await `finished` after dropping every [`Queue`] to drain it.
@@ -271,19 +349,23 @@ pub fn start<B: Backend>(backend: Arc<B>, config: BatchConfig, name: &str) -> Ru
     let (tx, rx) = mpsc::unbounded_channel();
     let capacity = config.queue_capacity.max(1);
     let seats = Arc::new(Semaphore::new(capacity));
+    let rate = Arc::new(Rate::default());
+    let workers = config.workers.max(1);
     let queue = Arc::new(Queue {
         tx,
         seats: seats.clone(),
         capacity,
+        rate: rate.clone(),
     });
     let (job_tx, job_rx) = std_mpsc::channel::<Job<B>>();
     let job_rx = Arc::new(Mutex::new(job_rx));
     let mut threads = Vec::new();
-    for w in 0..config.workers.max(1) {
+    for w in 0..workers {
         let (backend, job_rx, name) = (backend.clone(), job_rx.clone(), name.to_owned());
+        let rate = rate.clone();
         let t = std::thread::Builder::new()
             .name(format!("sluice-compute-{name}-{w}"))
-            .spawn(move || compute_loop(&*backend, &job_rx, &name))
+            .spawn(move || compute_loop(&*backend, &job_rx, &name, &rate, workers))
             .expect("spawning a compute thread");
         threads.push(t);
     }
@@ -350,8 +432,16 @@ async fn batch_loop<B: Backend>(
                 break;
             }
             let batch = state.next_batch(config.max_items, config.max_tokens);
+            let saturated = !state.is_empty();
             let (done, finished) = oneshot::channel();
-            if jobs.send(Job { batch, done }).is_err() {
+            if jobs
+                .send(Job {
+                    batch,
+                    done,
+                    saturated,
+                })
+                .is_err()
+            {
                 tracing::error!(model = name, "compute threads are gone; dropping the queue");
                 return;
             }
@@ -364,14 +454,27 @@ async fn batch_loop<B: Backend>(
     }
 }
 
-fn compute_loop<B: Backend>(backend: &B, jobs: &Mutex<std_mpsc::Receiver<Job<B>>>, name: &str) {
+fn compute_loop<B: Backend>(
+    backend: &B,
+    jobs: &Mutex<std_mpsc::Receiver<Job<B>>>,
+    name: &str,
+    rate: &Rate,
+    workers: usize,
+) {
     let labels = [("model", name.to_owned())];
     loop {
         let job = {
             let rx = jobs.lock().unwrap_or_else(|e| e.into_inner());
             rx.recv()
         };
-        let Ok(Job { batch, done }) = job else { return };
+        let Ok(Job {
+            batch,
+            done,
+            saturated,
+        }) = job
+        else {
+            return;
+        };
         let started = Instant::now();
         let Some(key) = batch.first().map(|e| e.key.clone()) else {
             let _ = done.send(());
@@ -397,9 +500,12 @@ fn compute_loop<B: Backend>(backend: &B, jobs: &Mutex<std_mpsc::Receiver<Job<B>>
             )),
             Err(e) => Err(e),
         };
+        let seconds = started.elapsed().as_secs_f64();
+        if saturated {
+            rate.observe(items, seconds, workers);
+        }
         metrics::histogram!("sluice_batch_size", &labels).record(items as f64);
-        metrics::histogram!("sluice_batch_duration_seconds", &labels)
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("sluice_batch_duration_seconds", &labels).record(seconds);
         match outputs {
             Ok(outputs) => {
                 let units: usize = outputs.iter().map(|o| backend.output_units(o)).sum();
@@ -514,6 +620,41 @@ mod tests {
         // An entry longer than the budget still runs, alone.
         let b = s.next_batch(10, 20);
         assert_eq!(inputs(&b), vec![3]);
+    }
+
+    #[test]
+    fn rate_is_a_moving_average_of_batch_throughput() {
+        let r = Rate::default();
+        assert_eq!(r.get(), None);
+        r.observe(10, 1.0, 2);
+        assert_eq!(r.get(), Some(20.0));
+        r.observe(30, 1.0, 2);
+        assert!((r.get().unwrap() - (20.0 + 0.3 * 40.0)).abs() < 1e-9);
+    }
+
+    #[tokio::test]
+    async fn admission_refuses_work_that_would_outlast_the_deadline() {
+        let running = start(Arc::new(Echo), BatchConfig::default(), "test");
+        let q = &running.queue;
+        // Nothing measured yet: only capacity counts.
+        assert!(q
+            .admit(5, Some(Duration::from_millis(1)))
+            .unwrap()
+            .is_some());
+        q.rate.observe(10, 1.0, 1);
+        let held = q.admit(15, Some(Duration::from_secs(2))).unwrap();
+        // 15 held + 10 asked = 25 items at 10/s = 2.5 s > 2 s.
+        match q.admit(10, Some(Duration::from_secs(2))) {
+            Err(Refused::TooSlow { ahead: 25, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(q.admit(10, Some(Duration::from_secs(3))).unwrap().is_some());
+        assert!(q.admit(10, None).unwrap().is_some());
+        drop(held);
+        assert_eq!(
+            q.admit(2000, None).unwrap_err(),
+            Refused::Full { capacity: 1024 }
+        );
     }
 
     #[test]

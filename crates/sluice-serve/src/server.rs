@@ -353,10 +353,11 @@ async fn translation(
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })??;
     let queued = prepared.items.iter().flatten().count();
-    let mut seats = loaded.queue.admit(queued).map_err(|full| {
+    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let mut seats = loaded.queue.admit(queued, remaining).map_err(|refused| {
         ApiError::unavailable(
             "overloaded",
-            format!("{full}; retry after the Retry-After delay"),
+            format!("{refused}; retry after the Retry-After delay"),
             app.config.retry_after,
         )
     })?;
