@@ -105,8 +105,8 @@ def start(server: str, model_dir: Path, port: int, python: str) -> tuple[subproc
         cmd = [str(SLUICE), "serve", "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
         if server == "sluice-deadline":
             # What a user sets when clients give up after TIMEOUT: refuse at once what would not
-            # be answered in time, instead of queueing it.
-            cmd += ["--deadline-ms", str(TIMEOUT * 1000)]
+            # be answered in time, instead of queueing it (with a margin for the client's side).
+            cmd += ["--deadline-ms", str((TIMEOUT - 5) * 1000)]
         env["SLUICE_LOG"] = "warn"
         ready = f"http://127.0.0.1:{port}/readyz"
     else:

@@ -212,6 +212,8 @@ pub struct Queue<B: Backend> {
     seats: Arc<Semaphore>,
     capacity: usize,
     rate: Arc<Rate>,
+    /// Items admitted with a deadline before the rate is known: one full batch per thread.
+    cold_limit: usize,
 }
 
 /// Why a request was not admitted.
@@ -239,6 +241,17 @@ pub enum Refused {
         wait: Duration,
         /// The request's deadline.
         deadline: Duration,
+    },
+    /// The request has a deadline and no throughput has been measured yet.
+    #[error(
+        "{ahead} items would be queued before any batch has been timed; until then requests \
+         with a deadline are admitted up to {limit} items"
+    )]
+    Unmeasured {
+        /// Items queued or in compute, this request's included.
+        ahead: usize,
+        /// One full batch per compute thread.
+        limit: usize,
     },
 }
 
@@ -288,16 +301,29 @@ impl<B: Backend> Queue<B> {
         let full = Refused::Full {
             capacity: self.capacity,
         };
-        if let (Some(deadline), Some(rate)) = (deadline, self.rate.get()) {
+        if let Some(deadline) = deadline {
             let ahead = self.depth() + n;
-            let wait = Duration::from_secs_f64(ahead as f64 / rate);
-            if wait > deadline {
-                return Err(Refused::TooSlow {
-                    ahead,
-                    rate,
-                    wait,
-                    deadline,
-                });
+            match self.rate.get() {
+                Some(rate) => {
+                    let wait = Duration::from_secs_f64(ahead as f64 / rate);
+                    if wait > deadline {
+                        return Err(Refused::TooSlow {
+                            ahead,
+                            rate,
+                            wait,
+                            deadline,
+                        });
+                    }
+                }
+                // Until a full batch has been timed, promise no more than one batch per thread:
+                // a cold burst must not fill the queue with work nobody knows how long takes.
+                None if ahead > self.cold_limit => {
+                    return Err(Refused::Unmeasured {
+                        ahead,
+                        limit: self.cold_limit,
+                    })
+                }
+                None => {}
             }
         }
         let n32 = u32::try_from(n).map_err(|_| full.clone())?;
@@ -356,6 +382,7 @@ pub fn start<B: Backend>(backend: Arc<B>, config: BatchConfig, name: &str) -> Ru
         seats: seats.clone(),
         capacity,
         rate: rate.clone(),
+        cold_limit: config.max_items.max(1) * workers,
     });
     let (job_tx, job_rx) = std_mpsc::channel::<Job<B>>();
     let job_rx = Arc::new(Mutex::new(job_rx));
