@@ -212,7 +212,7 @@ pub struct Queue<B: Backend> {
     seats: Arc<Semaphore>,
     capacity: usize,
     rate: Arc<Rate>,
-    /// Items admitted with a deadline before the rate is known: one full batch per thread.
+    /// Items admitted with a deadline before the rate is known: two full batches per thread.
     cold_limit: usize,
 }
 
@@ -244,13 +244,13 @@ pub enum Refused {
     },
     /// The request has a deadline and no throughput has been measured yet.
     #[error(
-        "{ahead} items would be queued before any batch has been timed; until then requests \
+        "{ahead} items would be queued before a large batch has been timed; until then requests \
          with a deadline are admitted up to {limit} items"
     )]
     Unmeasured {
         /// Items queued or in compute, this request's included.
         ahead: usize,
-        /// One full batch per compute thread.
+        /// Two full batches per compute thread.
         limit: usize,
     },
 }
@@ -315,7 +315,8 @@ impl<B: Backend> Queue<B> {
                         });
                     }
                 }
-                // Until a full batch has been timed, promise no more than one batch per thread:
+                // Until a large batch has been timed, promise no more than two batches per
+                // thread (one computing, one filling, so large batches can form and be timed):
                 // a cold burst must not fill the queue with work nobody knows how long takes.
                 None if ahead > self.cold_limit => {
                     return Err(Refused::Unmeasured {
@@ -357,8 +358,8 @@ impl<B: Backend> Queue<B> {
 struct Job<B: Backend> {
     batch: Vec<Entry<B>>,
     done: oneshot::Sender<()>,
-    /// Entries were left waiting, so the batch is as large as the rules allow: only such batches
-    /// measure the rate a deep queue drains at (lone small batches would understate it).
+    /// The batch is at least half of `max_items`, or entries were left waiting: only such
+    /// batches measure the rate a deep queue drains at (lone small batches would understate it).
     saturated: bool,
 }
 
@@ -382,7 +383,7 @@ pub fn start<B: Backend>(backend: Arc<B>, config: BatchConfig, name: &str) -> Ru
         seats: seats.clone(),
         capacity,
         rate: rate.clone(),
-        cold_limit: config.max_items.max(1) * workers,
+        cold_limit: 2 * config.max_items.max(1) * workers,
     });
     let (job_tx, job_rx) = std_mpsc::channel::<Job<B>>();
     let job_rx = Arc::new(Mutex::new(job_rx));
@@ -459,7 +460,7 @@ async fn batch_loop<B: Backend>(
                 break;
             }
             let batch = state.next_batch(config.max_items, config.max_tokens);
-            let saturated = !state.is_empty();
+            let saturated = batch.len() * 2 >= config.max_items || !state.is_empty();
             let (done, finished) = oneshot::channel();
             if jobs
                 .send(Job {
@@ -663,11 +664,19 @@ mod tests {
     async fn admission_refuses_work_that_would_outlast_the_deadline() {
         let running = start(Arc::new(Echo), BatchConfig::default(), "test");
         let q = &running.queue;
-        // Nothing measured yet: only capacity counts.
+        // Nothing measured yet: two full batches (2 × 32 items) at most are promised.
         assert!(q
-            .admit(5, Some(Duration::from_millis(1)))
+            .admit(64, Some(Duration::from_millis(1)))
             .unwrap()
             .is_some());
+        assert_eq!(
+            q.admit(65, Some(Duration::from_secs(60))).unwrap_err(),
+            Refused::Unmeasured {
+                ahead: 65,
+                limit: 64
+            }
+        );
+        assert!(q.admit(65, None).unwrap().is_some());
         q.rate.observe(10, 1.0, 1);
         let held = q.admit(15, Some(Duration::from_secs(2))).unwrap();
         // 15 held + 10 asked = 25 items at 10/s = 2.5 s > 2 s.

@@ -117,5 +117,16 @@ async fn passed_deadline_answers_504_and_the_server_goes_on() {
         (s, v["error"]["code"].as_str()),
         (504, Some("deadline_exceeded"))
     );
+    // More work than the deadline allows (two batches before any rate is known, or the measured
+    // rate's worth once it is): refused at once with 503, not queued.
+    let many: Vec<(String, String)> = (0..65).map(|i| (i.to_string(), "hi".to_owned())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let (s, h, v) = server.translate(&request("en", "ja", &many)).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("overloaded")),
+        "{v}"
+    );
+    assert!(h.contains_key("retry-after"));
     server.stop().await.unwrap();
 }
