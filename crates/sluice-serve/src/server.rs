@@ -163,22 +163,31 @@ pub async fn serve(
     }
     app.draining.store(true, Ordering::SeqCst);
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(app.config.shutdown_timeout, &mut server).await {
-        Ok(r) => r.context("server task")?.context("serving")?,
+    let drained = match tokio::time::timeout(app.config.shutdown_timeout, &mut server).await {
+        Ok(r) => {
+            r.context("server task")?.context("serving")?;
+            true
+        }
         Err(_) => {
             tracing::warn!(
                 seconds = app.config.shutdown_timeout.as_secs_f64(),
-                "in-flight requests did not finish in time; closing their connections"
+                "in-flight requests did not finish in time; abandoning them"
             );
             server.abort();
+            false
         }
-    }
+    };
     loader.abort();
     let batcher = app.batcher.lock().unwrap_or_else(|e| e.into_inner()).take();
     // Dropping the last handle on the queue lets the batcher finish what it holds and exit.
     drop(app);
     if let Some(b) = batcher {
-        let _ = b.await;
+        // Connections still open after the timeout keep the queue alive; do not wait for them.
+        if drained {
+            let _ = b.await;
+        } else {
+            b.abort();
+        }
     }
     tracing::info!("stopped");
     match failure {

@@ -1,0 +1,42 @@
+//! Shutdown waits for in-flight requests only up to its timeout, then gives up on them.
+//! (The full drain on SIGTERM is proven with the real binary in sluice-cli's tests/serve.rs.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{reference_en_ja, request, TestServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_on_requests_still_running_after_its_timeout() {
+    let mut config = common::config();
+    config.batch.max_items = 2;
+    config.shutdown_timeout = Duration::from_millis(200);
+    let server = TestServer::start(config).await;
+    let refs = reference_en_ja();
+    let records: Vec<(String, String)> = (0..512)
+        .map(|i| (i.to_string(), refs[i % refs.len()].0.clone()))
+        .collect();
+    let records: Vec<(&str, &str)> = records
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let body = request("en", "ja", &records);
+    let (client, url) = (server.client.clone(), server.url("/translation"));
+    // 256 two-record batches of beam search: far longer than the 200 ms the shutdown waits.
+    let long = tokio::spawn(async move { client.post(url).json(&body).send().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    server.stop().await.unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    // The abandoned request fails rather than hanging.
+    match long.await.unwrap() {
+        Err(_) => {}
+        Ok(r) => assert_ne!(
+            r.status(),
+            200,
+            "the long request finished within the shutdown"
+        ),
+    }
+}
