@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{reference_en_ja, request, TestServer};
+use common::{reference_en_ja, reference_records, request, request_owned, TestServer};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,19 +78,13 @@ async fn passed_deadline_answers_504_and_the_server_goes_on() {
     let server = TestServer::start(common::config()).await;
     let refs = reference_en_ja();
     // 16 records: within the one batch a deadline may be promised before any batch is timed.
-    let records: Vec<(String, String)> = (0..16)
-        .map(|i| (i.to_string(), refs[i % refs.len()].0.clone()))
-        .collect();
-    let records: Vec<(&str, &str)> = records
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
+    let records = reference_records(16, "");
     let started = std::time::Instant::now();
     let r = server
         .client
         .post(server.url("/translation"))
         .header("x-sluice-deadline-ms", "1")
-        .json(&request("en", "ja", &records))
+        .json(&request_owned("en", "ja", &records))
         .send()
         .await
         .unwrap();
@@ -112,7 +106,7 @@ async fn passed_deadline_answers_504_and_the_server_goes_on() {
     let mut config = common::config();
     config.deadline = Some(Duration::from_millis(1));
     let server = TestServer::start(config).await;
-    let (s, _, v) = server.translate(&request("en", "ja", &records)).await;
+    let (s, _, v) = server.translate(&request_owned("en", "ja", &records)).await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (504, Some("deadline_exceeded"))
@@ -120,8 +114,7 @@ async fn passed_deadline_answers_504_and_the_server_goes_on() {
     // More work than the deadline allows (two batches before any rate is known, or the measured
     // rate's worth once it is): refused at once with 503, not queued.
     let many: Vec<(String, String)> = (0..65).map(|i| (i.to_string(), "hi".to_owned())).collect();
-    let many: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let (s, h, v) = server.translate(&request("en", "ja", &many)).await;
+    let (s, h, v) = server.translate(&request_owned("en", "ja", &many)).await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (503, Some("overloaded")),

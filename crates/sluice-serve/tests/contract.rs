@@ -25,14 +25,10 @@ async fn contract_example_returns_one_result_with_its_id_and_the_reference_trans
 async fn fifty_records_in_one_request_come_back_in_order_with_their_ids() {
     let server = TestServer::start(common::config()).await;
     let refs = reference_en_ja();
-    let records: Vec<(String, String)> = (0..50)
-        .map(|i| (format!("r{i}"), refs[i % refs.len()].0.clone()))
-        .collect();
-    let borrowed: Vec<(&str, &str)> = records
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let (status, _, v) = server.translate(&request("en", "ja", &borrowed)).await;
+    let records = common::reference_records(50, "r");
+    let (status, _, v) = server
+        .translate(&common::request_owned("en", "ja", &records))
+        .await;
     assert_eq!(status, 200, "{v}");
     let result = v["result"].as_array().unwrap();
     assert_eq!(result.len(), 50);

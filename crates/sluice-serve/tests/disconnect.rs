@@ -5,28 +5,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{metric, reference_en_ja, request, TestServer};
+use common::{metric, reference_records, request_owned, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_of_disconnected_clients_are_dropped_before_compute() {
     let mut config = common::config();
     config.batch.max_items = 4;
     let server = TestServer::start(config).await;
-    let refs = reference_en_ja();
-    let records = |n: usize, prefix: &str| -> Vec<(String, String)> {
-        (0..n)
-            .map(|i| (format!("{prefix}{i}"), refs[i % refs.len()].0.clone()))
-            .collect()
-    };
-    let borrow = |v: &[(String, String)]| -> serde_json::Value {
-        let r: Vec<(&str, &str)> = v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        request("en", "ja", &r)
-    };
     let before = server.metrics().await;
     let items_before = metric(&before, "sluice_batch_size_sum").unwrap_or(0.0);
 
     // A long request keeps the compute thread busy; its records are older, so they go first.
-    let long = borrow(&records(128, "long"));
+    let long = request_owned("en", "ja", &reference_records(128, "long"));
     let (client, url) = (server.client.clone(), server.url("/translation"));
     let first =
         tokio::spawn(async move { client.post(url).json(&long).send().await.unwrap().status() });
@@ -37,7 +27,7 @@ async fn records_of_disconnected_clients_are_dropped_before_compute() {
         .unwrap();
     let gone = impatient
         .post(server.url("/translation"))
-        .json(&borrow(&records(8, "gone")))
+        .json(&request_owned("en", "ja", &reference_records(8, "gone")))
         .send()
         .await;
     assert!(gone.unwrap_err().is_timeout());

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{reference_en_ja, request, TestServer};
+use common::{reference_records, request_owned, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_gives_up_on_requests_still_running_after_its_timeout() {
@@ -13,15 +13,7 @@ async fn shutdown_gives_up_on_requests_still_running_after_its_timeout() {
     config.batch.max_items = 2;
     config.shutdown_timeout = Duration::from_millis(200);
     let server = TestServer::start(config).await;
-    let refs = reference_en_ja();
-    let records: Vec<(String, String)> = (0..512)
-        .map(|i| (i.to_string(), refs[i % refs.len()].0.clone()))
-        .collect();
-    let records: Vec<(&str, &str)> = records
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let body = request("en", "ja", &records);
+    let body = request_owned("en", "ja", &reference_records(512, ""));
     let (client, url) = (server.client.clone(), server.url("/translation"));
     // 256 two-record batches of beam search: far longer than the 200 ms the shutdown waits.
     let long = tokio::spawn(async move { client.post(url).json(&body).send().await });

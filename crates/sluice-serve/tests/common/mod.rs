@@ -149,6 +149,23 @@ pub fn request(from: &str, to: &str, records: &[(&str, &str)]) -> Value {
     json!({"payload": {"fromLang": from, "toLang": to, "records": records}})
 }
 
+/// `n` records cycling through the reference sentences, with ids `{prefix}{i}`.
+pub fn reference_records(n: usize, prefix: &str) -> Vec<(String, String)> {
+    let refs = reference_en_ja();
+    (0..n)
+        .map(|i| (format!("{prefix}{i}"), refs[i % refs.len()].0.clone()))
+        .collect()
+}
+
+/// A translation request body from owned records.
+pub fn request_owned(from: &str, to: &str, records: &[(String, String)]) -> Value {
+    let borrowed: Vec<(&str, &str)> = records
+        .iter()
+        .map(|(id, text)| (id.as_str(), text.as_str()))
+        .collect();
+    request(from, to, &borrowed)
+}
+
 /// The value of a metric line (`name{labels} value`) whose name and labels start with `prefix`.
 pub fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
