@@ -24,16 +24,23 @@ fn pipeline() -> Pipeline<u64> {
 }
 
 fn outputs(options: &RunOptions) -> (Vec<(String, u64)>, Vec<String>, sluice_pipeline::RunSummary) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        failures_path: Some(dir.path().join("failures.jsonl")),
+        ..options.clone()
+    };
     let mut sink = VecSink::default();
-    let summary = pipeline().run(options, &mut sink).unwrap();
+    let summary = pipeline().run(&options, &mut sink).unwrap();
     let out: Vec<_> = sink
         .0
         .into_iter()
         .map(|e| (e.key.to_string(), e.value))
         .collect();
-    let mut failed: Vec<_> = summary
-        .failures
-        .iter()
+    // The summary keeps only the first failures; the file has all of them.
+    let all = std::fs::read_to_string(dir.path().join("failures.jsonl")).unwrap();
+    let mut failed: Vec<_> = all
+        .lines()
+        .map(|l| serde_json::from_str::<sluice_pipeline::Failure>(l).unwrap())
         .map(|f| format!("{}:{}", f.stage, f.key))
         .collect();
     failed.sort();
