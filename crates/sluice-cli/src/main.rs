@@ -1,5 +1,5 @@
-//! The `sluice` binary: a thin shell over the library crates (pipelines and workers come with
-//! their issues). Errors surface here as `anyhow` with their whole cause chain.
+//! The `sluice` binary: a thin shell over the library crates. Errors surface here as `anyhow`
+//! with their whole cause chain.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
@@ -28,6 +28,8 @@ enum Command {
     Translate(TranslateArgs),
     /// Download a model from the Hugging Face hub into a directory (for init containers).
     FetchModel(FetchArgs),
+    /// Run a pipeline described in a TOML file (source, stages, sink).
+    Run(RunArgs),
     /// Serve POST /translation (and health, readiness, metrics) over HTTP.
     Serve(ServeArgs),
     /// Load-test a running server: send translation requests and report latency and throughput.
@@ -126,11 +128,74 @@ struct FetchArgs {
     to: PathBuf,
 }
 
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The pipeline file.
+    pipeline: PathBuf,
+    /// Overrides the file's mode: streaming, batch or debug.
+    #[arg(long, env = "SLUICE_MODE")]
+    mode: Option<sluice_pipeline::Mode>,
+    /// Overrides a setting of the file, e.g. `stage.0.batch_size=8` or `run.cpus=4` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Process only the items whose key hashes to shard INDEX of COUNT, e.g. `0/4`.
+    #[arg(long, env = "SLUICE_SHARD", value_name = "INDEX/COUNT")]
+    shard: Option<sluice_pipeline::Shard>,
+    /// Progress display: auto (bars on a terminal, a log line every 10 s otherwise), bars, log, off.
+    #[arg(long, default_value = "auto")]
+    progress: ProgressArg,
+    /// Process every item even if its output exists (the default skips finished items).
+    #[arg(long)]
+    no_skip_completed: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ProgressArg {
+    Auto,
+    Bars,
+    Log,
+    Off,
+}
+
+fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
+    let mut config = sluice_pipeline::config::PipelineConfig::load(&args.pipeline, &args.sets)?;
+    if let Some(mode) = args.mode {
+        config.options.mode = Some(mode);
+    }
+    if let Some(shard) = args.shard {
+        config.options.shard = shard;
+    }
+    if args.no_skip_completed {
+        config.options.skip_completed = false;
+    }
+    config.options.progress = match args.progress {
+        ProgressArg::Auto => sluice_pipeline::Progress::Auto,
+        ProgressArg::Bars => sluice_pipeline::Progress::Bars,
+        ProgressArg::Log => sluice_pipeline::Progress::Log,
+        ProgressArg::Off => sluice_pipeline::Progress::Off,
+    };
+    let summary_path = config.options.summary_path.clone();
+    match config.run() {
+        Ok(summary) => {
+            eprint!("{}", summary.render());
+            if let Some(path) = summary_path {
+                eprintln!("summary written to {}", path.display());
+            }
+            Ok(())
+        }
+        Err(sluice_pipeline::RunError::Aborted { reason, summary }) => {
+            eprint!("{}", summary.render());
+            anyhow::bail!("run aborted: {reason} (rerun to continue: finished items are skipped)")
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // A server's log is its record of what happened; one-shot commands stay quiet unless asked.
     let default_level = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Run(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -144,6 +209,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Translate(args) => translate(args),
         Command::FetchModel(args) => fetch(args),
+        Command::Run(args) => run_pipeline(args),
         Command::Serve(args) => serve(args),
         Command::Stress(args) => {
             runtime().and_then(|rt| rt.block_on(sluice_serve::stress::run(args)))

@@ -12,12 +12,14 @@
 //! ```
 
 mod balance;
+pub mod config;
 mod exec;
 mod monitor;
 mod pipeline;
 mod shard;
 pub mod sink;
 mod stage;
+pub mod stages;
 mod store;
 
 use std::sync::Arc;

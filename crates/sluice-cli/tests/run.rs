@@ -1,0 +1,285 @@
+//! `sluice run PIPELINE.toml` end to end with the real binary: exec stages in their own process,
+//! failures and summary files, reruns after a kill, shards, and config errors with line numbers.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A JSON-lines program: doubles `n`, fails multiples of 7, sleeps `SLEEP_MS` per record.
+const DOUBLE_PY: &str = r#"
+import json, os, sys, time
+delay = float(os.environ.get("SLEEP_MS", "0")) / 1000
+for line in sys.stdin:
+    r = json.loads(line)
+    time.sleep(delay)
+    if r["n"] % 7 == 0:
+        print(json.dumps({"sluice_error": "multiple of seven"}))
+    else:
+        r["double"] = r["n"] * 2
+        print(json.dumps(r))
+    sys.stdout.flush()
+"#;
+
+fn setup(dir: &Path, items: u64, sleep_ms: u64, extra: &str) -> std::path::PathBuf {
+    let input: String = (0..items)
+        .map(|n| format!("{{\"id\": \"k{n}\", \"n\": {n}}}\n"))
+        .collect();
+    std::fs::write(dir.join("in.jsonl"), input + "{broken\n").unwrap();
+    std::fs::write(dir.join("double.py"), DOUBLE_PY).unwrap();
+    let config = format!(
+        r#"[run]
+balance_interval_ms = 200
+{extra}
+
+[source]
+kind = "jsonl"
+path = "{in_path}"
+key = "id"
+
+[[stage]]
+kind = "exec"
+name = "double"
+command = ["python3", "{script}"]
+env = {{ SLEEP_MS = "{sleep_ms}" }}
+batch_size = 5
+workers = 2
+
+[sink]
+kind = "jsonl"
+path = "{out}"
+part_items = 10
+"#,
+        in_path = dir.join("in.jsonl").display(),
+        script = dir.join("double.py").display(),
+        out = dir.join("out").display(),
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn sluice(args: &[&str]) -> std::process::Output {
+    Command::new(SLUICE).args(args).output().unwrap()
+}
+
+/// Every output record by key, checking that every part file is whole JSON.
+fn outputs(dir: &Path) -> HashMap<String, Vec<serde_json::Value>> {
+    let mut by_key: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+    for entry in std::fs::read_dir(dir.join("out")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("part-") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let record: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: {e}"));
+            by_key
+                .entry(record["id"].as_str().unwrap().to_string())
+                .or_default()
+                .push(record);
+        }
+    }
+    by_key
+}
+
+#[test]
+fn run_writes_outputs_failures_and_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = setup(dir.path(), 100, 0, "");
+    let out = sluice(&["run", pipeline.to_str().unwrap(), "--progress", "off"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let by_key = outputs(dir.path());
+    assert_eq!(by_key.len(), 100 - 15, "{stderr}");
+    assert_eq!(by_key["k3"][0]["double"], 6);
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/_summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            summary["items_read"].as_u64(),
+            summary["items_out"].as_u64()
+        ),
+        (Some(101), Some(85))
+    );
+    assert_eq!(summary["failed"], 16);
+    let failures = std::fs::read_to_string(dir.path().join("out/_failures.jsonl")).unwrap();
+    let failures: Vec<serde_json::Value> = failures
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(failures.len(), 16);
+    let broken = failures
+        .iter()
+        .find(|f| f["stage"] == "read")
+        .expect("the unreadable line is a failure");
+    assert!(
+        broken["error"]
+            .as_str()
+            .unwrap()
+            .contains("in.jsonl:101: not JSON"),
+        "{broken}"
+    );
+    assert!(failures
+        .iter()
+        .any(|f| f["stage"] == "double" && f["key"] == "k14" && f["error"] == "multiple of seven"));
+
+    // Same outputs in every mode; a rerun with nothing left skips everything.
+    for mode in ["batch", "debug"] {
+        let other = tempfile::tempdir().unwrap();
+        let pipeline = setup(other.path(), 100, 0, "");
+        let out = sluice(&[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--mode",
+            mode,
+            "--progress",
+            "off",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut a: Vec<_> = outputs(other.path())
+            .into_values()
+            .flatten()
+            .map(|v| v.to_string())
+            .collect();
+        let mut b: Vec<_> = by_key.values().flatten().map(|v| v.to_string()).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{mode} mode");
+    }
+    let again = sluice(&["run", pipeline.to_str().unwrap(), "--progress", "off"]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("85 skipped"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(outputs(dir.path()).len(), 85);
+}
+
+#[test]
+fn a_killed_run_reruns_only_what_is_missing_and_leaves_no_partial_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = setup(dir.path(), 400, 5, "");
+    let mut child = Command::new(SLUICE)
+        .args(["run", pipeline.to_str().unwrap(), "--progress", "off"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let parts = |dir: &Path| {
+        std::fs::read_dir(dir.join("out"))
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("part-")
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while parts(dir.path()) < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done_before = outputs(dir.path()).len();
+    assert!(
+        (50..340).contains(&done_before),
+        "killed after {done_before} outputs"
+    );
+
+    let out = sluice(&["run", pipeline.to_str().unwrap(), "--progress", "off"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{done_before} skipped")),
+        "{stderr}"
+    );
+    let by_key = outputs(dir.path());
+    let expected: Vec<String> = (0..400)
+        .filter(|n| n % 7 != 0)
+        .map(|n| format!("k{n}"))
+        .collect();
+    assert_eq!(by_key.len(), expected.len());
+    for key in expected {
+        assert_eq!(by_key.get(&key).map(|v| v.len()), Some(1), "{key} once");
+    }
+}
+
+#[test]
+fn shards_split_the_input_between_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = setup(dir.path(), 300, 0, "");
+    for shard in ["0/3", "1/3", "2/3"] {
+        let out = sluice(&[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--shard",
+            shard,
+            "--progress",
+            "off",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let by_key = outputs(dir.path());
+    assert_eq!(by_key.len(), (0..300).filter(|n| n % 7 != 0).count());
+    assert!(by_key.values().all(|v| v.len() == 1));
+    let bad = sluice(&["run", pipeline.to_str().unwrap(), "--shard", "3/3"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("0 <= INDEX < COUNT"));
+}
+
+#[test]
+fn config_errors_name_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = setup(dir.path(), 10, 0, "");
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let cases = [
+        (
+            text.replace("batch_size = 5", "batch_size = 5\ncomand = 1"),
+            ":10: [[stage]] 0 (exec): unknown field `comand`",
+        ),
+        (
+            text.replace("kind = \"exec\"", "kind = \"exe\""),
+            ":10: [[stage]] 0: unknown kind \"exe\"",
+        ),
+        (
+            text.replace("workers = 2", "workers = \"many\""),
+            "workers = \"many\": expected a number or \"auto\"",
+        ),
+        (text.replace("[sink]", "[sink\n"), ":18:"),
+    ];
+    for (config, expected) in cases {
+        std::fs::write(&pipeline, config).unwrap();
+        let out = sluice(&["run", pipeline.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in {stderr}"
+        );
+    }
+    std::fs::write(&pipeline, text).unwrap();
+    let out = sluice(&[
+        "run",
+        pipeline.to_str().unwrap(),
+        "--set",
+        "stage.nope.workers=1",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no stage is named \"nope\""));
+}

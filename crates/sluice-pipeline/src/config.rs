@@ -1,0 +1,484 @@
+//! `sluice run PIPELINE.toml`: a pipeline of built-in stages described in TOML, checked before
+//! anything runs, with errors that name the file and line.
+//!
+//! ```toml
+//! [run]
+//! mode = "streaming"        # streaming | batch | debug (default: streaming; batch with one GPU)
+//!
+//! [source]
+//! kind = "jsonl"            # lines | jsonl | files
+//! path = "input.jsonl"
+//! key = "id"
+//!
+//! [[stage]]
+//! kind = "exec"             # exec | translate
+//! name = "clean"
+//! command = ["python3", "clean.py"]
+//! batch_size = 32
+//! workers = "auto"          # or a number
+//!
+//! [sink]
+//! kind = "jsonl"
+//! path = "out"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Spanned, Table, Value};
+
+use crate::stages::{read_source, ExecStage, Record, SourceSpec, TranslateStage};
+use crate::{
+    map, ItemError, JsonlSink, Mode, Pipeline, Progress, RunError, RunOptions, RunSummary, Shard,
+    StageOptions, Workers,
+};
+
+/// A config that cannot be used; the message names the file, the line and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    run: Option<Spanned<Table>>,
+    source: Spanned<Table>,
+    #[serde(default)]
+    stage: Vec<Spanned<Table>>,
+    sink: Spanned<Table>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RunSection {
+    mode: Option<Mode>,
+    cpus: Option<f64>,
+    gpus: Option<f64>,
+    #[serde(default)]
+    preserve_order: bool,
+    skip_completed: Option<bool>,
+    failures: Option<PathBuf>,
+    summary: Option<PathBuf>,
+    spill_dir: Option<PathBuf>,
+    memory_budget_mb: Option<u64>,
+    balance_interval_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceSection {
+    kind: String,
+    path: PathBuf,
+    key: Option<String>,
+    #[serde(default)]
+    extensions: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinkSection {
+    kind: String,
+    path: PathBuf,
+    key_field: Option<String>,
+    part_items: Option<usize>,
+}
+
+/// Settings every stage kind accepts.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Common {
+    name: Option<String>,
+    batch_size: Option<usize>,
+    workers: Option<WorkersValue>,
+    workers_per_node: Option<usize>,
+    cpus: Option<f64>,
+    gpus: Option<f64>,
+    max_retries: Option<u32>,
+    retry_backoff_ms: Option<u64>,
+    max_restarts: Option<u32>,
+}
+
+const COMMON_KEYS: [&str; 9] = [
+    "name",
+    "batch_size",
+    "workers",
+    "workers_per_node",
+    "cpus",
+    "gpus",
+    "max_retries",
+    "retry_backoff_ms",
+    "max_restarts",
+];
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WorkersValue {
+    Count(usize),
+    Word(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecSection {
+    command: Vec<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TranslateSection {
+    model: Option<String>,
+    from: String,
+    to: String,
+    #[serde(default = "default_text_field")]
+    field: String,
+    #[serde(default = "default_output_field")]
+    output: String,
+    beams: Option<usize>,
+    max_new_tokens: Option<usize>,
+}
+
+fn default_text_field() -> String {
+    "text".into()
+}
+
+fn default_output_field() -> String {
+    "translation".into()
+}
+
+/// A built stage of a config pipeline.
+enum BuiltStage {
+    Exec(ExecStage),
+    Translate(TranslateStage),
+}
+
+/// A validated config, ready to run.
+pub struct PipelineConfig {
+    source: SourceSpec,
+    stages: Vec<BuiltStage>,
+    sink_dir: PathBuf,
+    key_field: String,
+    part_items: usize,
+    /// The run options the config sets (command-line flags may change them before running).
+    pub options: RunOptions,
+}
+
+/// Where a byte offset of `text` is, as `file:line`.
+fn at(file: &Path, text: &str, offset: usize) -> String {
+    let line = text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1;
+    format!("{}:{line}", file.display())
+}
+
+/// Applies `--set a.b.c=value` to the parsed document. `stage.N` (from 0) or `stage.NAME` picks a
+/// stage; the value is read as TOML (`8`, `true`, `"x"`, `[1, 2]`) or else taken as a string.
+fn apply_set(doc: &mut Document, assignment: &str) -> Result<(), ConfigError> {
+    let (path, raw) = assignment.split_once('=').ok_or_else(|| {
+        ConfigError(format!(
+            "--set {assignment:?}: expected KEY=VALUE, e.g. stage.0.batch_size=8"
+        ))
+    })?;
+    let value: Value = toml::from_str::<Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_string()));
+    let parts: Vec<&str> = path.trim().split('.').collect();
+    let bad = || {
+        ConfigError(format!(
+            "--set {path}: expected run.KEY, source.KEY, sink.KEY or stage.N.KEY / stage.NAME.KEY"
+        ))
+    };
+    let (table, key) = match parts.as_slice() {
+        ["run", key] => {
+            let run = doc
+                .run
+                .get_or_insert_with(|| Spanned::new(0..0, Table::new()));
+            (run.get_mut(), *key)
+        }
+        ["source", key] => (doc.source.get_mut(), *key),
+        ["sink", key] => (doc.sink.get_mut(), *key),
+        ["stage", which, key] => {
+            let index = match which.parse::<usize>() {
+                Ok(i) => i,
+                Err(_) => doc
+                    .stage
+                    .iter()
+                    .position(|s| s.get_ref().get("name").and_then(|n| n.as_str()) == Some(*which))
+                    .ok_or_else(|| {
+                        ConfigError(format!("--set {path}: no stage is named {which:?}"))
+                    })?,
+            };
+            let count = doc.stage.len();
+            let stage = doc.stage.get_mut(index).ok_or_else(|| {
+                ConfigError(format!(
+                    "--set {path}: there are {count} stages, numbered from 0"
+                ))
+            })?;
+            (stage.get_mut(), *key)
+        }
+        _ => return Err(bad()),
+    };
+    table.insert(key.to_string(), value);
+    Ok(())
+}
+
+fn section<T: for<'de> Deserialize<'de>>(
+    table: &Table,
+    what: &str,
+    where_: &str,
+) -> Result<T, ConfigError> {
+    T::deserialize(Value::Table(table.clone()))
+        .map_err(|e| ConfigError(format!("{where_}: {what}: {}", e.message())))
+}
+
+impl PipelineConfig {
+    /// Reads and checks a config file, applying `--set` overrides first.
+    pub fn load(file: &Path, sets: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError(format!("cannot read pipeline {}: {e}", file.display())))?;
+        Self::parse(file, &text, sets)
+    }
+
+    /// Checks config text; `file` is only used in messages.
+    pub fn parse(file: &Path, text: &str, sets: &[String]) -> Result<Self, ConfigError> {
+        let mut doc: Document = toml::from_str(text).map_err(|e| {
+            let place = e
+                .span()
+                .map(|s| at(file, text, s.start))
+                .unwrap_or_else(|| file.display().to_string());
+            ConfigError(format!("{place}: {}", e.message().trim_end()))
+        })?;
+        for set in sets {
+            apply_set(&mut doc, set)?;
+        }
+        let where_of = |span: std::ops::Range<usize>| {
+            if span.is_empty() {
+                "--set".to_string()
+            } else {
+                at(file, text, span.start)
+            }
+        };
+
+        let run: RunSection = match &doc.run {
+            Some(run) => section(run.get_ref(), "[run]", &where_of(run.span()))?,
+            None => RunSection::default(),
+        };
+        let src_at = where_of(doc.source.span());
+        let src: SourceSection = section(doc.source.get_ref(), "[source]", &src_at)?;
+        let source = match src.kind.as_str() {
+            "lines" => SourceSpec::Lines { path: src.path },
+            "jsonl" => SourceSpec::Jsonl {
+                path: src.path,
+                key: src.key,
+            },
+            "files" => SourceSpec::Files {
+                path: src.path,
+                extensions: src.extensions,
+            },
+            other => {
+                return Err(ConfigError(format!(
+                    "{src_at}: [source]: unknown kind {other:?}: expected lines, jsonl or files"
+                )))
+            }
+        };
+        if !matches!(source, SourceSpec::Jsonl { .. }) && doc.source.get_ref().contains_key("key") {
+            return Err(ConfigError(format!(
+                "{src_at}: [source]: key only applies to kind = \"jsonl\""
+            )));
+        }
+
+        let mut stages = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, spanned) in doc.stage.iter().enumerate() {
+            let place = where_of(spanned.span());
+            let mut table = spanned.get_ref().clone();
+            let kind = match table.remove("kind") {
+                Some(Value::String(kind)) => kind,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "{place}: [[stage]] {i}: needs kind = \"exec\" or \"translate\""
+                    )))
+                }
+            };
+            let mut common_table = Table::new();
+            for key in COMMON_KEYS {
+                if let Some(v) = table.remove(key) {
+                    common_table.insert(key.into(), v);
+                }
+            }
+            let what = format!("[[stage]] {i} ({kind})");
+            let common: Common = section(&common_table, &what, &place)?;
+            let options =
+                stage_options(&common).map_err(|e| ConfigError(format!("{place}: {what}: {e}")))?;
+            let name = common.name.unwrap_or_else(|| format!("{kind}-{i}"));
+            if !names.insert(name.clone()) {
+                return Err(ConfigError(format!(
+                    "{place}: {what}: another stage is already named {name:?}"
+                )));
+            }
+            stages.push(match kind.as_str() {
+                "exec" => {
+                    let spec: ExecSection = section(&table, &what, &place)?;
+                    if spec.command.is_empty() {
+                        return Err(ConfigError(format!("{place}: {what}: command is empty")));
+                    }
+                    let mut stage = ExecStage::new(&name, spec.command, options);
+                    stage.env = spec.env.into_iter().collect();
+                    BuiltStage::Exec(stage)
+                }
+                "translate" => {
+                    let spec: TranslateSection = section(&table, &what, &place)?;
+                    let model = spec
+                        .model
+                        .unwrap_or_else(|| sluice_models::source::DEFAULT_MODEL.to_string());
+                    let mut stage = TranslateStage::new(
+                        &name,
+                        &model,
+                        &spec.from,
+                        &spec.to,
+                        &spec.field,
+                        &spec.output,
+                        options,
+                    );
+                    stage.generation.num_beams = spec.beams;
+                    stage.generation.max_new_tokens = spec.max_new_tokens;
+                    BuiltStage::Translate(stage)
+                }
+                other => {
+                    return Err(ConfigError(format!(
+                        "{place}: [[stage]] {i}: unknown kind {other:?}: expected exec or translate"
+                    )))
+                }
+            });
+        }
+
+        let sink_at = where_of(doc.sink.span());
+        let sink: SinkSection = section(doc.sink.get_ref(), "[sink]", &sink_at)?;
+        if sink.kind != "jsonl" {
+            return Err(ConfigError(format!(
+                "{sink_at}: [sink]: unknown kind {:?}: expected jsonl",
+                sink.kind
+            )));
+        }
+        let key_field = sink
+            .key_field
+            .or_else(|| match &source {
+                SourceSpec::Jsonl { key: Some(k), .. } => Some(k.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "key".into());
+        let options = RunOptions {
+            mode: run.mode,
+            cpus: run.cpus,
+            gpus: run.gpus,
+            preserve_order: run.preserve_order,
+            shard: Shard::ALL,
+            skip_completed: run.skip_completed.unwrap_or(true),
+            failures_path: Some(
+                run.failures
+                    .unwrap_or_else(|| sink.path.join("_failures.jsonl")),
+            ),
+            summary_path: Some(
+                run.summary
+                    .unwrap_or_else(|| sink.path.join("_summary.json")),
+            ),
+            spill_dir: run.spill_dir,
+            memory_budget: run.memory_budget_mb.map(|mb| mb << 20).unwrap_or(1 << 30),
+            balance_interval: Duration::from_millis(run.balance_interval_ms.unwrap_or(2000)),
+            progress: Progress::Auto,
+        };
+        Ok(PipelineConfig {
+            source,
+            stages,
+            sink_dir: sink.path,
+            key_field,
+            part_items: sink.part_items.unwrap_or(10_000),
+            options,
+        })
+    }
+
+    /// Builds the pipeline and runs it to the end.
+    pub fn run(self) -> Result<RunSummary, RunError> {
+        let items = read_source(&self.source)
+            .map_err(|e| RunError::Invalid(format!("cannot open the source: {e}")))?;
+        // Unreadable input records travel as markers and fail in a first "read" stage, so that
+        // they are reported like any other failed item instead of stopping the run.
+        let keyed = items.enumerate().map(|(i, item)| match item {
+            Ok(pair) => pair,
+            Err(message) => (
+                format!("unreadable-{}", i + 1),
+                serde_json::json!({ READ_ERROR: message }),
+            ),
+        });
+        let read = map(
+            "read",
+            StageOptions::default().batch_size(256),
+            |record: &Record| match record.get(READ_ERROR).and_then(|m| m.as_str()) {
+                Some(message) => Err(ItemError::permanent(message)),
+                None => Ok(record.clone()),
+            },
+        );
+        let mut pipeline = Pipeline::from_keyed(keyed).stage(read);
+        for stage in self.stages {
+            pipeline = match stage {
+                BuiltStage::Exec(s) => pipeline.stage(s),
+                BuiltStage::Translate(s) => pipeline.stage(s),
+            };
+        }
+        let tag = match self.options.shard {
+            Shard { count: 1, .. } => String::new(),
+            s => format!("s{}of{}-", s.index, s.count),
+        };
+        let mut sink = JsonlSink::new(&self.sink_dir, &self.key_field, self.part_items, &tag)?;
+        pipeline.run(&self.options, &mut sink)
+    }
+}
+
+const READ_ERROR: &str = "sluice_read_error";
+
+fn stage_options(common: &Common) -> Result<StageOptions, String> {
+    let mut options = StageOptions::default();
+    if let Some(n) = common.batch_size {
+        if n == 0 {
+            return Err("batch_size must be at least 1".into());
+        }
+        options.batch_size = n;
+    }
+    options.workers = match (&common.workers, common.workers_per_node) {
+        (Some(_), Some(_)) => return Err("set workers or workers_per_node, not both".into()),
+        (None, Some(0)) | (Some(WorkersValue::Count(0)), None) => {
+            return Err("workers must be at least 1".into())
+        }
+        (None, Some(n)) => Workers::PerNode(n),
+        (Some(WorkersValue::Count(n)), None) => Workers::Fixed(*n),
+        (Some(WorkersValue::Word(w)), None) if w == "auto" => Workers::Auto,
+        (Some(WorkersValue::Word(w)), None) => {
+            return Err(format!("workers = {w:?}: expected a number or \"auto\""))
+        }
+        (None, None) => Workers::Auto,
+    };
+    if let Some(c) = common.cpus {
+        options.cpus = c;
+    }
+    if let Some(g) = common.gpus {
+        options.gpus = g;
+    }
+    if options.cpus < 0.0 || options.gpus < 0.0 {
+        return Err("cpus and gpus cannot be negative".into());
+    }
+    if let Some(r) = common.max_retries {
+        options.max_retries = r;
+    }
+    if let Some(ms) = common.retry_backoff_ms {
+        options.retry_backoff = Duration::from_millis(ms);
+    }
+    if let Some(r) = common.max_restarts {
+        options.max_restarts = r;
+    }
+    Ok(options)
+}

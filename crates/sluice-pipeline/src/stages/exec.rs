@@ -1,0 +1,186 @@
+//! `exec`: a stage that is any program speaking JSON lines, one long-lived process per worker, so
+//! a stage can live in its own Python environment. Per batch, the worker writes one JSON record
+//! per line to the program's stdin and reads one line per record back from its stdout, in order.
+//! A reply `{"sluice_error": "why"}` fails that item; `{"sluice_error": {"message": "why",
+//! "transient": true}}` asks for a retry. A program that exits or answers garbage is restarted.
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use crate::stages::Record;
+use crate::{ItemError, Stage, StageError, StageOptions, WorkerContext};
+
+/// Runs a JSON-lines program per worker.
+#[derive(Debug, Clone)]
+pub struct ExecStage {
+    /// The stage's name.
+    pub name: String,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Extra environment variables for the program.
+    pub env: Vec<(String, String)>,
+    /// Worker settings.
+    pub options: StageOptions,
+    process: Option<Process>,
+}
+
+#[derive(Debug)]
+struct Process {
+    child: Child,
+    stdin: BufWriter<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Clone for Process {
+    fn clone(&self) -> Self {
+        unreachable!("stages are cloned before setup, when they have no process")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Closing stdin is the program's signal to finish; kill it if it lingers.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ExecStage {
+    /// A stage running `command` in each worker.
+    pub fn new(name: &str, command: Vec<String>, options: StageOptions) -> Self {
+        ExecStage {
+            name: name.to_string(),
+            command,
+            env: Vec::new(),
+            options,
+            process: None,
+        }
+    }
+}
+
+fn reply_to_result(line: &str) -> Result<Result<Record, ItemError>, StageError> {
+    let value: Record = serde_json::from_str(line).map_err(|e| {
+        StageError::new(format!(
+            "program answered a line that is not JSON ({e}): {line:.200}"
+        ))
+    })?;
+    Ok(match value.get("sluice_error") {
+        None => Ok(value),
+        Some(Record::String(message)) => Err(ItemError::permanent(message.clone())),
+        Some(detail) => {
+            let message = detail
+                .get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or("failed")
+                .to_string();
+            let transient = detail
+                .get("transient")
+                .and_then(|t| t.as_bool())
+                .unwrap_or(false);
+            Err(ItemError { message, transient })
+        }
+    })
+}
+
+impl Stage for ExecStage {
+    type In = Record;
+    type Out = Record;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn options(&self) -> StageOptions {
+        self.options.clone()
+    }
+
+    fn setup(&mut self, worker: &WorkerContext) -> Result<(), StageError> {
+        let (program, args) = self
+            .command
+            .split_first()
+            .ok_or_else(|| StageError::new("exec stage has an empty command"))?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("SLUICE_STAGE", &worker.stage)
+            .env("SLUICE_WORKER", worker.worker.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(gpu) = worker.gpu {
+            command.env("CUDA_VISIBLE_DEVICES", gpu.to_string());
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| StageError::new(format!("cannot start {program:?}: {e}")))?;
+        let stdin = BufWriter::new(child.stdin.take().expect("stdin is piped"));
+        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        self.process = Some(Process {
+            child,
+            stdin,
+            stdout,
+        });
+        Ok(())
+    }
+
+    fn process(&mut self, batch: &[Record]) -> Result<Vec<Result<Record, ItemError>>, StageError> {
+        let process = self
+            .process
+            .as_mut()
+            .ok_or_else(|| StageError::new("exec stage was not set up"))?;
+        let Process {
+            child,
+            stdin,
+            stdout,
+        } = process;
+        // Write on another thread: a program that answers while it reads would otherwise fill
+        // the stdout pipe and block while we block on a full stdin pipe.
+        let (written, replies) = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| -> std::io::Result<()> {
+                for record in batch {
+                    serde_json::to_writer(&mut *stdin, record)?;
+                    stdin.write_all(b"\n")?;
+                }
+                stdin.flush()
+            });
+            let mut replies = Vec::with_capacity(batch.len());
+            let mut line = String::new();
+            while replies.len() < batch.len() {
+                line.clear();
+                match stdout.read_line(&mut line) {
+                    Ok(0) => break,
+                    Ok(_) => replies.push(reply_to_result(line.trim_end())),
+                    Err(e) => {
+                        replies.push(Err(StageError::new(format!(
+                            "reading the program's output: {e}"
+                        ))));
+                        break;
+                    }
+                }
+            }
+            (
+                writer
+                    .join()
+                    .unwrap_or(Err(std::io::Error::other("the writer thread panicked"))),
+                replies,
+            )
+        });
+        if replies.len() < batch.len() {
+            let status = child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "still running".into());
+            return Err(StageError::new(format!(
+                "program {:?} answered {} of {} lines and closed its output ({status})",
+                self.command.join(" "),
+                replies.len(),
+                batch.len()
+            )));
+        }
+        written.map_err(|e| StageError::new(format!("writing to the program: {e}")))?;
+        replies.into_iter().collect()
+    }
+}

@@ -1,0 +1,12 @@
+//! Built-in stages and sources for config-driven pipelines, whose items are JSON objects.
+
+pub mod exec;
+pub mod source;
+pub mod translate;
+
+pub use exec::ExecStage;
+pub use source::{read_source, SourceSpec};
+pub use translate::TranslateStage;
+
+/// The item type of config-driven pipelines.
+pub type Record = serde_json::Value;

@@ -1,0 +1,127 @@
+//! `translate`: the M2M100 engine in-process, translating one text field of each record into
+//! another field. Each worker loads the model once (local directory or Hugging Face cache).
+
+use std::sync::Arc;
+
+use sluice_models::m2m100::{GenerationOptions, M2M100};
+use sluice_models::source::{HubSettings, ModelSource};
+
+use crate::stages::Record;
+use crate::{ItemError, Stage, StageError, StageOptions, WorkerContext};
+
+/// Translates `field` into `output` with an M2M100 model.
+#[derive(Clone)]
+pub struct TranslateStage {
+    /// The stage's name.
+    pub name: String,
+    /// Model directory or Hugging Face repository id.
+    pub model: String,
+    /// Source language code.
+    pub from: String,
+    /// Target language code.
+    pub to: String,
+    /// Field holding the text.
+    pub field: String,
+    /// Field the translation is written to.
+    pub output: String,
+    /// Beam search and length settings.
+    pub generation: GenerationOptions,
+    /// Worker settings.
+    pub options: StageOptions,
+    loaded: Option<Arc<M2M100>>,
+}
+
+impl TranslateStage {
+    /// A stage translating `field` from `from` to `to` into `output`.
+    pub fn new(
+        name: &str,
+        model: &str,
+        from: &str,
+        to: &str,
+        field: &str,
+        output: &str,
+        options: StageOptions,
+    ) -> Self {
+        TranslateStage {
+            name: name.into(),
+            model: model.into(),
+            from: from.into(),
+            to: to.into(),
+            field: field.into(),
+            output: output.into(),
+            generation: GenerationOptions::default(),
+            options,
+            loaded: None,
+        }
+    }
+}
+
+impl Stage for TranslateStage {
+    type In = Record;
+    type Out = Record;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn options(&self) -> StageOptions {
+        self.options.clone()
+    }
+
+    fn setup(&mut self, _worker: &WorkerContext) -> Result<(), StageError> {
+        let source = ModelSource::parse(&self.model);
+        let dir = source
+            .resolve(&HubSettings::from_env())
+            .map_err(|e| StageError::new(e.to_string()))?;
+        let model = M2M100::load(&dir, &candle_core::Device::Cpu)
+            .map_err(|e| StageError::new(format!("loading model {source}: {e}")))?;
+        for code in [&self.from, &self.to] {
+            model
+                .tokenizer()
+                .lang_id(code)
+                .map_err(|e| StageError::new(e.to_string()))?;
+        }
+        self.loaded = Some(Arc::new(model));
+        Ok(())
+    }
+
+    fn process(&mut self, batch: &[Record]) -> Result<Vec<Result<Record, ItemError>>, StageError> {
+        let model = self
+            .loaded
+            .as_ref()
+            .ok_or_else(|| StageError::new("translate stage was not set up"))?;
+        let mut texts = Vec::with_capacity(batch.len());
+        let mut results: Vec<Result<Record, ItemError>> = Vec::with_capacity(batch.len());
+        for record in batch {
+            match record.get(&self.field).and_then(|t| t.as_str()) {
+                Some(text) => {
+                    texts.push(text);
+                    results.push(Ok(record.clone()));
+                }
+                None => results.push(Err(ItemError::permanent(format!(
+                    "record has no text field {:?}",
+                    self.field
+                )))),
+            }
+        }
+        let translated = model
+            .translate(
+                &texts,
+                &self.from,
+                &self.to,
+                &self.generation,
+                self.options.batch_size,
+            )
+            .map_err(|e| StageError::new(format!("translating: {e}")))?;
+        let mut translated = translated.into_iter();
+        for result in results.iter_mut() {
+            if let Ok(Record::Object(map)) = result {
+                map.insert(
+                    self.output.clone(),
+                    translated.next().unwrap_or_default().into(),
+                );
+            }
+        }
+        Ok(results)
+    }
+}
