@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages Sluice builds with (Debian/Ubuntu): cmake and a C++ compiler for the
-# statically linked SentencePiece library, and python3 for the pipeline tests' exec-stage programs. Skips what is already there; needs root or sudo to install.
+# statically linked SentencePiece library, and python3 for the pipeline tests' exec-stage programs.
+# Skips what is already there; needs root or sudo to install.
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
