@@ -65,6 +65,16 @@ fn sluice(args: &[&str]) -> std::process::Output {
     Command::new(SLUICE).args(args).output().unwrap()
 }
 
+/// Runs `sluice run PIPELINE --progress off EXTRA...`, asserts it succeeded and returns stderr.
+fn run_ok(pipeline: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["run", pipeline.to_str().unwrap(), "--progress", "off"];
+    args.extend_from_slice(extra);
+    let out = sluice(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
 /// Every output record by key, checking that every part file is whole JSON.
 fn outputs(dir: &Path) -> HashMap<String, Vec<serde_json::Value>> {
     let mut by_key: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
@@ -90,9 +100,7 @@ fn outputs(dir: &Path) -> HashMap<String, Vec<serde_json::Value>> {
 fn run_writes_outputs_failures_and_summary() {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = setup(dir.path(), 100, 0, "");
-    let out = sluice(&["run", pipeline.to_str().unwrap(), "--progress", "off"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let stderr = run_ok(&pipeline, &[]);
     let by_key = outputs(dir.path());
     assert_eq!(by_key.len(), 100 - 15, "{stderr}");
     assert_eq!(by_key["k3"][0]["double"], 6);
@@ -133,19 +141,7 @@ fn run_writes_outputs_failures_and_summary() {
     for mode in ["batch", "debug"] {
         let other = tempfile::tempdir().unwrap();
         let pipeline = setup(other.path(), 100, 0, "");
-        let out = sluice(&[
-            "run",
-            pipeline.to_str().unwrap(),
-            "--mode",
-            mode,
-            "--progress",
-            "off",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(&pipeline, &["--mode", mode]);
         let mut a: Vec<_> = outputs(other.path())
             .into_values()
             .flatten()
@@ -156,12 +152,8 @@ fn run_writes_outputs_failures_and_summary() {
         b.sort();
         assert_eq!(a, b, "{mode} mode");
     }
-    let again = sluice(&["run", pipeline.to_str().unwrap(), "--progress", "off"]);
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("85 skipped"),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    let again = run_ok(&pipeline, &[]);
+    assert!(again.contains("85 skipped"), "{again}");
     assert_eq!(outputs(dir.path()).len(), 85);
 }
 
@@ -200,9 +192,7 @@ fn a_killed_run_reruns_only_what_is_missing_and_leaves_no_partial_output() {
         "killed after {done_before} outputs"
     );
 
-    let out = sluice(&["run", pipeline.to_str().unwrap(), "--progress", "off"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let stderr = run_ok(&pipeline, &[]);
     assert!(
         stderr.contains(&format!("{done_before} skipped")),
         "{stderr}"
@@ -223,19 +213,7 @@ fn shards_split_the_input_between_runs() {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = setup(dir.path(), 300, 0, "");
     for shard in ["0/3", "1/3", "2/3"] {
-        let out = sluice(&[
-            "run",
-            pipeline.to_str().unwrap(),
-            "--shard",
-            shard,
-            "--progress",
-            "off",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(&pipeline, &["--shard", shard]);
     }
     let by_key = outputs(dir.path());
     assert_eq!(by_key.len(), (0..300).filter(|n| n % 7 != 0).count());

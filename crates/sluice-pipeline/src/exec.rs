@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::monitor::{Failure, LiveStage, Resize, StageStats};
-use crate::{Envelope, Key, Stage, WorkerContext};
+use crate::{lock, Envelope, Key, Stage, WorkerContext};
 
 /// Makes a fresh, not yet set up, instance of a stage for a new worker.
 pub(crate) type Factory<S> = Arc<dyn Fn() -> S + Send + Sync>;
@@ -44,7 +44,7 @@ impl Shared {
 
     /// Stops the run; the first reason given is the one reported.
     pub fn abort(&self, reason: String) {
-        let mut r = self.abort_reason.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = lock(&self.abort_reason);
         if r.is_none() {
             tracing::error!("{reason}");
             *r = Some(reason);
@@ -53,7 +53,7 @@ impl Shared {
     }
 
     fn fail(&self, failure: Failure) {
-        if let Some(tx) = &*self.failures.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(tx) = &*lock(&self.failures) {
             let _ = tx.send(failure);
         }
     }
@@ -64,10 +64,7 @@ impl Shared {
             .name(name)
             .spawn(f)
             .expect("spawning a worker thread");
-        self.threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(handle);
+        lock(&self.threads).push(handle);
     }
 }
 
@@ -305,14 +302,10 @@ impl<S: Stage> StageRun<S> {
         run
     }
 
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Starts one more worker; false once the stage has finished.
     fn spawn_worker(self: &Arc<Self>) -> bool {
         let (input, output) = {
-            let (input, output) = (Self::lock(&self.input), Self::lock(&self.output));
+            let (input, output) = (lock(&self.input), lock(&self.output));
             match (&*input, &*output) {
                 (Some(i), Some(o)) => (i.clone(), o.clone()),
                 _ => return false,
@@ -380,8 +373,8 @@ impl<S: Stage> StageRun<S> {
         drop((input, output));
         if !retired && self.stats.alive.fetch_sub(1, Relaxed) == 1 {
             // The last worker: disconnect both neighbours so the run winds down.
-            Self::lock(&self.input).take();
-            Self::lock(&self.output).take();
+            lock(&self.input).take();
+            lock(&self.output).take();
             self.stats.finished();
         }
     }

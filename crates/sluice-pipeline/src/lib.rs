@@ -33,6 +33,12 @@ pub use stage::{
     map, ItemError, MapStage, Stage, StageError, StageOptions, WorkerContext, Workers,
 };
 
+/// Locks a mutex, going on after a panic elsewhere: every guarded value here stays consistent
+/// between statements, and a panicking stage is already reported by the engine.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// An item's key: names it in failures, decides its shard and whether it is already done.
 pub type Key = Arc<str>;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::balance::{allocate, Demand};
-use crate::{Mode, StageOptions, Workers};
+use crate::{lock, Mode, StageOptions, Workers};
 
 /// Counters of one stage, updated by its workers without locks.
 #[derive(Debug)]
@@ -68,20 +68,20 @@ impl StageStats {
     }
 
     pub fn started(&self) {
-        let mut span = self.span.lock().unwrap_or_else(|p| p.into_inner());
+        let mut span = lock(&self.span);
         span.0.get_or_insert_with(Instant::now);
     }
 
     pub fn finished(&self) {
-        self.span.lock().unwrap_or_else(|p| p.into_inner()).1 = Some(Instant::now());
+        lock(&self.span).1 = Some(Instant::now());
     }
 
     /// Folds the time measured since the last call into the smoothed seconds per item.
     fn measure(&self) -> Option<f64> {
         let busy = self.busy_ns.load(Relaxed);
         let items = self.timed_items.load(Relaxed);
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let mut smoothed = self.secs_per_item.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = lock(&self.seen);
+        let mut smoothed = lock(&self.secs_per_item);
         let (d_busy, d_items) = (busy - seen.0, items - seen.1);
         if d_items > 0 {
             let now = d_busy as f64 / 1e9 / d_items as f64;
@@ -414,7 +414,7 @@ impl RunSummary {
 }
 
 pub(crate) fn stage_summary(s: &StageStats) -> StageSummary {
-    let (start, end) = *s.span.lock().unwrap_or_else(|p| p.into_inner());
+    let (start, end) = *lock(&s.span);
     let seconds = match (start, end) {
         (Some(a), Some(b)) => (b - a).as_secs_f64(),
         (Some(a), None) => a.elapsed().as_secs_f64(),

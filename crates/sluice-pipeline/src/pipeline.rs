@@ -21,7 +21,7 @@ use crate::monitor::{
     self, Failure, Pools, Progress, Reporter, Resize, RunSummary, SourceStats, StageStats,
 };
 use crate::store::Store;
-use crate::{Completed, Envelope, Mode, RunError, Shard, Sink, Stage, StageOptions, Workers};
+use crate::{lock, Completed, Envelope, Mode, RunError, Shard, Sink, Stage, StageOptions, Workers};
 
 /// What items must be to travel between stages: sendable to workers, and encodable so that batch
 /// mode can spill them to disk.
@@ -75,11 +75,7 @@ impl Run {
     }
 
     fn register(&self, stats: Arc<StageStats>, resize: Option<Arc<dyn Resize>>) {
-        self.shared
-            .stages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((stats, resize));
+        lock(&self.shared.stages).push((stats, resize));
     }
 }
 
@@ -163,10 +159,6 @@ pub fn detect_gpus() -> usize {
                 .count()
         })
         .unwrap_or(0)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<T: Item> Pipeline<T> {
