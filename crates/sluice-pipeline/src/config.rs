@@ -18,7 +18,7 @@
 //! workers = "auto"          # or a number
 //!
 //! [sink]
-//! kind = "jsonl"
+//! kind = "jsonl"            # jsonl | parquet: part files, each renamed into place when full
 //! path = "out"
 //! ```
 
@@ -30,8 +30,8 @@ use toml::{Spanned, Table, Value};
 
 use crate::stages::{read_source, ExecStage, Record, SourceSpec, TranslateStage};
 use crate::{
-    map, ItemError, JsonlSink, Mode, Pipeline, Progress, RunError, RunOptions, RunSummary, Shard,
-    StageOptions, Workers,
+    map, ItemError, Mode, PartFormat, PartSink, Pipeline, Progress, RunError, RunOptions,
+    RunSummary, Shard, StageOptions, Workers,
 };
 
 /// A config that cannot be used; the message names the file, the line and the fix.
@@ -159,6 +159,7 @@ pub struct PipelineConfig {
     source: SourceSpec,
     stages: Vec<BuiltStage>,
     sink_dir: PathBuf,
+    sink_format: PartFormat,
     key_field: String,
     part_items: usize,
     /// The run options the config sets (command-line flags may change them before running).
@@ -359,12 +360,17 @@ impl PipelineConfig {
 
         let sink_at = where_of(doc.sink.span());
         let sink: SinkSection = section(doc.sink.get_ref(), "[sink]", &sink_at)?;
-        if sink.kind != "jsonl" {
-            return Err(ConfigError(format!(
-                "{sink_at}: [sink]: unknown kind {:?}: expected jsonl",
-                sink.kind
-            )));
-        }
+        let sink_format = match sink.kind.as_str() {
+            "jsonl" => PartFormat::Jsonl,
+            #[cfg(feature = "parquet")]
+            "parquet" => PartFormat::Parquet,
+            other => {
+                return Err(ConfigError(format!(
+                    "{sink_at}: [sink]: unknown kind {other:?}: expected {}",
+                    SINK_KINDS.join(" or ")
+                )))
+            }
+        };
         let key_field = sink
             .key_field
             .or_else(|| match &source {
@@ -396,6 +402,7 @@ impl PipelineConfig {
             source,
             stages,
             sink_dir: sink.path,
+            sink_format,
             key_field,
             part_items: sink.part_items.unwrap_or(10_000),
             options,
@@ -434,10 +441,23 @@ impl PipelineConfig {
             Shard { count: 1, .. } => String::new(),
             s => format!("s{}of{}-", s.index, s.count),
         };
-        let mut sink = JsonlSink::new(&self.sink_dir, &self.key_field, self.part_items, &tag)?;
+        let mut sink = PartSink::new(
+            self.sink_format,
+            &self.sink_dir,
+            &self.key_field,
+            self.part_items,
+            &tag,
+        )?;
         pipeline.run(&self.options, &mut sink)
     }
 }
+
+/// The sink kinds this build offers.
+const SINK_KINDS: &[&str] = &[
+    "jsonl",
+    #[cfg(feature = "parquet")]
+    "parquet",
+];
 
 const READ_ERROR: &str = "sluice_read_error";
 

@@ -15,6 +15,8 @@ mod balance;
 pub mod config;
 mod exec;
 mod monitor;
+#[cfg(feature = "parquet")]
+mod parquet;
 mod pipeline;
 mod shard;
 pub mod sink;
@@ -28,7 +30,7 @@ pub use balance::{allocate, Demand};
 pub use monitor::{Failure, Progress, RunSummary, StageSummary};
 pub use pipeline::{detect_gpus, Pipeline, RunOptions};
 pub use shard::Shard;
-pub use sink::{Completed, FileSink, JsonlSink, Sink, VecSink};
+pub use sink::{Completed, FileSink, PartFormat, PartSink, Sink, VecSink};
 pub use stage::{
     map, ItemError, MapStage, Stage, StageError, StageOptions, WorkerContext, Workers,
 };

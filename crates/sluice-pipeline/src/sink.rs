@@ -83,24 +83,104 @@ pub fn key_text(value: &serde_json::Value) -> String {
     }
 }
 
-/// JSON Lines output in part files (`part-<run>-<n>.jsonl`), each renamed into place when full.
+/// The file format of a [`PartSink`]'s parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartFormat {
+    /// JSON Lines, one record per line.
+    Jsonl,
+    /// Apache Parquet, one row group per part, schema inferred from the part's records.
+    #[cfg(feature = "parquet")]
+    Parquet,
+}
+
+impl PartFormat {
+    /// The file extension of parts in this format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            PartFormat::Jsonl => "jsonl",
+            #[cfg(feature = "parquet")]
+            PartFormat::Parquet => "parquet",
+        }
+    }
+
+    fn encode(self, records: &[serde_json::Value], out: &mut Vec<u8>) -> Result<(), SinkError> {
+        match self {
+            PartFormat::Jsonl => {
+                for record in records {
+                    serde_json::to_writer(&mut *out, record)
+                        .map_err(|e| SinkError::Encode(e.to_string()))?;
+                    out.push(b'\n');
+                }
+                Ok(())
+            }
+            #[cfg(feature = "parquet")]
+            PartFormat::Parquet => crate::parquet::encode(records, out),
+        }
+    }
+
+    /// Appends the keys stored in the part at `path` to `done`.
+    fn read_keys(
+        self,
+        path: &Path,
+        key_field: &str,
+        done: &mut HashSet<String>,
+    ) -> Result<(), SinkError> {
+        match self {
+            PartFormat::Jsonl => {
+                let file = File::open(path).map_err(|e| SinkError::io(path, e))?;
+                for (n, line) in BufReader::new(file).lines().enumerate() {
+                    let line = line.map_err(|e| SinkError::io(path, e))?;
+                    let record: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
+                        SinkError::Encode(format!(
+                            "{}:{}: not a JSON record: {e}",
+                            path.display(),
+                            n + 1
+                        ))
+                    })?;
+                    match record.get(key_field) {
+                        Some(k) => done.insert(key_text(k)),
+                        None => return Err(missing_key(path, Some(n + 1), key_field)),
+                    };
+                }
+                Ok(())
+            }
+            #[cfg(feature = "parquet")]
+            PartFormat::Parquet => crate::parquet::read_keys(path, key_field, done),
+        }
+    }
+}
+
+/// The error for a part whose records lack the key field, at `line` when the format has lines.
+pub(crate) fn missing_key(path: &Path, line: Option<usize>, key_field: &str) -> SinkError {
+    let at = match line {
+        Some(n) => format!("{}:{n}", path.display()),
+        None => path.display().to_string(),
+    };
+    SinkError::Encode(format!(
+        "{at}: record has no {key_field:?} field, so a rerun cannot tell which items are done"
+    ))
+}
+
+/// Records in part files (`part-<run>-<n>.<ext>`), each written whole and renamed into place.
 ///
-/// Every record carries its key in `key_field` (added when the record lacks it), which is how a
-/// rerun learns what is done: it reads the keys of the existing parts.
-pub struct JsonlSink {
+/// Every record carries its key in `key_field` (added when the record lacks it; a record that is
+/// not a JSON object becomes `{key_field: key, "value": record}`), which is how a rerun learns
+/// what is done: it reads the keys of the existing parts.
+pub struct PartSink {
+    format: PartFormat,
     dir: PathBuf,
     key_field: String,
     part_items: usize,
     prefix: String,
     parts: usize,
-    buffer: Vec<u8>,
-    buffered: usize,
+    buffer: Vec<serde_json::Value>,
 }
 
-impl JsonlSink {
+impl PartSink {
     /// Writes parts of up to `part_items` records into `dir`; `tag` (e.g. the shard) keeps the
     /// names of concurrent writers apart.
     pub fn new(
+        format: PartFormat,
         dir: impl Into<PathBuf>,
         key_field: &str,
         part_items: usize,
@@ -111,25 +191,36 @@ impl JsonlSink {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        Ok(JsonlSink {
+        Ok(PartSink {
+            format,
             dir,
             key_field: key_field.to_string(),
             part_items: part_items.max(1),
             prefix: format!("part-{tag}{}", stamp.as_millis()),
             parts: 0,
             buffer: Vec::new(),
-            buffered: 0,
         })
     }
 
-    /// Part files present in `dir` now.
-    pub fn part_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    /// JSON Lines parts; see [`PartSink::new`].
+    pub fn jsonl(
+        dir: impl Into<PathBuf>,
+        key_field: &str,
+        part_items: usize,
+        tag: &str,
+    ) -> Result<Self, SinkError> {
+        Self::new(PartFormat::Jsonl, dir, key_field, part_items, tag)
+    }
+
+    /// Part files of `format` present in `dir` now.
+    pub fn part_files(dir: &Path, format: PartFormat) -> std::io::Result<Vec<PathBuf>> {
+        let suffix = format!(".{}", format.extension());
         let mut parts = Vec::new();
         if dir.exists() {
             for entry in std::fs::read_dir(dir)? {
                 let path = entry?.path();
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if name.starts_with("part-") && name.ends_with(".jsonl") {
+                if name.starts_with("part-") && name.ends_with(&suffix) {
                     parts.push(path);
                 }
             }
@@ -139,22 +230,25 @@ impl JsonlSink {
     }
 
     fn flush_part(&mut self) -> Result<(), SinkError> {
-        if self.buffered == 0 {
+        if self.buffer.is_empty() {
             return Ok(());
         }
-        let path = self
-            .dir
-            .join(format!("{}-{:05}.jsonl", self.prefix, self.parts));
-        write_atomic(&path, |out| out.write_all(&self.buffer))
-            .map_err(|e| SinkError::io(&path, e))?;
+        let path = self.dir.join(format!(
+            "{}-{:05}.{}",
+            self.prefix,
+            self.parts,
+            self.format.extension()
+        ));
+        let mut encoded = Vec::new();
+        self.format.encode(&self.buffer, &mut encoded)?;
+        write_atomic(&path, |out| out.write_all(&encoded)).map_err(|e| SinkError::io(&path, e))?;
         self.parts += 1;
         self.buffer.clear();
-        self.buffered = 0;
         Ok(())
     }
 }
 
-impl<T: Serialize> Sink<T> for JsonlSink {
+impl<T: Serialize> Sink<T> for PartSink {
     fn write(&mut self, item: Envelope<T>) -> Result<(), SinkError> {
         let mut value =
             serde_json::to_value(&item.value).map_err(|e| SinkError::Encode(e.to_string()))?;
@@ -168,11 +262,8 @@ impl<T: Serialize> Sink<T> for JsonlSink {
                 value = serde_json::json!({ self.key_field.clone(): &*item.key, "value": inner });
             }
         }
-        serde_json::to_writer(&mut self.buffer, &value)
-            .map_err(|e| SinkError::Encode(e.to_string()))?;
-        self.buffer.push(b'\n');
-        self.buffered += 1;
-        if self.buffered >= self.part_items {
+        self.buffer.push(value);
+        if self.buffer.len() >= self.part_items {
             self.flush_part()?;
         }
         Ok(())
@@ -184,29 +275,10 @@ impl<T: Serialize> Sink<T> for JsonlSink {
 
     fn completed(&mut self) -> Result<Option<Completed>, SinkError> {
         let mut done = HashSet::new();
-        for path in Self::part_files(&self.dir).map_err(|e| SinkError::io(&self.dir, e))? {
-            let file = File::open(&path).map_err(|e| SinkError::io(&path, e))?;
-            for (n, line) in BufReader::new(file).lines().enumerate() {
-                let line = line.map_err(|e| SinkError::io(&path, e))?;
-                let record: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
-                    SinkError::Encode(format!(
-                        "{}:{}: not a JSON record: {e}",
-                        path.display(),
-                        n + 1
-                    ))
-                })?;
-                match record.get(&self.key_field) {
-                    Some(k) => done.insert(key_text(k)),
-                    None => {
-                        return Err(SinkError::Encode(format!(
-                            "{}:{}: record has no {:?} field, so a rerun cannot tell which items are done",
-                            path.display(),
-                            n + 1,
-                            self.key_field
-                        )))
-                    }
-                };
-            }
+        for path in
+            Self::part_files(&self.dir, self.format).map_err(|e| SinkError::io(&self.dir, e))?
+        {
+            self.format.read_keys(&path, &self.key_field, &mut done)?;
         }
         Ok(Some(Arc::new(move |key: &str| done.contains(key))))
     }
