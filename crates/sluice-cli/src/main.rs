@@ -147,6 +147,9 @@ struct RunArgs {
     /// Process every item even if its output exists (the default skips finished items).
     #[arg(long)]
     no_skip_completed: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts (e.g. 0.0.0.0:9528).
+    #[arg(long, env = "SLUICE_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -174,6 +177,13 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
         ProgressArg::Log => sluice_pipeline::Progress::Log,
         ProgressArg::Off => sluice_pipeline::Progress::Off,
     };
+    if let Some(addr) = &args.metrics_addr {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        let bound = sluice_serve::metrics::spawn_endpoint(listener)?;
+        sluice_pipeline::describe_metrics();
+        tracing::info!("metrics at http://{bound}/metrics");
+    }
     let summary_path = config.options.summary_path.clone();
     match config.run() {
         Ok(summary) => {

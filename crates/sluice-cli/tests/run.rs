@@ -208,6 +208,73 @@ fn a_killed_run_reruns_only_what_is_missing_and_leaves_no_partial_output() {
     }
 }
 
+/// `GET path` on `addr` with a plain HTTP/1.0 request; the whole response as text.
+fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+#[test]
+fn metrics_are_served_while_the_run_lasts() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = setup(dir.path(), 150, 20, "");
+    let mut child = Command::new(SLUICE)
+        .args(["run", pipeline.to_str().unwrap(), "--progress", "off"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if let Some(url) = line.split("metrics at http://").nth(1) {
+                tx.send(url.trim_end_matches("/metrics").to_string())
+                    .unwrap();
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    // The endpoint lives as long as the run: wait until it has counted finished items.
+    let ok = r#"sluice_pipeline_items_total{stage="double",outcome="ok"} "#;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = None;
+    while seen.is_none() && Instant::now() < deadline {
+        let body = http_get(&addr, "/metrics").unwrap();
+        assert!(
+            body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+            "{body}"
+        );
+        let count = body
+            .lines()
+            .find_map(|l| l.strip_prefix(ok))
+            .map(|n| n.parse::<u64>().unwrap());
+        if let Some(n) = count.filter(|&n| n > 0) {
+            assert!(
+                body.contains("# HELP sluice_pipeline_items_total"),
+                "{body}"
+            );
+            assert!(
+                body.contains(r#"sluice_pipeline_workers{stage="double"} 2"#),
+                "{body}"
+            );
+            seen = Some(n);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(seen.is_some(), "no progress counted in /metrics");
+    assert!(child.wait().unwrap().success());
+}
+
 #[test]
 fn shards_split_the_input_between_runs() {
     let dir = tempfile::tempdir().unwrap();

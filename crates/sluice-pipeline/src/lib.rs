@@ -27,7 +27,7 @@ mod store;
 use std::sync::Arc;
 
 pub use balance::{allocate, Demand};
-pub use monitor::{Failure, Progress, RunSummary, StageSummary};
+pub use monitor::{describe_metrics, Failure, Progress, RunSummary, StageSummary};
 pub use pipeline::{detect_gpus, Pipeline, RunOptions};
 pub use shard::Shard;
 pub use sink::{Completed, FileSink, PartFormat, PartSink, Sink, VecSink};

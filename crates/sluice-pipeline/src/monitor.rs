@@ -226,23 +226,35 @@ impl Reporter {
 
     pub fn tick(&mut self, stages: &[Arc<StageStats>], source: &SourceStats) {
         for s in stages {
-            let labels = [("stage", s.name.clone())];
-            metrics::gauge!("sluice_pipeline_workers", &labels).set(s.alive.load(Relaxed) as f64);
-            metrics::counter!(
-                "sluice_pipeline_items_total",
-                &[("stage", s.name.clone()), ("outcome", "ok".into())]
-            )
-            .absolute(s.out.load(Relaxed));
-            metrics::counter!(
-                "sluice_pipeline_items_total",
-                &[("stage", s.name.clone()), ("outcome", "failed".into())]
-            )
-            .absolute(s.failed.load(Relaxed));
-            metrics::counter!("sluice_pipeline_busy_seconds_total", &labels)
-                .absolute(s.busy_ns.load(Relaxed) / 1_000_000_000);
+            let stage = || ("stage", s.name.clone());
+            let items = |outcome: &'static str| [stage(), ("outcome", outcome.into())];
+            metrics::gauge!("sluice_pipeline_workers", &[stage()])
+                .set(s.alive.load(Relaxed) as f64);
+            metrics::gauge!("sluice_pipeline_workers_target", &[stage()])
+                .set(s.target.load(Relaxed) as f64);
+            metrics::counter!("sluice_pipeline_items_total", &items("ok"))
+                .absolute(s.out.load(Relaxed));
+            metrics::counter!("sluice_pipeline_items_total", &items("failed"))
+                .absolute(s.failed.load(Relaxed));
+            metrics::counter!("sluice_pipeline_received_total", &[stage()])
+                .absolute(s.received.load(Relaxed));
+            metrics::counter!("sluice_pipeline_retries_total", &[stage()])
+                .absolute(s.retries.load(Relaxed));
+            metrics::counter!("sluice_pipeline_restarts_total", &[stage()])
+                .absolute(s.restarts.load(Relaxed));
+            // Milliseconds keep sub-second resolution in an integer counter.
+            metrics::counter!("sluice_pipeline_busy_milliseconds_total", &[stage()])
+                .absolute(s.busy_ns.load(Relaxed) / 1_000_000);
         }
-        metrics::counter!("sluice_pipeline_source_items_total")
-            .absolute(source.emitted.load(Relaxed));
+        let source_items = |outcome: &'static str| [("outcome", outcome)];
+        for (outcome, n) in [
+            ("emitted", &source.emitted),
+            ("skipped", &source.skipped),
+            ("other_shard", &source.other_shards),
+        ] {
+            metrics::counter!("sluice_pipeline_source_items_total", &source_items(outcome))
+                .absolute(n.load(Relaxed));
+        }
         if let Some((_, bars)) = &self.bars {
             let total = source.total.unwrap_or_else(|| source.emitted.load(Relaxed));
             for (s, bar) in stages.iter().zip(bars) {
@@ -441,4 +453,39 @@ pub(crate) fn stage_summary(s: &StageStats) -> StageSummary {
         busy_seconds: busy,
         per_worker_items_per_s: (busy > 0.0 && timed > 0).then(|| timed as f64 / busy),
     }
+}
+
+/// Describes the metrics a run records (for `# HELP` lines); call once a recorder is installed.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!("sluice_pipeline_workers", "Workers running now, by stage");
+    describe_gauge!(
+        "sluice_pipeline_workers_target",
+        "Workers the balancer (or a fixed count) wants, by stage"
+    );
+    describe_counter!(
+        "sluice_pipeline_items_total",
+        "Items a stage finished, by stage and outcome (ok, failed)"
+    );
+    describe_counter!(
+        "sluice_pipeline_received_total",
+        "Items a stage took from its input"
+    );
+    describe_counter!(
+        "sluice_pipeline_retries_total",
+        "Item attempts repeated after a transient error, by stage"
+    );
+    describe_counter!(
+        "sluice_pipeline_restarts_total",
+        "Workers replaced, by stage"
+    );
+    describe_counter!(
+        "sluice_pipeline_busy_milliseconds_total",
+        Unit::Milliseconds,
+        "Time spent inside process(), summed over a stage's workers"
+    );
+    describe_counter!(
+        "sluice_pipeline_source_items_total",
+        "Items read from the source, by outcome (emitted, skipped, other_shard)"
+    );
 }

@@ -73,3 +73,35 @@ pub fn render() -> String {
     handle.run_upkeep();
     handle.render()
 }
+
+/// Serves `GET /metrics` on `listener` from a background thread, for one-shot commands such as
+/// `sluice run` that have no server of their own; returns the address it listens on.
+pub fn spawn_endpoint(listener: std::net::TcpListener) -> std::io::Result<std::net::SocketAddr> {
+    install();
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    std::thread::Builder::new()
+        .name("sluice-metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(|| async {
+                        ([("content-type", "text/plain; version=0.0.4")], render())
+                    }),
+                );
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        if let Err(e) = axum::serve(listener, app).await {
+                            tracing::warn!("metrics endpoint stopped: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("metrics endpoint: {e}"),
+                }
+            })
+        })?;
+    Ok(addr)
+}
