@@ -1,0 +1,113 @@
+//! The `translate` stage of a TOML pipeline on the tiny M2M100 fixture: every record gets the
+//! translation transformers produced for it (`tests/fixtures/tiny-m2m100/reference.json`, beam
+//! defaults, en → ja), and a record without the text field is a failure, not an abort.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde_json::Value;
+use sluice_pipeline::config::PipelineConfig;
+use sluice_pipeline::{PartFormat, PartSink, Progress};
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-m2m100")
+}
+
+/// (source, transformers' translation) for every non-empty reference sentence.
+fn references() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap();
+    let r: Value = serde_json::from_str(&text).unwrap();
+    let case = r["generation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "beam_defaults")
+        .unwrap();
+    assert_eq!(
+        (case["src"].as_str(), case["tgt"].as_str()),
+        (Some("en"), Some("ja"))
+    );
+    let sources = r["encoder"].as_array().unwrap();
+    let outputs = case["texts"].as_array().unwrap();
+    assert_eq!(sources.len(), outputs.len());
+    sources
+        .iter()
+        .zip(outputs)
+        .map(|(s, o)| {
+            (
+                s["text"].as_str().unwrap().into(),
+                o.as_str().unwrap().into(),
+            )
+        })
+        .filter(|(s, _): &(String, String)| !s.is_empty())
+        .collect()
+}
+
+#[test]
+fn translate_stage_matches_transformers_and_isolates_bad_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let refs = references();
+    assert_eq!(refs.len(), 10, "the fixture's non-empty sentences");
+    let mut input = String::new();
+    for (i, (source, _)) in refs.iter().enumerate() {
+        input += &serde_json::json!({"id": format!("s{i}"), "text": source}).to_string();
+        input.push('\n');
+    }
+    input += "{\"id\": \"no-text\", \"body\": \"hello\"}\n";
+    std::fs::write(dir.path().join("in.jsonl"), input).unwrap();
+    let out = dir.path().join("out");
+    let toml = format!(
+        r#"[source]
+kind = "jsonl"
+path = "{input}"
+key = "id"
+
+[[stage]]
+kind = "translate"
+model = "{model}"
+from = "en"
+to = "ja"
+batch_size = 4
+workers = 2
+
+[sink]
+kind = "jsonl"
+path = "{out}"
+"#,
+        input = dir.path().join("in.jsonl").display(),
+        model = fixture_dir().display(),
+        out = out.display(),
+    );
+    let mut config = PipelineConfig::parse(&dir.path().join("p.toml"), &toml, &[]).unwrap();
+    config.options.progress = Progress::Off;
+    let summary = config.run().unwrap();
+    assert_eq!(
+        (summary.items_out, summary.failed),
+        (refs.len() as u64, 1),
+        "{}",
+        summary.render()
+    );
+
+    let mut got = HashMap::new();
+    for part in PartSink::part_files(&out, PartFormat::Jsonl).unwrap() {
+        for line in std::fs::read_to_string(part).unwrap().lines() {
+            let r: Value = serde_json::from_str(line).unwrap();
+            got.insert(
+                r["id"].as_str().unwrap().to_string(),
+                r["translation"].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    for (i, (source, expected)) in refs.iter().enumerate() {
+        assert_eq!(
+            &got[&format!("s{i}")],
+            expected,
+            "translation of {source:?}"
+        );
+    }
+    let failures = std::fs::read_to_string(out.join("_failures.jsonl")).unwrap();
+    assert!(
+        failures.contains("no-text") && failures.contains("no text field \\\"text\\\""),
+        "{failures}"
+    );
+}
