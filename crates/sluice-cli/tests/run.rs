@@ -208,6 +208,47 @@ fn a_killed_run_reruns_only_what_is_missing_and_leaves_no_partial_output() {
     }
 }
 
+#[test]
+fn the_example_pipeline_runs_as_documented() {
+    // As the example's header says, from the repository root; only the model (no network here)
+    // and the output directory are swapped.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = tempfile::tempdir().unwrap();
+    let model = root.join("tests/fixtures/tiny-m2m100");
+    let result = Command::new(SLUICE)
+        .current_dir(&root)
+        .args([
+            "run",
+            "examples/pipelines/translate.toml",
+            "--progress",
+            "off",
+        ])
+        .args([
+            "--set",
+            &format!("stage.translate.model={}", model.display()),
+        ])
+        .args(["--set", &format!("sink.path={}", out.path().display())])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("_summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        (&summary["items_out"], &summary["failed"]),
+        (&serde_json::json!(6), &serde_json::json!(2)),
+        "{summary}"
+    );
+    let failures = std::fs::read_to_string(out.path().join("_failures.jsonl")).unwrap();
+    assert_eq!(failures.matches("empty text").count(), 2, "{failures}");
+    let parts: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("part-") && n.ends_with(".parquet"))
+        .collect();
+    assert_eq!(parts.len(), 1, "{parts:?}");
+}
+
 /// `GET path` on `addr` with a plain HTTP/1.0 request; the whole response as text.
 fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
