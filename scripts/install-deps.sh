@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the system packages Sluice builds with (Debian/Ubuntu): cmake and a C++ compiler for the
-# statically linked SentencePiece library, and python3 for the pipeline tests' exec-stage programs.
-# Skips what is already there; needs root or sudo to install.
+# statically linked SentencePiece library, python3 for the pipeline tests' exec-stage programs, and
+# the servers tests start on loopback (an S3-compatible moto server) in .venv-tools/.
+# Skips what is already there; needs root or sudo to install system packages.
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -15,3 +17,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust from rustup first" >&2; exit 1; }
+root="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -x "$root/.venv-tools/bin/moto_server" ]; then
+  python3 -m venv "$root/.venv-tools"
+  "$root/.venv-tools/bin/pip" install -q -r "$root/tools/requirements-test.txt"
+fi

@@ -4,6 +4,8 @@
 //! all owe the user errors that say what to do; keeping both here stops each crate from growing its
 //! own variant.
 
+pub mod storage;
+
 use serde::{Deserialize, Serialize};
 
 /// One unit of work: an id chosen by the caller and the text to process.

