@@ -1,6 +1,8 @@
 //! The `sluice` binary: a thin shell over the library crates. Errors surface here as `anyhow`
 //! with their whole cause chain.
 
+mod audio;
+
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +36,9 @@ enum Command {
     Serve(ServeArgs),
     /// Load-test a running server: send translation requests and report latency and throughput.
     Stress(sluice_serve::stress::StressArgs),
+    /// Audio jobs: resample a tree of audio files between local disk and object storage.
+    #[command(subcommand)]
+    Audio(audio::AudioCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -160,6 +165,17 @@ enum ProgressArg {
     Off,
 }
 
+impl From<ProgressArg> for sluice_pipeline::Progress {
+    fn from(arg: ProgressArg) -> Self {
+        match arg {
+            ProgressArg::Auto => sluice_pipeline::Progress::Auto,
+            ProgressArg::Bars => sluice_pipeline::Progress::Bars,
+            ProgressArg::Log => sluice_pipeline::Progress::Log,
+            ProgressArg::Off => sluice_pipeline::Progress::Off,
+        }
+    }
+}
+
 fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
     let mut config = sluice_pipeline::config::PipelineConfig::load(&args.pipeline, &args.sets)?;
     if let Some(mode) = args.mode {
@@ -171,12 +187,7 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
     if args.no_skip_completed {
         config.options.skip_completed = false;
     }
-    config.options.progress = match args.progress {
-        ProgressArg::Auto => sluice_pipeline::Progress::Auto,
-        ProgressArg::Bars => sluice_pipeline::Progress::Bars,
-        ProgressArg::Log => sluice_pipeline::Progress::Log,
-        ProgressArg::Off => sluice_pipeline::Progress::Off,
-    };
+    config.options.progress = args.progress.into();
     if let Some(addr) = &args.metrics_addr {
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
@@ -205,7 +216,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // A server's log is its record of what happened; one-shot commands stay quiet unless asked.
     let default_level = match cli.command {
-        Command::Serve(_) | Command::Run(_) => "info",
+        Command::Serve(_) | Command::Run(_) | Command::Audio(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -220,6 +231,7 @@ fn main() -> std::process::ExitCode {
         Command::Translate(args) => translate(args),
         Command::FetchModel(args) => fetch(args),
         Command::Run(args) => run_pipeline(args),
+        Command::Audio(command) => audio::run(command),
         Command::Serve(args) => serve(args),
         Command::Stress(args) => {
             runtime().and_then(|rt| rt.block_on(sluice_serve::stress::run(args)))

@@ -1,0 +1,236 @@
+//! `sluice audio resample`: match → skip completed → load → channels → resample → write, mirroring
+//! the source tree under the target, with an audio summary (decoded duration, failed files).
+//!
+//! Channels are changed before resampling, not after: both are linear, so the result is the same,
+//! and a downmix first resamples one channel instead of several.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sluice_core::storage::{Location, Matcher};
+use sluice_pipeline::{
+    Completed, Envelope, Failure, Pipeline, RunError, RunOptions, RunSummary, Sink, SinkError,
+    StageOptions,
+};
+
+use crate::paths::PathRule;
+use crate::stages::{
+    completed_sources, Channels, DecodeStats, LoadAudio, Resample, WriteFiles, Written,
+};
+use crate::{AudioFormat, ChannelOp};
+
+/// The settings of one resampling job.
+#[derive(Clone)]
+pub struct ResampleJob {
+    /// Where the sources are (path or URL).
+    pub source: String,
+    /// Which files: suffixes or a glob relative to `source`.
+    pub matcher: Matcher,
+    /// Where the outputs go; the source tree is mirrored under it.
+    pub target: String,
+    /// Output sample rate.
+    pub sample_rate: u32,
+    /// Output channels.
+    pub channels: ChannelOp,
+    /// Output format.
+    pub format: AudioFormat,
+    /// Rewrite outputs that exist.
+    pub overwrite: bool,
+    /// Redo a source whose output is older than it.
+    pub redo_if_older: bool,
+    /// Engine settings (mode, shard, progress, failures and summary paths).
+    pub options: RunOptions,
+    /// Files per batch in every stage.
+    pub batch_size: usize,
+}
+
+/// A file that did not make it, for the audio summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedFile {
+    /// The source's path relative to the source location.
+    pub file: String,
+    /// The stage it failed in.
+    pub stage: String,
+    /// Why.
+    pub error: String,
+}
+
+/// The audio part of a run's summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioSummary {
+    /// Files decoded.
+    pub files_decoded: u64,
+    /// Outputs written.
+    pub files_written: u64,
+    /// Total decoded duration in seconds.
+    pub decoded_seconds: f64,
+    /// The same in minutes.
+    pub decoded_minutes: f64,
+    /// The same in hours.
+    pub decoded_hours: f64,
+    /// Files that failed.
+    pub files_failed: usize,
+    /// Each failed file with its stage and reason.
+    pub failed: Vec<FailedFile>,
+}
+
+impl AudioSummary {
+    /// Builds the summary from decode counts, outputs and failures.
+    pub fn new(stats: &DecodeStats, written: u64, failures: &[Failure]) -> Self {
+        let seconds = stats.seconds();
+        AudioSummary {
+            files_decoded: stats.files(),
+            files_written: written,
+            decoded_seconds: seconds,
+            decoded_minutes: seconds / 60.0,
+            decoded_hours: seconds / 3600.0,
+            files_failed: failures.len(),
+            failed: failures
+                .iter()
+                .map(|f| FailedFile {
+                    file: f.key.clone(),
+                    stage: f.stage.clone(),
+                    error: f.error.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Human-readable lines for the end of a run.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "audio: {} files decoded, {:.3} s ({:.2} min, {:.4} h); {} written; {} failed\n",
+            self.files_decoded,
+            self.decoded_seconds,
+            self.decoded_minutes,
+            self.decoded_hours,
+            self.files_written,
+            self.files_failed
+        );
+        for f in &self.failed {
+            out += &format!("  failed: {} ({}): {}\n", f.file, f.stage, f.error);
+        }
+        out
+    }
+}
+
+/// Counts outputs; the write stage already stored them. Knows which sources are done.
+struct WrittenSink {
+    written: u64,
+    completed: Option<Completed>,
+}
+
+impl Sink<Written> for WrittenSink {
+    fn write(&mut self, _item: Envelope<Written>) -> Result<(), SinkError> {
+        self.written += 1;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn completed(&mut self) -> Result<Option<Completed>, SinkError> {
+        Ok(self.completed.clone())
+    }
+}
+
+/// What a finished (or aborted) job reports.
+#[derive(Debug)]
+pub struct JobReport {
+    /// The engine's summary.
+    pub run: RunSummary,
+    /// The audio summary.
+    pub audio: AudioSummary,
+}
+
+impl JobReport {
+    /// The combined summary as JSON: the run's fields plus `"audio"`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(&self.run).unwrap_or_default();
+        if let serde_json::Value::Object(map) = &mut value {
+            map.insert(
+                "audio".into(),
+                serde_json::to_value(&self.audio).unwrap_or_default(),
+            );
+        }
+        value
+    }
+
+    /// The engine's summary followed by the audio lines.
+    pub fn render(&self) -> String {
+        format!("{}{}", self.run.render(), self.audio.render())
+    }
+}
+
+fn read_failures(path: &Option<PathBuf>, fallback: &[Failure]) -> Vec<Failure> {
+    path.as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|text| {
+            text.lines()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .collect()
+        })
+        .unwrap_or_else(|| fallback.to_vec())
+}
+
+impl ResampleJob {
+    /// Runs the job; `Err` only when it could not start. An aborted run still reports.
+    pub fn run(self) -> Result<Result<JobReport, (String, JobReport)>, RunError> {
+        let invalid = |e: sluice_core::storage::StorageError| RunError::Invalid(e.to_string());
+        let source = Location::parse(&self.source).map_err(invalid)?;
+        let target = Location::parse(&self.target).map_err(invalid)?;
+        let files = crate::stages::match_files(&source, &self.matcher).map_err(invalid)?;
+        let rule = PathRule::mirror_with_extension(self.format.extension());
+        let completed = if self.overwrite {
+            None
+        } else {
+            Some(
+                completed_sources(
+                    &files,
+                    &target,
+                    std::slice::from_ref(&rule),
+                    self.redo_if_older,
+                )
+                .map_err(invalid)?,
+            )
+        };
+        let mut options = self.options.clone();
+        options.skip_completed = completed.is_some();
+        let summary_path = options.summary_path.take();
+        let failures_path = options.failures_path.clone();
+
+        let stats = Arc::new(DecodeStats::default());
+        let stage = StageOptions::default().batch_size(self.batch_size.max(1));
+        let pipeline = Pipeline::from_keyed(files.into_iter().map(|f| (f.rel.clone(), f)))
+            .stage(LoadAudio::new(source, stage.clone(), stats.clone()))
+            .stage(Channels::new(self.channels, stage.clone()))
+            .stage(Resample::new(self.sample_rate, stage.clone()))
+            .stage(WriteFiles::audio(target, rule, self.format, stage));
+        let mut sink = WrittenSink {
+            written: 0,
+            completed,
+        };
+        let outcome = pipeline.run(&options, &mut sink);
+        let (run, aborted) = match outcome {
+            Ok(run) => (run, None),
+            Err(RunError::Aborted { reason, summary }) => (*summary, Some(reason)),
+            Err(e) => return Err(e),
+        };
+        let failures = read_failures(&failures_path, &run.failures);
+        let report = JobReport {
+            audio: AudioSummary::new(&stats, sink.written, &failures),
+            run,
+        };
+        if let Some(path) = summary_path {
+            let json = serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default();
+            sluice_pipeline::sink::write_atomic(&path, |out| out.write_all(&json))
+                .map_err(|e| RunError::Invalid(format!("writing {}: {e}", path.display())))?;
+        }
+        Ok(match aborted {
+            None => Ok(report),
+            Some(reason) => Err((reason, report)),
+        })
+    }
+}
