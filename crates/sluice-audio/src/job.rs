@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sluice_core::storage::{Location, Matcher};
+use sluice_core::storage::{FileEntry, Location, Matcher};
 use sluice_pipeline::{
     Completed, Envelope, Failure, Pipeline, RunError, RunOptions, RunSummary, Sink, SinkError,
     StageOptions,
@@ -181,56 +181,81 @@ impl ResampleJob {
         let invalid = |e: sluice_core::storage::StorageError| RunError::Invalid(e.to_string());
         let source = Location::parse(&self.source).map_err(invalid)?;
         let target = Location::parse(&self.target).map_err(invalid)?;
-        let files = crate::stages::match_files(&source, &self.matcher).map_err(invalid)?;
         let rule = PathRule::mirror_with_extension(self.format.extension());
-        let completed = if self.overwrite {
-            None
-        } else {
-            Some(
-                completed_sources(
-                    &files,
-                    &target,
-                    std::slice::from_ref(&rule),
-                    self.redo_if_older,
-                )
-                .map_err(invalid)?,
-            )
-        };
         let mut options = self.options.clone();
-        options.skip_completed = completed.is_some();
-        let summary_path = options.summary_path.take();
-        let failures_path = options.failures_path.clone();
-
+        options.skip_completed = !self.overwrite;
         let stats = Arc::new(DecodeStats::default());
         let stage = StageOptions::default().batch_size(self.batch_size.max(1));
-        let pipeline = Pipeline::from_keyed(files.into_iter().map(|f| (f.rel.clone(), f)))
-            .stage(LoadAudio::new(source, stage.clone(), stats.clone()))
-            .stage(Channels::new(self.channels, stage.clone()))
-            .stage(Resample::new(self.sample_rate, stage.clone()))
-            .stage(WriteFiles::audio(target, rule, self.format, stage));
-        let mut sink = WrittenSink {
-            written: 0,
-            completed,
+        let (loader, writer, load_stats) = (source.clone(), target.clone(), stats.clone());
+        let (channels, sample_rate, format, write_rule) =
+            (self.channels, self.sample_rate, self.format, rule.clone());
+        let build = move |files: Vec<FileEntry>| {
+            Pipeline::from_keyed(files.into_iter().map(|f| (f.rel.clone(), f)))
+                .stage(LoadAudio::new(loader, stage.clone(), load_stats))
+                .stage(Channels::new(channels, stage.clone()))
+                .stage(Resample::new(sample_rate, stage.clone()))
+                .stage(WriteFiles::audio(writer, write_rule, format, stage))
         };
-        let outcome = pipeline.run(&options, &mut sink);
-        let (run, aborted) = match outcome {
-            Ok(run) => (run, None),
-            Err(RunError::Aborted { reason, summary }) => (*summary, Some(reason)),
-            Err(e) => return Err(e),
-        };
-        let failures = read_failures(&failures_path, &run.failures);
-        let report = JobReport {
-            audio: AudioSummary::new(&stats, sink.written, &failures),
-            run,
-        };
-        if let Some(path) = summary_path {
-            let json = serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default();
-            sluice_pipeline::sink::write_atomic(&path, |out| out.write_all(&json))
-                .map_err(|e| RunError::Invalid(format!("writing {}: {e}", path.display())))?;
-        }
-        Ok(match aborted {
-            None => Ok(report),
-            Some(reason) => Err((reason, report)),
-        })
+        run_pipeline(
+            &source,
+            &self.matcher,
+            &target,
+            &rule,
+            self.redo_if_older,
+            options,
+            stats,
+            build,
+        )
     }
+}
+
+/// Lists the sources, works out which are done, runs the pipeline `build` makes from the rest,
+/// and reports: the part every audio pipeline shares (the `resample` job and TOML pipelines).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_pipeline(
+    source: &Location,
+    matcher: &Matcher,
+    target: &Location,
+    rule: &PathRule,
+    redo_if_older: bool,
+    mut options: RunOptions,
+    stats: Arc<DecodeStats>,
+    build: impl FnOnce(Vec<FileEntry>) -> Pipeline<Written>,
+) -> Result<Result<JobReport, (String, JobReport)>, RunError> {
+    let invalid = |e: sluice_core::storage::StorageError| RunError::Invalid(e.to_string());
+    let files = crate::stages::match_files(source, matcher).map_err(invalid)?;
+    let completed = if options.skip_completed {
+        Some(
+            completed_sources(&files, target, std::slice::from_ref(rule), redo_if_older)
+                .map_err(invalid)?,
+        )
+    } else {
+        None
+    };
+    let summary_path = options.summary_path.take();
+    let failures_path = options.failures_path.clone();
+    let mut sink = WrittenSink {
+        written: 0,
+        completed,
+    };
+    let outcome = build(files).run(&options, &mut sink);
+    let (run, aborted) = match outcome {
+        Ok(run) => (run, None),
+        Err(RunError::Aborted { reason, summary }) => (*summary, Some(reason)),
+        Err(e) => return Err(e),
+    };
+    let failures = read_failures(&failures_path, &run.failures);
+    let report = JobReport {
+        audio: AudioSummary::new(&stats, sink.written, &failures),
+        run,
+    };
+    if let Some(path) = summary_path {
+        let json = serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default();
+        sluice_pipeline::sink::write_atomic(&path, |out| out.write_all(&json))
+            .map_err(|e| RunError::Invalid(format!("writing {}: {e}", path.display())))?;
+    }
+    Ok(match aborted {
+        None => Ok(report),
+        Some(reason) => Err((reason, report)),
+    })
 }

@@ -9,6 +9,7 @@
 //! or object storage), [`paths`] names outputs, and [`job`] is `sluice audio resample`.
 pub mod audio;
 pub mod channels;
+pub mod config;
 pub mod decode;
 mod edit_list;
 pub mod encode;

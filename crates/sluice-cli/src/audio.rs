@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use sluice_audio::job::ResampleJob;
+use sluice_audio::job::{JobReport, ResampleJob};
 use sluice_audio::{AudioFormat, ChannelOp};
 use sluice_core::storage::Matcher;
 
@@ -109,11 +109,19 @@ pub fn run(command: AudioCommand) -> anyhow::Result<()> {
         options,
         batch_size: args.batch_size,
     };
-    match job.run()? {
+    eprintln!("failures go to {}", failures.display());
+    report(job.run()?, args.summary.as_deref())
+}
+
+/// Prints an audio run's report; an aborted run is an error after its report.
+pub fn report(
+    outcome: Result<JobReport, (String, JobReport)>,
+    summary: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    match outcome {
         Ok(report) => {
             eprint!("{}", report.render());
-            eprintln!("failures written to {}", failures.display());
-            if let Some(path) = &args.summary {
+            if let Some(path) = summary {
                 eprintln!("summary written to {}", path.display());
             }
             Ok(())

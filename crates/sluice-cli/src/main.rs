@@ -176,18 +176,22 @@ impl From<ProgressArg> for sluice_pipeline::Progress {
     }
 }
 
-fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
-    let mut config = sluice_pipeline::config::PipelineConfig::load(&args.pipeline, &args.sets)?;
+/// Applies the command line's overrides to a pipeline file's run options.
+fn apply_run_args(options: &mut sluice_pipeline::RunOptions, args: &RunArgs) {
     if let Some(mode) = args.mode {
-        config.options.mode = Some(mode);
+        options.mode = Some(mode);
     }
     if let Some(shard) = args.shard {
-        config.options.shard = shard;
+        options.shard = shard;
     }
     if args.no_skip_completed {
-        config.options.skip_completed = false;
+        options.skip_completed = false;
     }
-    config.options.progress = args.progress.into();
+    options.progress = args.progress.into();
+}
+
+fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
+    let raw = sluice_pipeline::config::RawConfig::load(&args.pipeline, &args.sets)?;
     if let Some(addr) = &args.metrics_addr {
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
@@ -195,6 +199,14 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
         sluice_pipeline::describe_metrics();
         tracing::info!("metrics at http://{bound}/metrics");
     }
+    if raw.source_kind() == Some(sluice_audio::config::SOURCE_KIND) {
+        let mut pipeline = sluice_audio::config::AudioPipeline::from_raw(raw)?;
+        apply_run_args(&mut pipeline.options, &args);
+        let summary = pipeline.options.summary_path.clone();
+        return audio::report(pipeline.run()?, summary.as_deref());
+    }
+    let mut config = sluice_pipeline::config::PipelineConfig::from_raw(raw)?;
+    apply_run_args(&mut config.options, &args);
     let summary_path = config.options.summary_path.clone();
     match config.run() {
         Ok(summary) => {

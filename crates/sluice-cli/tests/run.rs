@@ -249,6 +249,51 @@ fn the_example_pipeline_runs_as_documented() {
     assert_eq!(parts.len(), 1, "{parts:?}");
 }
 
+#[test]
+fn the_audio_example_pipeline_runs_as_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let result = Command::new(SLUICE)
+            .current_dir(&root)
+            .args([
+                "run",
+                "examples/pipelines/audio-16k.toml",
+                "--progress",
+                "off",
+            ])
+            .args([
+                "--set",
+                &format!("stage.write.target={}", out.path().display()),
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+        assert!(result.status.success(), "{stderr}");
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.path().join("_summary.json")).unwrap())
+                .unwrap();
+        (summary, stderr)
+    };
+    let (summary, stderr) = run(&[]);
+    assert_eq!(summary["items_out"], 7, "{summary}");
+    assert_eq!(summary["audio"]["files_failed"], 4, "{summary}");
+    assert!(stderr.contains("audio: 7 files decoded"), "{stderr}");
+    assert!(out.path().join("music/deep/three_16k_pcm32.wav").exists());
+    assert!(out.path().join("speech/tone_48k_mono.wav").exists());
+    let failures = std::fs::read_to_string(out.path().join("_failures.jsonl")).unwrap();
+    assert_eq!(failures.lines().count(), 4, "{failures}");
+
+    let (again, _) = run(&[]);
+    assert_eq!(
+        (&again["skipped"], &again["items_out"]),
+        (&7.into(), &0.into())
+    );
+    let (redo, _) = run(&["--no-skip-completed"]);
+    assert_eq!(redo["items_out"], 7, "{redo}");
+}
+
 /// `GET path` on `addr` with a plain HTTP/1.0 request; the whole response as text.
 fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};

@@ -46,10 +46,10 @@ struct Document {
     source: Spanned<Table>,
     #[serde(default)]
     stage: Vec<Spanned<Table>>,
-    sink: Spanned<Table>,
+    sink: Option<Spanned<Table>>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 struct RunSection {
     mode: Option<Mode>,
@@ -202,7 +202,12 @@ fn apply_set(doc: &mut Document, assignment: &str) -> Result<(), ConfigError> {
             (run.get_mut(), *key)
         }
         ["source", key] => (doc.source.get_mut(), *key),
-        ["sink", key] => (doc.sink.get_mut(), *key),
+        ["sink", key] => {
+            let sink = doc
+                .sink
+                .get_or_insert_with(|| Spanned::new(0..0, Table::new()));
+            (sink.get_mut(), *key)
+        }
         ["stage", which, key] => {
             let index = match which.parse::<usize>() {
                 Ok(i) => i,
@@ -228,7 +233,8 @@ fn apply_set(doc: &mut Document, assignment: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn section<T: for<'de> Deserialize<'de>>(
+/// Reads a section's `table` as `T`; errors start with `where_` (`file:line`) and `what`.
+pub fn section<T: for<'de> Deserialize<'de>>(
     table: &Table,
     what: &str,
     where_: &str,
@@ -237,8 +243,50 @@ fn section<T: for<'de> Deserialize<'de>>(
         .map_err(|e| ConfigError(format!("{where_}: {what}: {}", e.message())))
 }
 
-impl PipelineConfig {
-    /// Reads and checks a config file, applying `--set` overrides first.
+/// A section of a pipeline file with where it starts, for messages.
+#[derive(Debug, Clone)]
+pub struct RawSection {
+    /// `file:line` (or `--set` for a section only overrides created).
+    pub place: String,
+    /// Its keys.
+    pub table: Table,
+}
+
+/// A `[[stage]]` with the settings every kind shares already checked.
+#[derive(Debug, Clone)]
+pub struct RawStage {
+    /// `file:line` of the stage.
+    pub place: String,
+    /// Its position among the stages, from 0.
+    pub index: usize,
+    /// Its `kind`.
+    pub kind: String,
+    /// Its `name` (default `KIND-INDEX`), unique in the file.
+    pub name: String,
+    /// Batch size, workers, resources, retries.
+    pub options: StageOptions,
+    /// The kind's own keys (the shared ones removed).
+    pub table: Table,
+}
+
+/// A pipeline file read for what every kind of pipeline shares: `[run]`, the shared stage
+/// settings, `--set` overrides and `file:line` places. Crates with their own stage kinds (audio)
+/// build their pipelines from it, so every pipeline file reads and fails the same way.
+#[derive(Debug, Clone)]
+pub struct RawConfig {
+    /// The file, for messages.
+    pub file: String,
+    /// `[source]`.
+    pub source: RawSection,
+    /// `[[stage]]` tables in order.
+    pub stages: Vec<RawStage>,
+    /// `[sink]`, when present.
+    pub sink: Option<RawSection>,
+    run: RunSection,
+}
+
+impl RawConfig {
+    /// Reads and checks a pipeline file, applying `--set` overrides first.
     pub fn load(file: &Path, sets: &[String]) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| ConfigError(format!("cannot read pipeline {}: {e}", file.display())))?;
@@ -264,35 +312,10 @@ impl PipelineConfig {
                 at(file, text, span.start)
             }
         };
-
         let run: RunSection = match &doc.run {
             Some(run) => section(run.get_ref(), "[run]", &where_of(run.span()))?,
             None => RunSection::default(),
         };
-        let src_at = where_of(doc.source.span());
-        let src: SourceSection = section(doc.source.get_ref(), "[source]", &src_at)?;
-        let source = match src.kind.as_str() {
-            "lines" => SourceSpec::Lines { path: src.path },
-            "jsonl" => SourceSpec::Jsonl {
-                path: src.path,
-                key: src.key,
-            },
-            "files" => SourceSpec::Files {
-                path: src.path,
-                extensions: src.extensions,
-            },
-            other => {
-                return Err(ConfigError(format!(
-                    "{src_at}: [source]: unknown kind {other:?}: expected lines, jsonl or files"
-                )))
-            }
-        };
-        if !matches!(source, SourceSpec::Jsonl { .. }) && doc.source.get_ref().contains_key("key") {
-            return Err(ConfigError(format!(
-                "{src_at}: [source]: key only applies to kind = \"jsonl\""
-            )));
-        }
-
         let mut stages = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, spanned) in doc.stage.iter().enumerate() {
@@ -302,7 +325,7 @@ impl PipelineConfig {
                 Some(Value::String(kind)) => kind,
                 _ => {
                     return Err(ConfigError(format!(
-                        "{place}: [[stage]] {i}: needs kind = \"exec\" or \"translate\""
+                        "{place}: [[stage]] {i}: needs a kind, e.g. kind = \"exec\""
                     )))
                 }
             };
@@ -322,6 +345,107 @@ impl PipelineConfig {
                     "{place}: {what}: another stage is already named {name:?}"
                 )));
             }
+            stages.push(RawStage {
+                place,
+                index: i,
+                kind,
+                name,
+                options,
+                table,
+            });
+        }
+        Ok(RawConfig {
+            file: file.display().to_string(),
+            source: RawSection {
+                place: where_of(doc.source.span()),
+                table: doc.source.get_ref().clone(),
+            },
+            stages,
+            sink: doc.sink.map(|sink| RawSection {
+                place: where_of(sink.span()),
+                table: sink.get_ref().clone(),
+            }),
+            run,
+        })
+    }
+
+    /// The `[source]`'s kind, if it names one.
+    pub fn source_kind(&self) -> Option<&str> {
+        self.source.table.get("kind").and_then(|k| k.as_str())
+    }
+
+    /// The run options `[run]` sets; the failures and summary files default to `default_dir`.
+    pub fn run_options(&self, default_dir: Option<&Path>) -> RunOptions {
+        let run = &self.run;
+        let default = |name: &str| default_dir.map(|d| d.join(name));
+        RunOptions {
+            mode: run.mode,
+            cpus: run.cpus,
+            gpus: run.gpus,
+            preserve_order: run.preserve_order,
+            shard: Shard::ALL,
+            skip_completed: run.skip_completed.unwrap_or(true),
+            failures_path: run.failures.clone().or_else(|| default("_failures.jsonl")),
+            summary_path: run.summary.clone().or_else(|| default("_summary.json")),
+            spill_dir: run.spill_dir.clone(),
+            memory_budget: run.memory_budget_mb.map(|mb| mb << 20).unwrap_or(1 << 30),
+            balance_interval: Duration::from_millis(run.balance_interval_ms.unwrap_or(2000)),
+            progress: Progress::Auto,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Reads and checks a config file, applying `--set` overrides first.
+    pub fn load(file: &Path, sets: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError(format!("cannot read pipeline {}: {e}", file.display())))?;
+        Self::parse(file, &text, sets)
+    }
+
+    /// Checks config text; `file` is only used in messages.
+    pub fn parse(file: &Path, text: &str, sets: &[String]) -> Result<Self, ConfigError> {
+        Self::from_raw(RawConfig::parse(file, text, sets)?)
+    }
+
+    /// Builds the JSON-records pipeline from a file read by [`RawConfig::parse`].
+    pub fn from_raw(mut raw: RawConfig) -> Result<Self, ConfigError> {
+        let src_at = raw.source.place.clone();
+        let src: SourceSection = section(&raw.source.table, "[source]", &src_at)?;
+        let source = match src.kind.as_str() {
+            "lines" => SourceSpec::Lines { path: src.path },
+            "jsonl" => SourceSpec::Jsonl {
+                path: src.path,
+                key: src.key,
+            },
+            "files" => SourceSpec::Files {
+                path: src.path,
+                extensions: src.extensions,
+            },
+            other => {
+                return Err(ConfigError(format!(
+                    "{src_at}: [source]: unknown kind {other:?}: expected lines, jsonl, files \
+                     or match_files (audio)"
+                )))
+            }
+        };
+        if !matches!(source, SourceSpec::Jsonl { .. }) && raw.source.table.contains_key("key") {
+            return Err(ConfigError(format!(
+                "{src_at}: [source]: key only applies to kind = \"jsonl\""
+            )));
+        }
+
+        let mut stages = Vec::new();
+        for stage in std::mem::take(&mut raw.stages) {
+            let RawStage {
+                place,
+                index: i,
+                kind,
+                name,
+                options,
+                table,
+            } = stage;
+            let what = format!("[[stage]] {i} ({kind})");
             stages.push(match kind.as_str() {
                 "exec" => {
                     let spec: ExecSection = section(&table, &what, &place)?;
@@ -358,8 +482,14 @@ impl PipelineConfig {
             });
         }
 
-        let sink_at = where_of(doc.sink.span());
-        let sink: SinkSection = section(doc.sink.get_ref(), "[sink]", &sink_at)?;
+        let Some(sink_section) = raw.sink.take() else {
+            return Err(ConfigError(format!(
+                "{}: needs a [sink] (kind = \"jsonl\" or \"parquet\", path = ...)",
+                raw.file
+            )));
+        };
+        let sink_at = sink_section.place;
+        let sink: SinkSection = section(&sink_section.table, "[sink]", &sink_at)?;
         let sink_format = match sink.kind.as_str() {
             "jsonl" => PartFormat::Jsonl,
             #[cfg(feature = "parquet")]
@@ -378,26 +508,7 @@ impl PipelineConfig {
                 _ => None,
             })
             .unwrap_or_else(|| "key".into());
-        let options = RunOptions {
-            mode: run.mode,
-            cpus: run.cpus,
-            gpus: run.gpus,
-            preserve_order: run.preserve_order,
-            shard: Shard::ALL,
-            skip_completed: run.skip_completed.unwrap_or(true),
-            failures_path: Some(
-                run.failures
-                    .unwrap_or_else(|| sink.path.join("_failures.jsonl")),
-            ),
-            summary_path: Some(
-                run.summary
-                    .unwrap_or_else(|| sink.path.join("_summary.json")),
-            ),
-            spill_dir: run.spill_dir,
-            memory_budget: run.memory_budget_mb.map(|mb| mb << 20).unwrap_or(1 << 30),
-            balance_interval: Duration::from_millis(run.balance_interval_ms.unwrap_or(2000)),
-            progress: Progress::Auto,
-        };
+        let options = raw.run_options(Some(&sink.path));
         Ok(PipelineConfig {
             source,
             stages,

@@ -1,0 +1,296 @@
+//! Audio pipelines in TOML for `sluice run`: a `match_files` source, then `load_audio`, any
+//! `channels` / `resample` stages, and a `write_audio` or `write_features` stage last. The file is
+//! read by the engine's [`RawConfig`], so `[run]`, shared stage settings, `--set` and `file:line`
+//! errors work as in every pipeline file.
+//!
+//! ```toml
+//! [source]
+//! kind = "match_files"
+//! url = "s3://bucket/raw"      # or a directory
+//! suffix = [".mp3", ".wav"]    # or glob = "**/*.flac"
+//!
+//! [[stage]]
+//! kind = "load_audio"
+//!
+//! [[stage]]
+//! kind = "channels"
+//! to = "mono"                  # keep | mono | stereo | a channel number
+//!
+//! [[stage]]
+//! kind = "resample"
+//! sample_rate = 16000
+//!
+//! [[stage]]
+//! kind = "write_audio"         # or write_features (.npy)
+//! target = "out/16k"
+//! format = "wav"               # wav, wav24, wav32, wavf32, flac, flac24
+//! redo_if_older = false
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sluice_core::storage::{Location, Matcher};
+use sluice_pipeline::config::{section, ConfigError, RawConfig, RawStage};
+use sluice_pipeline::{Pipeline, RunError, RunOptions};
+
+use crate::job::{run_pipeline, JobReport};
+use crate::paths::{PathRule, Suffix};
+use crate::stages::{Channels, DecodeStats, LoadAudio, LoadedAudio, Resample, WriteFiles};
+use crate::{AudioFormat, ChannelOp};
+
+/// The source kind that makes a pipeline file an audio pipeline.
+pub const SOURCE_KIND: &str = "match_files";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceSection {
+    #[allow(dead_code)]
+    kind: String,
+    url: String,
+    #[serde(default)]
+    suffix: Vec<String>,
+    glob: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelsSection {
+    to: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResampleSection {
+    sample_rate: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteSection {
+    target: String,
+    format: Option<String>,
+    #[serde(default)]
+    from_prefix: String,
+    #[serde(default)]
+    to_prefix: String,
+    /// Replaces the extension; default: the format's (`.wav`, `.flac`, or `.npy` added).
+    suffix: Option<String>,
+    #[serde(default)]
+    redo_if_older: bool,
+}
+
+/// One conversion between loading and writing.
+#[derive(Clone)]
+enum Convert {
+    Channels(Channels),
+    Resample(Resample),
+}
+
+/// A checked audio pipeline, ready to run.
+pub struct AudioPipeline {
+    source: String,
+    matcher: Matcher,
+    load_options: sluice_pipeline::StageOptions,
+    converts: Vec<Convert>,
+    target: String,
+    write: WriteKind,
+    rule: PathRule,
+    redo_if_older: bool,
+    write_options: sluice_pipeline::StageOptions,
+    /// The run options the file sets (command-line flags may change them before running).
+    pub options: RunOptions,
+}
+
+#[derive(Clone, Copy)]
+enum WriteKind {
+    Audio(AudioFormat),
+    Features,
+}
+
+fn err(stage: &RawStage, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!(
+        "{}: [[stage]] {} ({}): {message}",
+        stage.place, stage.index, stage.kind
+    ))
+}
+
+impl AudioPipeline {
+    /// Builds an audio pipeline from a file whose source kind is [`SOURCE_KIND`].
+    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let src: SourceSection = section(&raw.source.table, "[source]", &raw.source.place)?;
+        let matcher = match (&src.glob, src.suffix.is_empty()) {
+            (Some(_), false) => {
+                return Err(ConfigError(format!(
+                    "{}: [source]: give suffix or glob, not both",
+                    raw.source.place
+                )))
+            }
+            (Some(glob), true) => Matcher::glob(glob)
+                .map_err(|e| ConfigError(format!("{}: [source]: {e}", raw.source.place)))?,
+            (None, false) => Matcher::suffixes(&src.suffix),
+            (None, true) => Matcher::All,
+        };
+        if let Some(sink) = &raw.sink {
+            return Err(ConfigError(format!(
+                "{}: [sink]: audio pipelines write in their last stage (write_audio or \
+                 write_features), not a [sink]",
+                sink.place
+            )));
+        }
+        let mut stages = raw.stages.iter();
+        let load = stages
+            .next()
+            .filter(|s| s.kind == "load_audio")
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "{}: an audio pipeline starts with a [[stage]] of kind = \"load_audio\"",
+                    raw.file
+                ))
+            })?;
+        if !load.table.is_empty() {
+            return Err(err(load, "takes only the shared stage settings"));
+        }
+        let mut converts = Vec::new();
+        let mut writer = None;
+        for stage in stages {
+            if writer.is_some() {
+                return Err(err(
+                    stage,
+                    "comes after the write stage, which must be last",
+                ));
+            }
+            let what = format!("[[stage]] {} ({})", stage.index, stage.kind);
+            match stage.kind.as_str() {
+                "channels" => {
+                    let spec: ChannelsSection = section(&stage.table, &what, &stage.place)?;
+                    let op: ChannelOp = spec.to.parse().map_err(|e| err(stage, e))?;
+                    converts.push(Convert::Channels(Channels::new(op, stage.options.clone())));
+                }
+                "resample" => {
+                    let spec: ResampleSection = section(&stage.table, &what, &stage.place)?;
+                    if spec.sample_rate == 0 {
+                        return Err(err(stage, "sample_rate must be above 0"));
+                    }
+                    converts.push(Convert::Resample(Resample::new(
+                        spec.sample_rate,
+                        stage.options.clone(),
+                    )));
+                }
+                "write_audio" | "write_features" => {
+                    let spec: WriteSection = section(&stage.table, &what, &stage.place)?;
+                    let (kind, default_suffix) = if stage.kind == "write_audio" {
+                        let format: AudioFormat = spec
+                            .format
+                            .as_deref()
+                            .unwrap_or("wav")
+                            .parse()
+                            .map_err(|e| err(stage, e))?;
+                        (
+                            WriteKind::Audio(format),
+                            Suffix::Replace(format!(".{}", format.extension())),
+                        )
+                    } else {
+                        if spec.format.is_some() {
+                            return Err(err(stage, "format only applies to write_audio"));
+                        }
+                        (WriteKind::Features, Suffix::Add(".npy".into()))
+                    };
+                    let suffix = match spec.suffix {
+                        Some(s) => Suffix::Replace(s),
+                        None => default_suffix,
+                    };
+                    writer = Some((
+                        kind,
+                        spec.target,
+                        PathRule {
+                            from_prefix: spec.from_prefix,
+                            to_prefix: spec.to_prefix,
+                            suffix,
+                        },
+                        spec.redo_if_older,
+                        stage.options.clone(),
+                    ));
+                }
+                other => {
+                    return Err(err(
+                        stage,
+                        format!(
+                            "unknown kind {other:?}: expected channels, resample, write_audio or \
+                             write_features"
+                        ),
+                    ))
+                }
+            }
+        }
+        let Some((write, target, rule, redo_if_older, write_options)) = writer else {
+            return Err(ConfigError(format!(
+                "{}: an audio pipeline ends with a write_audio or write_features stage",
+                raw.file
+            )));
+        };
+        let local_dir = (!target.contains("://") || target.starts_with("file://"))
+            .then(|| PathBuf::from(target.trim_start_matches("file://")));
+        let mut options = raw.run_options(local_dir.as_deref());
+        if options.failures_path.is_none() {
+            options.failures_path = Some(PathBuf::from("_failures.jsonl"));
+        }
+        Ok(AudioPipeline {
+            source: src.url,
+            matcher,
+            load_options: load.options.clone(),
+            converts,
+            target,
+            write,
+            rule,
+            redo_if_older,
+            write_options,
+            options,
+        })
+    }
+
+    /// Runs the pipeline; an aborted run still reports, with the reason.
+    pub fn run(self) -> Result<Result<JobReport, (String, JobReport)>, RunError> {
+        let invalid = |e: sluice_core::storage::StorageError| RunError::Invalid(e.to_string());
+        let source = Location::parse(&self.source).map_err(invalid)?;
+        let target = Location::parse(&self.target).map_err(invalid)?;
+        let stats = Arc::new(DecodeStats::default());
+        let writer = match self.write {
+            WriteKind::Audio(format) => WriteFiles::audio(
+                target.clone(),
+                self.rule.clone(),
+                format,
+                self.write_options,
+            ),
+            WriteKind::Features => {
+                WriteFiles::features(target.clone(), self.rule.clone(), self.write_options)
+            }
+        };
+        let (converts, load_options, load_stats) =
+            (self.converts, self.load_options, stats.clone());
+        let loader = source.clone();
+        let build = move |files: Vec<sluice_core::storage::FileEntry>| {
+            let mut pipeline: Pipeline<LoadedAudio> =
+                Pipeline::from_keyed(files.into_iter().map(|f| (f.rel.clone(), f)))
+                    .stage(LoadAudio::new(loader, load_options, load_stats));
+            for convert in converts {
+                pipeline = match convert {
+                    Convert::Channels(s) => pipeline.stage(s),
+                    Convert::Resample(s) => pipeline.stage(s),
+                };
+            }
+            pipeline.stage(writer)
+        };
+        run_pipeline(
+            &source,
+            &self.matcher,
+            &target,
+            &self.rule,
+            self.redo_if_older,
+            self.options,
+            stats,
+            build,
+        )
+    }
+}

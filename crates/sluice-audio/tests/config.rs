@@ -1,0 +1,130 @@
+//! Audio pipeline files: `write_features` writes `.npy` arrays named by the path rule, and a file
+//! that cannot make an audio pipeline says where and why.
+
+use std::path::{Path, PathBuf};
+
+use sluice_audio::config::AudioPipeline;
+use sluice_pipeline::config::RawConfig;
+use sluice_pipeline::Progress;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/audio/src")
+}
+
+fn build(text: &str) -> Result<AudioPipeline, String> {
+    let raw = RawConfig::parse(Path::new("audio.toml"), text, &[]).map_err(|e| e.0)?;
+    AudioPipeline::from_raw(raw).map_err(|e| e.0)
+}
+
+#[test]
+fn write_features_writes_npy_arrays_under_moved_prefixes() {
+    let out = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[source]
+kind = "match_files"
+url = "{src}"
+glob = "music/**/*.wav"
+
+[[stage]]
+kind = "load_audio"
+
+[[stage]]
+kind = "resample"
+sample_rate = 8000
+
+[[stage]]
+kind = "write_features"
+target = "{out}"
+from_prefix = "music/"
+to_prefix = "features/v1/"
+"#,
+        src = fixtures().display(),
+        out = out.path().display()
+    );
+    let mut pipeline = build(&text).unwrap();
+    pipeline.options.progress = Progress::Off;
+    let report = pipeline.run().unwrap().unwrap();
+    assert_eq!(report.run.items_out, 3, "{}", report.render());
+
+    // (frames, channels) little-endian f32, named `<source name>.npy` under the new prefix.
+    let expect = [
+        ("features/v1/sweep_48k_stereo_pcm16.wav.npy", "(8000, 2)"),
+        ("features/v1/deep/noise_22k05_mono_f32.wav.npy", "(4000, 1)"),
+        ("features/v1/deep/three_16k_pcm32.wav.npy", "(4000, 3)"),
+    ];
+    for (rel, shape) in expect {
+        let bytes = std::fs::read(out.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert_eq!(&bytes[..6], b"\x93NUMPY", "{rel}");
+        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+        assert!(header.contains("'descr': '<f4'"), "{header}");
+        assert!(
+            header.contains(&format!("'shape': {shape}")),
+            "{rel}: {header}"
+        );
+        let (frames, channels): (usize, usize) = {
+            let inner = shape.trim_matches(|c| c == '(' || c == ')');
+            let mut it = inner.split(", ").map(|n| n.parse().unwrap());
+            (it.next().unwrap(), it.next().unwrap())
+        };
+        assert_eq!(
+            bytes.len() - 10 - header_len,
+            frames * channels * 4,
+            "{rel}"
+        );
+    }
+}
+
+#[test]
+fn malformed_audio_pipelines_name_the_place_and_the_problem() {
+    let head = "[source]\nkind = \"match_files\"\nurl = \"x\"\n";
+    let cases = [
+        (
+            format!("{head}\n[[stage]]\nkind = \"resample\"\nsample_rate = 1\n"),
+            "starts with a [[stage]] of kind = \"load_audio\"",
+        ),
+        (
+            format!("{head}\n[[stage]]\nkind = \"load_audio\"\n"),
+            "ends with a write_audio or write_features stage",
+        ),
+        (
+            format!(
+                "{head}\n[[stage]]\nkind = \"load_audio\"\n\n[[stage]]\nkind = \"write_audio\"\n\
+                 target = \"o\"\n\n[[stage]]\nkind = \"resample\"\nsample_rate = 8000\n"
+            ),
+            "audio.toml:12: [[stage]] 2 (resample): comes after the write stage",
+        ),
+        (
+            format!(
+                "{head}\n[[stage]]\nkind = \"load_audio\"\n\n[[stage]]\nkind = \"channels\"\n\
+                 to = \"left\"\n"
+            ),
+            "audio.toml:8: [[stage]] 1 (channels):",
+        ),
+        (
+            format!(
+                "{head}\n[[stage]]\nkind = \"load_audio\"\n\n[[stage]]\nkind = \"write_audio\"\n\
+                 target = \"o\"\nformat = \"mp3\"\n"
+            ),
+            "audio.toml:8: [[stage]] 1 (write_audio):",
+        ),
+        (
+            format!(
+                "{head}\n[[stage]]\nkind = \"load_audio\"\n\n[[stage]]\nkind = \"write_audio\"\n\
+                 target = \"o\"\n\n[sink]\nkind = \"jsonl\"\npath = \"o\"\n"
+            ),
+            "audio.toml:12: [sink]: audio pipelines write in their last stage",
+        ),
+        (
+            format!("{head}glob = \"[\"\n\n[[stage]]\nkind = \"load_audio\"\n"),
+            "audio.toml:1: [source]:",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = build(&text)
+            .err()
+            .unwrap_or_else(|| panic!("accepted:\n{text}"));
+        assert!(e.contains(want), "{e}\nwanted: {want}\n{text}");
+    }
+}
