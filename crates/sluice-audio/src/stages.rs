@@ -132,6 +132,23 @@ impl Stage for LoadAudio {
     }
 }
 
+/// Applies a conversion to each file's samples; a file it refuses fails alone.
+fn map_audio(
+    batch: &[LoadedAudio],
+    mut convert: impl FnMut(&Audio) -> Result<Audio, crate::AudioError>,
+) -> Vec<Result<LoadedAudio, ItemError>> {
+    batch
+        .iter()
+        .map(|item| {
+            let audio = convert(&item.audio).map_err(|e| ItemError::permanent(e.to_string()))?;
+            Ok(LoadedAudio {
+                file: item.file.clone(),
+                audio,
+            })
+        })
+        .collect()
+}
+
 /// Converts to one sample rate (`resample`); each worker keeps its resamplers across files.
 pub struct Resample {
     to_rate: u32,
@@ -172,19 +189,8 @@ impl Stage for Resample {
         &mut self,
         batch: &[LoadedAudio],
     ) -> Result<Vec<Result<LoadedAudio, ItemError>>, StageError> {
-        Ok(batch
-            .iter()
-            .map(|item| {
-                let audio = self
-                    .cache
-                    .resample(&item.audio, self.to_rate)
-                    .map_err(|e| ItemError::permanent(e.to_string()))?;
-                Ok(LoadedAudio {
-                    file: item.file.clone(),
-                    audio,
-                })
-            })
-            .collect())
+        let (cache, to_rate) = (&mut self.cache, self.to_rate);
+        Ok(map_audio(batch, |audio| cache.resample(audio, to_rate)))
     }
 }
 
@@ -218,19 +224,8 @@ impl Stage for Channels {
         &mut self,
         batch: &[LoadedAudio],
     ) -> Result<Vec<Result<LoadedAudio, ItemError>>, StageError> {
-        Ok(batch
-            .iter()
-            .map(|item| {
-                let audio = self
-                    .op
-                    .apply(item.audio.clone())
-                    .map_err(|e| ItemError::permanent(e.to_string()))?;
-                Ok(LoadedAudio {
-                    file: item.file.clone(),
-                    audio,
-                })
-            })
-            .collect())
+        let op = self.op;
+        Ok(map_audio(batch, |audio| op.apply(audio.clone())))
     }
 }
 

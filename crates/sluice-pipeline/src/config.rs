@@ -398,9 +398,7 @@ impl RawConfig {
 impl PipelineConfig {
     /// Reads and checks a config file, applying `--set` overrides first.
     pub fn load(file: &Path, sets: &[String]) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| ConfigError(format!("cannot read pipeline {}: {e}", file.display())))?;
-        Self::parse(file, &text, sets)
+        Self::from_raw(RawConfig::load(file, sets)?)
     }
 
     /// Checks config text; `file` is only used in messages.
