@@ -11,7 +11,7 @@ use sluice_audio::encode::encode;
 use sluice_audio::{npy, Audio, AudioError, AudioFormat, ChannelOp, ResamplerCache, WavSample};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/audio")
+    sluice_testkit::fixture("audio")
 }
 
 fn manifest() -> Value {

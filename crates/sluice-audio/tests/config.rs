@@ -8,7 +8,7 @@ use sluice_pipeline::config::RawConfig;
 use sluice_pipeline::Progress;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/audio/src")
+    sluice_testkit::fixture("audio/src")
 }
 
 fn build(text: &str) -> Result<AudioPipeline, String> {

@@ -12,7 +12,7 @@ use sluice_core::storage::Matcher;
 use sluice_pipeline::{Progress, RunOptions};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/audio")
+    sluice_testkit::fixture("audio")
 }
 
 fn manifest() -> Value {

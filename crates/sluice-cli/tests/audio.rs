@@ -12,7 +12,7 @@ use sluice_testkit::S3Server;
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/audio/src")
+    sluice_testkit::fixture("audio/src")
 }
 
 fn resample_args(source: &str, target: &str, summary: &Path) -> Vec<String> {

@@ -214,7 +214,7 @@ fn the_example_pipeline_runs_as_documented() {
     // and the output directory are swapped.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = tempfile::tempdir().unwrap();
-    let model = root.join("tests/fixtures/tiny-m2m100");
+    let model = sluice_testkit::fixture("tiny-m2m100");
     let result = Command::new(SLUICE)
         .current_dir(&root)
         .args([
@@ -294,17 +294,6 @@ fn the_audio_example_pipeline_runs_as_documented() {
     assert_eq!(redo["items_out"], 7, "{redo}");
 }
 
-/// `GET path` on `addr` with a plain HTTP/1.0 request; the whole response as text.
-fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
-}
-
 #[test]
 fn metrics_are_served_while_the_run_lasts() {
     use std::io::BufRead;
@@ -335,7 +324,7 @@ fn metrics_are_served_while_the_run_lasts() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = None;
     while seen.is_none() && Instant::now() < deadline {
-        let body = http_get(&addr, "/metrics").unwrap();
+        let body = sluice_testkit::http_request(addr.parse().unwrap(), "GET", "/metrics").unwrap();
         assert!(
             body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
             "{body}"

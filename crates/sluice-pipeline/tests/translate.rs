@@ -2,51 +2,15 @@
 //! translation transformers produced for it (`tests/fixtures/tiny-m2m100/reference.json`, beam
 //! defaults, en → ja), and a record without the text field is a failure, not an abort.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
 use serde_json::Value;
 use sluice_pipeline::config::PipelineConfig;
 use sluice_pipeline::{PartFormat, PartSink, Progress};
-
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-m2m100")
-}
-
-/// (source, transformers' translation) for every non-empty reference sentence.
-fn references() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap();
-    let r: Value = serde_json::from_str(&text).unwrap();
-    let case = r["generation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "beam_defaults")
-        .unwrap();
-    assert_eq!(
-        (case["src"].as_str(), case["tgt"].as_str()),
-        (Some("en"), Some("ja"))
-    );
-    let sources = r["encoder"].as_array().unwrap();
-    let outputs = case["texts"].as_array().unwrap();
-    assert_eq!(sources.len(), outputs.len());
-    sources
-        .iter()
-        .zip(outputs)
-        .map(|(s, o)| {
-            (
-                s["text"].as_str().unwrap().into(),
-                o.as_str().unwrap().into(),
-            )
-        })
-        .filter(|(s, _): &(String, String)| !s.is_empty())
-        .collect()
-}
+use std::collections::HashMap;
 
 #[test]
 fn translate_stage_matches_transformers_and_isolates_bad_records() {
     let dir = tempfile::tempdir().unwrap();
-    let refs = references();
+    let refs = sluice_testkit::tiny_m2m100_en_ja();
     assert_eq!(refs.len(), 10, "the fixture's non-empty sentences");
     let mut input = String::new();
     for (i, (source, _)) in refs.iter().enumerate() {
@@ -75,7 +39,7 @@ kind = "jsonl"
 path = "{out}"
 "#,
         input = dir.path().join("in.jsonl").display(),
-        model = fixture_dir().display(),
+        model = sluice_testkit::fixture("tiny-m2m100").display(),
         out = out.display(),
     );
     let mut config = PipelineConfig::parse(&dir.path().join("p.toml"), &toml, &[]).unwrap();

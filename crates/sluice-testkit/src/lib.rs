@@ -1,4 +1,5 @@
-//! Real services for tests, started on loopback ports and stopped when dropped.
+//! Real services for tests, started on loopback ports and stopped when dropped, and the paths and
+//! reference outputs of the committed fixtures that several crates' tests read.
 //!
 //! The servers come from the package registries and are installed by `scripts/install-deps.sh`
 //! into `.venv-tools/` at the repository root; a test that needs one fails with that hint when it
@@ -36,6 +37,49 @@ pub fn find_tool(name: &str, env_var: &str) -> PathBuf {
     })
 }
 
+/// A path under `tests/fixtures/` (e.g. `tiny-m2m100`, `audio/src`).
+pub fn fixture(rel: &str) -> PathBuf {
+    repo_root().join("tests/fixtures").join(rel)
+}
+
+/// The tiny M2M100 fixture's reference outputs from transformers (`reference.json`).
+pub fn tiny_m2m100_reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture("tiny-m2m100/reference.json"))
+        .expect("reading the tiny-m2m100 reference");
+    serde_json::from_str(&text).expect("reference.json is JSON")
+}
+
+/// Source texts and transformers' en→ja translations with the model's default (beam) settings,
+/// leaving out the empty text (answered with empty text without the model).
+pub fn tiny_m2m100_en_ja() -> Vec<(String, String)> {
+    let r = tiny_m2m100_reference();
+    let case = r["generation"]
+        .as_array()
+        .expect("a generation list")
+        .iter()
+        .find(|c| c["name"] == "beam_defaults")
+        .expect("the beam_defaults case")
+        .clone();
+    assert_eq!(
+        (case["src"].as_str(), case["tgt"].as_str()),
+        (Some("en"), Some("ja"))
+    );
+    let sources = r["encoder"].as_array().expect("encoder cases");
+    let outputs = case["texts"].as_array().expect("texts");
+    assert_eq!(sources.len(), outputs.len());
+    sources
+        .iter()
+        .zip(outputs)
+        .map(|(s, o)| {
+            (
+                s["text"].as_str().unwrap().to_owned(),
+                o.as_str().unwrap().to_owned(),
+            )
+        })
+        .filter(|(s, _)| !s.is_empty())
+        .collect()
+}
+
 /// A free loopback port (bound and released; good enough for a test's own server).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -58,8 +102,8 @@ fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str) {
     }
 }
 
-/// Sends one HTTP/1.0 request with an empty body; returns the status code.
-pub fn http_status(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<u16> {
+/// Sends one HTTP/1.0 request with an empty body; returns the whole response as text.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
@@ -68,6 +112,11 @@ pub fn http_status(addr: SocketAddr, method: &str, path: &str) -> std::io::Resul
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// The status code of an HTTP response as [`http_request`] returns it.
+pub fn http_status(response: &str) -> std::io::Result<u16> {
     response
         .split_whitespace()
         .nth(1)
@@ -104,7 +153,9 @@ impl S3Server {
 
     /// Creates a bucket (moto accepts unsigned requests).
     pub fn create_bucket(&self, name: &str) {
-        let status = http_status(self.addr, "PUT", &format!("/{name}")).expect("creating a bucket");
+        let status = http_request(self.addr, "PUT", &format!("/{name}"))
+            .and_then(|r| http_status(&r))
+            .expect("creating a bucket");
         assert_eq!(status, 200, "creating bucket {name}");
     }
 

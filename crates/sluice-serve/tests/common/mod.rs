@@ -11,41 +11,17 @@ use tokio::sync::oneshot;
 
 /// The tiny M2M100 checkpoint written by `tools/make_tiny_m2m100.py`.
 pub fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-m2m100")
+    sluice_testkit::fixture("tiny-m2m100")
 }
 
 /// The fixture's reference outputs from transformers.
 pub fn reference() -> Value {
-    let text = std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    sluice_testkit::tiny_m2m100_reference()
 }
 
-/// Source texts and transformers' en→ja translations with the model's default (beam) settings,
-/// leaving out the empty text (the contract answers it with empty text without the model).
+/// Source texts and transformers' en→ja translations with the model's default (beam) settings.
 pub fn reference_en_ja() -> Vec<(String, String)> {
-    let r = reference();
-    let case = r["generation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "beam_defaults")
-        .unwrap()
-        .clone();
-    assert_eq!(case["tgt"], "ja");
-    let sources = r["encoder"].as_array().unwrap();
-    let outputs = case["texts"].as_array().unwrap();
-    assert_eq!(sources.len(), outputs.len());
-    sources
-        .iter()
-        .zip(outputs)
-        .map(|(s, o)| {
-            (
-                s["text"].as_str().unwrap().to_owned(),
-                o.as_str().unwrap().to_owned(),
-            )
-        })
-        .filter(|(s, _)| !s.is_empty())
-        .collect()
+    sluice_testkit::tiny_m2m100_en_ja()
 }
 
 /// A config serving the fixture. Its longest reference sentence (97 tokens) exceeds the tiny
