@@ -27,15 +27,14 @@
 //! redo_if_older = false
 //! ```
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use sluice_core::storage::{Location, Matcher};
-use sluice_pipeline::config::{section, ConfigError, RawConfig, RawStage};
+use sluice_core::storage::{local_path, Location, Matcher};
+use sluice_pipeline::config::{section, ConfigError, RawConfig};
 use sluice_pipeline::{Pipeline, RunError, RunOptions};
 
-use crate::job::{run_pipeline, JobReport};
+use crate::job::{default_failures_path, run_pipeline, JobReport};
 use crate::paths::{PathRule, Suffix};
 use crate::stages::{Channels, DecodeStats, LoadAudio, LoadedAudio, Resample, WriteFiles};
 use crate::{AudioFormat, ChannelOp};
@@ -109,13 +108,6 @@ enum WriteKind {
     Features,
 }
 
-fn err(stage: &RawStage, message: impl std::fmt::Display) -> ConfigError {
-    ConfigError(format!(
-        "{}: [[stage]] {} ({}): {message}",
-        stage.place, stage.index, stage.kind
-    ))
-}
-
 impl AudioPipeline {
     /// Builds an audio pipeline from a file whose source kind is [`SOURCE_KIND`].
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
@@ -150,28 +142,24 @@ impl AudioPipeline {
                 ))
             })?;
         if !load.table.is_empty() {
-            return Err(err(load, "takes only the shared stage settings"));
+            return Err(load.error("takes only the shared stage settings"));
         }
         let mut converts = Vec::new();
         let mut writer = None;
         for stage in stages {
             if writer.is_some() {
-                return Err(err(
-                    stage,
-                    "comes after the write stage, which must be last",
-                ));
+                return Err(stage.error("comes after the write stage, which must be last"));
             }
-            let what = format!("[[stage]] {} ({})", stage.index, stage.kind);
             match stage.kind.as_str() {
                 "channels" => {
-                    let spec: ChannelsSection = section(&stage.table, &what, &stage.place)?;
-                    let op: ChannelOp = spec.to.parse().map_err(|e| err(stage, e))?;
+                    let spec: ChannelsSection = stage.spec()?;
+                    let op: ChannelOp = spec.to.parse().map_err(|e| stage.error(e))?;
                     converts.push(Convert::Channels(Channels::new(op, stage.options.clone())));
                 }
                 "resample" => {
-                    let spec: ResampleSection = section(&stage.table, &what, &stage.place)?;
+                    let spec: ResampleSection = stage.spec()?;
                     if spec.sample_rate == 0 {
-                        return Err(err(stage, "sample_rate must be above 0"));
+                        return Err(stage.error("sample_rate must be above 0"));
                     }
                     converts.push(Convert::Resample(Resample::new(
                         spec.sample_rate,
@@ -179,21 +167,21 @@ impl AudioPipeline {
                     )));
                 }
                 "write_audio" | "write_features" => {
-                    let spec: WriteSection = section(&stage.table, &what, &stage.place)?;
+                    let spec: WriteSection = stage.spec()?;
                     let (kind, default_suffix) = if stage.kind == "write_audio" {
                         let format: AudioFormat = spec
                             .format
                             .as_deref()
                             .unwrap_or("wav")
                             .parse()
-                            .map_err(|e| err(stage, e))?;
+                            .map_err(|e| stage.error(e))?;
                         (
                             WriteKind::Audio(format),
                             Suffix::Replace(format!(".{}", format.extension())),
                         )
                     } else {
                         if spec.format.is_some() {
-                            return Err(err(stage, "format only applies to write_audio"));
+                            return Err(stage.error("format only applies to write_audio"));
                         }
                         (WriteKind::Features, Suffix::Add(".npy".into()))
                     };
@@ -214,13 +202,10 @@ impl AudioPipeline {
                     ));
                 }
                 other => {
-                    return Err(err(
-                        stage,
-                        format!(
-                            "unknown kind {other:?}: expected channels, resample, write_audio or \
+                    return Err(stage.error(format!(
+                        "unknown kind {other:?}: expected channels, resample, write_audio or \
                              write_features"
-                        ),
-                    ))
+                    )))
                 }
             }
         }
@@ -230,12 +215,10 @@ impl AudioPipeline {
                 raw.file
             )));
         };
-        let local_dir = (!target.contains("://") || target.starts_with("file://"))
-            .then(|| PathBuf::from(target.trim_start_matches("file://")));
-        let mut options = raw.run_options(local_dir.as_deref());
-        if options.failures_path.is_none() {
-            options.failures_path = Some(PathBuf::from("_failures.jsonl"));
-        }
+        let mut options = raw.run_options(local_path(&target).as_deref());
+        options
+            .failures_path
+            .get_or_insert_with(|| default_failures_path(&target));
         Ok(AudioPipeline {
             source: src.url,
             matcher,

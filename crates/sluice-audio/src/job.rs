@@ -45,6 +45,14 @@ pub struct ResampleJob {
     pub batch_size: usize,
 }
 
+/// Where failed files are listed when not said: `_failures.jsonl` in a local target, else in the
+/// working directory (the engine writes the failures file locally).
+pub fn default_failures_path(target: &str) -> PathBuf {
+    sluice_core::storage::local_path(target)
+        .unwrap_or_default()
+        .join("_failures.jsonl")
+}
+
 /// A file that did not make it, for the audio summary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailedFile {

@@ -82,14 +82,10 @@ pub fn run(command: AudioCommand) -> anyhow::Result<()> {
             anyhow::bail!("say which files to convert: --suffix .mp3 or --glob '**/*.wav'")
         }
     };
-    let local_target = !args.target.contains("://") || args.target.starts_with("file://");
-    let failures = args.failures.clone().unwrap_or_else(|| {
-        if local_target {
-            PathBuf::from(args.target.trim_start_matches("file://")).join("_failures.jsonl")
-        } else {
-            PathBuf::from("_failures.jsonl")
-        }
-    });
+    let failures = args
+        .failures
+        .clone()
+        .unwrap_or_else(|| sluice_audio::job::default_failures_path(&args.target));
     let options = sluice_pipeline::RunOptions {
         mode: args.mode,
         cpus: args.cpus,

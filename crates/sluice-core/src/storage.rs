@@ -163,6 +163,15 @@ fn env_options(prefix: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The directory a local path or `file://` URL names; `None` for object-store URLs.
+pub fn local_path(url: &str) -> Option<std::path::PathBuf> {
+    match url.split_once("://") {
+        None => Some(url.into()),
+        Some(("file", path)) => Some(path.into()),
+        Some(_) => None,
+    }
+}
+
 impl Location {
     /// Opens `url` with credentials and endpoints from the environment.
     pub fn parse(url: &str) -> Result<Self, StorageError> {
@@ -274,7 +283,7 @@ impl Location {
 
     /// Whether this is the local file system (where paths can be handed to other programs).
     pub fn is_local(&self) -> bool {
-        !self.base.contains("://") || self.base.starts_with("file://")
+        local_path(&self.base).is_some()
     }
 
     fn path(&self, rel: &str) -> Result<ObjectPath, StorageError> {

@@ -269,6 +269,23 @@ pub struct RawStage {
     pub table: Table,
 }
 
+impl RawStage {
+    /// How messages name the stage: `[[stage]] INDEX (KIND)`.
+    pub fn what(&self) -> String {
+        format!("[[stage]] {} ({})", self.index, self.kind)
+    }
+
+    /// An error about this stage, starting with its place and name.
+    pub fn error(&self, message: impl std::fmt::Display) -> ConfigError {
+        ConfigError(format!("{}: {}: {message}", self.place, self.what()))
+    }
+
+    /// The kind's own keys read as `T` (unknown keys refused with the stage's place).
+    pub fn spec<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ConfigError> {
+        section(&self.table, &self.what(), &self.place)
+    }
+}
+
 /// A pipeline file read for what every kind of pipeline shares: `[run]`, the shared stage
 /// settings, `--set` overrides and `file:line` places. Crates with their own stage kinds (audio)
 /// build their pipelines from it, so every pipeline file reads and fails the same way.
@@ -435,31 +452,23 @@ impl PipelineConfig {
 
         let mut stages = Vec::new();
         for stage in std::mem::take(&mut raw.stages) {
-            let RawStage {
-                place,
-                index: i,
-                kind,
-                name,
-                options,
-                table,
-            } = stage;
-            let what = format!("[[stage]] {i} ({kind})");
-            stages.push(match kind.as_str() {
+            let (name, options) = (stage.name.clone(), stage.options.clone());
+            stages.push(match stage.kind.as_str() {
                 "exec" => {
-                    let spec: ExecSection = section(&table, &what, &place)?;
+                    let spec: ExecSection = stage.spec()?;
                     if spec.command.is_empty() {
-                        return Err(ConfigError(format!("{place}: {what}: command is empty")));
+                        return Err(stage.error("command is empty"));
                     }
-                    let mut stage = ExecStage::new(&name, spec.command, options);
-                    stage.env = spec.env.into_iter().collect();
-                    BuiltStage::Exec(stage)
+                    let mut exec = ExecStage::new(&name, spec.command, options);
+                    exec.env = spec.env.into_iter().collect();
+                    BuiltStage::Exec(exec)
                 }
                 "translate" => {
-                    let spec: TranslateSection = section(&table, &what, &place)?;
+                    let spec: TranslateSection = stage.spec()?;
                     let model = spec
                         .model
                         .unwrap_or_else(|| sluice_models::source::DEFAULT_MODEL.to_string());
-                    let mut stage = TranslateStage::new(
+                    let mut translate = TranslateStage::new(
                         &name,
                         &model,
                         &spec.from,
@@ -468,13 +477,14 @@ impl PipelineConfig {
                         &spec.output,
                         options,
                     );
-                    stage.generation.num_beams = spec.beams;
-                    stage.generation.max_new_tokens = spec.max_new_tokens;
-                    BuiltStage::Translate(stage)
+                    translate.generation.num_beams = spec.beams;
+                    translate.generation.max_new_tokens = spec.max_new_tokens;
+                    BuiltStage::Translate(translate)
                 }
                 other => {
                     return Err(ConfigError(format!(
-                        "{place}: [[stage]] {i}: unknown kind {other:?}: expected exec or translate"
+                        "{}: [[stage]] {}: unknown kind {other:?}: expected exec or translate",
+                        stage.place, stage.index
                     )))
                 }
             });
