@@ -72,10 +72,6 @@ fn s3_job_writes_the_same_outputs_as_local_disk() {
     let server = S3Server::start();
     server.create_bucket("audio");
     let options = server.options();
-    let options: Vec<(&str, &str)> = options
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let local_src = Location::parse(fixtures().to_str().unwrap()).unwrap();
     let bucket = Location::parse_with("s3://audio", &options).unwrap();
     for file in local_src.list_blocking(&Matcher::All).unwrap() {

@@ -175,12 +175,15 @@ pub fn local_path(url: &str) -> Option<std::path::PathBuf> {
 impl Location {
     /// Opens `url` with credentials and endpoints from the environment.
     pub fn parse(url: &str) -> Result<Self, StorageError> {
-        Self::parse_with(url, &[])
+        Self::parse_with::<&str, &str>(url, &[])
     }
 
     /// Opens `url`; `options` (e.g. `("aws_endpoint", "http://127.0.0.1:9000")`) win over the
     /// environment. Keys are the `object_store` builders' config keys.
-    pub fn parse_with(url: &str, options: &[(&str, &str)]) -> Result<Self, StorageError> {
+    pub fn parse_with<K: AsRef<str>, V: AsRef<str>>(
+        url: &str,
+        options: &[(K, V)],
+    ) -> Result<Self, StorageError> {
         let base = url.trim_end_matches('/').to_string();
         let Some((scheme, rest)) = url.split_once("://") else {
             return Self::local(url, base);
@@ -193,7 +196,7 @@ impl Location {
             all.extend(
                 options
                     .iter()
-                    .map(|(k, v)| (k.to_lowercase(), v.to_string())),
+                    .map(|(k, v)| (k.as_ref().to_lowercase(), v.as_ref().to_string())),
             );
             all
         };

@@ -97,10 +97,6 @@ fn s3_compatible_server() {
     let server = S3Server::start();
     server.create_bucket("sluice-test");
     let options = server.options();
-    let options: Vec<(&str, &str)> = options
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let loc = Location::parse_with("s3://sluice-test/run/1", &options).unwrap();
     assert!(!loc.is_local());
     exercise(&loc);

@@ -67,6 +67,19 @@ fn describe() {
     describe_counter!("sluice_batch_failures_total", "Batches the model failed on");
 }
 
+/// `GET /metrics`: the metrics in Prometheus' text format, with its content type.
+pub fn response() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        render(),
+    )
+        .into_response()
+}
+
 /// The metrics in Prometheus' text format.
 pub fn render() -> String {
     let handle = install();
@@ -87,12 +100,8 @@ pub fn spawn_endpoint(listener: std::net::TcpListener) -> std::io::Result<std::n
         .name("sluice-metrics".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let app = axum::Router::new().route(
-                    "/metrics",
-                    axum::routing::get(|| async {
-                        ([("content-type", "text/plain; version=0.0.4")], render())
-                    }),
-                );
+                let app = axum::Router::new()
+                    .route("/metrics", axum::routing::get(|| async { response() }));
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => {
                         if let Err(e) = axum::serve(listener, app).await {
