@@ -117,7 +117,9 @@ impl Stage for LoadAudio {
                     .source
                     .read_blocking(&file.rel)
                     .map_err(storage_error)?;
-                let extension = file.rel.rsplit_once('.').map(|(_, ext)| ext);
+                let extension = std::path::Path::new(&file.rel)
+                    .extension()
+                    .and_then(|e| e.to_str());
                 let audio = crate::decode::decode(&bytes, extension)
                     .map_err(|e| ItemError::permanent(e.to_string()))?;
                 let micros = (audio.duration_secs() * 1e6).round() as u64;
