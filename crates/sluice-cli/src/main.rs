@@ -43,9 +43,26 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Model directory (Hugging Face layout) or hub id; a hub id is downloaded on first start.
-    #[arg(long, env = "SLUICE_MODEL", default_value = DEFAULT_MODEL)]
-    model: String,
+    /// A model to serve, as NAME=SOURCE or SOURCE; repeat for several (env: comma-separated).
+    /// SOURCE is an M2M100 directory (Hugging Face layout) or hub id (downloaded on first start),
+    /// or an audio classifier directory (model.onnx + sluice-model.toml). Unnamed, a translation
+    /// model is called m2m100 and a classifier after its directory.
+    #[arg(long = "model", env = "SLUICE_MODEL", value_delimiter = ',', default_value = DEFAULT_MODEL)]
+    models: Vec<String>,
+    /// Directory that `path` inputs of /v1/models/{name}/infer are confined to (a mounted
+    /// volume); without it, path inputs are refused.
+    #[arg(long, env = "SLUICE_DATA_ROOT")]
+    data_root: Option<std::path::PathBuf>,
+    /// Object-storage URL prefix that `url` inputs may read under (e.g. s3://bucket/audio/);
+    /// repeat for several. Credentials come from the usual environment variables.
+    #[arg(long = "allow-url", env = "SLUICE_ALLOW_URLS", value_delimiter = ',')]
+    allow_urls: Vec<String>,
+    /// Audio windows an audio classifier's queue holds at most (503 beyond).
+    #[arg(long, env = "SLUICE_WINDOW_CAPACITY", default_value_t = 4096)]
+    window_capacity: usize,
+    /// Largest file read for one path or url input, in bytes.
+    #[arg(long, env = "SLUICE_MAX_INPUT_BYTES", default_value_t = 512 << 20)]
+    max_input_bytes: u64,
     /// Address to listen on.
     #[arg(long, env = "SLUICE_HOST", default_value = "0.0.0.0")]
     host: std::net::IpAddr,
@@ -330,8 +347,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "--max-records exceeds --queue-capacity; lowering it so every valid request fits"
         );
     }
+    let models = args
+        .models
+        .iter()
+        .map(|m| sluice_serve::ModelEntry::parse(m))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     let config = ServeConfig {
-        model: args.model,
+        models,
+        window_capacity: args.window_capacity.max(1),
+        data_root: args.data_root,
+        allow_urls: args.allow_urls,
+        max_input_bytes: args.max_input_bytes,
         batch: BatchConfig {
             max_items: args.max_batch_size.max(1),
             max_tokens: args.max_batch_tokens,

@@ -4,6 +4,7 @@
 //! all owe the user errors that say what to do; keeping both here stops each crate from growing its
 //! own variant.
 
+pub mod confine;
 pub mod storage;
 
 use serde::{Deserialize, Serialize};

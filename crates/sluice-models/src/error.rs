@@ -62,6 +62,9 @@ pub enum ModelError {
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The ONNX runtime failed on a graph.
+    #[error("onnx: {0}")]
+    Onnx(String),
     /// A tensor operation failed (shape mismatch, missing weight, ...).
     #[error("model: {0}")]
     Candle(#[from] candle_core::Error),

@@ -4,6 +4,7 @@
 //! by the CLI. Today: M2M100 translation in candle ([`m2m100`]), loaded from a directory in the
 //! Hugging Face layout or a hub id ([`source`]) with memory-mapped weights ([`weights`]).
 
+pub mod classifier;
 pub mod error;
 pub mod m2m100;
 pub mod source;

@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod batcher;
+pub mod classify;
+pub mod infer;
 pub mod metrics;
 pub mod server;
 pub mod stress;
 pub mod translation;
 
-pub use server::{serve, ServeConfig};
+pub use server::{serve, ModelEntry, ModelKind, ServeConfig};

@@ -12,16 +12,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use sluice_models::classifier::AudioClassifier;
 use sluice_models::source::HubSettings;
 use sluice_models::{ModelSource, M2M100};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use utoipa::OpenApi;
 
 use crate::api::{
@@ -29,10 +30,89 @@ use crate::api::{
     TranslationResponse,
 };
 use crate::batcher::{self, BatchConfig, Entry, ItemError, Queue};
+use crate::classify::Classify;
+use crate::infer::{
+    bad_input, Content, InferInput, InferOutput, InferRequest, InferResponse, InputAccess,
+    ModelInfo, WindowScores,
+};
 use crate::translation::{Limits, Translator};
 
-/// The model name used in metric labels and logs.
+/// The name of the translation model when `--model` gives no name.
 pub const TRANSLATION_MODEL: &str = "m2m100";
+
+/// What a served model is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// M2M100 translation (a Hugging Face directory or hub id).
+    Translation,
+    /// An ONNX audio classifier (a directory with `sluice-model.toml`).
+    AudioClassifier,
+}
+
+impl ModelKind {
+    /// The name used in `GET /v1/models`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Translation => "translation",
+            Self::AudioClassifier => sluice_models::classifier::KIND,
+        }
+    }
+}
+
+/// One model to serve: its name in `/v1/models/{name}` and where it is loaded from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelEntry {
+    /// The name in URLs and metric labels.
+    pub name: String,
+    /// A directory or hub id.
+    pub source: String,
+    /// What it is, told by the directory's contents.
+    pub kind: ModelKind,
+}
+
+impl ModelEntry {
+    /// Parses `name=<dir|hub-id>`, or a bare `<dir|hub-id>`: a classifier directory is then named
+    /// after the directory and a translation model `m2m100`.
+    pub fn parse(arg: &str) -> Result<Self, String> {
+        let (name, source) = match arg.split_once('=') {
+            Some((n, s)) => (Some(n.trim()), s.trim()),
+            None => (None, arg.trim()),
+        };
+        if source.is_empty() {
+            return Err(format!(
+                "--model {arg:?}: no directory or hub id after the name"
+            ));
+        }
+        let dir = std::path::Path::new(source);
+        let kind = if AudioClassifier::is_classifier_dir(dir) {
+            ModelKind::AudioClassifier
+        } else {
+            ModelKind::Translation
+        };
+        let name = match name {
+            Some(n) => n.to_owned(),
+            None if kind == ModelKind::AudioClassifier => dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "classifier".to_owned()),
+            None => TRANSLATION_MODEL.to_owned(),
+        };
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(format!(
+                "--model {arg:?}: the name {name:?} must be letters, digits, '-', '_' or '.'"
+            ));
+        }
+        Ok(Self {
+            name,
+            source: source.to_owned(),
+            kind,
+        })
+    }
+}
 
 /// Header that sets a per-request deadline in milliseconds (504 once it passes).
 pub const DEADLINE_HEADER: &str = "x-sluice-deadline-ms";
@@ -40,10 +120,19 @@ pub const DEADLINE_HEADER: &str = "x-sluice-deadline-ms";
 /// Everything `sluice serve` can be told.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Model directory or hub id.
-    pub model: String,
-    /// Batching and queue capacity.
+    /// The models, each with its own queue and batcher; `/translation` uses the first
+    /// translation model.
+    pub models: Vec<ModelEntry>,
+    /// Batching and queue capacity (translation: records; classifiers: see `window_capacity`).
     pub batch: BatchConfig,
+    /// Audio windows a classifier's queue holds at most.
+    pub window_capacity: usize,
+    /// The volume `path` inputs are confined to; without it path inputs are refused.
+    pub data_root: Option<std::path::PathBuf>,
+    /// URL prefixes `url` inputs may name; empty refuses url inputs.
+    pub allow_urls: Vec<String>,
+    /// Largest file read for one `path` or `url` input, in bytes.
+    pub max_input_bytes: u64,
     /// Request bounds.
     pub limits: Limits,
     /// Deadline applied to requests that set none.
@@ -57,8 +146,16 @@ pub struct ServeConfig {
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
-            model: sluice_models::source::DEFAULT_MODEL.to_owned(),
+            models: vec![ModelEntry {
+                name: TRANSLATION_MODEL.to_owned(),
+                source: sluice_models::source::DEFAULT_MODEL.to_owned(),
+                kind: ModelKind::Translation,
+            }],
             batch: BatchConfig::default(),
+            window_capacity: 4096,
+            data_root: None,
+            allow_urls: Vec::new(),
+            max_input_bytes: 512 << 20,
             limits: Limits::default(),
             deadline: None,
             shutdown_timeout: Duration::from_secs(30),
@@ -68,27 +165,83 @@ impl Default for ServeConfig {
 }
 
 /// A loaded model and its queue.
-struct Loaded {
-    translator: Arc<Translator>,
-    queue: Arc<Queue<Translator>>,
+enum Loaded {
+    Translation {
+        translator: Arc<Translator>,
+        queue: Arc<Queue<Translator>>,
+    },
+    Classifier {
+        classify: Arc<Classify>,
+        queue: Arc<Queue<Classify>>,
+    },
+}
+
+impl Loaded {
+    fn depth_capacity(&self) -> (usize, usize) {
+        match self {
+            Self::Translation { queue, .. } => (queue.depth(), queue.capacity()),
+            Self::Classifier { queue, .. } => (queue.depth(), queue.capacity()),
+        }
+    }
+}
+
+/// One served model: set once loaded and warm.
+struct Slot {
+    entry: ModelEntry,
+    loaded: OnceLock<Loaded>,
 }
 
 /// State shared by the handlers.
 struct App {
     config: ServeConfig,
-    /// Set once the model is loaded and warm.
-    loaded: OnceLock<Loaded>,
+    slots: Vec<Slot>,
+    inputs: InputAccess,
     /// Set when shutdown starts: readiness fails so balancers stop sending.
     draining: AtomicBool,
-    /// The batcher task, awaited at shutdown after the queue is closed.
-    batcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The batcher tasks, awaited at shutdown after the queues are closed.
+    batchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl App {
+    fn slot(&self, name: &str) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.entry.name == name)
+    }
+
+    fn translation_slot(&self) -> Option<&Slot> {
+        self.slots
+            .iter()
+            .find(|s| s.entry.kind == ModelKind::Translation)
+    }
+
+    fn translator_languages(&self) -> Option<&'static [&'static str]> {
+        match self.translation_slot()?.loaded.get()? {
+            Loaded::Translation { translator, .. } => {
+                Some(translator.model().tokenizer().languages())
+            }
+            Loaded::Classifier { .. } => None,
+        }
+    }
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Sluice", description = "Sluice model server"),
-    paths(translation, healthz, readyz, metrics_route, openapi_route),
+    paths(
+        translation,
+        infer,
+        list_models,
+        healthz,
+        readyz,
+        metrics_route,
+        openapi_route
+    ),
     components(schemas(
+        InferRequest,
+        InferInput,
+        InferResponse,
+        InferOutput,
+        WindowScores,
+        ModelInfo,
         TranslationRequest,
         Payload,
         RecordIn,
@@ -128,14 +281,47 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     crate::metrics::install();
     let addr = listener.local_addr()?;
+    if config.models.is_empty() {
+        anyhow::bail!("no model to serve: give at least one --model");
+    }
+    for (i, m) in config.models.iter().enumerate() {
+        if config.models[..i].iter().any(|o| o.name == m.name) {
+            anyhow::bail!(
+                "two models are named {:?}; name them apart with --model NAME=SOURCE",
+                m.name
+            );
+        }
+    }
+    let data_root = match &config.data_root {
+        Some(d) => Some(
+            sluice_core::confine::DataRoot::open(d)
+                .with_context(|| format!("--data-root {}", d.display()))?,
+        ),
+        None => None,
+    };
     let app = Arc::new(App {
+        slots: config
+            .models
+            .iter()
+            .map(|entry| Slot {
+                entry: entry.clone(),
+                loaded: OnceLock::new(),
+            })
+            .collect(),
+        inputs: InputAccess {
+            data_root,
+            url_prefixes: config.allow_urls.clone(),
+            max_input_bytes: config.max_input_bytes,
+        },
         config,
-        loaded: OnceLock::new(),
         draining: AtomicBool::new(false),
-        batcher: Mutex::new(None),
+        batchers: Mutex::new(Vec::new()),
     });
-    let (load_failed_tx, load_failed) = oneshot::channel::<anyhow::Error>();
-    let loader = tokio::spawn(load(app.clone(), load_failed_tx));
+    let (load_failed_tx, mut load_failed) = mpsc::channel::<anyhow::Error>(app.slots.len());
+    let loaders: Vec<_> = (0..app.slots.len())
+        .map(|i| tokio::spawn(load(app.clone(), i, load_failed_tx.clone())))
+        .collect();
+    drop(load_failed_tx);
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let router = router(app.clone());
@@ -155,7 +341,7 @@ pub async fn serve(
     let mut failure = None;
     tokio::select! {
         _ = shutdown => tracing::info!("shutdown requested: draining"),
-        Ok(e) = load_failed => failure = Some(e),
+        Some(e) = load_failed.recv() => failure = Some(e),
         r = &mut server => {
             r.context("server task")?.context("serving")?;
             anyhow::bail!("the server stopped on its own");
@@ -177,12 +363,14 @@ pub async fn serve(
             false
         }
     };
-    loader.abort();
-    let batcher = app.batcher.lock().unwrap_or_else(|e| e.into_inner()).take();
-    // Dropping the last handle on the queue lets the batcher finish what it holds and exit.
+    for l in loaders {
+        l.abort();
+    }
+    let batchers = std::mem::take(&mut *app.batchers.lock().unwrap_or_else(|e| e.into_inner()));
+    // Dropping the last handle on the queues lets the batchers finish what they hold and exit.
     drop(app);
-    if let Some(b) = batcher {
-        // Connections still open after the timeout keep the queue alive; do not wait for them.
+    for b in batchers {
+        // Connections still open after the timeout keep a queue alive; do not wait for them.
         if drained {
             let _ = b.await;
         } else {
@@ -196,49 +384,96 @@ pub async fn serve(
     }
 }
 
-async fn load(app: Arc<App>, failed: oneshot::Sender<anyhow::Error>) {
-    let source = ModelSource::parse(&app.config.model);
+async fn load(app: Arc<App>, index: usize, failed: mpsc::Sender<anyhow::Error>) {
+    let entry = app.slots[index].entry.clone();
     let started = Instant::now();
-    let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Translator> {
-        let dir = source.resolve(&HubSettings::from_env())?;
-        let model = M2M100::load(&dir, &candle_core::Device::Cpu)
-            .with_context(|| format!("loading model {source}"))?;
-        let translator = Translator::new(Arc::new(model));
-        translator.warm_up().context("warming up the model")?;
-        Ok(translator)
+    let (name, kind) = (entry.name.clone(), entry.kind);
+    let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
+        let source = ModelSource::parse(&entry.source);
+        let context = || format!("loading model {} ({source})", entry.name);
+        match entry.kind {
+            ModelKind::Translation => {
+                let dir = source.resolve(&HubSettings::from_env())?;
+                let model = M2M100::load(&dir, &candle_core::Device::Cpu).with_context(context)?;
+                let translator = Translator::new(Arc::new(model));
+                translator.warm_up().context("warming up the model")?;
+                Ok(Model::Translation(translator))
+            }
+            ModelKind::AudioClassifier => {
+                let dir = std::path::PathBuf::from(&entry.source);
+                let classifier = AudioClassifier::load(&dir).with_context(context)?;
+                Ok(Model::Classifier(classifier))
+            }
+        }
     })
     .await;
-    let translator = match loaded {
-        Ok(Ok(t)) => Arc::new(t),
+    let model = match loaded {
+        Ok(Ok(m)) => m,
         Ok(Err(e)) => {
-            let _ = failed.send(e);
+            let _ = failed.send(e).await;
             return;
         }
         Err(e) => {
-            let _ = failed.send(anyhow::anyhow!("model loading task failed: {e}"));
+            let _ = failed
+                .send(anyhow::anyhow!("model loading task failed: {e}"))
+                .await;
             return;
         }
     };
-    let running = batcher::start(
-        translator.clone(),
-        app.config.batch.clone(),
-        TRANSLATION_MODEL,
-    );
-    *app.batcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(running.finished);
-    let _ = app.loaded.set(Loaded {
-        translator,
-        queue: running.queue,
-    });
+    let (loaded, finished) = match model {
+        Model::Translation(t) => {
+            let translator = Arc::new(t);
+            let running = batcher::start(translator.clone(), app.config.batch.clone(), &name);
+            let loaded = Loaded::Translation {
+                translator,
+                queue: running.queue,
+            };
+            (loaded, running.finished)
+        }
+        Model::Classifier(c) => {
+            let classify = Arc::new(Classify::new(Arc::new(c)));
+            // A window costs one unit: the batch size alone bounds a batch.
+            let config = BatchConfig {
+                max_tokens: usize::MAX,
+                queue_capacity: app.config.window_capacity,
+                ..app.config.batch.clone()
+            };
+            let running = batcher::start(classify.clone(), config, &name);
+            let loaded = Loaded::Classifier {
+                classify,
+                queue: running.queue,
+            };
+            (loaded, running.finished)
+        }
+    };
+    app.batchers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(finished);
+    let _ = app.slots[index].loaded.set(loaded);
     tracing::info!(
+        model = %name,
+        kind = kind.as_str(),
         seconds = started.elapsed().as_secs_f64(),
-        "model loaded and warmed up: ready"
+        "model loaded and warmed up"
     );
+    if app.slots.iter().all(|s| s.loaded.get().is_some()) {
+        tracing::info!("every model is loaded: ready");
+    }
+}
+
+/// A model loaded on a blocking thread, before its batcher starts.
+enum Model {
+    Translation(Translator),
+    Classifier(AudioClassifier),
 }
 
 fn router(app: Arc<App>) -> Router {
     let body_limit = app.config.limits.max_body_bytes;
     Router::new()
         .route("/translation", post(translation))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{name}/infer", post(infer))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_route))
@@ -306,36 +541,56 @@ async fn translation(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<TranslationResponse>, ApiError> {
-    let limits = &app.config.limits;
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "the request body is larger than {} bytes; send fewer records per request",
-                    limits.max_body_bytes
-                ),
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", r.body_text())
-        }
-    })?;
+    let body = body.map_err(|r| body_error(&app, r))?;
     let received = Instant::now();
     let deadline = deadline(&headers, app.config.deadline)?.map(|d| received + d);
     let request: TranslationRequest = parse_json(&body)?;
     let payload = request.payload;
-    if payload.records.len() > limits.max_records {
+    check_count(&app, payload.records.len(), "records")?;
+    let Some(slot) = app.translation_slot() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_translation_model",
+            "this server serves no translation model; GET /v1/models lists what it serves",
+        ));
+    };
+    let (translator, queue) = match loaded(&app, slot)? {
+        Loaded::Translation { translator, queue } => (translator, queue),
+        Loaded::Classifier { .. } => unreachable!("the translation slot holds a translator"),
+    };
+    let result = translate(&app, translator, queue, payload, deadline).await?;
+    Ok(Json(TranslationResponse { result }))
+}
+
+fn body_error(app: &App, r: BytesRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the request body is larger than {} bytes; send fewer records per request",
+                app.config.limits.max_body_bytes
+            ),
+        )
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", r.body_text())
+    }
+}
+
+fn check_count(app: &App, n: usize, what: &str) -> Result<(), ApiError> {
+    let max = app.config.limits.max_records;
+    if n > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_records",
-            format!(
-                "{} records in one request; the limit is {}: split the request",
-                payload.records.len(),
-                limits.max_records
-            ),
+            format!("{n} {what} in one request; the limit is {max}: split the request"),
         ));
     }
+    Ok(())
+}
+
+/// The slot's model once loaded, or the 503 that tells the client to come back.
+fn loaded<'a>(app: &App, slot: &'a Slot) -> Result<&'a Loaded, ApiError> {
     if app.draining.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable(
             "shutting_down",
@@ -343,19 +598,45 @@ async fn translation(
             app.config.retry_after,
         ));
     }
-    let Some(loaded) = app.loaded.get() else {
-        return Err(ApiError::unavailable(
+    slot.loaded.get().ok_or_else(|| {
+        ApiError::unavailable(
             "model_loading",
-            "the model is still loading; retry shortly",
+            format!("model {} is still loading; retry shortly", slot.entry.name),
             app.config.retry_after,
-        ));
-    };
+        )
+    })
+}
+
+fn overloaded(app: &App, refused: batcher::Refused) -> ApiError {
+    ApiError::unavailable(
+        "overloaded",
+        format!("{refused}; retry after the Retry-After delay"),
+        app.config.retry_after,
+    )
+}
+
+fn shutting_down(app: &App) -> ApiError {
+    ApiError::unavailable(
+        "shutting_down",
+        "the server is shutting down; retry on another replica",
+        app.config.retry_after,
+    )
+}
+
+/// Queues the records of one request on the translation batcher and awaits them all.
+async fn translate(
+    app: &App,
+    translator: &Arc<Translator>,
+    queue: &Arc<Queue<Translator>>,
+    payload: crate::api::Payload,
+    deadline: Option<Instant>,
+) -> Result<Vec<RecordOut>, ApiError> {
     if payload.records.is_empty() {
-        return Ok(Json(TranslationResponse { result: Vec::new() }));
+        return Ok(Vec::new());
     }
     // Tokenizing hundreds of records is real work: keep it off the async threads.
-    let translator = loaded.translator.clone();
-    let limits = limits.clone();
+    let translator = translator.clone();
+    let limits = app.config.limits.clone();
     let prepared = tokio::task::spawn_blocking(move || translator.prepare(&limits, payload))
         .await
         .map_err(|e| {
@@ -363,13 +644,9 @@ async fn translation(
         })??;
     let queued = prepared.items.iter().flatten().count();
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    let mut seats = loaded.queue.admit(queued, remaining).map_err(|refused| {
-        ApiError::unavailable(
-            "overloaded",
-            format!("{refused}; retry after the Retry-After delay"),
-            app.config.retry_after,
-        )
-    })?;
+    let mut seats = queue
+        .admit(queued, remaining)
+        .map_err(|r| overloaded(app, r))?;
     let now = Instant::now();
     let mut entries = Vec::with_capacity(queued);
     let mut slots = Vec::with_capacity(prepared.items.len());
@@ -394,12 +671,8 @@ async fn translation(
         });
         slots.push(Some(rx));
     }
-    if !loaded.queue.push(entries) {
-        return Err(ApiError::unavailable(
-            "shutting_down",
-            "the server is shutting down; retry on another replica",
-            app.config.retry_after,
-        ));
+    if !queue.push(entries) {
+        return Err(shutting_down(app));
     }
     let answers = futures::future::join_all(slots.into_iter().map(|slot| async move {
         match slot {
@@ -411,27 +684,365 @@ async fn translation(
             },
         }
     }));
-    let answers = match deadline {
-        Some(d) => tokio::time::timeout_at(d.into(), answers)
-            .await
-            .map_err(|_| deadline_exceeded())?,
-        None => answers.await,
-    };
+    let answers = with_deadline(deadline, answers).await?;
     let mut result = Vec::with_capacity(answers.len());
     for (id, answer) in prepared.ids.into_iter().zip(answers) {
-        match answer {
-            Ok(text) => result.push(RecordOut { id, text }),
-            Err(ItemError::DeadlineExceeded) => return Err(deadline_exceeded()),
-            Err(ItemError::Model(m)) => {
+        result.push(RecordOut {
+            id,
+            text: answer.map_err(item_error)?,
+        });
+    }
+    Ok(result)
+}
+
+async fn with_deadline<T>(
+    deadline: Option<Instant>,
+    fut: impl Future<Output = T>,
+) -> Result<T, ApiError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), fut)
+            .await
+            .map_err(|_| deadline_exceeded()),
+        None => Ok(fut.await),
+    }
+}
+
+fn item_error(e: ItemError) -> ApiError {
+    match e {
+        ItemError::DeadlineExceeded => deadline_exceeded(),
+        ItemError::Model(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_error", m),
+    }
+}
+
+/// Parameters of the translation model on `/v1/models/{name}/infer`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TranslationParameters {
+    from_lang: String,
+    to_lang: String,
+    #[serde(default)]
+    beams: Option<usize>,
+    #[serde(default)]
+    max_new_tokens: Option<usize>,
+}
+
+/// Run a model on inline data or on files from the data volume or object storage.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{name}/infer",
+    request_body = InferRequest,
+    params(
+        ("name" = String, Path, description = "A model listed by GET /v1/models"),
+        ("x-sluice-deadline-ms" = Option<u64>, Header, description = "Deadline in milliseconds; 504 once it passes"),
+    ),
+    responses(
+        (status = 200, description = "One output per input, in input order", body = InferResponse),
+        (status = 400, description = "Malformed JSON, an input with not exactly one source, a malformed path", body = ErrorBody),
+        (status = 403, description = "A path resolving outside the data root, a URL outside the allowed prefixes", body = ErrorBody),
+        (status = 404, description = "Unknown model, or an input file that does not exist", body = ErrorBody),
+        (status = 413, description = "Body, input file or window count too large", body = ErrorBody),
+        (status = 422, description = "Undecodable audio, unknown language, text that is not UTF-8", body = ErrorBody),
+        (status = 503, description = "Queue full, model loading or shutting down; see Retry-After", body = ErrorBody),
+        (status = 504, description = "Deadline passed", body = ErrorBody),
+    )
+)]
+async fn infer(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<InferResponse>, ApiError> {
+    let body = body.map_err(|r| body_error(&app, r))?;
+    let received = Instant::now();
+    let deadline = deadline(&headers, app.config.deadline)?.map(|d| received + d);
+    let Some(slot) = app.slot(&name) else {
+        let names: Vec<&str> = app.slots.iter().map(|s| s.entry.name.as_str()).collect();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_model",
+            format!(
+                "no model named {name:?}; this server serves: {}",
+                names.join(", ")
+            ),
+        ));
+    };
+    let request: InferRequest = parse_json(&body)?;
+    check_count(&app, request.inputs.len(), "inputs")?;
+    app.inputs.check(&request.inputs)?;
+    let outputs = match loaded(&app, slot)? {
+        Loaded::Translation { translator, queue } => {
+            let params: TranslationParameters = serde_json::from_value(serde_json::Value::Object(
+                request.parameters,
+            ))
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_parameters",
+                    format!("parameters: {e}"),
+                )
+            })?;
+            let inputs = request.inputs;
+            let ids: Vec<String> = inputs.iter().map(|i| i.id.clone()).collect();
+            let app2 = app.clone();
+            let texts = blocking(move || {
+                inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, input)| match app2.inputs.read(i, input)? {
+                        Content::Text(t) => Ok(t),
+                        Content::Bytes { bytes, .. } => String::from_utf8(bytes).map_err(|_| {
+                            bad_input(
+                                i,
+                                input,
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                "not_utf8",
+                                "the translation model takes UTF-8 text; this input is not",
+                            )
+                        }),
+                    })
+                    .collect::<Result<Vec<String>, ApiError>>()
+            })
+            .await?;
+            let payload = crate::api::Payload {
+                from_lang: params.from_lang,
+                to_lang: params.to_lang,
+                records: ids
+                    .into_iter()
+                    .zip(texts)
+                    .map(|(id, text)| RecordIn { id, text })
+                    .collect(),
+                beams: params.beams,
+                max_new_tokens: params.max_new_tokens,
+            };
+            translate(&app, translator, queue, payload, deadline)
+                .await?
+                .into_iter()
+                .map(|r| InferOutput {
+                    id: r.id,
+                    text: Some(r.text),
+                    ..InferOutput::default()
+                })
+                .collect()
+        }
+        Loaded::Classifier { classify, queue } => {
+            if !request.parameters.is_empty() {
                 return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "model_error",
-                    m,
-                ))
+                    StatusCode::BAD_REQUEST,
+                    "invalid_parameters",
+                    format!("model {name:?} (an audio classifier) takes no parameters"),
+                ));
             }
+            classify_inputs(&app, classify, queue, request.inputs, deadline).await?
+        }
+    };
+    let labels = match slot.loaded.get() {
+        Some(Loaded::Classifier { classify, .. }) => {
+            Some(classify.classifier().spec().labels.clone())
+        }
+        _ => None,
+    };
+    Ok(Json(InferResponse {
+        model: name,
+        labels,
+        outputs,
+    }))
+}
+
+/// Runs blocking work (file reads, decoding) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
+/// Decodes every input, queues all their windows on the classifier's batcher (where they join
+/// other requests' windows) and reassembles the scores per input.
+async fn classify_inputs(
+    app: &Arc<App>,
+    classify: &Arc<Classify>,
+    queue: &Arc<Queue<Classify>>,
+    inputs: Vec<InferInput>,
+    deadline: Option<Instant>,
+) -> Result<Vec<InferOutput>, ApiError> {
+    for (i, input) in inputs.iter().enumerate() {
+        if input.text.is_some() {
+            return Err(bad_input(
+                i,
+                input,
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                "an audio classifier takes audio as data, path or url, not text",
+            ));
         }
     }
-    Ok(Json(TranslationResponse { result }))
+    let (app2, classify2) = (app.clone(), classify.clone());
+    let prepared = blocking(move || {
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                let Content::Bytes { bytes, name } = app2.inputs.read(i, input)? else {
+                    unreachable!("text inputs were refused above")
+                };
+                let p = crate::classify::prepare(classify2.classifier(), &bytes, name.as_deref())
+                    .map_err(|m| {
+                    bad_input(
+                        i,
+                        input,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_audio",
+                        m,
+                    )
+                })?;
+                Ok((input.id.clone(), p))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
+    })
+    .await?;
+    let total: usize = prepared.iter().map(|(_, p)| p.windows.len()).sum();
+    if total > queue.capacity() {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_windows",
+            format!(
+                "the inputs make {total} windows; the queue holds {}: send fewer or shorter \
+                 inputs per request (or raise --window-capacity)",
+                queue.capacity()
+            ),
+        ));
+    }
+    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let mut seats = queue
+        .admit(total, remaining)
+        .map_err(|r| overloaded(app, r))?;
+    let now = Instant::now();
+    let mut entries = Vec::with_capacity(total);
+    let mut pending = Vec::with_capacity(prepared.len());
+    for (id, p) in prepared {
+        let mut rxs = Vec::with_capacity(p.windows.len());
+        let mut spans = Vec::with_capacity(p.windows.len());
+        for w in p.windows {
+            let (reply, rx) = oneshot::channel();
+            let permit = seats
+                .as_mut()
+                .and_then(|s| s.split(1))
+                .expect("one seat was admitted per window");
+            spans.push((w.start, w.end));
+            entries.push(Entry {
+                cost: 1,
+                input: w.samples,
+                key: (),
+                reply,
+                queued_at: now,
+                deadline,
+                permit,
+            });
+            rxs.push(rx);
+        }
+        pending.push((id, p.duration, spans, rxs));
+    }
+    if !queue.push(entries) {
+        return Err(shutting_down(app));
+    }
+    let labels = &classify.classifier().spec().labels;
+    let answers =
+        futures::future::join_all(pending.into_iter().map(
+            |(id, duration, spans, rxs)| async move {
+                let mut windows = Vec::with_capacity(rxs.len());
+                for ((start, end), rx) in spans.into_iter().zip(rxs) {
+                    let scores = match rx.await {
+                        Ok(r) => r,
+                        Err(_) => Err(ItemError::Model("the batch was abandoned".to_owned())),
+                    }?;
+                    let (best, score) = scores.iter().copied().enumerate().fold(
+                        (0, f32::NEG_INFINITY),
+                        |b, (i, s)| if s > b.1 { (i, s) } else { b },
+                    );
+                    windows.push(WindowScores {
+                        start,
+                        end,
+                        label: labels.get(best).cloned().unwrap_or_default(),
+                        score,
+                        scores,
+                    });
+                }
+                Ok::<_, ItemError>(InferOutput {
+                    id,
+                    duration: Some(duration),
+                    windows: Some(windows),
+                    ..InferOutput::default()
+                })
+            },
+        ));
+    with_deadline(deadline, answers)
+        .await?
+        .into_iter()
+        .map(|r| r.map_err(item_error))
+        .collect()
+}
+
+/// The models this server serves, with what each takes.
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = [ModelInfo])))]
+async fn list_models(State(app): State<Arc<App>>) -> Json<Vec<ModelInfo>> {
+    let inputs = |kind: ModelKind| {
+        let mut v = match kind {
+            ModelKind::Translation => vec!["text", "data"],
+            ModelKind::AudioClassifier => vec!["data"],
+        };
+        if app.inputs.data_root.is_some() {
+            v.push("path");
+        }
+        if !app.inputs.url_prefixes.is_empty() {
+            v.push("url");
+        }
+        v.into_iter().map(str::to_owned).collect()
+    };
+    let infos = app
+        .slots
+        .iter()
+        .map(|slot| {
+            let kind = slot.entry.kind;
+            let (parameters, input_kind) = match kind {
+                ModelKind::Translation => (
+                    serde_json::json!({
+                        "fromLang": "source language code (required)",
+                        "toLang": "target language code (required)",
+                        "beams": "beams for beam search, 1 = greedy (optional)",
+                        "maxNewTokens": "most generated tokens per input (optional)",
+                    }),
+                    "text",
+                ),
+                ModelKind::AudioClassifier => (serde_json::json!({}), "audio"),
+            };
+            let details = match slot.loaded.get() {
+                Some(Loaded::Classifier { classify, .. }) => {
+                    serde_json::to_value(classify.classifier().spec()).ok()
+                }
+                Some(Loaded::Translation { translator, .. }) => Some(serde_json::json!({
+                    "languages": translator.model().tokenizer().languages(),
+                })),
+                None => None,
+            };
+            ModelInfo {
+                name: slot.entry.name.clone(),
+                kind: kind.as_str().to_owned(),
+                status: if slot.loaded.get().is_some() {
+                    "ready"
+                } else {
+                    "loading"
+                }
+                .to_owned(),
+                source: slot.entry.source.clone(),
+                inputs: inputs(kind),
+                input_kind: input_kind.to_owned(),
+                parameters,
+                details,
+            }
+        })
+        .collect();
+    Json(infos)
 }
 
 fn deadline_exceeded() -> ApiError {
@@ -472,24 +1083,36 @@ async fn healthz() -> Json<Status> {
 /// Readiness: the model is loaded and warm, the server is not draining, and the queue has room.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, body = Status), (status = 503, body = Status)))]
 async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Status>) {
-    let status = |s: &str, code, q: Option<&Queue<Translator>>| {
+    let status = |s: &str, code, q: Option<(usize, usize)>| {
         (
             code,
             Json(Status {
                 status: s.to_owned(),
-                queue_depth: q.map(|q| q.depth()),
-                queue_capacity: q.map(|q| q.capacity()),
+                queue_depth: q.map(|q| q.0),
+                queue_capacity: q.map(|q| q.1),
             }),
         )
     };
     let unavailable = StatusCode::SERVICE_UNAVAILABLE;
-    match app.loaded.get() {
-        _ if app.draining.load(Ordering::SeqCst) => status("draining", unavailable, None),
-        None => status("loading", unavailable, None),
-        Some(l) if l.queue.depth() >= l.queue.capacity() => {
-            status("saturated", unavailable, Some(&l.queue))
-        }
-        Some(l) => status("ready", StatusCode::OK, Some(&l.queue)),
+    if app.draining.load(Ordering::SeqCst) {
+        return status("draining", unavailable, None);
+    }
+    let loaded: Option<Vec<(usize, usize)>> = app
+        .slots
+        .iter()
+        .map(|s| s.loaded.get().map(Loaded::depth_capacity))
+        .collect();
+    let Some(queues) = loaded else {
+        return status("loading", unavailable, None);
+    };
+    // Depth and capacity summed over the models; any one full queue makes the replica busy.
+    let total = queues
+        .iter()
+        .fold((0, 0), |(d, c), (qd, qc)| (d + qd, c + qc));
+    if queues.iter().any(|(d, c)| d >= c) {
+        status("saturated", unavailable, Some(total))
+    } else {
+        status("ready", StatusCode::OK, Some(total))
     }
 }
 
@@ -502,9 +1125,6 @@ async fn metrics_route() -> Response {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, content_type = "application/json", body = Object)))]
 async fn openapi_route(State(app): State<Arc<App>>) -> Json<utoipa::openapi::OpenApi> {
-    let langs = app
-        .loaded
-        .get()
-        .map(|l| l.translator.model().tokenizer().languages());
+    let langs = app.translator_languages();
     Json(openapi(langs))
 }

@@ -138,7 +138,7 @@ async fn each_bad_input_gets_its_status_code_and_message() {
 async fn a_model_that_cannot_load_stops_the_server_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let config = sluice_serve::ServeConfig {
-        model: dir.path().to_string_lossy().into_owned(),
+        models: vec![common::model("m2m100", dir.path())],
         ..common::config()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

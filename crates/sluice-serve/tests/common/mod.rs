@@ -28,11 +28,16 @@ pub fn reference_en_ja() -> Vec<(String, String)> {
 /// model's `max_position_embeddings` (48), so the per-record limit is raised as a user would.
 pub fn config() -> ServeConfig {
     let mut c = ServeConfig {
-        model: fixture_dir().to_string_lossy().into_owned(),
+        models: vec![model("m2m100", &fixture_dir())],
         ..ServeConfig::default()
     };
     c.limits.max_input_tokens = Some(128);
     c
+}
+
+/// A model entry named `name` loaded from `dir`.
+pub fn model(name: &str, dir: &std::path::Path) -> sluice_serve::ModelEntry {
+    sluice_serve::ModelEntry::parse(&format!("{name}={}", dir.display())).unwrap()
 }
 
 /// A running server.

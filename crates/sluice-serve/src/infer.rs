@@ -1,0 +1,298 @@
+//! The model-agnostic surface: `POST /v1/models/{name}/infer` and `GET /v1/models`.
+//!
+//! An input names its content one of four ways: `text` inline, `data` (base64 bytes) inline,
+//! `path` relative to the server's `--data-root` (read through [`DataRoot`], never outside it),
+//! or `url` in object storage under a prefix the server was told to allow. Pipelines on a shared
+//! volume send paths and so avoid shipping audio over the network; the others send data.
+
+use axum::http::StatusCode;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sluice_core::confine::{DataRoot, PathError};
+use sluice_core::storage::{Location, StorageError};
+use utoipa::ToSchema;
+
+use crate::api::ApiError;
+
+/// `POST /v1/models/{name}/infer` body.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InferRequest {
+    /// The inputs; outputs come back in this order.
+    pub inputs: Vec<InferInput>,
+    /// Model settings shared by every input (translation: `fromLang`, `toLang`, `beams`,
+    /// `maxNewTokens`; audio classifiers take none).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One input: an id and exactly one of `text`, `data`, `path` or `url`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InferInput {
+    /// Caller's id, echoed in the output.
+    pub id: String,
+    /// Inline text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Inline bytes, base64 (standard alphabet, padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// A file relative to the server's `--data-root`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// An object-storage URL under one of the server's `--allow-url` prefixes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// `POST /v1/models/{name}/infer` answer.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct InferResponse {
+    /// The model that answered.
+    pub model: String,
+    /// For classifiers: the label of each column of `scores`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// One output per input, in input order.
+    pub outputs: Vec<InferOutput>,
+}
+
+/// The result for one input.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema, PartialEq)]
+pub struct InferOutput {
+    /// The input's id.
+    pub id: String,
+    /// Translation: the translated text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Audio: the decoded duration in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+    /// Audio classifiers: one entry per window, in time order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Vec<WindowScores>>,
+}
+
+/// A classifier's scores for one window.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema, PartialEq)]
+pub struct WindowScores {
+    /// Start, seconds from the beginning of the audio.
+    pub start: f64,
+    /// End, seconds (clipped to the audio's end).
+    pub end: f64,
+    /// The highest-scoring label.
+    pub label: String,
+    /// Its score.
+    pub score: f32,
+    /// One score per label, in the order of `labels`.
+    pub scores: Vec<f32>,
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelInfo {
+    /// The name used in `/v1/models/{name}/infer`.
+    pub name: String,
+    /// `translation` or `audio-classifier`; empty while loading.
+    pub kind: String,
+    /// `loading`, `ready` or `failed`.
+    pub status: String,
+    /// Where it was loaded from (directory or hub id).
+    pub source: String,
+    /// What an input may carry: `text`, `data`, `path`, `url`.
+    pub inputs: Vec<String>,
+    /// What inputs hold: `text` or `audio`.
+    pub input_kind: String,
+    /// The `parameters` it takes, with a description each.
+    #[schema(value_type = Object)]
+    pub parameters: serde_json::Value,
+    /// Kind-specific details (a classifier's sample rate, window, hop, labels, output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
+}
+
+/// Where inputs may be read from besides the request body.
+#[derive(Debug, Default)]
+pub struct InputAccess {
+    /// The volume `path` inputs are confined to.
+    pub data_root: Option<DataRoot>,
+    /// URL prefixes `url` inputs must start with.
+    pub url_prefixes: Vec<String>,
+    /// Largest file read for one input, in bytes.
+    pub max_input_bytes: u64,
+}
+
+/// An input's content as the model sees it.
+#[derive(Debug)]
+pub enum Content {
+    /// Inline text.
+    Text(String),
+    /// Bytes, with the name they came from (for format hints).
+    Bytes {
+        /// The bytes.
+        bytes: Vec<u8>,
+        /// The path or URL, when there is one.
+        name: Option<String>,
+    },
+}
+
+impl InputAccess {
+    /// Checks that each input names exactly one source, before any is read.
+    pub fn check(&self, inputs: &[InferInput]) -> Result<(), ApiError> {
+        for (i, input) in inputs.iter().enumerate() {
+            let given = [
+                input.text.is_some(),
+                input.data.is_some(),
+                input.path.is_some(),
+                input.url.is_some(),
+            ]
+            .iter()
+            .filter(|g| **g)
+            .count();
+            if given != 1 {
+                return Err(bad_input(
+                    i,
+                    input,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_input",
+                    format!("give exactly one of text, data, path or url ({given} given)"),
+                ));
+            }
+            if let Some(p) = &input.path {
+                if self.data_root.is_none() {
+                    return Err(bad_input(
+                        i,
+                        input,
+                        StatusCode::BAD_REQUEST,
+                        "path_inputs_disabled",
+                        format!(
+                            "path \"{p}\" is refused: this server takes path inputs only when \
+                             started with --data-root; send the bytes as data instead"
+                        ),
+                    ));
+                }
+                DataRoot::check(p).map_err(|e| path_error(i, input, e))?;
+            }
+            if let Some(u) = &input.url {
+                self.check_url(u)
+                    .map_err(|m| bad_input(i, input, StatusCode::FORBIDDEN, "url_refused", m))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_url(&self, url: &str) -> Result<(), String> {
+        if self.url_prefixes.is_empty() {
+            return Err(format!(
+                "url \"{url}\" is refused: this server takes url inputs only under prefixes \
+                 given with --allow-url"
+            ));
+        }
+        if url.contains("/../") || url.ends_with("/..") || url.contains('\0') {
+            return Err(format!("url \"{url}\" is refused: \"..\" is not allowed"));
+        }
+        if !self
+            .url_prefixes
+            .iter()
+            .any(|p| url.starts_with(p.as_str()))
+        {
+            return Err(format!(
+                "url \"{url}\" is refused: it is not under an allowed prefix ({})",
+                self.url_prefixes.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads one input's content (blocking: files and object storage are read here).
+    pub fn read(&self, i: usize, input: &InferInput) -> Result<Content, ApiError> {
+        if let Some(t) = &input.text {
+            return Ok(Content::Text(t.clone()));
+        }
+        if let Some(d) = &input.data {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(d)
+                .map_err(|e| {
+                    bad_input(
+                        i,
+                        input,
+                        StatusCode::BAD_REQUEST,
+                        "invalid_data",
+                        format!("data is not valid base64: {e}"),
+                    )
+                })?;
+            return Ok(Content::Bytes { bytes, name: None });
+        }
+        if let Some(p) = &input.path {
+            let root = self.data_root.as_ref().expect("checked before reading");
+            let bytes = root
+                .read(p, self.max_input_bytes)
+                .map_err(|e| path_error(i, input, e))?;
+            return Ok(Content::Bytes {
+                bytes,
+                name: Some(p.clone()),
+            });
+        }
+        let url = input.url.as_deref().unwrap_or_default();
+        let (dir, file) = url.rsplit_once('/').unwrap_or(("", url));
+        let storage = |e: StorageError| {
+            let (status, code) = match e {
+                StorageError::NotFound { .. } => (StatusCode::NOT_FOUND, "input_not_found"),
+                StorageError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_url"),
+                StorageError::Store { .. } => (StatusCode::BAD_GATEWAY, "storage_error"),
+            };
+            bad_input(i, input, status, code, format!("url \"{url}\": {e}"))
+        };
+        let bytes = Location::parse(dir)
+            .and_then(|loc| loc.read_blocking(file))
+            .map_err(storage)?;
+        if bytes.len() as u64 > self.max_input_bytes {
+            return Err(bad_input(
+                i,
+                input,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "input_too_large",
+                format!(
+                    "url \"{url}\" is {} bytes; the limit is {} bytes",
+                    bytes.len(),
+                    self.max_input_bytes
+                ),
+            ));
+        }
+        Ok(Content::Bytes {
+            bytes: bytes.to_vec(),
+            name: Some(url.to_owned()),
+        })
+    }
+}
+
+/// An error about one input, naming it.
+pub fn bad_input(
+    i: usize,
+    input: &InferInput,
+    status: StatusCode,
+    code: &'static str,
+    message: impl std::fmt::Display,
+) -> ApiError {
+    ApiError::new(
+        status,
+        code,
+        format!("inputs[{i}] (id \"{}\"): {message}", input.id),
+    )
+}
+
+fn path_error(i: usize, input: &InferInput, e: PathError) -> ApiError {
+    let (status, code) = match &e {
+        PathError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_path"),
+        PathError::Escapes { .. } => (StatusCode::FORBIDDEN, "path_outside_data_root"),
+        PathError::NotFound { .. } => (StatusCode::NOT_FOUND, "input_not_found"),
+        PathError::NotAFile { .. } => (StatusCode::BAD_REQUEST, "not_a_file"),
+        PathError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "input_too_large"),
+        PathError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "read_failed"),
+    };
+    bad_input(i, input, status, code, e)
+}
