@@ -359,6 +359,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_root: args.data_root,
         allow_urls: args.allow_urls,
         max_input_bytes: args.max_input_bytes,
+        storage_options: Vec::new(),
         batch: BatchConfig {
             max_items: args.max_batch_size.max(1),
             max_tokens: args.max_batch_tokens,

@@ -122,6 +122,8 @@ pub struct InputAccess {
     pub data_root: Option<DataRoot>,
     /// URL prefixes `url` inputs must start with.
     pub url_prefixes: Vec<String>,
+    /// Object-store options (endpoint, credentials) on top of the environment's.
+    pub storage_options: Vec<(String, String)>,
     /// Largest file read for one input, in bytes.
     pub max_input_bytes: u64,
 }
@@ -247,7 +249,7 @@ impl InputAccess {
             };
             bad_input(i, input, status, code, format!("url \"{url}\": {e}"))
         };
-        let bytes = Location::parse(dir)
+        let bytes = Location::parse_with(dir, &self.storage_options)
             .and_then(|loc| loc.read_blocking(file))
             .map_err(storage)?;
         if bytes.len() as u64 > self.max_input_bytes {

@@ -133,6 +133,9 @@ pub struct ServeConfig {
     pub allow_urls: Vec<String>,
     /// Largest file read for one `path` or `url` input, in bytes.
     pub max_input_bytes: u64,
+    /// Object-store options for `url` inputs (endpoint, credentials), on top of the
+    /// `AWS_*`, `GOOGLE_*` and `AZURE_*` environment variables.
+    pub storage_options: Vec<(String, String)>,
     /// Request bounds.
     pub limits: Limits,
     /// Deadline applied to requests that set none.
@@ -156,6 +159,7 @@ impl Default for ServeConfig {
             data_root: None,
             allow_urls: Vec::new(),
             max_input_bytes: 512 << 20,
+            storage_options: Vec::new(),
             limits: Limits::default(),
             deadline: None,
             shutdown_timeout: Duration::from_secs(30),
@@ -312,6 +316,7 @@ pub async fn serve(
             data_root,
             url_prefixes: config.allow_urls.clone(),
             max_input_bytes: config.max_input_bytes,
+            storage_options: config.storage_options.clone(),
         },
         config,
         draining: AtomicBool::new(false),

@@ -435,6 +435,39 @@ async fn path_attacks_are_refused_and_nothing_outside_is_read() {
 }
 
 #[tokio::test]
+async fn url_inputs_read_object_storage_under_allowed_prefixes_only() {
+    let s3 = sluice_testkit::S3Server::start();
+    s3.create_bucket("audio");
+    let options = s3.options();
+    let store = sluice_core::storage::Location::parse_with("s3://audio/in", &options).unwrap();
+    let wav = std::fs::read(onnx("audio/tone-16k-mono.wav")).unwrap();
+    store.write("tone.wav", wav.into()).await.unwrap();
+    let mut config = classifier_config(None);
+    config.allow_urls = vec!["s3://audio/in/".to_owned()];
+    config.storage_options = options;
+    let server = TestServer::start(config).await;
+    let input = json!({"id": "u", "url": "s3://audio/in/tone.wav"});
+    let (s, v) = infer(&server, "tone", &json!({"inputs": [input]})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_windows_match(
+        &output_windows(&v["outputs"][0]),
+        &reference_windows("tone-detector", "audio/tone-16k-mono.wav"),
+        "s3",
+    );
+    for (url, status, code) in [
+        ("s3://audio/other/tone.wav", 403, "url_refused"),
+        ("s3://audio/in/../other/tone.wav", 403, "url_refused"),
+        ("file:///etc/passwd", 403, "url_refused"),
+        ("s3://audio/in/missing.wav", 404, "input_not_found"),
+    ] {
+        let (s, v) = infer(&server, "tone", &json!({"inputs": [{"id": "u", "url": url}]})).await;
+        assert_eq!((s, v["error"]["code"].as_str()), (status, Some(code)), "{url}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(url), "{v}");
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn bad_inputs_get_clear_errors() {
     let data = DataRoot::new();
     let server = TestServer::start(classifier_config(Some(&data.root()))).await;
