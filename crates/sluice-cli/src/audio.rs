@@ -14,6 +14,56 @@ pub enum AudioCommand {
     /// Decode, change channels, resample and write every matching file, mirroring the source tree
     /// under the target; reruns skip files whose output exists.
     Resample(ResampleArgs),
+    /// Classify every matching file with an audio classifier (in-process, or a Sluice server's
+    /// model by URL) into a Parquet table with one row per window; reruns skip classified files.
+    Classify(ClassifyArgs),
+}
+
+/// `sluice audio classify` options.
+#[derive(clap::Args, Debug)]
+pub struct ClassifyArgs {
+    /// Where the audio is: a directory, file://, s3://, gs://, az:// or memory:// URL.
+    #[arg(long)]
+    source: String,
+    /// Keep files with this suffix (repeatable) [default: .wav .flac .mp3 .ogg .m4a].
+    #[arg(long = "suffix", value_name = "SUFFIX")]
+    suffixes: Vec<String>,
+    /// Keep files whose path relative to the source matches this glob.
+    #[arg(long, conflicts_with = "suffixes")]
+    glob: Option<String>,
+    /// The classifier: a model directory (model.onnx + sluice-model.toml) run in-process, or a
+    /// server's model, http://HOST:PORT/v1/models/NAME.
+    #[arg(long)]
+    model: String,
+    /// The table: a directory of Parquet part files (id, path, duration, start, end, label,
+    /// score, scores), as Spark and DuckDB read them (`read_parquet('results.parquet/*.parquet')`).
+    #[arg(long)]
+    output: PathBuf,
+    /// With a remote model: the local directory where the server's --data-root is mounted;
+    /// files under it are sent as paths, others as data.
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Files per batch (per request when remote).
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Workers classifying (default: balanced automatically).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Write the run summary as JSON here.
+    #[arg(long)]
+    summary: Option<PathBuf>,
+    /// Write failed files as JSON lines here [default: OUTPUT/_failures.jsonl].
+    #[arg(long)]
+    failures: Option<PathBuf>,
+    /// streaming, batch or debug.
+    #[arg(long, env = "SLUICE_MODE")]
+    mode: Option<sluice_pipeline::Mode>,
+    /// Process only the files whose path hashes to shard INDEX of COUNT, e.g. `0/4`.
+    #[arg(long, env = "SLUICE_SHARD", value_name = "INDEX/COUNT")]
+    shard: Option<sluice_pipeline::Shard>,
+    /// Progress display: auto, bars, log, off.
+    #[arg(long, default_value = "auto")]
+    progress: ProgressArg,
 }
 
 /// `sluice audio resample` options.
@@ -74,7 +124,10 @@ pub struct ResampleArgs {
 
 /// Runs an audio command.
 pub fn run(command: AudioCommand) -> anyhow::Result<()> {
-    let AudioCommand::Resample(args) = command;
+    let args = match command {
+        AudioCommand::Resample(args) => args,
+        AudioCommand::Classify(args) => return classify(args),
+    };
     let matcher = match (&args.glob, args.suffixes.is_empty()) {
         (Some(glob), _) => Matcher::glob(glob)?,
         (None, false) => Matcher::suffixes(&args.suffixes),
@@ -109,6 +162,96 @@ pub fn run(command: AudioCommand) -> anyhow::Result<()> {
     };
     eprintln!("failures go to {}", failures.display());
     report(job.run()?, args.summary.as_deref())
+}
+
+fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
+    use sluice_pipeline::{ItemError, PartFormat, PartSink, Pipeline, StageOptions};
+    use sluice_serve::stage::{InputAs, ModelSpec, ModelStage};
+
+    let matcher = match (&args.glob, args.suffixes.is_empty()) {
+        (Some(glob), _) => Matcher::glob(glob)?,
+        (None, false) => Matcher::suffixes(&args.suffixes),
+        (None, true) => Matcher::suffixes(&[".wav", ".flac", ".mp3", ".ogg", ".m4a"]),
+    };
+    let source = sluice_core::storage::Location::parse(&args.source)?;
+    let files = source.list_blocking(&matcher)?;
+    let local = source.is_local();
+    let remote = args.model.starts_with("http://") || args.model.starts_with("https://");
+    let mut spec = if remote {
+        ModelSpec::remote(&args.model)
+    } else {
+        ModelSpec::local(&args.model)
+    };
+    spec.input = if local { InputAs::File } else { InputAs::Url };
+    spec.data_root = args.data_root.clone();
+    spec.request_inputs = args.batch_size.max(1);
+    let mut stage_options = StageOptions::default().batch_size(args.batch_size.max(1));
+    if let Some(n) = args.workers {
+        stage_options.workers = sluice_pipeline::Workers::Fixed(n.max(1));
+    }
+    let model = ModelStage::new("classify", spec, stage_options);
+    let items = files.into_iter().map(move |f| {
+        let path = match sluice_core::storage::local_path(&f.url) {
+            Some(p) if local => p.to_string_lossy().into_owned(),
+            _ => f.url.clone(),
+        };
+        (
+            f.rel.clone(),
+            serde_json::json!({"id": f.rel, "path": path}),
+        )
+    });
+    // The model's output object ({duration, windows}) becomes top-level fields, and the sink
+    // writes one row per window.
+    let flatten = sluice_pipeline::map(
+        "table",
+        StageOptions::default().batch_size(64),
+        |record: &serde_json::Value| {
+            let mut record = record.clone();
+            let map = record
+                .as_object_mut()
+                .ok_or_else(|| ItemError::permanent("not an object"))?;
+            if let Some(serde_json::Value::Object(result)) = map.remove("result") {
+                map.extend(result);
+            }
+            Ok(record)
+        },
+    );
+    let failures = args
+        .failures
+        .clone()
+        .unwrap_or_else(|| args.output.join("_failures.jsonl"));
+    let options = sluice_pipeline::RunOptions {
+        mode: args.mode,
+        shard: args.shard.unwrap_or(sluice_pipeline::Shard::ALL),
+        failures_path: Some(failures.clone()),
+        summary_path: args.summary.clone(),
+        progress: args.progress.into(),
+        skip_completed: true,
+        ..Default::default()
+    };
+    let tag = match options.shard {
+        sluice_pipeline::Shard { count: 1, .. } => String::new(),
+        s => format!("s{}of{}-", s.index, s.count),
+    };
+    let mut sink =
+        PartSink::new(PartFormat::Parquet, &args.output, "id", 10_000, &tag)?.explode("windows");
+    eprintln!("failures go to {}", failures.display());
+    let outcome = Pipeline::from_keyed(items)
+        .stage(model)
+        .stage(flatten)
+        .run(&options, &mut sink);
+    match outcome {
+        Ok(summary) => {
+            eprint!("{}", summary.render());
+            eprintln!("table written to {}", args.output.display());
+            Ok(())
+        }
+        Err(sluice_pipeline::RunError::Aborted { reason, summary }) => {
+            eprint!("{}", summary.render());
+            anyhow::bail!("run aborted: {reason} (rerun to continue: classified files are skipped)")
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Prints an audio run's report; an aborted run is an error after its report.

@@ -222,7 +222,8 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
         let summary = pipeline.options.summary_path.clone();
         return audio::report(pipeline.run()?, summary.as_deref());
     }
-    let mut config = sluice_pipeline::config::PipelineConfig::from_raw(raw)?;
+    let mut config =
+        sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &sluice_serve::stage::kinds())?;
     apply_run_args(&mut config.options, &args);
     let summary_path = config.options.summary_path.clone();
     match config.run() {

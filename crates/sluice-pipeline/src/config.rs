@@ -11,7 +11,7 @@
 //! key = "id"
 //!
 //! [[stage]]
-//! kind = "exec"             # exec | translate
+//! kind = "exec"             # exec | translate | model (added by the server crate)
 //! name = "clean"
 //! command = ["python3", "clean.py"]
 //! batch_size = 32
@@ -20,9 +20,11 @@
 //! [sink]
 //! kind = "jsonl"            # jsonl | parquet: part files, each renamed into place when full
 //! path = "out"
+//! explode = "windows"       # optional: one row per element of this array field
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -31,7 +33,7 @@ use toml::{Spanned, Table, Value};
 use crate::stages::{read_source, ExecStage, Record, SourceSpec, TranslateStage};
 use crate::{
     map, ItemError, Mode, PartFormat, PartSink, Pipeline, Progress, RunError, RunOptions,
-    RunSummary, Shard, StageOptions, Workers,
+    RunSummary, Shard, Stage, StageOptions, Workers,
 };
 
 /// A config that cannot be used; the message names the file, the line and the fix.
@@ -82,6 +84,7 @@ struct SinkSection {
     path: PathBuf,
     key_field: Option<String>,
     part_items: Option<usize>,
+    explode: Option<String>,
 }
 
 /// Settings every stage kind accepts.
@@ -152,6 +155,65 @@ fn default_output_field() -> String {
 enum BuiltStage {
     Exec(ExecStage),
     Translate(TranslateStage),
+    Other(RecordStageFactory),
+}
+
+/// A record stage defined outside this crate: a fresh instance per worker.
+pub type RecordStage = Box<dyn Stage<In = Record, Out = Record>>;
+
+/// Makes one [`RecordStage`] per worker.
+pub type RecordStageFactory = Arc<dyn Fn() -> RecordStage + Send + Sync>;
+
+/// Builds a stage of one kind from its `[[stage]]` table.
+pub type StageBuilder = fn(&RawStage) -> Result<RecordStageFactory, ConfigError>;
+
+/// Stage kinds that crates above this one add to config pipelines (the server crate's `model`),
+/// which this crate cannot depend on.
+#[derive(Default, Clone)]
+pub struct StageKinds {
+    kinds: Vec<(&'static str, StageBuilder)>,
+}
+
+impl StageKinds {
+    /// Adds a kind.
+    pub fn with(mut self, kind: &'static str, build: StageBuilder) -> Self {
+        self.kinds.push((kind, build));
+        self
+    }
+
+    fn get(&self, kind: &str) -> Option<StageBuilder> {
+        self.kinds.iter().find(|(k, _)| *k == kind).map(|(_, b)| *b)
+    }
+
+    fn names(&self) -> String {
+        let mut all = vec!["exec", "translate"];
+        all.extend(self.kinds.iter().map(|(k, _)| *k));
+        all.join(", ")
+    }
+}
+
+impl Stage for RecordStage {
+    type In = Record;
+    type Out = Record;
+
+    fn name(&self) -> String {
+        (**self).name()
+    }
+
+    fn options(&self) -> StageOptions {
+        (**self).options()
+    }
+
+    fn setup(&mut self, worker: &crate::WorkerContext) -> Result<(), crate::StageError> {
+        (**self).setup(worker)
+    }
+
+    fn process(
+        &mut self,
+        batch: &[Record],
+    ) -> Result<Vec<Result<Record, ItemError>>, crate::StageError> {
+        (**self).process(batch)
+    }
 }
 
 /// A validated config, ready to run.
@@ -162,6 +224,7 @@ pub struct PipelineConfig {
     sink_format: PartFormat,
     key_field: String,
     part_items: usize,
+    explode: Option<String>,
     /// The run options the config sets (command-line flags may change them before running).
     pub options: RunOptions,
 }
@@ -424,7 +487,12 @@ impl PipelineConfig {
     }
 
     /// Builds the JSON-records pipeline from a file read by [`RawConfig::parse`].
-    pub fn from_raw(mut raw: RawConfig) -> Result<Self, ConfigError> {
+    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        Self::from_raw_with(raw, &StageKinds::default())
+    }
+
+    /// As [`PipelineConfig::from_raw`], with stage kinds defined by other crates.
+    pub fn from_raw_with(mut raw: RawConfig, kinds: &StageKinds) -> Result<Self, ConfigError> {
         let src_at = raw.source.place.clone();
         let src: SourceSection = section(&raw.source.table, "[source]", &src_at)?;
         let source = match src.kind.as_str() {
@@ -481,12 +549,17 @@ impl PipelineConfig {
                     translate.generation.max_new_tokens = spec.max_new_tokens;
                     BuiltStage::Translate(translate)
                 }
-                other => {
-                    return Err(ConfigError(format!(
-                        "{}: [[stage]] {}: unknown kind {other:?}: expected exec or translate",
-                        stage.place, stage.index
-                    )))
-                }
+                other => match kinds.get(other) {
+                    Some(build) => BuiltStage::Other(build(&stage)?),
+                    None => {
+                        return Err(ConfigError(format!(
+                            "{}: [[stage]] {}: unknown kind {other:?}: expected one of {}",
+                            stage.place,
+                            stage.index,
+                            kinds.names()
+                        )))
+                    }
+                },
             });
         }
 
@@ -524,6 +597,7 @@ impl PipelineConfig {
             sink_format,
             key_field,
             part_items: sink.part_items.unwrap_or(10_000),
+            explode: sink.explode,
             options,
         })
     }
@@ -554,6 +628,7 @@ impl PipelineConfig {
             pipeline = match stage {
                 BuiltStage::Exec(s) => pipeline.stage(s),
                 BuiltStage::Translate(s) => pipeline.stage(s),
+                BuiltStage::Other(make) => pipeline.stage_with(move || make()),
             };
         }
         let tag = match self.options.shard {
@@ -567,6 +642,9 @@ impl PipelineConfig {
             self.part_items,
             &tag,
         )?;
+        if let Some(field) = &self.explode {
+            sink = sink.explode(field);
+        }
         pipeline.run(&self.options, &mut sink)
     }
 }

@@ -174,6 +174,7 @@ pub struct PartSink {
     prefix: String,
     parts: usize,
     buffer: Vec<serde_json::Value>,
+    explode: Option<String>,
 }
 
 impl PartSink {
@@ -199,6 +200,7 @@ impl PartSink {
             prefix: format!("part-{tag}{}", stamp.as_millis()),
             parts: 0,
             buffer: Vec::new(),
+            explode: None,
         })
     }
 
@@ -210,6 +212,14 @@ impl PartSink {
         tag: &str,
     ) -> Result<Self, SinkError> {
         Self::new(PartFormat::Jsonl, dir, key_field, part_items, tag)
+    }
+
+    /// Writes one row per element of the array in `field` (each element's fields next to the
+    /// record's other fields), for tables with a row per window or segment. A record whose
+    /// array is empty writes no row, so a rerun does it again.
+    pub fn explode(mut self, field: &str) -> Self {
+        self.explode = Some(field.to_owned());
+        self
     }
 
     /// Part files of `format` present in `dir` now.
@@ -262,7 +272,10 @@ impl<T: Serialize> Sink<T> for PartSink {
                 value = serde_json::json!({ self.key_field.clone(): &*item.key, "value": inner });
             }
         }
-        self.buffer.push(value);
+        match self.explode.as_deref() {
+            Some(field) => explode(value, field, &mut self.buffer),
+            None => self.buffer.push(value),
+        }
         if self.buffer.len() >= self.part_items {
             self.flush_part()?;
         }
@@ -281,6 +294,33 @@ impl<T: Serialize> Sink<T> for PartSink {
             self.format.read_keys(&path, &self.key_field, &mut done)?;
         }
         Ok(Some(Arc::new(move |key: &str| done.contains(key))))
+    }
+}
+
+/// Pushes one row per element of `record[field]`: the record without `field`, plus the element's
+/// fields (or `field: element` when the element is not an object).
+fn explode(mut record: serde_json::Value, field: &str, rows: &mut Vec<serde_json::Value>) {
+    let Some(map) = record.as_object_mut() else {
+        rows.push(record);
+        return;
+    };
+    let elements = match map.remove(field) {
+        Some(serde_json::Value::Array(a)) => a,
+        Some(other) => vec![other],
+        None => {
+            rows.push(record);
+            return;
+        }
+    };
+    for element in elements {
+        let mut row = map.clone();
+        match element {
+            serde_json::Value::Object(fields) => row.extend(fields),
+            other => {
+                row.insert(field.to_owned(), other);
+            }
+        }
+        rows.push(serde_json::Value::Object(row));
     }
 }
 

@@ -7,6 +7,7 @@ pub mod classify;
 pub mod infer;
 pub mod metrics;
 pub mod server;
+pub mod stage;
 pub mod stress;
 pub mod translation;
 

@@ -460,8 +460,17 @@ async fn url_inputs_read_object_storage_under_allowed_prefixes_only() {
         ("file:///etc/passwd", 403, "url_refused"),
         ("s3://audio/in/missing.wav", 404, "input_not_found"),
     ] {
-        let (s, v) = infer(&server, "tone", &json!({"inputs": [{"id": "u", "url": url}]})).await;
-        assert_eq!((s, v["error"]["code"].as_str()), (status, Some(code)), "{url}: {v}");
+        let (s, v) = infer(
+            &server,
+            "tone",
+            &json!({"inputs": [{"id": "u", "url": url}]}),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{url}: {v}"
+        );
         assert!(v["error"]["message"].as_str().unwrap().contains(url), "{v}");
     }
     server.stop().await.unwrap();

@@ -1,0 +1,385 @@
+//! `sluice audio classify` and the `model` pipeline stage as a user runs them: in-process and
+//! against a real `sluice serve`, the Parquet table they write, reruns, and a server restarted
+//! in the middle of a run.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn onnx(rel: &str) -> PathBuf {
+    sluice_testkit::fixture("onnx").join(rel)
+}
+
+/// Reference windows of a fixture file: (start, end, scores).
+fn reference(model: &str, file: &str) -> Vec<(f64, f64, Vec<f64>)> {
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(onnx(model).join("reference.json")).unwrap())
+            .unwrap();
+    let f = r["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file"] == file)
+        .unwrap()
+        .clone();
+    f["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let s = w["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap());
+            (
+                w["start"].as_f64().unwrap(),
+                w["end"].as_f64().unwrap(),
+                s.collect(),
+            )
+        })
+        .collect()
+}
+
+/// Every row of the Parquet part files in `dir`, as JSON objects.
+fn read_table(dir: &Path) -> Vec<Value> {
+    let mut rows = Vec::new();
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    parts.sort();
+    for part in parts {
+        let file = std::fs::File::open(&part).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let mut w = arrow_json::ArrayWriter::new(Vec::new());
+            w.write(&batch).unwrap();
+            w.finish().unwrap();
+            let v: Vec<Value> = serde_json::from_slice(&w.into_inner()).unwrap();
+            rows.extend(v);
+        }
+    }
+    rows
+}
+
+/// Rows grouped by id, each group's windows sorted by start.
+fn by_id(rows: &[Value]) -> HashMap<String, Vec<(f64, f64, Vec<f64>)>> {
+    let mut out: HashMap<String, Vec<(f64, f64, Vec<f64>)>> = HashMap::new();
+    for r in rows {
+        let scores: Vec<f64> = r["scores"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no scores in {r}"))
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!(
+            r["label"].is_string() && r["score"].is_number() && r["path"].is_string(),
+            "{r}"
+        );
+        out.entry(r["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                r["start"].as_f64().unwrap(),
+                r["end"].as_f64().unwrap(),
+                scores,
+            ));
+    }
+    for v in out.values_mut() {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    out
+}
+
+fn assert_close(got: &[(f64, f64, Vec<f64>)], want: &[(f64, f64, Vec<f64>)], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g.0 - w.0).abs() < 1e-9 && (g.1 - w.1).abs() < 1e-9,
+            "{what}: {g:?} {w:?}"
+        );
+        for (a, b) in g.2.iter().zip(&w.2) {
+            assert!((a - b).abs() <= 1e-5, "{what}: {a} vs {b}");
+        }
+    }
+}
+
+/// A data volume: the 16 kHz fixtures, one in a subdirectory, and a corrupt file.
+fn volume() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    for (src, dst) in [
+        ("audio/tone-16k-mono.wav", "tone.wav"),
+        ("audio/noise-16k-mono.wav", "sub/noise.wav"),
+        ("audio/tone-16k-stereo.wav", "stereo.wav"),
+    ] {
+        std::fs::copy(onnx(src), dir.path().join(dst)).unwrap();
+    }
+    std::fs::write(dir.path().join("broken.wav"), b"RIFF garbage").unwrap();
+    dir
+}
+
+fn expected() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("tone.wav", "audio/tone-16k-mono.wav"),
+        ("sub/noise.wav", "audio/noise-16k-mono.wav"),
+        ("stereo.wav", "audio/tone-16k-stereo.wav"),
+    ]
+}
+
+fn classify(source: &Path, model: &str, output: &Path, extra: &[&str]) -> (Value, String) {
+    let summary = output.with_extension("summary.json");
+    let out = Command::new(SLUICE)
+        .args(["audio", "classify", "--progress", "off", "--source"])
+        .arg(source)
+        .args(["--model", model, "--output"])
+        .arg(output)
+        .arg("--summary")
+        .arg(&summary)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let s = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    (s, stderr)
+}
+
+fn check_table(output: &Path) {
+    let rows = by_id(&read_table(output));
+    assert_eq!(rows.len(), 3, "{:?}", rows.keys());
+    for (id, file) in expected() {
+        assert_close(&rows[id], &reference("tone-detector", file), id);
+    }
+}
+
+#[test]
+fn classify_in_process_writes_a_window_table_and_reruns_skip_it() {
+    let data = volume();
+    let out = tempfile::tempdir().unwrap();
+    let table = out.path().join("results.parquet");
+    let model = onnx("tone-detector");
+    let (summary, _) = classify(data.path(), model.to_str().unwrap(), &table, &[]);
+    assert_eq!(
+        (&summary["items_out"], &summary["failed"]),
+        (&3.into(), &1.into()),
+        "{summary}"
+    );
+    check_table(&table);
+    let failures = std::fs::read_to_string(table.join("_failures.jsonl")).unwrap();
+    assert!(failures.contains("broken.wav"), "{failures}");
+    // A rerun classifies only the file that failed, and fails it again.
+    let (summary, _) = classify(data.path(), model.to_str().unwrap(), &table, &[]);
+    assert_eq!(
+        (&summary["skipped"], &summary["items_out"]),
+        (&3.into(), &0.into()),
+        "{summary}"
+    );
+    check_table(&table);
+}
+
+/// A `sluice serve` process on a fixed loopback port.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(port: u16, data_root: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(SLUICE)
+            .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--model")
+            .arg(format!("tone={}", onnx("tone-detector").display()))
+            .arg("--data-root")
+            .arg(data_root)
+            .args(extra)
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the server gets ready");
+            if line.contains("every model is loaded") {
+                break;
+            }
+        }
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Self { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/models/tone", self.port)
+    }
+
+    fn requests(&self) -> f64 {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let Ok(resp) = sluice_testkit::http_request(addr, "GET", "/metrics") else {
+            return 0.0;
+        };
+        resp.lines()
+            .filter(|l| l.starts_with("sluice_http_requests_total") && l.contains("infer"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn classify_against_a_server_sends_paths_or_data_and_matches_in_process() {
+    let data = volume();
+    let server = Server::start(sluice_testkit::free_port(), data.path(), &[]);
+    let out = tempfile::tempdir().unwrap();
+    // Sharing the volume: paths are sent.
+    let by_path = out.path().join("by-path.parquet");
+    let root = data.path().to_str().unwrap();
+    let (summary, _) = classify(data.path(), &server.url(), &by_path, &["--data-root", root]);
+    assert_eq!(
+        (&summary["items_out"], &summary["failed"]),
+        (&3.into(), &1.into()),
+        "{summary}"
+    );
+    check_table(&by_path);
+    // Not sharing it: the bytes are sent.
+    let by_data = out.path().join("by-data.parquet");
+    let (summary, _) = classify(data.path(), &server.url(), &by_data, &[]);
+    assert_eq!(
+        (&summary["items_out"], &summary["failed"]),
+        (&3.into(), &1.into()),
+        "{summary}"
+    );
+    check_table(&by_data);
+    // The corrupt file failed alone, with the server's reason.
+    let failures = std::fs::read_to_string(by_data.join("_failures.jsonl")).unwrap();
+    assert!(
+        failures.contains("broken.wav") && failures.contains("422"),
+        "{failures}"
+    );
+}
+
+#[test]
+fn the_remote_stage_survives_a_server_restart_without_losing_or_duplicating_items() {
+    let data = tempfile::tempdir().unwrap();
+    let n = 300;
+    for i in 0..n {
+        std::fs::copy(
+            onnx("audio/noise-16k-mono.wav"),
+            data.path().join(format!("clip-{i:03}.wav")),
+        )
+        .unwrap();
+    }
+    let port = sluice_testkit::free_port();
+    let mut server = Server::start(port, data.path(), &[]);
+    let out = tempfile::tempdir().unwrap();
+    let pipeline = out.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"
+[source]
+kind = "files"
+path = "{data}"
+extensions = ["wav"]
+
+[[stage]]
+kind = "model"
+name = "detect"
+url = "{url}"
+data_root = "{data}"
+batch_size = 2
+workers = 1
+concurrency = 1
+
+[sink]
+kind = "jsonl"
+path = "{out}"
+key_field = "relpath"
+part_items = 50
+"#,
+            data = data.path().display(),
+            url = server.url(),
+            out = out.path().join("results").display(),
+        ),
+    )
+    .unwrap();
+    let run = Command::new(SLUICE)
+        .args(["run", "--progress", "off"])
+        .arg(&pipeline)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let some requests through, then kill the server outright and bring it back.
+    let started = Instant::now();
+    while server.requests() < 10.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no requests reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(server);
+    std::thread::sleep(Duration::from_millis(700));
+    server = Server::start(port, data.path(), &[]);
+    let result = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(
+        server.requests() > 0.0,
+        "the restarted server answered the rest"
+    );
+    let mut keys = HashMap::new();
+    for entry in std::fs::read_dir(out.path().join("results")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "jsonl")
+            && p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("part-")
+        {
+            for line in std::fs::read_to_string(&p).unwrap().lines() {
+                let v: Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["result"]["windows"].as_array().unwrap().len(), 1, "{v}");
+                *keys
+                    .entry(v["relpath"].as_str().unwrap().to_owned())
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    assert_eq!(keys.len(), n, "every item is in the output: {stderr}");
+    assert!(keys.values().all(|&c| c == 1), "no item is written twice");
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results/_summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (&summary["items_out"], &summary["failed"]),
+        (&n.into(), &0.into()),
+        "{summary}"
+    );
+}

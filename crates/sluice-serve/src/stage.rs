@@ -1,0 +1,642 @@
+//! The `model` pipeline stage: a served model run in-process, or a remote Sluice server called
+//! over `POST /v1/models/{name}/infer`.
+//!
+//! In-process, each worker loads the model once and runs the same preparation as the server
+//! ([`crate::classify::prepare`], the same windows, the same graph), so scores match the
+//! server's. Remotely, a worker sends its batch in requests of `request_inputs` inputs, at most
+//! `concurrency` at a time. Files go as `path` when the server shares the volume (`data_root`
+//! names where the server's `--data-root` is mounted here) and as `data` otherwise. Overload and
+//! lost connections (503, 502, 504, 429, connect errors, a server restarting) are retried with
+//! backoff, waiting what `Retry-After` asks; a request is resent only after its previous attempt
+//! failed, so no item is ever in two requests at once. A 4xx on a request of several inputs is
+//! narrowed down by resending its inputs one by one, so only the bad input fails.
+//!
+//! ```toml
+//! [[stage]]
+//! kind = "model"
+//! model = "models/whale-detector"        # in-process: a directory or hub id; or instead
+//! # url = "http://sluice:9527/v1/models/whale"   # a remote server's model
+//! field = "path"                          # the record field holding the input
+//! input = "file"                          # file | text | url
+//! output = "result"                       # the field the model's output is written to
+//! parameters = { fromLang = "en", toLang = "fr" }   # for translation models
+//! data_root = "/data"                     # remote: send paths relative to this directory
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use sluice_core::storage::Location;
+use sluice_models::classifier::AudioClassifier;
+use sluice_models::m2m100::{GenerationOptions, M2M100};
+use sluice_models::source::{HubSettings, ModelSource};
+use sluice_pipeline::config::{ConfigError, RawStage, RecordStage, RecordStageFactory, StageKinds};
+use sluice_pipeline::stages::Record;
+use sluice_pipeline::{ItemError, Stage, StageError, StageOptions, WorkerContext};
+
+use crate::infer::{InferOutput, WindowScores};
+
+/// What the record field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputAs {
+    /// A local file path.
+    File,
+    /// The text itself.
+    Text,
+    /// An object-storage URL.
+    Url,
+}
+
+/// The `[[stage]] kind = "model"` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// In-process: a model directory or hub id.
+    pub model: Option<String>,
+    /// Remote: `http://host:port/v1/models/NAME`.
+    pub url: Option<String>,
+    /// The record field holding the input.
+    #[serde(default = "default_field")]
+    pub field: String,
+    /// What that field holds.
+    #[serde(default = "default_input")]
+    pub input: InputAs,
+    /// The field the output is written to.
+    #[serde(default = "default_output")]
+    pub output: String,
+    /// Model parameters (translation: `fromLang`, `toLang`, `beams`, `maxNewTokens`).
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    /// Remote: the local directory where the server's `--data-root` is mounted; files under it
+    /// are sent as paths, others as data.
+    pub data_root: Option<PathBuf>,
+    /// Remote: inputs per request.
+    #[serde(default = "default_request_inputs")]
+    pub request_inputs: usize,
+    /// Remote: requests in flight per worker.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Remote: attempts per request before its items fail (as transient errors).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Remote: seconds one request may take.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: f64,
+}
+
+fn default_field() -> String {
+    "path".to_owned()
+}
+fn default_input() -> InputAs {
+    InputAs::File
+}
+fn default_output() -> String {
+    "result".to_owned()
+}
+fn default_request_inputs() -> usize {
+    16
+}
+fn default_concurrency() -> usize {
+    2
+}
+fn default_attempts() -> u32 {
+    20
+}
+fn default_timeout() -> f64 {
+    300.0
+}
+
+impl ModelSpec {
+    /// A spec for a model run in-process.
+    pub fn local(model: &str) -> Self {
+        Self::with(Some(model.to_owned()), None)
+    }
+
+    /// A spec for a remote model (`http://host:port/v1/models/NAME`).
+    pub fn remote(url: &str) -> Self {
+        Self::with(None, Some(url.to_owned()))
+    }
+
+    fn with(model: Option<String>, url: Option<String>) -> Self {
+        Self {
+            model,
+            url,
+            field: default_field(),
+            input: default_input(),
+            output: default_output(),
+            parameters: Map::new(),
+            data_root: None,
+            request_inputs: default_request_inputs(),
+            concurrency: default_concurrency(),
+            max_attempts: default_attempts(),
+            timeout_seconds: default_timeout(),
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match (&self.model, &self.url) {
+            (Some(_), Some(_)) => {
+                return Err("set model (in-process) or url (remote), not both".into())
+            }
+            (None, None) => {
+                return Err("set model = \"<dir|hub-id>\" (in-process) or url = \
+                            \"http://host:9527/v1/models/NAME\" (remote)"
+                    .into())
+            }
+            (None, Some(u)) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                return Err(format!("url {u:?} must start with http:// or https://"))
+            }
+            _ => {}
+        }
+        if self.request_inputs == 0 || self.concurrency == 0 || self.max_attempts == 0 {
+            return Err("request_inputs, concurrency and max_attempts must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The stage kinds this crate adds to config pipelines.
+pub fn kinds() -> StageKinds {
+    StageKinds::default().with("model", build)
+}
+
+fn build(stage: &RawStage) -> Result<RecordStageFactory, ConfigError> {
+    let spec: ModelSpec = stage.spec()?;
+    spec.check().map_err(|m| stage.error(&m))?;
+    let model = ModelStage::new(&stage.name, spec, stage.options.clone());
+    Ok(Arc::new(move || Box::new(model.clone()) as RecordStage))
+}
+
+/// A model loaded in a worker.
+enum Local {
+    Classifier(Arc<AudioClassifier>),
+    Translation(Arc<M2M100>),
+}
+
+/// A worker's way to the model.
+enum Backend {
+    Local(Local),
+    Remote {
+        client: reqwest::Client,
+        runtime: tokio::runtime::Runtime,
+    },
+}
+
+/// Runs a model on one field of each record; see the module documentation.
+pub struct ModelStage {
+    name: String,
+    spec: ModelSpec,
+    options: StageOptions,
+    backend: Option<Backend>,
+}
+
+impl Clone for ModelStage {
+    fn clone(&self) -> Self {
+        // A clone is a fresh worker: it loads or connects in its own `setup`.
+        Self {
+            name: self.name.clone(),
+            spec: self.spec.clone(),
+            options: self.options.clone(),
+            backend: None,
+        }
+    }
+}
+
+impl ModelStage {
+    /// A stage named `name`.
+    pub fn new(name: &str, spec: ModelSpec, options: StageOptions) -> Self {
+        Self {
+            name: name.to_owned(),
+            spec,
+            options,
+            backend: None,
+        }
+    }
+}
+
+impl Stage for ModelStage {
+    type In = Record;
+    type Out = Record;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn options(&self) -> StageOptions {
+        self.options.clone()
+    }
+
+    fn setup(&mut self, _worker: &WorkerContext) -> Result<(), StageError> {
+        self.spec.check().map_err(StageError::new)?;
+        self.backend = Some(match (&self.spec.model, &self.spec.url) {
+            (Some(model), _) => Backend::Local(load_local(model)?),
+            (None, Some(_)) => Backend::Remote {
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs_f64(self.spec.timeout_seconds))
+                    .build()
+                    .map_err(|e| StageError::new(format!("HTTP client: {e}")))?,
+                runtime: tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| StageError::new(format!("async runtime: {e}")))?,
+            },
+            (None, None) => unreachable!("checked above"),
+        });
+        Ok(())
+    }
+
+    fn process(&mut self, batch: &[Record]) -> Result<Vec<Result<Record, ItemError>>, StageError> {
+        let backend = self
+            .backend
+            .as_ref()
+            .ok_or_else(|| StageError::new("model stage was not set up"))?;
+        let outputs = match backend {
+            Backend::Local(local) => run_local(&self.spec, local, batch),
+            Backend::Remote { client, runtime } => {
+                runtime.block_on(run_remote(&self.spec, client, batch))
+            }
+        };
+        let output = self.spec.output.clone();
+        Ok(batch
+            .iter()
+            .zip(outputs)
+            .map(|(record, out)| {
+                let out = out?;
+                let mut record = record.clone();
+                let Record::Object(map) = &mut record else {
+                    return Err(ItemError::permanent("the record is not a JSON object"));
+                };
+                let mut value =
+                    serde_json::to_value(out).map_err(|e| ItemError::permanent(e.to_string()))?;
+                if let Value::Object(v) = &mut value {
+                    v.remove("id");
+                }
+                map.insert(output.clone(), value);
+                Ok(record)
+            })
+            .collect())
+    }
+}
+
+fn load_local(model: &str) -> Result<Local, StageError> {
+    let dir = Path::new(model);
+    if AudioClassifier::is_classifier_dir(dir) {
+        let c = AudioClassifier::load(dir).map_err(|e| StageError::new(e.to_string()))?;
+        return Ok(Local::Classifier(Arc::new(c)));
+    }
+    let source = ModelSource::parse(model);
+    let dir = source
+        .resolve(&HubSettings::from_env())
+        .map_err(|e| StageError::new(e.to_string()))?;
+    let m = M2M100::load(&dir, &candle_core::Device::Cpu)
+        .map_err(|e| StageError::new(format!("loading model {source}: {e}")))?;
+    Ok(Local::Translation(Arc::new(m)))
+}
+
+/// The input of one record: the field's string.
+fn field<'a>(spec: &ModelSpec, record: &'a Record) -> Result<&'a str, ItemError> {
+    record
+        .get(&spec.field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ItemError::permanent(format!("record has no string field {:?}", spec.field)))
+}
+
+/// Reads a file or object named by a record, for in-process models and `data` sends.
+fn read_bytes(spec: &ModelSpec, value: &str) -> Result<Vec<u8>, ItemError> {
+    match spec.input {
+        InputAs::File => {
+            std::fs::read(value).map_err(|e| ItemError::permanent(format!("reading {value}: {e}")))
+        }
+        InputAs::Url => {
+            let (dir, file) = value.rsplit_once('/').unwrap_or(("", value));
+            Location::parse(dir)
+                .and_then(|l| l.read_blocking(file))
+                .map(|b| b.to_vec())
+                .map_err(|e| ItemError::permanent(e.to_string()))
+        }
+        InputAs::Text => Ok(value.as_bytes().to_vec()),
+    }
+}
+
+type Outcome = Result<InferOutput, ItemError>;
+
+fn run_local(spec: &ModelSpec, local: &Local, batch: &[Record]) -> Vec<Outcome> {
+    match local {
+        Local::Classifier(c) => classify_local(spec, c, batch),
+        Local::Translation(m) => translate_local(spec, m, batch),
+    }
+}
+
+fn classify_local(
+    spec: &ModelSpec,
+    classifier: &AudioClassifier,
+    batch: &[Record],
+) -> Vec<Outcome> {
+    let prepared: Vec<Result<crate::classify::Prepared, ItemError>> = batch
+        .iter()
+        .map(|record| {
+            let value = field(spec, record)?;
+            if spec.input == InputAs::Text {
+                return Err(ItemError::permanent(
+                    "an audio classifier takes files or URLs, not text",
+                ));
+            }
+            let bytes = read_bytes(spec, value)?;
+            crate::classify::prepare(classifier, &bytes, Some(value))
+                .map_err(|e| ItemError::permanent(format!("{value}: {e}")))
+        })
+        .collect();
+    // Every window of the batch in runs of a bounded size, across files, as the server does.
+    let windows: Vec<Vec<f32>> = prepared
+        .iter()
+        .flatten()
+        .flat_map(|p| p.windows.iter().map(|w| w.samples.clone()))
+        .collect();
+    let mut scores = Vec::with_capacity(windows.len());
+    for chunk in windows.chunks(64) {
+        match classifier.run(chunk) {
+            Ok(s) => scores.extend(s),
+            Err(e) => {
+                let m = e.to_string();
+                return batch
+                    .iter()
+                    .map(|_| Err(ItemError::permanent(m.clone())))
+                    .collect();
+            }
+        }
+    }
+    let labels = &classifier.spec().labels;
+    let mut scores = scores.into_iter();
+    prepared
+        .into_iter()
+        .map(|p| {
+            let p = p?;
+            let windows = p
+                .windows
+                .iter()
+                .map(|w| window_scores(labels, w.start, w.end, scores.next().unwrap_or_default()))
+                .collect();
+            Ok(InferOutput {
+                duration: Some(p.duration),
+                windows: Some(windows),
+                ..InferOutput::default()
+            })
+        })
+        .collect()
+}
+
+/// A window's scores with its top label, as the server answers them.
+pub fn window_scores(labels: &[String], start: f64, end: f64, scores: Vec<f32>) -> WindowScores {
+    let (best, score) =
+        scores
+            .iter()
+            .copied()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, s)| if s > b.1 { (i, s) } else { b },
+            );
+    WindowScores {
+        start,
+        end,
+        label: labels.get(best).cloned().unwrap_or_default(),
+        score,
+        scores,
+    }
+}
+
+fn translate_local(spec: &ModelSpec, model: &M2M100, batch: &[Record]) -> Vec<Outcome> {
+    let param = |k: &str| {
+        spec.parameters
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    let (from, to) = (param("fromLang"), param("toLang"));
+    let texts: Vec<Result<String, ItemError>> = batch
+        .iter()
+        .map(|record| {
+            let value = field(spec, record)?;
+            String::from_utf8(read_bytes(spec, value)?)
+                .map_err(|_| ItemError::permanent(format!("{value} is not UTF-8 text")))
+        })
+        .collect();
+    let ok: Vec<&str> = texts.iter().flatten().map(String::as_str).collect();
+    let opts = GenerationOptions {
+        num_beams: spec
+            .parameters
+            .get("beams")
+            .and_then(Value::as_u64)
+            .map(|b| b as usize),
+        max_new_tokens: spec
+            .parameters
+            .get("maxNewTokens")
+            .and_then(Value::as_u64)
+            .map(|b| b as usize),
+        ..GenerationOptions::default()
+    };
+    let translated = match model.translate(&ok, from, to, &opts, ok.len().max(1)) {
+        Ok(t) => t,
+        Err(e) => {
+            let m = e.to_string();
+            return batch
+                .iter()
+                .map(|_| Err(ItemError::permanent(m.clone())))
+                .collect();
+        }
+    };
+    let mut translated = translated.into_iter();
+    texts
+        .into_iter()
+        .map(|t| {
+            t?;
+            Ok(InferOutput {
+                text: Some(translated.next().unwrap_or_default()),
+                ..InferOutput::default()
+            })
+        })
+        .collect()
+}
+
+/// Builds the request input for one record: a path under `data_root`, else the data or text.
+fn remote_input(spec: &ModelSpec, i: usize, record: &Record) -> Result<Value, ItemError> {
+    let value = field(spec, record)?;
+    let id = i.to_string();
+    Ok(match spec.input {
+        InputAs::Text => json!({"id": id, "text": value}),
+        InputAs::Url => json!({"id": id, "url": value}),
+        InputAs::File => {
+            let shared = spec
+                .data_root
+                .as_ref()
+                .and_then(|root| Path::new(value).strip_prefix(root).ok());
+            match shared {
+                Some(rel) => json!({"id": id, "path": rel.to_string_lossy()}),
+                None => {
+                    let bytes = read_bytes(spec, value)?;
+                    json!({"id": id, "data": base64::engine::general_purpose::STANDARD.encode(bytes)})
+                }
+            }
+        }
+    })
+}
+
+async fn run_remote(spec: &ModelSpec, client: &reqwest::Client, batch: &[Record]) -> Vec<Outcome> {
+    use futures::stream::{self, StreamExt};
+    let mut outcomes: Vec<Option<Outcome>> = (0..batch.len()).map(|_| None).collect();
+    let mut ready = Vec::new();
+    for (i, record) in batch.iter().enumerate() {
+        match remote_input(spec, i, record) {
+            Ok(input) => ready.push((i, input)),
+            Err(e) => outcomes[i] = Some(Err(e)),
+        }
+    }
+    let chunks: Vec<Vec<(usize, Value)>> = ready
+        .chunks(spec.request_inputs)
+        .map(<[_]>::to_vec)
+        .collect();
+    let results: Vec<Vec<(usize, Outcome)>> = stream::iter(chunks)
+        .map(|chunk| send_narrowing(spec, client, chunk))
+        .buffer_unordered(spec.concurrency)
+        .collect()
+        .await;
+    for (i, outcome) in results.into_iter().flatten() {
+        outcomes[i] = Some(outcome);
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(ItemError::permanent("no answer for this input"))))
+        .collect()
+}
+
+/// Sends one request; when the server refuses it for one of its inputs (4xx), resends the
+/// inputs one by one so that only the bad one fails.
+async fn send_narrowing(
+    spec: &ModelSpec,
+    client: &reqwest::Client,
+    chunk: Vec<(usize, Value)>,
+) -> Vec<(usize, Outcome)> {
+    match send(spec, client, &chunk).await {
+        Ok(outputs) => chunk
+            .iter()
+            .map(|(i, _)| *i)
+            .zip(outputs.into_iter().map(Ok))
+            .collect(),
+        Err(Failure::Input(_)) if chunk.len() > 1 => {
+            let mut out = Vec::with_capacity(chunk.len());
+            for one in chunk {
+                let i = one.0;
+                let outcome = match send(spec, client, std::slice::from_ref(&one)).await {
+                    Ok(mut o) if o.len() == 1 => Ok(o.remove(0)),
+                    Ok(_) => Err(ItemError::permanent(
+                        "the server answered a wrong output count",
+                    )),
+                    Err(f) => Err(f.item_error()),
+                };
+                out.push((i, outcome));
+            }
+            out
+        }
+        Err(f) => {
+            let e = f.item_error();
+            chunk.iter().map(|(i, _)| (*i, Err(e.clone()))).collect()
+        }
+    }
+}
+
+/// Why a request got no outputs.
+enum Failure {
+    /// The server refused the request's content (4xx): permanent.
+    Input(String),
+    /// Retries ran out on overload or lost connections: transient.
+    Unavailable(String),
+}
+
+impl Failure {
+    fn item_error(self) -> ItemError {
+        match self {
+            Failure::Input(m) => ItemError::permanent(m),
+            Failure::Unavailable(m) => ItemError::transient(m),
+        }
+    }
+}
+
+/// One request, retried with backoff while the server is overloaded or unreachable.
+async fn send(
+    spec: &ModelSpec,
+    client: &reqwest::Client,
+    chunk: &[(usize, Value)],
+) -> Result<Vec<InferOutput>, Failure> {
+    let url = format!(
+        "{}/infer",
+        spec.url
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+    );
+    let body = json!({
+        "inputs": chunk.iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "parameters": spec.parameters,
+    });
+    let mut backoff = Duration::from_millis(100);
+    let mut last = String::new();
+    for attempt in 1..=spec.max_attempts {
+        let wait = match client.post(&url).json(&body).send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .map(Duration::from_secs_f64);
+                let text = resp.text().await.unwrap_or_default();
+                if status.is_success() {
+                    let parsed: crate::infer::InferResponse = serde_json::from_str(&text)
+                        .map_err(|e| Failure::Input(format!("{url}: unreadable answer: {e}")))?;
+                    if parsed.outputs.len() != chunk.len() {
+                        return Err(Failure::Input(format!(
+                            "{url}: {} outputs for {} inputs",
+                            parsed.outputs.len(),
+                            chunk.len()
+                        )));
+                    }
+                    return Ok(parsed.outputs);
+                }
+                let message = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                    .unwrap_or(text);
+                last = format!("{url}: {status}: {message}");
+                let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
+                if !retryable {
+                    return Err(if status.is_client_error() {
+                        Failure::Input(last)
+                    } else {
+                        Failure::Unavailable(last)
+                    });
+                }
+                retry_after.unwrap_or(backoff)
+            }
+            Err(e) => {
+                // Connect errors, resets and timeouts: the server is restarting or gone.
+                last = format!("{url}: {e}");
+                backoff
+            }
+        };
+        if attempt < spec.max_attempts {
+            tracing::debug!(attempt, wait_ms = wait.as_millis() as u64, error = %last, "retrying");
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+    Err(Failure::Unavailable(format!(
+        "{last} (gave up after {} attempts)",
+        spec.max_attempts
+    )))
+}
