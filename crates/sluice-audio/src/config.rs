@@ -236,7 +236,7 @@ impl AudioPipeline {
     /// Runs the pipeline; an aborted run still reports, with the reason.
     pub fn run(self) -> Result<Result<JobReport, (String, JobReport)>, RunError> {
         let invalid = |e: sluice_core::storage::StorageError| RunError::Invalid(e.to_string());
-        let source = Location::parse(&self.source).map_err(invalid)?;
+        let source = Location::parse_source(&self.source).map_err(invalid)?;
         let target = Location::parse(&self.target).map_err(invalid)?;
         let stats = Arc::new(DecodeStats::default());
         let writer = match self.write {

@@ -187,7 +187,7 @@ impl ResampleJob {
     /// Runs the job; `Err` only when it could not start. An aborted run still reports.
     pub fn run(self) -> Result<Result<JobReport, (String, JobReport)>, RunError> {
         let invalid = |e: sluice_core::storage::StorageError| RunError::Invalid(e.to_string());
-        let source = Location::parse(&self.source).map_err(invalid)?;
+        let source = Location::parse_source(&self.source).map_err(invalid)?;
         let target = Location::parse(&self.target).map_err(invalid)?;
         let rule = PathRule::mirror_with_extension(self.format.extension());
         let mut options = self.options.clone();

@@ -173,7 +173,7 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         (None, false) => Matcher::suffixes(&args.suffixes),
         (None, true) => Matcher::suffixes(&[".wav", ".flac", ".mp3", ".ogg", ".m4a"]),
     };
-    let source = sluice_core::storage::Location::parse(&args.source)?;
+    let source = sluice_core::storage::Location::parse_source(&args.source)?;
     let files = source.list_blocking(&matcher)?;
     let local = source.is_local();
     let remote = args.model.starts_with("http://") || args.model.starts_with("https://");

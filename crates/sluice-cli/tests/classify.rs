@@ -187,6 +187,18 @@ fn classify_in_process_writes_a_window_table_and_reruns_skip_it() {
         "{summary}"
     );
     check_table(&table);
+    // A mistyped source is an error naming it, not an empty successful run.
+    let missing = data.path().join("typo");
+    let out = Command::new(SLUICE)
+        .args(["audio", "classify", "--progress", "off", "--source"])
+        .arg(&missing)
+        .args(["--model", model.to_str().unwrap(), "--output"])
+        .arg(out.path().join("other.parquet"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("typo"), "{stderr}");
+    assert!(!missing.exists());
 }
 
 /// A `sluice serve` process on a fixed loopback port.

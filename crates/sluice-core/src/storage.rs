@@ -178,6 +178,27 @@ impl Location {
         Self::parse_with::<&str, &str>(url, &[])
     }
 
+    /// Opens `url` to read from: a local directory must already exist (a mistyped source is an
+    /// error, not an empty run).
+    pub fn parse_source(url: &str) -> Result<Self, StorageError> {
+        Self::parse_source_with::<&str, &str>(url, &[])
+    }
+
+    /// As [`Location::parse_source`], with explicit options as in [`Location::parse_with`].
+    pub fn parse_source_with<K: AsRef<str>, V: AsRef<str>>(
+        url: &str,
+        options: &[(K, V)],
+    ) -> Result<Self, StorageError> {
+        if let Some(dir) = local_path(url) {
+            if !dir.is_dir() {
+                return Err(StorageError::NotFound {
+                    url: url.to_owned(),
+                });
+            }
+        }
+        Self::parse_with(url, options)
+    }
+
     /// Opens `url`; `options` (e.g. `("aws_endpoint", "http://127.0.0.1:9000")`) win over the
     /// environment. Keys are the `object_store` builders' config keys.
     pub fn parse_with<K: AsRef<str>, V: AsRef<str>>(
@@ -444,6 +465,15 @@ mod tests {
             .unwrap()
             .matches("music/deep/a.wav"));
         assert!(Matcher::glob("[").is_err());
+    }
+
+    #[test]
+    fn a_missing_source_directory_is_an_error_and_is_not_created() {
+        let base = std::env::temp_dir().join(format!("sluice-missing-{}", std::process::id()));
+        let missing = base.join("typo");
+        let e = Location::parse_source(missing.to_str().unwrap()).unwrap_err();
+        assert!(matches!(e, StorageError::NotFound { .. }), "{e}");
+        assert!(!base.exists());
     }
 
     #[test]

@@ -249,7 +249,7 @@ impl InputAccess {
             };
             bad_input(i, input, status, code, format!("url \"{url}\": {e}"))
         };
-        let bytes = Location::parse_with(dir, &self.storage_options)
+        let bytes = Location::parse_source_with(dir, &self.storage_options)
             .and_then(|loc| loc.read_blocking(file))
             .map_err(storage)?;
         if bytes.len() as u64 > self.max_input_bytes {

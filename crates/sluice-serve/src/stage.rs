@@ -314,7 +314,7 @@ fn read_bytes(spec: &ModelSpec, value: &str) -> Result<Vec<u8>, ItemError> {
         }
         InputAs::Url => {
             let (dir, file) = value.rsplit_once('/').unwrap_or(("", value));
-            Location::parse(dir)
+            Location::parse_source(dir)
                 .and_then(|l| l.read_blocking(file))
                 .map(|b| b.to_vec())
                 .map_err(|e| ItemError::permanent(e.to_string()))
