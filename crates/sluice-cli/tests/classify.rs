@@ -395,3 +395,58 @@ part_items = 50
         "{summary}"
     );
 }
+
+#[test]
+fn the_remote_stage_waits_out_503s_as_retry_after_asks() {
+    let data = volume();
+    std::fs::remove_file(data.path().join("broken.wav")).unwrap();
+    // The queue holds six windows (one long file's) and a batch waits 300 ms for company, so
+    // requests arriving together are refused with 503 and Retry-After: 1.
+    let server = Server::start(
+        sluice_testkit::free_port(),
+        data.path(),
+        &[
+            "--window-capacity",
+            "6",
+            "--max-wait-ms",
+            "300",
+            "--retry-after",
+            "1",
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let table = out.path().join("t.parquet");
+    let started = Instant::now();
+    let (summary, _) = classify(
+        data.path(),
+        &server.url(),
+        &table,
+        &[
+            "--batch-size",
+            "1",
+            "--workers",
+            "3",
+            "--data-root",
+            data.path().to_str().unwrap(),
+        ],
+    );
+    let took = started.elapsed();
+    assert_eq!(
+        (&summary["items_out"], &summary["failed"]),
+        (&3.into(), &0.into()),
+        "{summary}"
+    );
+    check_table(&table);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let metrics = sluice_testkit::http_request(addr, "GET", "/metrics").unwrap();
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_http_requests_total") && l.contains("status=\"503\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(refused > 0.0, "the queue refused some requests: {metrics}");
+    assert!(
+        took >= Duration::from_secs(1),
+        "the stage waited Retry-After: {took:?}"
+    );
+}

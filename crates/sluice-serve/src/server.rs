@@ -33,7 +33,7 @@ use crate::batcher::{self, BatchConfig, Entry, ItemError, Queue};
 use crate::classify::Classify;
 use crate::infer::{
     bad_input, Content, InferInput, InferOutput, InferRequest, InferResponse, InputAccess,
-    ModelInfo, WindowScores,
+    ModelInfo,
 };
 use crate::translation::{Limits, Translator};
 
@@ -244,7 +244,7 @@ impl App {
         InferInput,
         InferResponse,
         InferOutput,
-        WindowScores,
+        crate::infer::WindowScores,
         ModelInfo,
         TranslationRequest,
         Payload,
@@ -952,35 +952,24 @@ async fn classify_inputs(
         return Err(shutting_down(app));
     }
     let labels = &classify.classifier().spec().labels;
-    let answers =
-        futures::future::join_all(pending.into_iter().map(
-            |(id, duration, spans, rxs)| async move {
-                let mut windows = Vec::with_capacity(rxs.len());
-                for ((start, end), rx) in spans.into_iter().zip(rxs) {
-                    let scores = match rx.await {
-                        Ok(r) => r,
-                        Err(_) => Err(ItemError::Model("the batch was abandoned".to_owned())),
-                    }?;
-                    let (best, score) = scores.iter().copied().enumerate().fold(
-                        (0, f32::NEG_INFINITY),
-                        |b, (i, s)| if s > b.1 { (i, s) } else { b },
-                    );
-                    windows.push(WindowScores {
-                        start,
-                        end,
-                        label: labels.get(best).cloned().unwrap_or_default(),
-                        score,
-                        scores,
-                    });
-                }
-                Ok::<_, ItemError>(InferOutput {
-                    id,
-                    duration: Some(duration),
-                    windows: Some(windows),
-                    ..InferOutput::default()
-                })
-            },
-        ));
+    let answers = futures::future::join_all(pending.into_iter().map(
+        |(id, duration, spans, rxs)| async move {
+            let mut windows = Vec::with_capacity(rxs.len());
+            for ((start, end), rx) in spans.into_iter().zip(rxs) {
+                let scores = match rx.await {
+                    Ok(r) => r,
+                    Err(_) => Err(ItemError::Model("the batch was abandoned".to_owned())),
+                }?;
+                windows.push(crate::stage::window_scores(labels, start, end, scores));
+            }
+            Ok::<_, ItemError>(InferOutput {
+                id,
+                duration: Some(duration),
+                windows: Some(windows),
+                ..InferOutput::default()
+            })
+        },
+    ));
     with_deadline(deadline, answers)
         .await?
         .into_iter()

@@ -621,7 +621,8 @@ async fn send(
                         Failure::Unavailable(last)
                     });
                 }
-                retry_after.unwrap_or(backoff)
+                // At least what the server asks, and never a tight loop when it asks for 0 s.
+                retry_after.map_or(backoff, |r| r.max(Duration::from_millis(50)))
             }
             Err(e) => {
                 // Connect errors, resets and timeouts: the server is restarting or gone.
