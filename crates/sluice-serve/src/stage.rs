@@ -361,13 +361,7 @@ fn classify_local(
     for chunk in windows.chunks(64) {
         match classifier.run(chunk) {
             Ok(s) => scores.extend(s),
-            Err(e) => {
-                let m = e.to_string();
-                return batch
-                    .iter()
-                    .map(|_| Err(ItemError::permanent(m.clone())))
-                    .collect();
-            }
+            Err(e) => return all_failed(batch, e),
         }
     }
     let labels = &classifier.spec().labels;
@@ -387,6 +381,15 @@ fn classify_local(
                 ..InferOutput::default()
             })
         })
+        .collect()
+}
+
+/// The same failure for every item of a batch (the model failed on the batch as a whole).
+fn all_failed(batch: &[Record], e: impl std::fmt::Display) -> Vec<Outcome> {
+    let m = e.to_string();
+    batch
+        .iter()
+        .map(|_| Err(ItemError::permanent(m.clone())))
         .collect()
 }
 
@@ -442,13 +445,7 @@ fn translate_local(spec: &ModelSpec, model: &M2M100, batch: &[Record]) -> Vec<Ou
     };
     let translated = match model.translate(&ok, from, to, &opts, ok.len().max(1)) {
         Ok(t) => t,
-        Err(e) => {
-            let m = e.to_string();
-            return batch
-                .iter()
-                .map(|_| Err(ItemError::permanent(m.clone())))
-                .collect();
-        }
+        Err(e) => return all_failed(batch, e),
     };
     let mut translated = translated.into_iter();
     texts
