@@ -209,13 +209,24 @@ struct Server {
 
 impl Server {
     fn start(port: u16, data_root: &Path, extra: &[&str]) -> Self {
+        let model = format!("tone={}", onnx("tone-detector").display());
+        Self::start_with(port, data_root, &model, &[], extra)
+    }
+
+    fn start_with(
+        port: u16,
+        data_root: &Path,
+        model: &str,
+        env: &[(&str, &Path)],
+        extra: &[&str],
+    ) -> Self {
         let mut child = Command::new(SLUICE)
             .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--model")
-            .arg(format!("tone={}", onnx("tone-detector").display()))
+            .args(["--model", model])
             .arg("--data-root")
             .arg(data_root)
             .args(extra)
+            .envs(env.iter().copied())
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -294,6 +305,42 @@ fn classify_against_a_server_sends_paths_or_data_and_matches_in_process() {
         failures.contains("broken.wav") && failures.contains("422"),
         "{failures}"
     );
+}
+
+#[test]
+fn a_classifier_is_served_by_hub_id_from_the_cache() {
+    // The hub cache layout: models--ORG--NAME/{refs/main, snapshots/COMMIT/files}.
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--sluice-test--tone-detector");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    for f in ["sluice-model.toml", "model.onnx"] {
+        std::fs::copy(onnx("tone-detector").join(f), snap.join(f)).unwrap();
+    }
+    let data = volume();
+    let server = Server::start_with(
+        sluice_testkit::free_port(),
+        data.path(),
+        "tone=sluice-test/tone-detector",
+        &[
+            ("HF_HUB_CACHE", cache.path()),
+            ("HF_HUB_OFFLINE", Path::new("1")),
+        ],
+        &[],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let table = out.path().join("t.parquet");
+    let root = data.path().to_str().unwrap();
+    let (summary, _) = classify(data.path(), &server.url(), &table, &["--data-root", root]);
+    assert_eq!(
+        (&summary["items_out"], &summary["failed"]),
+        (&3.into(), &1.into()),
+        "{summary}"
+    );
+    check_table(&table);
 }
 
 #[test]

@@ -114,9 +114,18 @@ impl HubSettings {
         Repo::with_revision(repo.to_owned(), RepoType::Model, revision.to_owned())
     }
 
-    /// The cached files of a repo when config, tokenizer and weights are all there.
+    /// The cached files of a repo when config, tokenizer and weights are all there (or, for an
+    /// audio classifier, `sluice-model.toml` and the graph it names).
     fn cached(&self, repo: &str, revision: &str) -> Option<Snapshot> {
         let cache = Cache::new(self.cache_dir.clone()).repo(Self::repo(repo, revision));
+        if let Some(spec) = cache.get(crate::classifier::SPEC_FILE) {
+            let graph = cache.get(&classifier_graph(&spec)?)?;
+            let dir = spec.parent()?.to_owned();
+            return Some(Snapshot {
+                dir,
+                files: vec![spec, graph],
+            });
+        }
         let mut files: Vec<PathBuf> = REQUIRED
             .iter()
             .map(|f| cache.get(f))
@@ -165,6 +174,26 @@ impl HubSettings {
         let api_repo = api.repo(Self::repo(repo, revision));
         let info = api_repo.info().map_err(|e| hub_err("the file list", &e))?;
         let listed = |f: &str| info.siblings.iter().any(|s| s.rfilename == f);
+        if listed(crate::classifier::SPEC_FILE) {
+            let spec = api_repo
+                .get(crate::classifier::SPEC_FILE)
+                .map_err(|e| hub_err(crate::classifier::SPEC_FILE, &e))?;
+            let name = classifier_graph(&spec).ok_or_else(|| {
+                hub_err(
+                    crate::classifier::SPEC_FILE,
+                    &"it does not name a model file",
+                )
+            })?;
+            let graph = api_repo.get(&name).map_err(|e| hub_err(&name, &e))?;
+            let dir = spec
+                .parent()
+                .map(Path::to_owned)
+                .unwrap_or_else(|| self.cache_dir.clone());
+            return Ok(Snapshot {
+                dir,
+                files: vec![spec, graph],
+            });
+        }
         let weights = WEIGHTS.iter().find(|f| listed(f)).ok_or_else(|| {
             hub_err(
                 "weights",
@@ -184,6 +213,17 @@ impl HubSettings {
             .unwrap_or_else(|| self.cache_dir.clone());
         Ok(Snapshot { dir, files })
     }
+}
+
+/// The graph file an audio classifier's `sluice-model.toml` names (`model.onnx` by default).
+fn classifier_graph(spec: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(spec).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    Some(match table.get("model") {
+        Some(toml::Value::String(m)) => m.clone(),
+        Some(_) => return None,
+        None => "model.onnx".to_owned(),
+    })
 }
 
 /// A resolved set of model files.

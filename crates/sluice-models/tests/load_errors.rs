@@ -122,6 +122,10 @@ fn zero_new_tokens_is_refused() {
 
 /// Lays the fixture out as the hub cache does: refs/main -> snapshots/<commit>/<files>.
 fn fake_hub_cache(repo: &str) -> tempfile::TempDir {
+    fake_hub_cache_of(repo, &fixture_dir())
+}
+
+fn fake_hub_cache_of(repo: &str, fixture: &Path) -> tempfile::TempDir {
     let cache = tempfile::tempdir().unwrap();
     let folder = cache
         .path()
@@ -131,7 +135,7 @@ fn fake_hub_cache(repo: &str) -> tempfile::TempDir {
     std::fs::write(folder.join("refs/main"), commit).unwrap();
     let snap = folder.join("snapshots").join(commit);
     std::fs::create_dir_all(&snap).unwrap();
-    for entry in std::fs::read_dir(fixture_dir()).unwrap() {
+    for entry in std::fs::read_dir(fixture).unwrap() {
         let p = entry.unwrap().path();
         std::fs::copy(&p, snap.join(p.file_name().unwrap())).unwrap();
     }
@@ -157,6 +161,26 @@ fn hub_id_resolves_from_the_cache_without_network() {
         assert!(dir.join("config.json").is_file());
         M2M100::load(&dir, &Device::Cpu).unwrap();
     }
+}
+
+#[test]
+fn a_classifier_hub_id_resolves_to_its_spec_and_graph() {
+    let fixture = fixture_dir().join("../onnx/tone-detector");
+    let cache = fake_hub_cache_of("sluice-test/tone-detector", &fixture);
+    let source = ModelSource::parse("sluice-test/tone-detector");
+    let dir = source.resolve(&settings(cache.path(), true)).unwrap();
+    let classifier = sluice_models::classifier::AudioClassifier::load(&dir).unwrap();
+    assert_eq!(classifier.spec().labels, ["noise", "tone", "sweep"]);
+    let to = tempfile::tempdir().unwrap();
+    let files = fetch_model(
+        "sluice-test/tone-detector",
+        "main",
+        to.path(),
+        &settings(cache.path(), true),
+    )
+    .unwrap();
+    assert_eq!(files.len(), 2, "{files:?}");
+    sluice_models::classifier::AudioClassifier::load(to.path()).unwrap();
 }
 
 #[test]

@@ -66,7 +66,8 @@ pub struct ModelEntry {
     pub name: String,
     /// A directory or hub id.
     pub source: String,
-    /// What it is, told by the directory's contents.
+    /// What it is, told by the directory's contents (a hub id is presumed a translation model
+    /// until its files show otherwise at load).
     pub kind: ModelKind,
 }
 
@@ -195,6 +196,17 @@ struct Slot {
     loaded: OnceLock<Loaded>,
 }
 
+impl Slot {
+    /// What the model is: as loaded, or as its source suggests until then.
+    fn kind(&self) -> ModelKind {
+        match self.loaded.get() {
+            Some(Loaded::Translation { .. }) => ModelKind::Translation,
+            Some(Loaded::Classifier { .. }) => ModelKind::AudioClassifier,
+            None => self.entry.kind,
+        }
+    }
+}
+
 /// State shared by the handlers.
 struct App {
     config: ServeConfig,
@@ -214,7 +226,7 @@ impl App {
     fn translation_slot(&self) -> Option<&Slot> {
         self.slots
             .iter()
-            .find(|s| s.entry.kind == ModelKind::Translation)
+            .find(|s| s.kind() == ModelKind::Translation)
     }
 
     fn translator_languages(&self) -> Option<&'static [&'static str]> {
@@ -392,24 +404,23 @@ pub async fn serve(
 async fn load(app: Arc<App>, index: usize, failed: mpsc::Sender<anyhow::Error>) {
     let entry = app.slots[index].entry.clone();
     let started = Instant::now();
-    let (name, kind) = (entry.name.clone(), entry.kind);
+    let name = entry.name.clone();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
         let source = ModelSource::parse(&entry.source);
         let context = || format!("loading model {} ({source})", entry.name);
-        match entry.kind {
-            ModelKind::Translation => {
-                let dir = source.resolve(&HubSettings::from_env())?;
-                let model = M2M100::load(&dir, &candle_core::Device::Cpu).with_context(context)?;
-                let translator = Translator::new(Arc::new(model));
-                translator.warm_up().context("warming up the model")?;
-                Ok(Model::Translation(translator))
-            }
-            ModelKind::AudioClassifier => {
-                let dir = std::path::PathBuf::from(&entry.source);
-                let classifier = AudioClassifier::load(&dir).with_context(context)?;
-                Ok(Model::Classifier(classifier))
-            }
+        // A hub repo's kind is known once its files are here: a sluice-model.toml makes it a
+        // classifier.
+        let dir = source
+            .resolve(&HubSettings::from_env())
+            .with_context(context)?;
+        if AudioClassifier::is_classifier_dir(&dir) {
+            let classifier = AudioClassifier::load(&dir).with_context(context)?;
+            return Ok(Model::Classifier(classifier));
         }
+        let model = M2M100::load(&dir, &candle_core::Device::Cpu).with_context(context)?;
+        let translator = Translator::new(Arc::new(model));
+        translator.warm_up().context("warming up the model")?;
+        Ok(Model::Translation(translator))
     })
     .await;
     let model = match loaded {
@@ -424,6 +435,10 @@ async fn load(app: Arc<App>, index: usize, failed: mpsc::Sender<anyhow::Error>) 
                 .await;
             return;
         }
+    };
+    let kind = match &model {
+        Model::Translation(_) => ModelKind::Translation,
+        Model::Classifier(_) => ModelKind::AudioClassifier,
     };
     let (loaded, finished) = match model {
         Model::Translation(t) => {
@@ -997,7 +1012,7 @@ async fn list_models(State(app): State<Arc<App>>) -> Json<Vec<ModelInfo>> {
         .slots
         .iter()
         .map(|slot| {
-            let kind = slot.entry.kind;
+            let kind = slot.kind();
             let (parameters, input_kind) = match kind {
                 ModelKind::Translation => (
                     serde_json::json!({
