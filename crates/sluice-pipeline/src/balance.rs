@@ -52,6 +52,11 @@ pub fn allocate(capacity: f64, demands: &[Demand]) -> Vec<usize> {
         if used + demands[i].cost > capacity + EPS {
             break;
         }
+        // A worker that costs nothing never fills the pool: such a stage stops at one worker
+        // per unit of the pool, as its fixed maximum does.
+        if demands[i].cost <= 0.0 && workers[i] as f64 >= capacity.max(1.0) {
+            break;
+        }
         workers[i] += 1;
         used += demands[i].cost;
     }
@@ -97,6 +102,15 @@ mod tests {
             measured(1.0, 0.02),
         ];
         assert_eq!(allocate(8.0, &demands), vec![3, 2, 3]);
+    }
+
+    #[test]
+    fn a_stage_that_costs_nothing_is_bounded_by_the_pool_size() {
+        // It was an endless loop: adding a free worker never filled the pool.
+        let got = allocate(2.0, &[measured(0.0, 1.0)]);
+        assert_eq!(got, vec![2]);
+        let got = allocate(2.0, &[measured(1.0, 0.001), measured(0.0, 1.0)]);
+        assert_eq!(got, vec![1, 2]);
     }
 
     #[test]
