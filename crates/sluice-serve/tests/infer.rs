@@ -263,6 +263,22 @@ async fn models_are_listed_with_kind_inputs_and_parameters() {
     assert_eq!(c["details"]["labels"], json!(["noise", "tone", "sweep"]));
     assert_eq!(c["details"]["sample_rate"], 16000);
     assert_eq!(by_name("call")["details"]["output"], "softmax");
+    // Both routes are in the OpenAPI document, with the input schema.
+    let doc: Value = server
+        .client
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc["paths"]["/v1/models/{name}/infer"]["post"].is_object(),
+        "{doc}"
+    );
+    assert!(doc["paths"]["/v1/models"]["get"].is_object(), "{doc}");
+    assert!(doc["components"]["schemas"]["InferInput"]["properties"]["path"].is_object());
     server.stop().await.unwrap();
 }
 
