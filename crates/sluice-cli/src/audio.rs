@@ -128,12 +128,8 @@ pub fn run(command: AudioCommand) -> anyhow::Result<()> {
         AudioCommand::Resample(args) => args,
         AudioCommand::Classify(args) => return classify(args),
     };
-    let matcher = match (&args.glob, args.suffixes.is_empty()) {
-        (Some(glob), _) => Matcher::glob(glob)?,
-        (None, false) => Matcher::suffixes(&args.suffixes),
-        (None, true) => {
-            anyhow::bail!("say which files to convert: --suffix .mp3 or --glob '**/*.wav'")
-        }
+    let Some(matcher) = matcher(args.glob.as_deref(), &args.suffixes)? else {
+        anyhow::bail!("say which files to convert: --suffix .mp3 or --glob '**/*.wav'")
     };
     let failures = args
         .failures
@@ -168,11 +164,8 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     use sluice_pipeline::{ItemError, PartFormat, PartSink, Pipeline, StageOptions};
     use sluice_serve::stage::{InputAs, ModelSpec, ModelStage};
 
-    let matcher = match (&args.glob, args.suffixes.is_empty()) {
-        (Some(glob), _) => Matcher::glob(glob)?,
-        (None, false) => Matcher::suffixes(&args.suffixes),
-        (None, true) => Matcher::suffixes(&[".wav", ".flac", ".mp3", ".ogg", ".m4a"]),
-    };
+    let matcher = matcher(args.glob.as_deref(), &args.suffixes)?
+        .unwrap_or_else(|| Matcher::suffixes(&[".wav", ".flac", ".mp3", ".ogg", ".m4a"]));
     let source = sluice_core::storage::Location::parse_source(&args.source)?;
     let files = source.list_blocking(&matcher)?;
     let local = source.is_local();
@@ -230,10 +223,7 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         skip_completed: true,
         ..Default::default()
     };
-    let tag = match options.shard {
-        sluice_pipeline::Shard { count: 1, .. } => String::new(),
-        s => format!("s{}of{}-", s.index, s.count),
-    };
+    let tag = options.shard.part_tag();
     let mut sink =
         PartSink::new(PartFormat::Parquet, &args.output, "id", 10_000, &tag)?.explode("windows");
     eprintln!("failures go to {}", failures.display());
@@ -241,18 +231,17 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         .stage(model)
         .stage(flatten)
         .run(&options, &mut sink);
-    match outcome {
-        Ok(summary) => {
-            eprint!("{}", summary.render());
-            eprintln!("table written to {}", args.output.display());
-            Ok(())
-        }
-        Err(sluice_pipeline::RunError::Aborted { reason, summary }) => {
-            eprint!("{}", summary.render());
-            anyhow::bail!("run aborted: {reason} (rerun to continue: classified files are skipped)")
-        }
-        Err(e) => Err(e.into()),
-    }
+    let written = format!("table written to {}", args.output.display());
+    crate::report_run(outcome, Some(written), "classified files")
+}
+
+/// The files `--glob` or `--suffix` select; `None` when neither is given.
+fn matcher(glob: Option<&str>, suffixes: &[String]) -> anyhow::Result<Option<Matcher>> {
+    Ok(match glob {
+        Some(glob) => Some(Matcher::glob(glob)?),
+        None if suffixes.is_empty() => None,
+        None => Some(Matcher::suffixes(suffixes)),
+    })
 }
 
 /// Prints an audio run's report; an aborted run is an error after its report.

@@ -225,18 +225,32 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
     let mut config =
         sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &sluice_serve::stage::kinds())?;
     apply_run_args(&mut config.options, &args);
-    let summary_path = config.options.summary_path.clone();
-    match config.run() {
+    let written = config
+        .options
+        .summary_path
+        .clone()
+        .map(|p| format!("summary written to {}", p.display()));
+    report_run(config.run(), written, "items")
+}
+
+/// Prints a run's summary (and `written`, where the results went); an aborted run is an error
+/// after its summary, saying that a rerun skips the finished `what`.
+pub(crate) fn report_run(
+    outcome: Result<sluice_pipeline::RunSummary, sluice_pipeline::RunError>,
+    written: Option<String>,
+    what: &str,
+) -> anyhow::Result<()> {
+    match outcome {
         Ok(summary) => {
             eprint!("{}", summary.render());
-            if let Some(path) = summary_path {
-                eprintln!("summary written to {}", path.display());
+            if let Some(w) = written {
+                eprintln!("{w}");
             }
             Ok(())
         }
         Err(sluice_pipeline::RunError::Aborted { reason, summary }) => {
             eprint!("{}", summary.render());
-            anyhow::bail!("run aborted: {reason} (rerun to continue: finished items are skipped)")
+            anyhow::bail!("run aborted: {reason} (rerun to continue: finished {what} are skipped)")
         }
         Err(e) => Err(e.into()),
     }

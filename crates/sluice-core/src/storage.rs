@@ -199,6 +199,16 @@ impl Location {
         Self::parse_with(url, options)
     }
 
+    /// Reads the one object a URL names (`s3://bucket/dir/file.wav`, a local path), opening its
+    /// parent as a source.
+    pub fn read_url_blocking<K: AsRef<str>, V: AsRef<str>>(
+        url: &str,
+        options: &[(K, V)],
+    ) -> Result<bytes::Bytes, StorageError> {
+        let (dir, file) = url.rsplit_once('/').unwrap_or(("", url));
+        Self::parse_source_with(dir, options)?.read_blocking(file)
+    }
+
     /// Opens `url`; `options` (e.g. `("aws_endpoint", "http://127.0.0.1:9000")`) win over the
     /// environment. Keys are the `object_store` builders' config keys.
     pub fn parse_with<K: AsRef<str>, V: AsRef<str>>(

@@ -631,10 +631,7 @@ impl PipelineConfig {
                 BuiltStage::Other(make) => pipeline.stage_with(move || make()),
             };
         }
-        let tag = match self.options.shard {
-            Shard { count: 1, .. } => String::new(),
-            s => format!("s{}of{}-", s.index, s.count),
-        };
+        let tag = self.options.shard.part_tag();
         let mut sink = PartSink::new(
             self.sink_format,
             &self.sink_dir,

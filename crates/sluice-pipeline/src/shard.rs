@@ -17,6 +17,15 @@ impl Shard {
     /// The whole input.
     pub const ALL: Shard = Shard { index: 0, count: 1 };
 
+    /// What part-file names carry so that concurrent shards never write the same name: empty for
+    /// the whole input, `s{index}of{count}-` otherwise.
+    pub fn part_tag(self) -> String {
+        match self {
+            Shard { count: 1, .. } => String::new(),
+            s => format!("s{}of{}-", s.index, s.count),
+        }
+    }
+
     /// True when the item with this key belongs to this shard.
     pub fn owns(&self, key: &str) -> bool {
         self.count <= 1 || xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % self.count == self.index

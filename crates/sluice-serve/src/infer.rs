@@ -240,7 +240,6 @@ impl InputAccess {
             });
         }
         let url = input.url.as_deref().unwrap_or_default();
-        let (dir, file) = url.rsplit_once('/').unwrap_or(("", url));
         let storage = |e: StorageError| {
             let (status, code) = match e {
                 StorageError::NotFound { .. } => (StatusCode::NOT_FOUND, "input_not_found"),
@@ -249,9 +248,7 @@ impl InputAccess {
             };
             bad_input(i, input, status, code, format!("url \"{url}\": {e}"))
         };
-        let bytes = Location::parse_source_with(dir, &self.storage_options)
-            .and_then(|loc| loc.read_blocking(file))
-            .map_err(storage)?;
+        let bytes = Location::read_url_blocking(url, &self.storage_options).map_err(storage)?;
         if bytes.len() as u64 > self.max_input_bytes {
             return Err(bad_input(
                 i,

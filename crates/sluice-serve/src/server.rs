@@ -612,11 +612,7 @@ fn check_count(app: &App, n: usize, what: &str) -> Result<(), ApiError> {
 /// The slot's model once loaded, or the 503 that tells the client to come back.
 fn loaded<'a>(app: &App, slot: &'a Slot) -> Result<&'a Loaded, ApiError> {
     if app.draining.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable(
-            "shutting_down",
-            "the server is shutting down; retry on another replica",
-            app.config.retry_after,
-        ));
+        return Err(shutting_down(app));
     }
     slot.loaded.get().ok_or_else(|| {
         ApiError::unavailable(
@@ -789,7 +785,7 @@ async fn infer(
     let request: InferRequest = parse_json(&body)?;
     check_count(&app, request.inputs.len(), "inputs")?;
     app.inputs.check(&request.inputs)?;
-    let outputs = match loaded(&app, slot)? {
+    let (outputs, labels) = match loaded(&app, slot)? {
         Loaded::Translation { translator, queue } => {
             let params: TranslationParameters = serde_json::from_value(serde_json::Value::Object(
                 request.parameters,
@@ -834,7 +830,7 @@ async fn infer(
                 beams: params.beams,
                 max_new_tokens: params.max_new_tokens,
             };
-            translate(&app, translator, queue, payload, deadline)
+            let outputs = translate(&app, translator, queue, payload, deadline)
                 .await?
                 .into_iter()
                 .map(|r| InferOutput {
@@ -842,7 +838,8 @@ async fn infer(
                     text: Some(r.text),
                     ..InferOutput::default()
                 })
-                .collect()
+                .collect();
+            (outputs, None)
         }
         Loaded::Classifier { classify, queue } => {
             if !request.parameters.is_empty() {
@@ -852,14 +849,9 @@ async fn infer(
                     format!("model {name:?} (an audio classifier) takes no parameters"),
                 ));
             }
-            classify_inputs(&app, classify, queue, request.inputs, deadline).await?
+            let outputs = classify_inputs(&app, classify, queue, request.inputs, deadline).await?;
+            (outputs, Some(classify.classifier().spec().labels.clone()))
         }
-    };
-    let labels = match slot.loaded.get() {
-        Some(Loaded::Classifier { classify, .. }) => {
-            Some(classify.classifier().spec().labels.clone())
-        }
-        _ => None,
     };
     Ok(Json(InferResponse {
         model: name,

@@ -312,13 +312,9 @@ fn read_bytes(spec: &ModelSpec, value: &str) -> Result<Vec<u8>, ItemError> {
         InputAs::File => {
             std::fs::read(value).map_err(|e| ItemError::permanent(format!("reading {value}: {e}")))
         }
-        InputAs::Url => {
-            let (dir, file) = value.rsplit_once('/').unwrap_or(("", value));
-            Location::parse_source(dir)
-                .and_then(|l| l.read_blocking(file))
-                .map(|b| b.to_vec())
-                .map_err(|e| ItemError::permanent(e.to_string()))
-        }
+        InputAs::Url => Location::read_url_blocking::<&str, &str>(value, &[])
+            .map(|b| b.to_vec())
+            .map_err(|e| ItemError::permanent(e.to_string())),
         InputAs::Text => Ok(value.as_bytes().to_vec()),
     }
 }
@@ -337,7 +333,7 @@ fn classify_local(
     classifier: &AudioClassifier,
     batch: &[Record],
 ) -> Vec<Outcome> {
-    let prepared: Vec<Result<crate::classify::Prepared, ItemError>> = batch
+    let mut prepared: Vec<Result<crate::classify::Prepared, ItemError>> = batch
         .iter()
         .map(|record| {
             let value = field(spec, record)?;
@@ -352,10 +348,11 @@ fn classify_local(
         })
         .collect();
     // Every window of the batch in runs of a bounded size, across files, as the server does.
+    // The samples move into the graph's input; the windows keep their start and end.
     let windows: Vec<Vec<f32>> = prepared
-        .iter()
+        .iter_mut()
         .flatten()
-        .flat_map(|p| p.windows.iter().map(|w| w.samples.clone()))
+        .flat_map(|p| p.windows.iter_mut().map(|w| std::mem::take(&mut w.samples)))
         .collect();
     let mut scores = Vec::with_capacity(windows.len());
     for chunk in windows.chunks(64) {
