@@ -16,21 +16,16 @@ pub enum AudioCommand {
     Resample(ResampleArgs),
     /// Classify every matching file with an audio classifier (in-process, or a Sluice server's
     /// model by URL) into a Parquet table with one row per window; reruns skip classified files.
+    /// Without --suffix or --glob it reads .wav, .flac, .mp3, .ogg and .m4a files.
     Classify(ClassifyArgs),
 }
 
 /// `sluice audio classify` options.
 #[derive(clap::Args, Debug)]
 pub struct ClassifyArgs {
-    /// Where the audio is: a directory, file://, s3://, gs://, az:// or memory:// URL.
-    #[arg(long)]
-    source: String,
-    /// Keep files with this suffix (repeatable) [default: .wav .flac .mp3 .ogg .m4a].
-    #[arg(long = "suffix", value_name = "SUFFIX")]
-    suffixes: Vec<String>,
-    /// Keep files whose path relative to the source matches this glob.
-    #[arg(long, conflicts_with = "suffixes")]
-    glob: Option<String>,
+    /// The audio files.
+    #[command(flatten)]
+    files: FileArgs,
     /// The classifier: a model directory (model.onnx + sluice-model.toml) run in-process, or a
     /// server's model, http://HOST:PORT/v1/models/NAME.
     #[arg(long)]
@@ -69,15 +64,9 @@ pub struct ClassifyArgs {
 /// `sluice audio resample` options.
 #[derive(clap::Args, Debug)]
 pub struct ResampleArgs {
-    /// Where the sources are: a directory, file://, s3://, gs://, az:// or memory:// URL.
-    #[arg(long)]
-    source: String,
-    /// Keep files with this suffix (repeatable, case-insensitive), e.g. `.mp3`.
-    #[arg(long = "suffix", value_name = "SUFFIX")]
-    suffixes: Vec<String>,
-    /// Keep files whose path relative to the source matches this glob, e.g. `**/*.wav`.
-    #[arg(long, conflicts_with = "suffixes")]
-    glob: Option<String>,
+    /// The source files.
+    #[command(flatten)]
+    files: FileArgs,
     /// Where the outputs go (same kinds of location as the source).
     #[arg(long)]
     target: String,
@@ -128,7 +117,7 @@ pub fn run(command: AudioCommand) -> anyhow::Result<()> {
         AudioCommand::Resample(args) => args,
         AudioCommand::Classify(args) => return classify(args),
     };
-    let Some(matcher) = matcher(args.glob.as_deref(), &args.suffixes)? else {
+    let Some(matcher) = args.files.matcher()? else {
         anyhow::bail!("say which files to convert: --suffix .mp3 or --glob '**/*.wav'")
     };
     let failures = args
@@ -145,7 +134,7 @@ pub fn run(command: AudioCommand) -> anyhow::Result<()> {
         ..Default::default()
     };
     let job = ResampleJob {
-        source: args.source,
+        source: args.files.source,
         matcher,
         target: args.target,
         sample_rate: args.sample_rate,
@@ -164,9 +153,11 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     use sluice_pipeline::{ItemError, PartFormat, PartSink, Pipeline, StageOptions};
     use sluice_serve::stage::{InputAs, ModelSpec, ModelStage};
 
-    let matcher = matcher(args.glob.as_deref(), &args.suffixes)?
+    let matcher = args
+        .files
+        .matcher()?
         .unwrap_or_else(|| Matcher::suffixes(&[".wav", ".flac", ".mp3", ".ogg", ".m4a"]));
-    let source = sluice_core::storage::Location::parse_source(&args.source)?;
+    let source = sluice_core::storage::Location::parse_source(&args.files.source)?;
     let files = source.list_blocking(&matcher)?;
     let local = source.is_local();
     let remote = args.model.starts_with("http://") || args.model.starts_with("https://");
@@ -235,13 +226,29 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     crate::report_run(outcome, Some(written), "classified files")
 }
 
-/// The files `--glob` or `--suffix` select; `None` when neither is given.
-fn matcher(glob: Option<&str>, suffixes: &[String]) -> anyhow::Result<Option<Matcher>> {
-    Ok(match glob {
-        Some(glob) => Some(Matcher::glob(glob)?),
-        None if suffixes.is_empty() => None,
-        None => Some(Matcher::suffixes(suffixes)),
-    })
+/// Which files an audio job reads: shared by every `sluice audio` command.
+#[derive(clap::Args, Debug)]
+pub struct FileArgs {
+    /// Where the files are: a directory, file://, s3://, gs://, az:// or memory:// URL.
+    #[arg(long)]
+    source: String,
+    /// Keep files with this suffix (repeatable, case-insensitive), e.g. `.mp3`.
+    #[arg(long = "suffix", value_name = "SUFFIX")]
+    suffixes: Vec<String>,
+    /// Keep files whose path relative to the source matches this glob, e.g. `**/*.wav`.
+    #[arg(long, conflicts_with = "suffixes")]
+    glob: Option<String>,
+}
+
+impl FileArgs {
+    /// The files `--glob` or `--suffix` select; `None` when neither is given.
+    fn matcher(&self) -> anyhow::Result<Option<Matcher>> {
+        Ok(match &self.glob {
+            Some(glob) => Some(Matcher::glob(glob)?),
+            None if self.suffixes.is_empty() => None,
+            None => Some(Matcher::suffixes(&self.suffixes)),
+        })
+    }
 }
 
 /// Prints an audio run's report; an aborted run is an error after its report.
