@@ -12,6 +12,7 @@ use sluice_audio::{ChannelOp, ResamplerCache};
 use sluice_models::classifier::{AudioClassifier, Window};
 
 use crate::batcher::Backend;
+use crate::infer::WindowScores;
 
 /// Audio decoded and cut into the model's windows.
 #[derive(Debug)]
@@ -80,5 +81,25 @@ impl Backend for Classify {
 
     fn run(&self, _key: &(), inputs: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, String> {
         self.classifier.run(&inputs).map_err(|e| e.to_string())
+    }
+}
+
+/// A window's scores with its top label, as the server answers them.
+pub fn window_scores(labels: &[String], start: f64, end: f64, scores: Vec<f32>) -> WindowScores {
+    let (best, score) =
+        scores
+            .iter()
+            .copied()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, s)| if s > b.1 { (i, s) } else { b },
+            );
+    WindowScores {
+        start,
+        end,
+        label: labels.get(best).cloned().unwrap_or_default(),
+        score,
+        scores,
     }
 }

@@ -967,7 +967,7 @@ async fn classify_inputs(
                     Ok(r) => r,
                     Err(_) => Err(ItemError::Model("the batch was abandoned".to_owned())),
                 }?;
-                windows.push(crate::stage::window_scores(labels, start, end, scores));
+                windows.push(crate::classify::window_scores(labels, start, end, scores));
             }
             Ok::<_, ItemError>(InferOutput {
                 id,

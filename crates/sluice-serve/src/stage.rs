@@ -38,7 +38,7 @@ use sluice_pipeline::config::{ConfigError, RawStage, RecordStage, RecordStageFac
 use sluice_pipeline::stages::Record;
 use sluice_pipeline::{ItemError, Stage, StageError, StageOptions, WorkerContext};
 
-use crate::infer::{InferOutput, WindowScores};
+use crate::infer::InferOutput;
 
 /// What the record field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -370,7 +370,14 @@ fn classify_local(
             let windows = p
                 .windows
                 .iter()
-                .map(|w| window_scores(labels, w.start, w.end, scores.next().unwrap_or_default()))
+                .map(|w| {
+                    crate::classify::window_scores(
+                        labels,
+                        w.start,
+                        w.end,
+                        scores.next().unwrap_or_default(),
+                    )
+                })
                 .collect();
             Ok(InferOutput {
                 duration: Some(p.duration),
@@ -388,26 +395,6 @@ fn all_failed(batch: &[Record], e: impl std::fmt::Display) -> Vec<Outcome> {
         .iter()
         .map(|_| Err(ItemError::permanent(m.clone())))
         .collect()
-}
-
-/// A window's scores with its top label, as the server answers them.
-pub fn window_scores(labels: &[String], start: f64, end: f64, scores: Vec<f32>) -> WindowScores {
-    let (best, score) =
-        scores
-            .iter()
-            .copied()
-            .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, s)| if s > b.1 { (i, s) } else { b },
-            );
-    WindowScores {
-        start,
-        end,
-        label: labels.get(best).cloned().unwrap_or_default(),
-        score,
-        scores,
-    }
 }
 
 fn translate_local(spec: &ModelSpec, model: &M2M100, batch: &[Record]) -> Vec<Outcome> {
