@@ -32,6 +32,11 @@ enum Command {
     FetchModel(FetchArgs),
     /// Run a pipeline described in a TOML file (source, stages, sink).
     Run(RunArgs),
+    /// Process a pipeline's items from a NATS JetStream stream until stopped (SIGTERM drains):
+    /// run as many workers as you like, on any machines.
+    Worker(WorkerArgs),
+    /// Exit 0 when a URL (a server's /healthz) answers 2xx: for container health checks.
+    Healthcheck(HealthcheckArgs),
     /// Serve POST /translation (and health, readiness, metrics) over HTTP.
     Serve(ServeArgs),
     /// Load-test a running server: send translation requests and report latency and throughput.
@@ -174,6 +179,34 @@ struct RunArgs {
     metrics_addr: Option<String>,
 }
 
+#[derive(clap::Args, Debug)]
+struct WorkerArgs {
+    /// The pipeline file; its [source] is of kind = "nats".
+    pipeline: PathBuf,
+    /// Overrides a setting of the file, e.g. `source.url=nats://nats:4222` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Stop once the stream has nothing pending and nothing awaiting an acknowledgement.
+    #[arg(long, env = "SLUICE_EXIT_WHEN_DRAINED")]
+    exit_when_drained: bool,
+    /// Progress display: auto, bars, log, off.
+    #[arg(long, default_value = "auto")]
+    progress: ProgressArg,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the worker runs (e.g. 0.0.0.0:9528).
+    #[arg(long, env = "SLUICE_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct HealthcheckArgs {
+    /// The URL to check.
+    #[arg(long, env = "SLUICE_HEALTHCHECK_URL", default_value = "http://127.0.0.1:9527/healthz")]
+    url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3.0)]
+    timeout: f64,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum ProgressArg {
     Auto,
@@ -207,15 +240,67 @@ fn apply_run_args(options: &mut sluice_pipeline::RunOptions, args: &RunArgs) {
     options.progress = args.progress.into();
 }
 
-fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
-    let raw = sluice_pipeline::config::RawConfig::load(&args.pipeline, &args.sets)?;
-    if let Some(addr) = &args.metrics_addr {
+/// Serves the pipeline metrics at `addr` for the rest of the process.
+fn serve_metrics(addr: Option<&str>) -> anyhow::Result<()> {
+    if let Some(addr) = addr {
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
         let bound = sluice_serve::metrics::spawn_endpoint(listener)?;
         sluice_pipeline::describe_metrics();
         tracing::info!("metrics at http://{bound}/metrics");
     }
+    Ok(())
+}
+
+fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let raw = sluice_pipeline::config::RawConfig::load(&args.pipeline, &args.sets)?;
+    let mut config =
+        sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &sluice_serve::stage::kinds())?;
+    config.options.progress = args.progress.into();
+    serve_metrics(args.metrics_addr.as_deref())?;
+    let options = sluice_pipeline::nats::WorkerOptions {
+        exit_when_drained: args.exit_when_drained,
+        ..Default::default()
+    };
+    sluice_pipeline::nats::stop_on_signals(options.stop.clone())
+        .context("watching for SIGTERM")?;
+    let (summary, counts) = match config.run_worker(options) {
+        Ok(done) => done,
+        Err(sluice_pipeline::RunError::Aborted { reason, summary }) => {
+            eprint!("{}", summary.render());
+            anyhow::bail!("worker stopped: {reason} (unacknowledged items are redelivered)")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    eprint!("{}", summary.render());
+    eprintln!("messages: {}", serde_json::to_string(&counts)?);
+    Ok(())
+}
+
+fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let status = rt.block_on(async {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(args.timeout.max(0.1)))
+            .build()?
+            .get(&args.url)
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    match status {
+        Ok(s) if s.is_success() => Ok(()),
+        Ok(s) => anyhow::bail!("{} answered {s}", args.url),
+        Err(e) => anyhow::bail!("{}: {e}", args.url),
+    }
+}
+
+fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
+    let raw = sluice_pipeline::config::RawConfig::load(&args.pipeline, &args.sets)?;
+    serve_metrics(args.metrics_addr.as_deref())?;
     if raw.source_kind() == Some(sluice_audio::config::SOURCE_KIND) {
         let mut pipeline = sluice_audio::config::AudioPipeline::from_raw(raw)?;
         apply_run_args(&mut pipeline.options, &args);
@@ -260,7 +345,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // A server's log is its record of what happened; one-shot commands stay quiet unless asked.
     let default_level = match cli.command {
-        Command::Serve(_) | Command::Run(_) | Command::Audio(_) => "info",
+        Command::Serve(_) | Command::Run(_) | Command::Worker(_) | Command::Audio(_) => {
+            "info,async_nats=warn"
+        }
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -275,6 +362,8 @@ fn main() -> std::process::ExitCode {
         Command::Translate(args) => translate(args),
         Command::FetchModel(args) => fetch(args),
         Command::Run(args) => run_pipeline(args),
+        Command::Worker(args) => worker(args),
+        Command::Healthcheck(args) => healthcheck(args),
         Command::Audio(command) => audio::run(command),
         Command::Serve(args) => serve(args),
         Command::Stress(args) => {

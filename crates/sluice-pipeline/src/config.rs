@@ -65,6 +65,7 @@ struct RunSection {
     spill_dir: Option<PathBuf>,
     memory_budget_mb: Option<u64>,
     balance_interval_ms: Option<u64>,
+    batch_wait_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -216,15 +217,31 @@ impl Stage for RecordStage {
     }
 }
 
+/// Where a config pipeline reads.
+enum ConfigSource {
+    Items(SourceSpec),
+    #[cfg(feature = "nats")]
+    Nats(crate::nats::NatsSource),
+}
+
+/// Where a config pipeline writes.
+enum ConfigSink {
+    Parts {
+        dir: PathBuf,
+        format: PartFormat,
+        part_items: usize,
+        explode: Option<String>,
+    },
+    #[cfg(feature = "nats")]
+    Nats(crate::nats::NatsSinkSpec),
+}
+
 /// A validated config, ready to run.
 pub struct PipelineConfig {
-    source: SourceSpec,
+    source: ConfigSource,
     stages: Vec<BuiltStage>,
-    sink_dir: PathBuf,
-    sink_format: PartFormat,
+    sink: ConfigSink,
     key_field: String,
-    part_items: usize,
-    explode: Option<String>,
     /// The run options the config sets (command-line flags may change them before running).
     pub options: RunOptions,
 }
@@ -471,6 +488,8 @@ impl RawConfig {
             memory_budget: run.memory_budget_mb.map(|mb| mb << 20).unwrap_or(1 << 30),
             balance_interval: Duration::from_millis(run.balance_interval_ms.unwrap_or(2000)),
             progress: Progress::Auto,
+            on_failure: None,
+            batch_wait: run.batch_wait_ms.map(Duration::from_millis),
         }
     }
 }
@@ -492,8 +511,16 @@ impl PipelineConfig {
     }
 
     /// As [`PipelineConfig::from_raw`], with stage kinds defined by other crates.
-    pub fn from_raw_with(mut raw: RawConfig, kinds: &StageKinds) -> Result<Self, ConfigError> {
+    pub fn from_raw_with(raw: RawConfig, kinds: &StageKinds) -> Result<Self, ConfigError> {
         let src_at = raw.source.place.clone();
+        #[cfg(feature = "nats")]
+        if raw.source_kind() == Some("nats") {
+            let mut table = raw.source.table.clone();
+            table.remove("kind");
+            let source = crate::nats::NatsSource::parse(&table, &src_at)?;
+            let key = source.key.clone();
+            return Self::finish_with(raw, kinds, ConfigSource::Nats(source), key);
+        }
         let src: SourceSection = section(&raw.source.table, "[source]", &src_at)?;
         let source = match src.kind.as_str() {
             "lines" => SourceSpec::Lines { path: src.path },
@@ -507,17 +534,30 @@ impl PipelineConfig {
             },
             other => {
                 return Err(ConfigError(format!(
-                    "{src_at}: [source]: unknown kind {other:?}: expected lines, jsonl, files \
-                     or match_files (audio)"
+                    "{src_at}: [source]: unknown kind {other:?}: expected lines, jsonl, files, \
+                     nats or match_files (audio)"
                 )))
             }
         };
         if !matches!(source, SourceSpec::Jsonl { .. }) && raw.source.table.contains_key("key") {
             return Err(ConfigError(format!(
-                "{src_at}: [source]: key only applies to kind = \"jsonl\""
+                "{src_at}: [source]: key only applies to kind = \"jsonl\" or \"nats\""
             )));
         }
+        let key = match &source {
+            SourceSpec::Jsonl { key, .. } => key.clone(),
+            _ => None,
+        };
+        Self::finish_with(raw, kinds, ConfigSource::Items(source), key)
+    }
 
+    /// Builds the stages and the sink of a config whose source is read.
+    fn finish_with(
+        mut raw: RawConfig,
+        kinds: &StageKinds,
+        source: ConfigSource,
+        source_key: Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut stages = Vec::new();
         for stage in std::mem::take(&mut raw.stages) {
             let (name, options) = (stage.name.clone(), stage.options.clone());
@@ -570,6 +610,33 @@ impl PipelineConfig {
             )));
         };
         let sink_at = sink_section.place;
+        #[cfg(feature = "nats")]
+        if sink_section.table.get("kind").and_then(|k| k.as_str()) == Some("nats") {
+            let mut table = sink_section.table.clone();
+            table.remove("kind");
+            let spec = crate::nats::NatsSinkSpec::parse(&table, &sink_at)?;
+            if raw.run.skip_completed == Some(true) {
+                return Err(ConfigError(format!(
+                    "{sink_at}: [sink] (nats): a stream cannot tell which items are done, so \
+                     skip_completed cannot apply; JetStream drops a key published again within \
+                     the stream's duplicate window instead"
+                )));
+            }
+            let key_field = spec
+                .key_field
+                .clone()
+                .or(source_key)
+                .unwrap_or_else(|| "key".into());
+            let mut options = raw.run_options(None);
+            options.skip_completed = false;
+            return Ok(PipelineConfig {
+                source,
+                stages,
+                sink: ConfigSink::Nats(spec),
+                key_field,
+                options,
+            });
+        }
         let sink: SinkSection = section(&sink_section.table, "[sink]", &sink_at)?;
         let sink_format = match sink.kind.as_str() {
             "jsonl" => PartFormat::Jsonl,
@@ -584,27 +651,128 @@ impl PipelineConfig {
         };
         let key_field = sink
             .key_field
-            .or_else(|| match &source {
-                SourceSpec::Jsonl { key: Some(k), .. } => Some(k.clone()),
-                _ => None,
-            })
+            .or(source_key)
             .unwrap_or_else(|| "key".into());
         let options = raw.run_options(Some(&sink.path));
         Ok(PipelineConfig {
             source,
             stages,
-            sink_dir: sink.path,
-            sink_format,
+            sink: ConfigSink::Parts {
+                dir: sink.path,
+                format: sink_format,
+                part_items: sink.part_items.unwrap_or(10_000),
+                explode: sink.explode,
+            },
             key_field,
-            part_items: sink.part_items.unwrap_or(10_000),
-            explode: sink.explode,
             options,
         })
     }
 
+    /// The source's items behind a first `read` stage, then the config's stages.
+    fn pipeline(
+        stages: Vec<BuiltStage>,
+        keyed: impl Iterator<Item = (String, Record)> + Send + 'static,
+    ) -> Pipeline<Record> {
+        let read = map(
+            "read",
+            StageOptions::default().batch_size(256),
+            |record: &Record| match record.get(READ_ERROR).and_then(|m| m.as_str()) {
+                Some(message) => Err(ItemError::permanent(message)),
+                None => Ok(record.clone()),
+            },
+        );
+        let mut pipeline = Pipeline::from_keyed(keyed).stage(read);
+        for stage in stages {
+            pipeline = match stage {
+                BuiltStage::Exec(s) => pipeline.stage(s),
+                BuiltStage::Translate(s) => pipeline.stage(s),
+                BuiltStage::Other(make) => pipeline.stage_with(move || make()),
+            };
+        }
+        pipeline
+    }
+
+    fn part_sink(
+        &self,
+        dir: &Path,
+        format: PartFormat,
+        part_items: usize,
+        explode: Option<&str>,
+        tag: &str,
+    ) -> Result<PartSink, crate::SinkError> {
+        let mut sink = PartSink::new(format, dir, &self.key_field, part_items, tag)?;
+        if let Some(field) = explode {
+            sink = sink.explode(field);
+        }
+        Ok(sink)
+    }
+
+    /// Runs the config as a `sluice worker`: pulls from its NATS source until stopped (or
+    /// drained), acking each item once its output is durable. Returns the run summary and what
+    /// happened to the messages.
+    #[cfg(feature = "nats")]
+    pub fn run_worker(
+        self,
+        worker: crate::nats::WorkerOptions,
+    ) -> Result<(RunSummary, crate::nats::WorkerCounts), RunError> {
+        use crate::nats::{WorkerPlan, WorkerSink};
+        let ConfigSource::Nats(source) = &self.source else {
+            return Err(RunError::Invalid(
+                "sluice worker reads a [source] of kind = \"nats\"; run other pipelines with \
+                 sluice run"
+                    .into(),
+            ));
+        };
+        let source = source.clone();
+        let sink = match &self.sink {
+            ConfigSink::Parts {
+                dir,
+                format,
+                part_items,
+                explode,
+            } => {
+                // Workers share output directories, across machines too: names must not meet.
+                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+                let tag: String = format!("{host}-{}-", std::process::id())
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                    .collect();
+                let sink = self.part_sink(dir, *format, *part_items, explode.as_deref(), &tag)?;
+                let (dir, format, key_field) = (dir.clone(), *format, self.key_field.clone());
+                let check: crate::nats::DoneCheck = Box::new(move || {
+                    let mut parts = PartSink::new(format, &dir, &key_field, 1, "check")?;
+                    crate::Sink::<Record>::completed(&mut parts)
+                });
+                WorkerSink::Parts(Box::new(sink), check, *part_items)
+            }
+            ConfigSink::Nats(spec) => WorkerSink::Nats(spec.clone(), self.key_field.clone()),
+        };
+        let stages = self.stages;
+        let plan = WorkerPlan {
+            source,
+            sink,
+            build: Box::new(move |pull| Self::pipeline(stages, pull)),
+        };
+        let mut options = self.options;
+        options.failures_path = None;
+        crate::nats::run_worker(plan, options, worker)
+    }
+
     /// Builds the pipeline and runs it to the end.
     pub fn run(self) -> Result<RunSummary, RunError> {
-        let items = read_source(&self.source)
+        let spec = match &self.source {
+            ConfigSource::Items(spec) => spec,
+            #[cfg(feature = "nats")]
+            ConfigSource::Nats(_) => {
+                return Err(RunError::Invalid(
+                    "a [source] of kind = \"nats\" is read by workers that run until stopped: \
+                     use `sluice worker FILE` (with --exit-when-drained to stop once the stream \
+                     is empty)"
+                        .into(),
+                ))
+            }
+        };
+        let items = read_source(spec)
             .map_err(|e| RunError::Invalid(format!("cannot open the source: {e}")))?;
         // Unreadable input records travel as markers and fail in a first "read" stage, so that
         // they are reported like any other failed item instead of stopping the run.
@@ -615,34 +783,26 @@ impl PipelineConfig {
                 serde_json::json!({ READ_ERROR: message }),
             ),
         });
-        let read = map(
-            "read",
-            StageOptions::default().batch_size(256),
-            |record: &Record| match record.get(READ_ERROR).and_then(|m| m.as_str()) {
-                Some(message) => Err(ItemError::permanent(message)),
-                None => Ok(record.clone()),
-            },
-        );
-        let mut pipeline = Pipeline::from_keyed(keyed).stage(read);
-        for stage in self.stages {
-            pipeline = match stage {
-                BuiltStage::Exec(s) => pipeline.stage(s),
-                BuiltStage::Translate(s) => pipeline.stage(s),
-                BuiltStage::Other(make) => pipeline.stage_with(move || make()),
-            };
-        }
-        let tag = self.options.shard.part_tag();
-        let mut sink = PartSink::new(
-            self.sink_format,
-            &self.sink_dir,
-            &self.key_field,
-            self.part_items,
-            &tag,
-        )?;
-        if let Some(field) = &self.explode {
-            sink = sink.explode(field);
-        }
-        pipeline.run(&self.options, &mut sink)
+        let mut sink: Box<dyn crate::Sink<Record>> = match &self.sink {
+            ConfigSink::Parts {
+                dir,
+                format,
+                part_items,
+                explode,
+            } => Box::new(self.part_sink(
+                dir,
+                *format,
+                *part_items,
+                explode.as_deref(),
+                &self.options.shard.part_tag(),
+            )?),
+            #[cfg(feature = "nats")]
+            ConfigSink::Nats(spec) => {
+                Box::new(crate::nats::NatsSink::connect(spec, &self.key_field)?)
+            }
+        };
+        let options = self.options.clone();
+        Self::pipeline(self.stages, keyed).run(&options, sink.as_mut())
     }
 }
 

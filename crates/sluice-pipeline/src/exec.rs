@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub next_gpu: AtomicUsize,
     /// Size of the GPU pool, for device numbers.
     pub gpus: f64,
+    /// Longest a streaming stage waits to fill a batch once it holds an item.
+    pub batch_wait: Option<Duration>,
 }
 
 impl Shared {
@@ -257,13 +259,22 @@ impl<S: Stage> WorkerCore<S> {
     }
 }
 
-/// Takes up to `n` items, waiting for a full batch unless the input ends.
-fn next_batch<T>(input: &Receiver<T>, n: usize) -> Vec<T> {
+/// Takes up to `n` items, waiting for a full batch unless the input ends or, once the batch
+/// holds an item, `wait` passes.
+fn next_batch<T>(input: &Receiver<T>, n: usize, wait: Option<Duration>) -> Vec<T> {
     let mut batch = Vec::with_capacity(n);
+    let mut deadline = None;
     while batch.len() < n {
-        match input.recv() {
+        let next = match deadline {
+            Some(deadline) => input.recv_deadline(deadline).map_err(|e| e.is_disconnected()),
+            None => input.recv().map_err(|_| true),
+        };
+        match next {
             Ok(item) => batch.push(item),
             Err(_) => break,
+        }
+        if deadline.is_none() {
+            deadline = wait.map(|w| Instant::now() + w);
         }
     }
     batch
@@ -359,7 +370,7 @@ impl<S: Stage> StageRun<S> {
                     retired = true;
                     break;
                 }
-                let batch = next_batch(&input, batch_size);
+                let batch = next_batch(&input, batch_size, self.shared.batch_wait);
                 if batch.is_empty() {
                     break;
                 }

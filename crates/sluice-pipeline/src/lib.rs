@@ -15,6 +15,8 @@ mod balance;
 pub mod config;
 mod exec;
 mod monitor;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "parquet")]
 mod parquet;
 mod pipeline;
@@ -28,7 +30,7 @@ use std::sync::Arc;
 
 pub use balance::{allocate, Demand};
 pub use monitor::{describe_metrics, Failure, Progress, RunSummary, StageSummary};
-pub use pipeline::{detect_gpus, Pipeline, RunOptions};
+pub use pipeline::{detect_gpus, FailureHook, Pipeline, RunOptions};
 pub use shard::Shard;
 pub use sink::{Completed, FileSink, PartFormat, PartSink, Sink, VecSink};
 pub use stage::{

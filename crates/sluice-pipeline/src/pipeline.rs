@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -115,7 +115,17 @@ pub struct RunOptions {
     pub balance_interval: Duration,
     /// How progress is shown while running.
     pub progress: Progress,
+    /// Called with each failed item as it fails, for callers that act on failures while the run
+    /// goes on (the NATS worker sends them back for redelivery or to a dead-letter subject).
+    pub on_failure: Option<FailureHook>,
+    /// In streaming runs, the longest a stage waits to fill a batch once it holds an item;
+    /// `None` waits for a full batch or the end of the input. Sources that never end (NATS)
+    /// need a bound, or a trickle of items would wait forever.
+    pub batch_wait: Option<Duration>,
 }
+
+/// A callback for failed items; see [`RunOptions::on_failure`].
+pub type FailureHook = Arc<dyn Fn(&Failure) + Send + Sync>;
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -132,6 +142,8 @@ impl Default for RunOptions {
             memory_budget: 1 << 30,
             balance_interval: Duration::from_secs(2),
             progress: Progress::Off,
+            on_failure: None,
+            batch_wait: None,
         }
     }
 }
@@ -380,9 +392,17 @@ impl<T: Item> Pipeline<T> {
         let (failures_tx, failures_rx) = unbounded::<Failure>();
         let (gone_tx, gone_rx) = unbounded::<u64>();
         let failures_path = options.failures_path.clone();
+        let on_failure = options.on_failure.clone();
         let failure_thread = std::thread::Builder::new()
             .name("sluice-failures".into())
-            .spawn(move || collect_failures(failures_rx, failures_path, ordered.then_some(gone_tx)))
+            .spawn(move || {
+                collect_failures(
+                    failures_rx,
+                    failures_path,
+                    ordered.then_some(gone_tx),
+                    on_failure,
+                )
+            })
             .map_err(|e| RunError::Invalid(format!("starting the failures writer: {e}")))?;
         let shared = Arc::new(Shared {
             failures: Mutex::new(Some(failures_tx)),
@@ -392,6 +412,7 @@ impl<T: Item> Pipeline<T> {
             stages: Mutex::new(Vec::new()),
             next_gpu: AtomicUsize::new(0),
             gpus,
+            batch_wait: options.batch_wait,
         });
         let spill = if mode == Mode::Batch {
             let dir = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -460,16 +481,17 @@ impl<T: Item> Pipeline<T> {
             .map(|(_, o)| o.batch_size.max(1))
             .unwrap_or(64);
         let mut written = 0u64;
-        let mut write = |item: Envelope<T>| match sink.write(item) {
-            Ok(()) => {
-                written += 1;
-                true
-            }
-            Err(e) => {
-                shared.abort(format!("writing output: {e}"));
-                false
-            }
+        // `None` gives the sink a tick: no output came for a while.
+        let mut emit = |item: Option<Envelope<T>>| {
+            let result = match item {
+                Some(item) => sink.write(item).map(|()| written += 1),
+                None => sink.tick(),
+            };
+            result
+                .map_err(|e| shared.abort(format!("writing output: {e}")))
+                .is_ok()
         };
+        let mut write = |item: Envelope<T>| emit(Some(item));
         let close_failures = || drop(lock(&shared.failures).take());
         match (self.plan)(&run, last_batch) {
             Err(e) => shared.abort(e.to_string()),
@@ -493,13 +515,17 @@ impl<T: Item> Pipeline<T> {
                 drop(rx);
                 order.flush(&mut write);
             }
-            Ok(Flow::Stream(rx)) => {
-                for item in rx {
-                    if !write(item) {
-                        break;
-                    }
+            Ok(Flow::Stream(rx)) => loop {
+                // Sinks that hold outputs (the NATS worker's) flush on time even when none come.
+                let ok = match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(item) => emit(Some(item)),
+                    Err(RecvTimeoutError::Timeout) => emit(None),
+                    Err(RecvTimeoutError::Disconnected) => break,
+                };
+                if !ok {
+                    break;
                 }
-            }
+            },
             Ok(Flow::Debug(items)) => {
                 for item in items {
                     if !write(item) {
@@ -618,11 +644,15 @@ fn collect_failures(
     failures: Receiver<Failure>,
     path: Option<PathBuf>,
     gone: Option<crossbeam_channel::Sender<u64>>,
+    hook: Option<FailureHook>,
 ) -> (Vec<Failure>, Option<std::io::Error>) {
     const KEEP: usize = 100;
     let mut first = Vec::new();
     let mut lines = Vec::new();
     for failure in failures {
+        if let Some(hook) = &hook {
+            hook(&failure);
+        }
         if let Some(gone) = &gone {
             let _ = gone.send(failure.seq);
         }

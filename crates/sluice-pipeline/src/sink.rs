@@ -24,6 +24,18 @@ pub trait Sink<T>: Send {
     /// Makes everything written durable; called once at the end of a run, aborted or not.
     fn finish(&mut self) -> Result<(), SinkError>;
 
+    /// Makes everything written so far durable now, for callers that acknowledge inputs once
+    /// their outputs are safe (the NATS worker); the sink stays open.
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Called in streaming runs when no output arrived for a moment, so that a sink holding
+    /// outputs can flush on time.
+    fn tick(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// Which keys are already done, for `skip_completed`; `None` when this sink cannot tell.
     fn completed(&mut self) -> Result<Option<Completed>, SinkError> {
         Ok(None)
@@ -283,6 +295,10 @@ impl<T: Serialize> Sink<T> for PartSink {
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
+        self.flush_part()
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
         self.flush_part()
     }
 

@@ -190,3 +190,43 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// A NATS server with JetStream on a loopback port, its store in a temporary directory; stopped
+/// on drop.
+pub struct NatsServer {
+    child: Child,
+    store: PathBuf,
+    /// Where clients connect.
+    pub addr: SocketAddr,
+}
+
+impl NatsServer {
+    /// Starts `nats-server -js` and waits until it accepts connections.
+    pub fn start() -> Self {
+        let port = free_port();
+        let store = std::env::temp_dir().join(format!("sluice-nats-{}-{port}", std::process::id()));
+        let mut child = Command::new(find_tool("nats-server", "SLUICE_NATS_SERVER"))
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_port(addr, &mut child, "nats-server");
+        NatsServer { child, store, addr }
+    }
+
+    /// The URL to give clients.
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}

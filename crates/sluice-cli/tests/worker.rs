@@ -1,0 +1,389 @@
+//! `sluice worker` against a real `nats-server` with JetStream: a publisher (`sluice run` with a
+//! nats sink) fills a work stream, workers pull, ack after their outputs are written, survive a
+//! SIGKILLed peer (its items are redelivered and written once), and dead-letter a poison item.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sluice_testkit::NatsServer;
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A JSON-lines program: upper-cases `text`, fails `poison`, sleeps `SLEEP_MS` per record.
+const UPPER_PY: &str = r#"
+import json, os, sys, time
+delay = float(os.environ.get("SLEEP_MS", "0")) / 1000
+for line in sys.stdin:
+    r = json.loads(line)
+    time.sleep(delay)
+    if r["id"] == "poison":
+        print(json.dumps({"sluice_error": "poisoned record"}))
+    else:
+        r["upper"] = r["text"].upper()
+        print(json.dumps(r))
+    sys.stdout.flush()
+"#;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    publish: PathBuf,
+    worker: PathBuf,
+}
+
+/// Writes the input, the publisher's and the workers' pipeline files.
+fn setup(nats: &NatsServer, ids: &[String], sleep_ms: u64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let input: String = ids
+        .iter()
+        .map(|id| format!("{{\"id\": \"{id}\", \"text\": \"item {id}\"}}\n"))
+        .collect();
+    std::fs::write(dir.path().join("in.jsonl"), input).unwrap();
+    std::fs::write(dir.path().join("upper.py"), UPPER_PY).unwrap();
+    let publish = dir.path().join("publish.toml");
+    std::fs::write(
+        &publish,
+        format!(
+            r#"[source]
+kind = "jsonl"
+path = "{input}"
+key = "id"
+
+[sink]
+kind = "nats"
+url = "{url}"
+stream = "work"
+subject = "work.items"
+retention = "workqueue"
+"#,
+            input = p("in.jsonl"),
+            url = nats.url(),
+        ),
+    )
+    .unwrap();
+    let worker = dir.path().join("worker.toml");
+    std::fs::write(
+        &worker,
+        format!(
+            r#"[source]
+kind = "nats"
+url = "{url}"
+stream = "work"
+subject = "work.items"
+consumer = "workers"
+key = "id"
+fetch = 20
+ack_wait_s = 2
+max_deliver = 3
+retry_delay_ms = 100
+flush_ms = 300
+
+[[stage]]
+kind = "exec"
+name = "upper"
+command = ["python3", "{script}"]
+env = {{ SLEEP_MS = "{sleep_ms}" }}
+batch_size = 5
+workers = 1
+
+[sink]
+kind = "jsonl"
+path = "{out}"
+part_items = 10
+"#,
+            url = nats.url(),
+            script = p("upper.py"),
+            out = p("out"),
+        ),
+    )
+    .unwrap();
+    Setup {
+        dir,
+        publish,
+        worker,
+    }
+}
+
+fn publish(setup: &Setup) -> String {
+    let out = Command::new(SLUICE)
+        .args(["run", setup.publish.to_str().unwrap(), "--progress", "off"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "publishing: {stderr}");
+    stderr
+}
+
+fn start_worker(setup: &Setup, extra: &[&str]) -> Child {
+    Command::new(SLUICE)
+        .args(["worker", setup.worker.to_str().unwrap(), "--progress", "off"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a worker started with --exit-when-drained; returns its stderr.
+fn finish(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "worker failed: {stderr}");
+    stderr
+}
+
+/// The worker's closing `messages: {...}` line.
+fn counts(stderr: &str) -> serde_json::Value {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("messages: "))
+        .unwrap_or_else(|| panic!("no messages line in: {stderr}"));
+    serde_json::from_str(line).unwrap()
+}
+
+/// Output records by id, over every part file (each whole JSON).
+fn outputs(dir: &Path) -> HashMap<String, Vec<serde_json::Value>> {
+    let mut by_id: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("out")) else {
+        return by_id;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("part-") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let record: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: {e}"));
+            by_id
+                .entry(record["id"].as_str().unwrap().to_string())
+                .or_default()
+                .push(record);
+        }
+    }
+    by_id
+}
+
+fn part_files_of(dir: &Path, pid: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir.join("out")) else {
+        return 0;
+    };
+    let tag = format!("-{pid}-");
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("part-") && name.contains(&tag)
+        })
+        .count()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Messages in a stream, and every message it holds (subject headers and payload).
+fn stream_messages(nats: &NatsServer, stream: &str) -> Vec<async_nats::jetstream::Message> {
+    runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.unwrap();
+        let count = stream.info().await.unwrap().state.messages as usize;
+        if count == 0 {
+            return Vec::new();
+        }
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut batch = consumer
+            .fetch()
+            .max_messages(count)
+            .messages()
+            .await
+            .unwrap();
+        let mut messages = Vec::new();
+        while let Some(m) = batch.next().await {
+            messages.push(m.unwrap());
+        }
+        messages
+    })
+}
+
+fn stream_len(nats: &NatsServer, stream: &str) -> u64 {
+    runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.get_stream(stream)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages
+    })
+}
+
+#[test]
+fn two_workers_process_everything_once_even_when_one_is_killed() {
+    let nats = NatsServer::start();
+    let ids: Vec<String> = (0..300).map(|i| format!("item-{i:04}")).collect();
+    let setup = setup(&nats, &ids, 15);
+    publish(&setup);
+    // Publishing again is idempotent: every key carries its Nats-Msg-Id.
+    publish(&setup);
+    assert_eq!(stream_len(&nats, "work"), 300);
+
+    let doomed = start_worker(&setup, &[]);
+    let survivor = start_worker(&setup, &["--exit-when-drained"]);
+    // Kill the first worker once it has written some parts: it still holds pulled items.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while part_files_of(setup.dir.path(), doomed.id()) < 2 {
+        assert!(Instant::now() < deadline, "the first worker wrote no parts");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut doomed = doomed;
+    unsafe { libc::kill(doomed.id() as i32, libc::SIGKILL) };
+    let _ = doomed.wait();
+    let stderr = finish(survivor);
+
+    let by_id = outputs(setup.dir.path());
+    let missing: Vec<_> = ids.iter().filter(|id| !by_id.contains_key(*id)).collect();
+    assert!(missing.is_empty(), "missing {missing:?}\n{stderr}");
+    let doubled: Vec<_> = by_id.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(doubled.is_empty(), "written twice: {doubled:?}");
+    assert_eq!(by_id.len(), 300);
+    assert_eq!(by_id["item-0042"][0]["upper"], "ITEM ITEM-0042");
+    let counts = counts(&stderr);
+    assert!(
+        counts["redelivered"].as_u64().unwrap() > 0,
+        "the killed worker's items were not redelivered: {counts}"
+    );
+    assert_eq!(counts["dead_lettered"], 0);
+    // Work-queue retention: acked items leave the stream.
+    assert_eq!(stream_len(&nats, "work"), 0, "{stderr}");
+}
+
+#[test]
+fn a_poison_item_is_dead_lettered_after_max_deliver() {
+    let nats = NatsServer::start();
+    let mut ids: Vec<String> = (0..20).map(|i| format!("item-{i:04}")).collect();
+    ids.insert(7, "poison".into());
+    let setup = setup(&nats, &ids, 0);
+    publish(&setup);
+    let stderr = finish(start_worker(&setup, &["--exit-when-drained"]));
+
+    let by_id = outputs(setup.dir.path());
+    assert_eq!(by_id.len(), 20, "{stderr}");
+    assert!(!by_id.contains_key("poison"));
+    let counts = counts(&stderr);
+    assert_eq!(counts["dead_lettered"], 1, "{stderr}");
+    assert_eq!(counts["retried"], 2, "{stderr}");
+
+    let dead = stream_messages(&nats, "work-dead");
+    assert_eq!(dead.len(), 1);
+    let message = &dead[0];
+    assert_eq!(message.subject.as_str(), "work.dead");
+    let record: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(record["id"], "poison");
+    let headers = message.headers.as_ref().unwrap();
+    let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(header("Sluice-Deliveries").as_deref(), Some("3"));
+    assert_eq!(header("Sluice-Stage").as_deref(), Some("upper"));
+    assert!(header("Sluice-Error").unwrap().contains("poisoned record"));
+    assert_eq!(header("Sluice-Subject").as_deref(), Some("work.items"));
+    assert_eq!(stream_len(&nats, "work"), 0);
+}
+
+#[test]
+fn a_worker_drains_on_sigterm_and_acks_what_it_wrote() {
+    let nats = NatsServer::start();
+    let ids: Vec<String> = (0..200).map(|i| format!("item-{i:04}")).collect();
+    let setup = setup(&nats, &ids, 20);
+    publish(&setup);
+    let worker = start_worker(&setup, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while part_files_of(setup.dir.path(), worker.id()) < 1 {
+        assert!(Instant::now() < deadline, "the worker wrote no parts");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
+    let stderr = finish(worker);
+    let written = outputs(setup.dir.path()).len() as u64;
+    assert!(written > 0 && written < 200, "{written}: {stderr}");
+    let counts = counts(&stderr);
+    // Everything written was acked, and only that left the stream.
+    assert_eq!(counts["acked"].as_u64().unwrap(), written, "{stderr}");
+    assert_eq!(stream_len(&nats, "work"), 200 - written);
+
+    // A second worker finishes the rest; nothing is written twice.
+    let stderr = finish(start_worker(&setup, &["--exit-when-drained"]));
+    let by_id = outputs(setup.dir.path());
+    assert_eq!(by_id.len(), 200, "{stderr}");
+    assert!(by_id.values().all(|v| v.len() == 1));
+}
+
+#[test]
+fn nats_sources_and_sinks_refuse_what_cannot_work() {
+    let nats = NatsServer::start();
+    let setup = setup(&nats, &["a".to_string()], 0);
+    // `run` does not read a stream forever; `worker` reads only streams.
+    let out = Command::new(SLUICE)
+        .args(["run", setup.worker.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("sluice worker"), "{stderr}");
+    let out = Command::new(SLUICE)
+        .args(["worker", setup.publish.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("kind = \"nats\""), "{stderr}");
+    // Outputs must be written before the server would redeliver.
+    let out = Command::new(SLUICE)
+        .args(["worker", setup.worker.to_str().unwrap()])
+        .args(["--set", "source.flush_ms=1500"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("worker.toml:1") && stderr.contains("flush_ms"),
+        "{stderr}"
+    );
+    // A stream cannot tell what is done.
+    let out = Command::new(SLUICE)
+        .args(["run", setup.publish.to_str().unwrap()])
+        .args(["--set", "run.skip_completed=true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("skip_completed"), "{stderr}");
+    // No server: a clear error, not a hang.
+    let out = Command::new(SLUICE)
+        .args(["worker", setup.worker.to_str().unwrap()])
+        .args(["--set", "source.url=nats://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot connect to NATS at nats://127.0.0.1:9"),
+        "{stderr}"
+    );
+}
