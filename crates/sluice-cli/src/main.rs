@@ -113,6 +113,10 @@ struct ServeArgs {
     /// Seconds a refused client is told to wait (Retry-After).
     #[arg(long, env = "SLUICE_RETRY_AFTER", default_value_t = 1)]
     retry_after: u64,
+    /// Where translation models run: cpu, cuda, cuda:N, or auto (a GPU when this build has
+    /// CUDA and one is present). Audio classifiers run on the CPU.
+    #[arg(long, env = "SLUICE_DEVICE", default_value = "auto")]
+    device: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -457,6 +461,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(|m| sluice_serve::ModelEntry::parse(m))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
+    // A device this build or machine lacks fails now, not after a long download.
+    sluice_models::device::select(&args.device).map_err(anyhow::Error::msg)?;
     let config = ServeConfig {
         models,
         window_capacity: args.window_capacity.max(1),
@@ -481,6 +487,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         deadline: args.deadline_ms.map(Duration::from_millis),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         retry_after: args.retry_after,
+        device: args.device,
     };
     let addr = std::net::SocketAddr::new(args.host, args.port);
     runtime()?.block_on(async move {

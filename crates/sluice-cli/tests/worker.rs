@@ -12,13 +12,17 @@ use sluice_testkit::NatsServer;
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
-/// A JSON-lines program: upper-cases `text`, fails `poison`, sleeps `SLEEP_MS` per record.
+/// A JSON-lines program: upper-cases `text`, fails `poison`, kills its worker on `crash`, sleeps
+/// `SLEEP_MS` per record.
 const UPPER_PY: &str = r#"
-import json, os, sys, time
+import json, os, signal, sys, time
 delay = float(os.environ.get("SLEEP_MS", "0")) / 1000
 for line in sys.stdin:
     r = json.loads(line)
     time.sleep(delay)
+    if r["id"] == "crash":
+        os.kill(os.getppid(), signal.SIGKILL)
+        os._exit(1)
     if r["id"] == "poison":
         print(json.dumps({"sluice_error": "poisoned record"}))
     else:
@@ -303,6 +307,40 @@ fn a_poison_item_is_dead_lettered_after_max_deliver() {
     assert_eq!(header("Sluice-Stage").as_deref(), Some("upper"));
     assert!(header("Sluice-Error").unwrap().contains("poisoned record"));
     assert_eq!(header("Sluice-Subject").as_deref(), Some("work.items"));
+    assert_eq!(stream_len(&nats, "work"), 0);
+}
+
+#[test]
+fn an_item_that_kills_its_workers_is_dead_lettered_after_max_deliver() {
+    let nats = NatsServer::start();
+    let mut ids: Vec<String> = (0..10).map(|i| format!("item-{i:04}")).collect();
+    ids.push("crash".into());
+    let setup = setup(&nats, &ids, 0);
+    publish(&setup);
+    // Each delivery of `crash` kills the worker holding it; a supervisor (here the test, in a
+    // cluster the Deployment) starts another.
+    let mut killed = 0;
+    let stderr = loop {
+        let out = start_worker(&setup, &["--exit-when-drained"])
+            .wait_with_output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        killed += 1;
+        assert!(killed <= 3, "killed more than max_deliver times");
+    };
+    assert_eq!(killed, 3, "{stderr}");
+    let counts = counts(&stderr);
+    assert_eq!(counts["dead_lettered"], 1, "{stderr}");
+    let dead = stream_messages(&nats, "work-dead");
+    assert_eq!(dead.len(), 1);
+    let headers = dead[0].headers.as_ref().unwrap();
+    assert_eq!(headers.get("Sluice-Stage").unwrap().as_str(), "worker");
+    assert_eq!(headers.get("Sluice-Deliveries").unwrap().as_str(), "4");
+    let by_id = outputs(setup.dir.path());
+    assert_eq!(by_id.len(), 10);
+    assert!(by_id.values().all(|v| v.len() == 1));
     assert_eq!(stream_len(&nats, "work"), 0);
 }
 

@@ -5,6 +5,7 @@
 //! Hugging Face layout or a hub id ([`source`]) with memory-mapped weights ([`weights`]).
 
 pub mod classifier;
+pub mod device;
 pub mod error;
 pub mod m2m100;
 pub mod source;

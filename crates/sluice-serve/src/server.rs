@@ -145,6 +145,8 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     /// Seconds a refused client is told to wait (`Retry-After`).
     pub retry_after: u64,
+    /// Where translation models run: see [`sluice_models::device::select`].
+    pub device: String,
 }
 
 impl Default for ServeConfig {
@@ -165,6 +167,7 @@ impl Default for ServeConfig {
             deadline: None,
             shutdown_timeout: Duration::from_secs(30),
             retry_after: 1,
+            device: "cpu".into(),
         }
     }
 }
@@ -403,6 +406,7 @@ pub async fn serve(
 
 async fn load(app: Arc<App>, index: usize, failed: mpsc::Sender<anyhow::Error>) {
     let entry = app.slots[index].entry.clone();
+    let device = app.config.device.clone();
     let started = Instant::now();
     let name = entry.name.clone();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
@@ -417,7 +421,8 @@ async fn load(app: Arc<App>, index: usize, failed: mpsc::Sender<anyhow::Error>) 
             let classifier = AudioClassifier::load(&dir).with_context(context)?;
             return Ok(Model::Classifier(classifier));
         }
-        let model = M2M100::load(&dir, &candle_core::Device::Cpu).with_context(context)?;
+        let device = sluice_models::device::select(&device).map_err(anyhow::Error::msg)?;
+        let model = M2M100::load(&dir, &device).with_context(context)?;
         let translator = Translator::new(Arc::new(model));
         translator.warm_up().context("warming up the model")?;
         Ok(Model::Translation(translator))
