@@ -204,7 +204,11 @@ struct WorkerArgs {
 #[derive(clap::Args, Debug)]
 struct HealthcheckArgs {
     /// The URL to check.
-    #[arg(long, env = "SLUICE_HEALTHCHECK_URL", default_value = "http://127.0.0.1:9527/healthz")]
+    #[arg(
+        long,
+        env = "SLUICE_HEALTHCHECK_URL",
+        default_value = "http://127.0.0.1:9527/healthz"
+    )]
     url: String,
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 3.0)]
@@ -266,8 +270,7 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         exit_when_drained: args.exit_when_drained,
         ..Default::default()
     };
-    sluice_pipeline::nats::stop_on_signals(options.stop.clone())
-        .context("watching for SIGTERM")?;
+    sluice_pipeline::nats::stop_on_signals(options.stop.clone()).context("watching for SIGTERM")?;
     let (summary, counts) = match config.run_worker(options) {
         Ok(done) => done,
         Err(sluice_pipeline::RunError::Aborted { reason, summary }) => {

@@ -151,15 +151,23 @@ fn pipeline_files_in_configmaps_load() {
             let text = value.as_str().unwrap();
             // Each command checks the whole file before it reaches out: a worker fails only at
             // the (closed) NATS port, a run only at its input, which is not here.
-            let (args, expected) = if text.contains("kind = \"nats\"\n") && text.contains("consumer")
-            {
-                (
-                    vec!["worker", path.to_str().unwrap(), "--set", "source.url=nats://127.0.0.1:9"],
-                    "cannot connect to NATS",
-                )
-            } else {
-                (vec!["run", path.to_str().unwrap()], "cannot open the source")
-            };
+            let (args, expected) =
+                if text.contains("kind = \"nats\"\n") && text.contains("consumer") {
+                    (
+                        vec![
+                            "worker",
+                            path.to_str().unwrap(),
+                            "--set",
+                            "source.url=nats://127.0.0.1:9",
+                        ],
+                        "cannot connect to NATS",
+                    )
+                } else {
+                    (
+                        vec!["run", path.to_str().unwrap()],
+                        "cannot open the source",
+                    )
+                };
             let out = Command::new(SLUICE).args(&args).output().unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(
@@ -177,7 +185,9 @@ fn pipeline_files_in_configmaps_load() {
 fn the_server_runs_as_the_deployment_says_and_answers_its_probes() {
     let (file, doc) = manifests()
         .into_iter()
-        .find(|(f, d)| f.ends_with("base/deployment.yaml") && d["kind"].as_str() == Some("Deployment"))
+        .find(|(f, d)| {
+            f.ends_with("base/deployment.yaml") && d["kind"].as_str() == Some("Deployment")
+        })
         .expect("k8s/base/deployment.yaml");
     let pod = &doc["spec"]["template"]["spec"];
     let server = pod["containers"]
@@ -203,7 +213,10 @@ fn the_server_runs_as_the_deployment_says_and_answers_its_probes() {
             _ => a,
         })
         .collect();
-    assert!(args.contains(&local_port.to_string()), "the manifest does not pass --port: {args:?}");
+    assert!(
+        args.contains(&local_port.to_string()),
+        "the manifest does not pass --port: {args:?}"
+    );
     let mut child = Command::new(SLUICE)
         .args(&args)
         .args(["--host", "127.0.0.1"])
@@ -214,7 +227,10 @@ fn the_server_runs_as_the_deployment_says_and_answers_its_probes() {
         .unwrap();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], local_port));
     let probe = |kind: &str| {
-        let path = server[kind]["httpGet"]["path"].as_str().unwrap().to_string();
+        let path = server[kind]["httpGet"]["path"]
+            .as_str()
+            .unwrap()
+            .to_string();
         http_request(addr, "GET", &path).and_then(|r| http_status(&r))
     };
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -228,7 +244,10 @@ fn the_server_runs_as_the_deployment_says_and_answers_its_probes() {
 
     // The image's HEALTHCHECK command, against this server and against nothing.
     let url = format!("http://{addr}/healthz");
-    let ok = Command::new(SLUICE).args(["healthcheck", "--url", &url]).status().unwrap();
+    let ok = Command::new(SLUICE)
+        .args(["healthcheck", "--url", &url])
+        .status()
+        .unwrap();
     assert!(ok.success());
     let closed = format!("http://127.0.0.1:{}/healthz", free_port());
     let down = Command::new(SLUICE)

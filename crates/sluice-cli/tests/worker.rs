@@ -123,7 +123,12 @@ fn publish(setup: &Setup) -> String {
 
 fn start_worker(setup: &Setup, extra: &[&str]) -> Child {
     Command::new(SLUICE)
-        .args(["worker", setup.worker.to_str().unwrap(), "--progress", "off"])
+        .args([
+            "worker",
+            setup.worker.to_str().unwrap(),
+            "--progress",
+            "off",
+        ])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

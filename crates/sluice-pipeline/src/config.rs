@@ -735,7 +735,13 @@ impl PipelineConfig {
                 let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
                 let tag: String = format!("{host}-{}-", std::process::id())
                     .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
                     .collect();
                 let sink = self.part_sink(dir, *format, *part_items, explode.as_deref(), &tag)?;
                 let (dir, format, key_field) = (dir.clone(), *format, self.key_field.clone());

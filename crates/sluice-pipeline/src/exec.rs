@@ -266,7 +266,9 @@ fn next_batch<T>(input: &Receiver<T>, n: usize, wait: Option<Duration>) -> Vec<T
     let mut deadline = None;
     while batch.len() < n {
         let next = match deadline {
-            Some(deadline) => input.recv_deadline(deadline).map_err(|e| e.is_disconnected()),
+            Some(deadline) => input
+                .recv_deadline(deadline)
+                .map_err(|e| e.is_disconnected()),
             None => input.recv().map_err(|_| true),
         };
         match next {

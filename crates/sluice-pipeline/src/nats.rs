@@ -101,8 +101,11 @@ impl NatsSource {
         if spec.fetch == 0 || spec.max_deliver == 0 || spec.max_in_flight == Some(0) {
             return bad("fetch, max_in_flight and max_deliver must be at least 1".into());
         }
-        if !(spec.ack_wait_s >= 1.0) {
-            return bad(format!("ack_wait_s = {}: must be at least 1", spec.ack_wait_s));
+        if spec.ack_wait_s.is_nan() || spec.ack_wait_s < 1.0 {
+            return bad(format!(
+                "ack_wait_s = {}: must be at least 1",
+                spec.ack_wait_s
+            ));
         }
         if spec.flush_ms as f64 >= spec.ack_wait_s * 500.0 {
             return bad(format!(
@@ -179,7 +182,11 @@ struct Nats {
 }
 
 impl Nats {
-    fn connect(url: Option<&str>, credentials: Option<&PathBuf>, name: &str) -> Result<Self, String> {
+    fn connect(
+        url: Option<&str>,
+        credentials: Option<&PathBuf>,
+        name: &str,
+    ) -> Result<Self, String> {
         let url = url
             .map(str::to_owned)
             .or_else(|| std::env::var("NATS_URL").ok())
@@ -190,21 +197,21 @@ impl Nats {
             .enable_all()
             .build()
             .map_err(|e| format!("starting the NATS client runtime: {e}"))?;
-        let client = rt
-            .block_on(async {
-                let mut options = async_nats::ConnectOptions::new()
-                    .name(name)
-                    .connection_timeout(Duration::from_secs(10));
-                if let Some(path) = credentials {
-                    options = options.credentials_file(path).await.map_err(|e| {
-                        format!("reading NATS credentials {}: {e}", path.display())
-                    })?;
-                }
-                options
-                    .connect(url.as_str())
+        let client = rt.block_on(async {
+            let mut options = async_nats::ConnectOptions::new()
+                .name(name)
+                .connection_timeout(Duration::from_secs(10));
+            if let Some(path) = credentials {
+                options = options
+                    .credentials_file(path)
                     .await
-                    .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))
-            })?;
+                    .map_err(|e| format!("reading NATS credentials {}: {e}", path.display()))?;
+            }
+            options
+                .connect(url.as_str())
+                .await
+                .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))
+        })?;
         // The context spawns its acknowledgement task, so it needs the runtime entered.
         let js = {
             let _entered = rt.enter();
@@ -258,8 +265,12 @@ const PUBLISH_ROUND: usize = 256;
 impl NatsSink {
     /// Connects and makes sure a stream keeps the subject.
     pub fn connect(spec: &NatsSinkSpec, default_key_field: &str) -> Result<Self, SinkError> {
-        let nats = Nats::connect(spec.url.as_deref(), spec.credentials.as_ref(), "sluice-sink")
-            .map_err(SinkError::Encode)?;
+        let nats = Nats::connect(
+            spec.url.as_deref(),
+            spec.credentials.as_ref(),
+            "sluice-sink",
+        )
+        .map_err(SinkError::Encode)?;
         if let Some(name) = &spec.stream {
             let retention = match spec.retention.as_deref() {
                 Some("workqueue") => stream::RetentionPolicy::WorkQueue,
@@ -433,7 +444,11 @@ fn one_line(text: &str) -> String {
 
 impl Queue {
     fn open(spec: &NatsSource, stop: Arc<AtomicBool>) -> Result<Self, String> {
-        let nats = Nats::connect(spec.url.as_deref(), spec.credentials.as_ref(), "sluice-worker")?;
+        let nats = Nats::connect(
+            spec.url.as_deref(),
+            spec.credentials.as_ref(),
+            "sluice-worker",
+        )?;
         let work = nats.ensure_stream(
             &spec.stream,
             &spec.subject,
@@ -628,7 +643,12 @@ impl Queue {
         self.in_flight.fetch_sub(1, Relaxed);
         let (delivered, _) = delivery(&message);
         if delivered >= u64::from(self.spec.max_deliver) {
-            self.dead_letter(message, &failure.error, &failure.stage, Some(failure.attempts));
+            self.dead_letter(
+                message,
+                &failure.error,
+                &failure.stage,
+                Some(failure.attempts),
+            );
             return;
         }
         let delay = Duration::from_millis(self.spec.retry_delay_ms)
@@ -849,7 +869,10 @@ pub(crate) fn run_worker(
             if spec.url.is_none() {
                 spec.url = plan.source.url.clone();
             }
-            (Box::new(NatsSink::connect(&spec, &key_field)?), PUBLISH_ROUND)
+            (
+                Box::new(NatsSink::connect(&spec, &key_field)?),
+                PUBLISH_ROUND,
+            )
         }
     };
     let keep_alive = queue.nats.rt.spawn(queue.clone().keep_alive());
