@@ -77,23 +77,7 @@ fn run_ok(pipeline: &Path, extra: &[&str]) -> String {
 
 /// Every output record by key, checking that every part file is whole JSON.
 fn outputs(dir: &Path) -> HashMap<String, Vec<serde_json::Value>> {
-    let mut by_key: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
-    for entry in std::fs::read_dir(dir.join("out")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.starts_with("part-") {
-            continue;
-        }
-        for line in std::fs::read_to_string(&path).unwrap().lines() {
-            let record: serde_json::Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: {e}"));
-            by_key
-                .entry(record["id"].as_str().unwrap().to_string())
-                .or_default()
-                .push(record);
-        }
-    }
-    by_key
+    sluice_testkit::jsonl_parts_by(&dir.join("out"), "id")
 }
 
 #[test]

@@ -155,26 +155,7 @@ fn counts(stderr: &str) -> serde_json::Value {
 
 /// Output records by id, over every part file (each whole JSON).
 fn outputs(dir: &Path) -> HashMap<String, Vec<serde_json::Value>> {
-    let mut by_id: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("out")) else {
-        return by_id;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.starts_with("part-") {
-            continue;
-        }
-        for line in std::fs::read_to_string(&path).unwrap().lines() {
-            let record: serde_json::Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: {e}"));
-            by_id
-                .entry(record["id"].as_str().unwrap().to_string())
-                .or_default()
-                .push(record);
-        }
-    }
-    by_id
+    sluice_testkit::jsonl_parts_by(&dir.join("out"), "id")
 }
 
 fn part_files_of(dir: &Path, pid: u32) -> usize {

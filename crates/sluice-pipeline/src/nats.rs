@@ -336,18 +336,7 @@ impl NatsSink {
 
 impl<T: Serialize> Sink<T> for NatsSink {
     fn write(&mut self, item: Envelope<T>) -> Result<(), SinkError> {
-        let mut value =
-            serde_json::to_value(&item.value).map_err(|e| SinkError::Encode(e.to_string()))?;
-        match &mut value {
-            serde_json::Value::Object(map) => {
-                map.entry(self.key_field.clone())
-                    .or_insert_with(|| item.key.to_string().into());
-            }
-            other => {
-                let inner = other.take();
-                value = serde_json::json!({ self.key_field.clone(): &*item.key, "value": inner });
-            }
-        }
+        let value = crate::sink::keyed_record(&item, &self.key_field)?;
         let payload = serde_json::to_vec(&value).map_err(|e| SinkError::Encode(e.to_string()))?;
         self.held.push((item.key.to_string(), payload.into()));
         if self.held.len() >= PUBLISH_ROUND {

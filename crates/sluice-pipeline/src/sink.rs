@@ -95,6 +95,28 @@ pub fn key_text(value: &serde_json::Value) -> String {
     }
 }
 
+/// An output as a JSON record that carries its key in `key_field` (added when the record lacks it;
+/// a value that is not a JSON object becomes `{key_field: key, "value": value}`), so that whoever
+/// reads outputs back can tell which items are done.
+pub fn keyed_record<T: Serialize>(
+    item: &Envelope<T>,
+    key_field: &str,
+) -> Result<serde_json::Value, SinkError> {
+    let mut value =
+        serde_json::to_value(&item.value).map_err(|e| SinkError::Encode(e.to_string()))?;
+    match &mut value {
+        serde_json::Value::Object(map) => {
+            map.entry(key_field.to_owned())
+                .or_insert_with(|| item.key.to_string().into());
+        }
+        other => {
+            let inner = other.take();
+            value = serde_json::json!({ key_field: &*item.key, "value": inner });
+        }
+    }
+    Ok(value)
+}
+
 /// The file format of a [`PartSink`]'s parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartFormat {
@@ -272,18 +294,7 @@ impl PartSink {
 
 impl<T: Serialize> Sink<T> for PartSink {
     fn write(&mut self, item: Envelope<T>) -> Result<(), SinkError> {
-        let mut value =
-            serde_json::to_value(&item.value).map_err(|e| SinkError::Encode(e.to_string()))?;
-        match &mut value {
-            serde_json::Value::Object(map) => {
-                map.entry(self.key_field.clone())
-                    .or_insert_with(|| item.key.to_string().into());
-            }
-            other => {
-                let inner = other.take();
-                value = serde_json::json!({ self.key_field.clone(): &*item.key, "value": inner });
-            }
-        }
+        let value = keyed_record(&item, &self.key_field)?;
         match self.explode.as_deref() {
             Some(field) => explode(value, field, &mut self.buffer),
             None => self.buffer.push(value),

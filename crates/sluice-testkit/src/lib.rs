@@ -230,3 +230,33 @@ impl Drop for NatsServer {
         let _ = std::fs::remove_dir_all(&self.store);
     }
 }
+
+/// The records of the JSON-lines part files (`part-*.jsonl`) in `dir`, grouped by the text of
+/// `field`; a part that is not whole JSON fails the test. A missing directory has none.
+pub fn jsonl_parts_by(
+    dir: &std::path::Path,
+    field: &str,
+) -> std::collections::HashMap<String, Vec<serde_json::Value>> {
+    let mut by_key: std::collections::HashMap<String, Vec<serde_json::Value>> =
+        std::collections::HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return by_key;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("part-") || !name.ends_with(".jsonl") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let record: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let key = match &record[field] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            by_key.entry(key).or_default().push(record);
+        }
+    }
+    by_key
+}
