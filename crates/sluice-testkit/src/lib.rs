@@ -201,18 +201,35 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts `nats-server -js` and waits until it accepts connections.
+    /// Starts `nats-server -js` on a port it picks itself (a port picked here could be taken by
+    /// a test running beside this one before the server binds it) and waits until it listens.
     pub fn start() -> Self {
-        let port = free_port();
-        let store = std::env::temp_dir().join(format!("sluice-nats-{}-{port}", std::process::id()));
+        use std::io::BufRead;
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let store = std::env::temp_dir().join(format!("sluice-nats-{}-{n}", std::process::id()));
         let mut child = Command::new(find_tool("nats-server", "SLUICE_NATS_SERVER"))
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
             .arg(&store)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting nats-server");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut port = None;
+        let mut line = String::new();
+        while port.is_none() {
+            line.clear();
+            if log.read_line(&mut line).unwrap_or(0) == 0 {
+                panic!("nats-server exited before listening: {:?}", child.wait());
+            }
+            if let Some((_, at)) = line.split_once("Listening for client connections on ") {
+                port = at.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+            }
+        }
+        // Keep reading its log, or the server blocks once the pipe is full.
+        std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port.unwrap()));
         wait_for_port(addr, &mut child, "nats-server");
         NatsServer { child, store, addr }
     }
