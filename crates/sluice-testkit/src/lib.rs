@@ -224,7 +224,11 @@ impl NatsServer {
                 panic!("nats-server exited before listening: {:?}", child.wait());
             }
             if let Some((_, at)) = line.split_once("Listening for client connections on ") {
-                port = at.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+                port = at
+                    .trim()
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok());
             }
         }
         // Keep reading its log, or the server blocks once the pipe is full.
