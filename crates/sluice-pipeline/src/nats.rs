@@ -871,7 +871,8 @@ pub(crate) fn run_worker(
         held: Vec::new(),
         since: None,
         every: Duration::from_millis(plan.source.flush_ms),
-        most: most.max(1),
+        // Settle before the in-flight bound stops the pulling, or the worker idles until flush_ms.
+        most: most.min(plan.source.max_in_flight() / 2).max(1),
     };
     let hook_queue = queue.clone();
     options.on_failure = Some(Arc::new(move |f: &Failure| hook_queue.failed(f)));
