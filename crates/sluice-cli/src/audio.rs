@@ -223,7 +223,11 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         .stage(flatten)
         .run(&options, &mut sink);
     let written = format!("table written to {}", args.output.display());
-    crate::report_run(outcome, Some(written), "classified files")
+    crate::report_run(
+        outcome,
+        Some(written),
+        "rerun to continue: finished classified files are skipped",
+    )
 }
 
 /// Which files an audio job reads: shared by every `sluice audio` command.

@@ -271,17 +271,16 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     sluice_pipeline::nats::stop_on_signals(options.stop.clone()).context("watching for SIGTERM")?;
-    let (summary, counts) = match config.run_worker(options) {
-        Ok(done) => done,
-        Err(sluice_pipeline::RunError::Aborted { reason, summary }) => {
-            eprint!("{}", summary.render());
-            anyhow::bail!("worker stopped: {reason} (unacknowledged items are redelivered)")
-        }
-        Err(e) => return Err(e.into()),
+    let outcome = config.run_worker(options);
+    let messages = match &outcome {
+        Ok((_, counts)) => Some(format!("messages: {}", serde_json::to_string(counts)?)),
+        Err(_) => None,
     };
-    eprint!("{}", summary.render());
-    eprintln!("messages: {}", serde_json::to_string(&counts)?);
-    Ok(())
+    report_run(
+        outcome.map(|(summary, _)| summary),
+        messages,
+        "unacknowledged items are redelivered",
+    )
 }
 
 fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
@@ -322,15 +321,19 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
         .summary_path
         .clone()
         .map(|p| format!("summary written to {}", p.display()));
-    report_run(config.run(), written, "items")
+    report_run(
+        config.run(),
+        written,
+        "rerun to continue: finished items are skipped",
+    )
 }
 
 /// Prints a run's summary (and `written`, where the results went); an aborted run is an error
-/// after its summary, saying that a rerun skips the finished `what`.
+/// after its summary, with `after_abort` saying what becomes of the unfinished work.
 pub(crate) fn report_run(
     outcome: Result<sluice_pipeline::RunSummary, sluice_pipeline::RunError>,
     written: Option<String>,
-    what: &str,
+    after_abort: &str,
 ) -> anyhow::Result<()> {
     match outcome {
         Ok(summary) => {
@@ -342,7 +345,7 @@ pub(crate) fn report_run(
         }
         Err(sluice_pipeline::RunError::Aborted { reason, summary }) => {
             eprint!("{}", summary.render());
-            anyhow::bail!("run aborted: {reason} (rerun to continue: finished {what} are skipped)")
+            anyhow::bail!("run aborted: {reason} ({after_abort})")
         }
         Err(e) => Err(e.into()),
     }

@@ -362,50 +362,32 @@ fn a_worker_drains_on_sigterm_and_acks_what_it_wrote() {
 fn nats_sources_and_sinks_refuse_what_cannot_work() {
     let nats = NatsServer::start();
     let setup = setup(&nats, &["a".to_string()], 0);
+    let (worker, publish) = (
+        setup.worker.to_str().unwrap(),
+        setup.publish.to_str().unwrap(),
+    );
+    // Runs `sluice ARGS`, which must fail; returns its stderr.
+    let refused = |args: &[&str]| {
+        let out = Command::new(SLUICE).args(args).output().unwrap();
+        assert!(!out.status.success(), "sluice {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     // `run` does not read a stream forever; `worker` reads only streams.
-    let out = Command::new(SLUICE)
-        .args(["run", setup.worker.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(&["run", worker]);
     assert!(stderr.contains("sluice worker"), "{stderr}");
-    let out = Command::new(SLUICE)
-        .args(["worker", setup.publish.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(&["worker", publish]);
     assert!(stderr.contains("kind = \"nats\""), "{stderr}");
     // Outputs must be written before the server would redeliver.
-    let out = Command::new(SLUICE)
-        .args(["worker", setup.worker.to_str().unwrap()])
-        .args(["--set", "source.flush_ms=1500"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(&["worker", worker, "--set", "source.flush_ms=1500"]);
     assert!(
         stderr.contains("worker.toml:1") && stderr.contains("flush_ms"),
         "{stderr}"
     );
     // A stream cannot tell what is done.
-    let out = Command::new(SLUICE)
-        .args(["run", setup.publish.to_str().unwrap()])
-        .args(["--set", "run.skip_completed=true"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(&["run", publish, "--set", "run.skip_completed=true"]);
     assert!(stderr.contains("skip_completed"), "{stderr}");
     // No server: a clear error, not a hang.
-    let out = Command::new(SLUICE)
-        .args(["worker", setup.worker.to_str().unwrap()])
-        .args(["--set", "source.url=nats://127.0.0.1:9"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(&["worker", worker, "--set", "source.url=nats://127.0.0.1:9"]);
     assert!(
         stderr.contains("cannot connect to NATS at nats://127.0.0.1:9"),
         "{stderr}"

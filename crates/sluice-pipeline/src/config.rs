@@ -224,14 +224,29 @@ enum ConfigSource {
     Nats(crate::nats::NatsSource),
 }
 
+/// Part files: `[sink] kind = "jsonl" | "parquet"`.
+#[derive(Clone)]
+struct Parts {
+    dir: PathBuf,
+    format: PartFormat,
+    part_items: usize,
+    explode: Option<String>,
+}
+
+impl Parts {
+    /// A writer of parts whose names carry `tag`.
+    fn open(&self, key_field: &str, tag: &str) -> Result<PartSink, crate::SinkError> {
+        let sink = PartSink::new(self.format, &self.dir, key_field, self.part_items, tag)?;
+        Ok(match &self.explode {
+            Some(field) => sink.explode(field),
+            None => sink,
+        })
+    }
+}
+
 /// Where a config pipeline writes.
 enum ConfigSink {
-    Parts {
-        dir: PathBuf,
-        format: PartFormat,
-        part_items: usize,
-        explode: Option<String>,
-    },
+    Parts(Parts),
     #[cfg(feature = "nats")]
     Nats(crate::nats::NatsSinkSpec),
 }
@@ -657,12 +672,12 @@ impl PipelineConfig {
         Ok(PipelineConfig {
             source,
             stages,
-            sink: ConfigSink::Parts {
+            sink: ConfigSink::Parts(Parts {
                 dir: sink.path,
                 format: sink_format,
                 part_items: sink.part_items.unwrap_or(10_000),
                 explode: sink.explode,
-            },
+            }),
             key_field,
             options,
         })
@@ -692,21 +707,6 @@ impl PipelineConfig {
         pipeline
     }
 
-    fn part_sink(
-        &self,
-        dir: &Path,
-        format: PartFormat,
-        part_items: usize,
-        explode: Option<&str>,
-        tag: &str,
-    ) -> Result<PartSink, crate::SinkError> {
-        let mut sink = PartSink::new(format, dir, &self.key_field, part_items, tag)?;
-        if let Some(field) = explode {
-            sink = sink.explode(field);
-        }
-        Ok(sink)
-    }
-
     /// Runs the config as a `sluice worker`: pulls from its NATS source until stopped (or
     /// drained), acking each item once its output is durable. Returns the run summary and what
     /// happened to the messages.
@@ -724,13 +724,9 @@ impl PipelineConfig {
             ));
         };
         let source = source.clone();
+        let mut done_check: Option<crate::nats::DoneCheck> = None;
         let sink = match &self.sink {
-            ConfigSink::Parts {
-                dir,
-                format,
-                part_items,
-                explode,
-            } => {
+            ConfigSink::Parts(parts) => {
                 // Workers share output directories, across machines too: names must not meet.
                 let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
                 let tag: String = format!("{host}-{}-", std::process::id())
@@ -743,13 +739,12 @@ impl PipelineConfig {
                         }
                     })
                     .collect();
-                let sink = self.part_sink(dir, *format, *part_items, explode.as_deref(), &tag)?;
-                let (dir, format, key_field) = (dir.clone(), *format, self.key_field.clone());
-                let check: crate::nats::DoneCheck = Box::new(move || {
-                    let mut parts = PartSink::new(format, &dir, &key_field, 1, "check")?;
-                    crate::Sink::<Record>::completed(&mut parts)
-                });
-                WorkerSink::Parts(Box::new(sink), check, *part_items)
+                let sink = parts.open(&self.key_field, &tag)?;
+                let (parts, key_field) = (parts.clone(), self.key_field.clone());
+                done_check = Some(Box::new(move || {
+                    PartSink::keys_in(&parts.dir, parts.format, &key_field).map(Some)
+                }));
+                WorkerSink::Parts(Box::new(sink), parts.part_items)
             }
             ConfigSink::Nats(spec) => WorkerSink::Nats(spec.clone(), self.key_field.clone()),
         };
@@ -757,6 +752,7 @@ impl PipelineConfig {
         let plan = WorkerPlan {
             source,
             sink,
+            done_check,
             build: Box::new(move |pull| Self::pipeline(stages, pull)),
         };
         let mut options = self.options;
@@ -790,18 +786,9 @@ impl PipelineConfig {
             ),
         });
         let mut sink: Box<dyn crate::Sink<Record>> = match &self.sink {
-            ConfigSink::Parts {
-                dir,
-                format,
-                part_items,
-                explode,
-            } => Box::new(self.part_sink(
-                dir,
-                *format,
-                *part_items,
-                explode.as_deref(),
-                &self.options.shard.part_tag(),
-            )?),
+            ConfigSink::Parts(parts) => {
+                Box::new(parts.open(&self.key_field, &self.options.shard.part_tag())?)
+            }
             #[cfg(feature = "nats")]
             ConfigSink::Nats(spec) => {
                 Box::new(crate::nats::NatsSink::connect(spec, &self.key_field)?)

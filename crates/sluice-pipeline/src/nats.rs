@@ -271,6 +271,11 @@ impl NatsSink {
             "sluice-sink",
         )
         .map_err(SinkError::Encode)?;
+        Self::on(nats, spec, default_key_field)
+    }
+
+    /// As [`NatsSink::connect`], on an open connection.
+    fn on(nats: Nats, spec: &NatsSinkSpec, default_key_field: &str) -> Result<Self, SinkError> {
         if let Some(name) = &spec.stream {
             let retention = match spec.retention.as_deref() {
                 Some("workqueue") => stream::RetentionPolicy::WorkQueue,
@@ -280,11 +285,7 @@ impl NatsSink {
             nats.ensure_stream(name, &spec.subject, retention, window)
                 .map_err(SinkError::Encode)?;
         }
-        Ok(Self::with(nats, spec, default_key_field))
-    }
-
-    fn with(nats: Nats, spec: &NatsSinkSpec, default_key_field: &str) -> Self {
-        NatsSink {
+        Ok(NatsSink {
             nats,
             subject: spec.subject.clone(),
             key_field: spec
@@ -294,7 +295,7 @@ impl NatsSink {
             held: Vec::new(),
             published: 0,
             duplicates: 0,
-        }
+        })
     }
 
     /// Records published, and how many of them JetStream dropped as duplicates.
@@ -394,13 +395,13 @@ impl Counters {
     }
 }
 
-/// Re-reads which keys the outputs hold, for redelivered items.
-pub type DoneCheck = Box<dyn FnMut() -> Result<Option<Completed>, SinkError> + Send>;
+/// Reads which keys the outputs hold now, for redelivered items.
+pub type DoneCheck = Box<dyn Fn() -> Result<Option<Completed>, SinkError> + Send + Sync>;
 
 /// The messages a worker holds, from pull to ack.
 struct Queue {
     nats: Nats,
-    consumer: Mutex<consumer::PullConsumer>,
+    consumer: consumer::PullConsumer,
     spec: NatsSource,
     dead_subject: String,
     /// Pulled, not yet handed to the pipeline.
@@ -411,7 +412,10 @@ struct Queue {
     in_flight: AtomicU64,
     counts: Counters,
     stop: Arc<AtomicBool>,
-    done_check: Mutex<Option<DoneCheck>>,
+    /// How to read which keys the outputs hold (part files; a NATS sink deduplicates itself).
+    done_check: Option<DoneCheck>,
+    /// What `done_check` read when the last pull brought redelivered messages.
+    done: Mutex<Option<Completed>>,
 }
 
 /// A message's delivery count and stream sequence.
@@ -432,7 +436,11 @@ fn one_line(text: &str) -> String {
 }
 
 impl Queue {
-    fn open(spec: &NatsSource, stop: Arc<AtomicBool>) -> Result<Self, String> {
+    fn open(
+        spec: &NatsSource,
+        stop: Arc<AtomicBool>,
+        done_check: Option<DoneCheck>,
+    ) -> Result<Self, String> {
         let nats = Nats::connect(
             spec.url.as_deref(),
             spec.credentials.as_ref(),
@@ -466,7 +474,7 @@ impl Queue {
         })?;
         Ok(Queue {
             nats,
-            consumer: Mutex::new(consumer),
+            consumer,
             spec: spec.clone(),
             dead_subject,
             waiting: Mutex::new(VecDeque::new()),
@@ -474,7 +482,8 @@ impl Queue {
             in_flight: AtomicU64::new(0),
             counts: Counters::default(),
             stop,
-            done_check: Mutex::new(None),
+            done_check,
+            done: Mutex::new(None),
         })
     }
 
@@ -486,9 +495,9 @@ impl Queue {
 
     /// Pulls up to `fetch` messages, waiting at most a second.
     fn pull(&self, fetch: usize) -> Result<Vec<Message>, String> {
-        let consumer = lock(&self.consumer).clone();
-        self.nats.rt.block_on(async move {
-            let mut batch = consumer
+        self.nats.rt.block_on(async {
+            let mut batch = self
+                .consumer
                 .batch()
                 .max_messages(fetch)
                 .expires(Duration::from_secs(1))
@@ -505,7 +514,8 @@ impl Queue {
 
     /// True when the consumer has nothing left: nothing pending, nothing awaiting an ack anywhere.
     fn drained(&self) -> Result<bool, String> {
-        let mut consumer = lock(&self.consumer).clone();
+        // `info` refreshes the consumer's cached state, hence a copy to call it on.
+        let mut consumer = self.consumer.clone();
         self.nats.rt.block_on(async move {
             let info = consumer
                 .info()
@@ -557,7 +567,7 @@ impl Queue {
                 .map(|v| v.as_str().to_owned())
                 .unwrap_or_else(|| format!("{}:{sequence}", self.spec.stream)),
         };
-        if delivered > 1 && self.already_done(&key) {
+        if delivered > 1 && lock(&self.done).as_ref().is_some_and(|done| done(&key)) {
             self.counts.already_done.fetch_add(1, Relaxed);
             self.ack(vec![message]);
             return None;
@@ -570,20 +580,23 @@ impl Queue {
         Some((key, record))
     }
 
-    fn already_done(&self, key: &str) -> bool {
-        let mut check = lock(&self.done_check);
-        let Some(check) = check.as_mut() else {
-            return false;
+    /// Reads which keys the outputs hold, once per pull that brought redelivered messages: they
+    /// come back `ack_wait` after their worker's last sign of life, so its outputs are all in place
+    /// by now, and one read serves the whole pull.
+    fn refresh_done(&self, pulled: &[Message]) {
+        let Some(check) = &self.done_check else {
+            return;
         };
-        // Read afresh: another worker may have written it since this one started.
-        match check() {
-            Ok(Some(done)) => done(key),
-            Ok(None) => false,
-            Err(e) => {
-                tracing::warn!("cannot read which outputs exist ({e}); redoing {key}");
-                false
-            }
+        if pulled.iter().all(|m| delivery(m).0 == 1) {
+            return;
         }
+        *lock(&self.done) = match check() {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!("cannot read which outputs exist ({e}); redoing redelivered items");
+                None
+            }
+        };
     }
 
     fn take(&self, key: &str) -> Option<Message> {
@@ -746,6 +759,7 @@ impl Iterator for Pull {
             }
             match self.queue.pull(room.min(self.queue.spec.fetch)) {
                 Ok(messages) if !messages.is_empty() => {
+                    self.queue.refresh_done(&messages);
                     lock(&self.queue.waiting).extend(messages);
                     backoff = Duration::from_millis(200);
                 }
@@ -827,8 +841,8 @@ pub struct WorkerOptions {
 
 /// The sink a worker writes to, before acking is wrapped around it.
 pub(crate) enum WorkerSink {
-    /// Part files, with a way to re-read which keys they hold.
-    Parts(Box<dyn Sink<Record>>, DoneCheck, usize),
+    /// Part files of up to this many records.
+    Parts(Box<dyn Sink<Record>>, usize),
     /// A NATS subject (deduplicated by key).
     Nats(NatsSinkSpec, String),
 }
@@ -837,6 +851,8 @@ pub(crate) enum WorkerSink {
 pub(crate) struct WorkerPlan {
     pub source: NatsSource,
     pub sink: WorkerSink,
+    /// How to read which keys the outputs already hold (part files only).
+    pub done_check: Option<DoneCheck>,
     pub build: Box<dyn FnOnce(Pull) -> crate::Pipeline<Record>>,
 }
 
@@ -846,22 +862,24 @@ pub(crate) fn run_worker(
     mut options: crate::RunOptions,
     worker: WorkerOptions,
 ) -> Result<(crate::RunSummary, WorkerCounts), crate::RunError> {
-    let invalid = crate::RunError::Invalid;
-    let queue = Arc::new(Queue::open(&plan.source, worker.stop.clone()).map_err(invalid)?);
+    let queue = Queue::open(&plan.source, worker.stop.clone(), plan.done_check);
+    let queue = Arc::new(queue.map_err(crate::RunError::Invalid)?);
     let (inner, most): (Box<dyn Sink<Record>>, usize) = match plan.sink {
-        WorkerSink::Parts(sink, check, part_items) => {
-            *lock(&queue.done_check) = Some(check);
-            (sink, part_items)
-        }
+        WorkerSink::Parts(sink, part_items) => (sink, part_items),
         WorkerSink::Nats(spec, key_field) => {
-            let mut spec = spec;
-            if spec.url.is_none() {
-                spec.url = plan.source.url.clone();
-            }
-            (
-                Box::new(NatsSink::connect(&spec, &key_field)?),
-                PUBLISH_ROUND,
-            )
+            // Unset, the server and credentials are the work stream's, and so is the connection.
+            let spec = NatsSinkSpec {
+                url: spec.url.or_else(|| plan.source.url.clone()),
+                credentials: spec.credentials.or_else(|| plan.source.credentials.clone()),
+                ..spec
+            };
+            let sink =
+                if (&spec.url, &spec.credentials) == (&plan.source.url, &plan.source.credentials) {
+                    NatsSink::on(queue.nats.clone(), &spec, &key_field)?
+                } else {
+                    NatsSink::connect(&spec, &key_field)?
+                };
+            (Box::new(sink), PUBLISH_ROUND)
         }
     };
     let keep_alive = queue.nats.rt.spawn(queue.clone().keep_alive());

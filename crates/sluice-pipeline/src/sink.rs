@@ -273,6 +273,19 @@ impl PartSink {
         Ok(parts)
     }
 
+    /// Which keys the parts of `format` in `dir` hold now.
+    pub fn keys_in(
+        dir: &Path,
+        format: PartFormat,
+        key_field: &str,
+    ) -> Result<Completed, SinkError> {
+        let mut done = HashSet::new();
+        for path in Self::part_files(dir, format).map_err(|e| SinkError::io(dir, e))? {
+            format.read_keys(&path, key_field, &mut done)?;
+        }
+        Ok(Arc::new(move |key: &str| done.contains(key)))
+    }
+
     fn flush_part(&mut self) -> Result<(), SinkError> {
         if self.buffer.is_empty() {
             return Ok(());
@@ -314,13 +327,7 @@ impl<T: Serialize> Sink<T> for PartSink {
     }
 
     fn completed(&mut self) -> Result<Option<Completed>, SinkError> {
-        let mut done = HashSet::new();
-        for path in
-            Self::part_files(&self.dir, self.format).map_err(|e| SinkError::io(&self.dir, e))?
-        {
-            self.format.read_keys(&path, &self.key_field, &mut done)?;
-        }
-        Ok(Some(Arc::new(move |key: &str| done.contains(key))))
+        Self::keys_in(&self.dir, self.format, &self.key_field).map(Some)
     }
 }
 

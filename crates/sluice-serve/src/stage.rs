@@ -33,7 +33,6 @@ use serde_json::{json, Map, Value};
 use sluice_core::storage::Location;
 use sluice_models::classifier::AudioClassifier;
 use sluice_models::m2m100::{GenerationOptions, M2M100};
-use sluice_models::source::{HubSettings, ModelSource};
 use sluice_pipeline::config::{ConfigError, RawStage, RecordStage, RecordStageFactory, StageKinds};
 use sluice_pipeline::stages::Record;
 use sluice_pipeline::{ItemError, Stage, StageError, StageOptions, WorkerContext};
@@ -289,12 +288,7 @@ fn load_local(model: &str) -> Result<Local, StageError> {
         let c = AudioClassifier::load(dir).map_err(|e| StageError::new(e.to_string()))?;
         return Ok(Local::Classifier(Arc::new(c)));
     }
-    let source = ModelSource::parse(model);
-    let dir = source
-        .resolve(&HubSettings::from_env())
-        .map_err(|e| StageError::new(e.to_string()))?;
-    let m = M2M100::load(&dir, &candle_core::Device::Cpu)
-        .map_err(|e| StageError::new(format!("loading model {source}: {e}")))?;
+    let m = sluice_pipeline::stages::translate::load_m2m100(model)?;
     Ok(Local::Translation(Arc::new(m)))
 }
 

@@ -56,6 +56,16 @@ impl TranslateStage {
     }
 }
 
+/// Loads an M2M100 model for a stage worker: `model` is a directory or a hub id.
+pub fn load_m2m100(model: &str) -> Result<M2M100, StageError> {
+    let source = ModelSource::parse(model);
+    let dir = source
+        .resolve(&HubSettings::from_env())
+        .map_err(|e| StageError::new(e.to_string()))?;
+    M2M100::load(&dir, &candle_core::Device::Cpu)
+        .map_err(|e| StageError::new(format!("loading model {source}: {e}")))
+}
+
 impl Stage for TranslateStage {
     type In = Record;
     type Out = Record;
@@ -69,12 +79,7 @@ impl Stage for TranslateStage {
     }
 
     fn setup(&mut self, _worker: &WorkerContext) -> Result<(), StageError> {
-        let source = ModelSource::parse(&self.model);
-        let dir = source
-            .resolve(&HubSettings::from_env())
-            .map_err(|e| StageError::new(e.to_string()))?;
-        let model = M2M100::load(&dir, &candle_core::Device::Cpu)
-            .map_err(|e| StageError::new(format!("loading model {source}: {e}")))?;
+        let model = load_m2m100(&self.model)?;
         for code in [&self.from, &self.to] {
             model
                 .tokenizer()
