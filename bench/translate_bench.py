@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
-"""Translation throughput and peak memory: `sluice translate` vs Python transformers vs CTranslate2.
+"""Translation throughput and peak memory: `sluice translate` (int8 and float32) vs Python
+transformers (float32) vs CTranslate2 (float32 and int8).
 
-All three run the same random-weight model with the full facebook/m2m100_418M architecture (no
-weights can be downloaded here; speed does not depend on the weight values), float32 on CPU, at
-batch 1 and 16, greedy and 5 beams, with every sentence forced to exactly 32 new tokens
-(min_new_tokens = max_new_tokens = 32). Each measurement runs in its own process so its peak RSS
-(ru_maxrss of that process) is its own; model loading is timed apart from generation.
+All run the same random-weight model with the full facebook/m2m100_418M architecture (no weights
+can be downloaded here; speed does not depend on the weight values) on the CPU, at batch 1 and 16,
+greedy and 5 beams, with every sentence forced to exactly 32 new tokens (min_new_tokens =
+max_new_tokens = 32). Each measurement runs in its own process so its peak RSS (ru_maxrss of that
+process) is its own; model loading is timed apart from generation, and cpu/wall is the process's
+CPU time over the generation's wall time (2.0 = both cores busy at 2 threads).
 
-Usage (from the repository root, after `cargo build --release`):
+Then the fidelity of int8: greedy tokens of the 16 sentences at batch 16 from each engine's int8
+against the same engine's float32, as the share of positions where the tokens agree and the share
+of tokens before the first disagreement.
+
+Usage (from the repository root, after `cargo build --release -p sluice-cli`):
     python bench/translate_bench.py [--threads 2] [--work bench/.work] [--out bench/results.json]
 Needs: pip install -r tools/requirements.txt ctranslate2
 """
@@ -34,6 +40,14 @@ SENTENCES = [
     "La vie est comme une boîte de chocolats, on ne sait jamais sur quoi on va tomber.",
     "Numbers like 0123456789 and symbols such as #, $ and % appear in text too.",
     "The man on the bench said that life is like a box of chocolates.",
+    "Please send the quarterly report to the finance team by Friday afternoon.",
+    "The weather forecast predicts heavy rain and strong winds along the coast tonight.",
+    "Our new library opens at nine and closes at six on weekdays.",
+    "She plays the violin in a small orchestra that tours every summer.",
+    "Researchers measured the speed of sound in water at several temperatures.",
+    "Turn left at the second traffic light and the station is on your right.",
+    "The recipe calls for two eggs, a cup of flour and a pinch of salt.",
+    "Whales sing long songs that travel hundreds of kilometres under the sea.",
 ]
 
 
@@ -133,26 +147,30 @@ def worker_hf(model_dir: Path, batch: int, beams: int, n: int, threads: int) -> 
     kw = dict(num_beams=beams, min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS,
               forced_bos_token_id=tok.get_lang_id("ja"), early_stopping=True)
     tokens = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for i in range(0, n, batch):
             enc = tok(texts[i:i + batch], return_tensors="pt", padding=True)
             out = model.generate(**enc, **kw)
             tokens += (out.shape[1] - 1) * out.shape[0]
-    return {"load_s": load, "gen_s": time.perf_counter() - t0, "tokens": tokens}
+    return {"load_s": load, "gen_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+            "tokens": tokens}
 
 
-def worker_ct2(ct2_dir: Path, batch: int, beams: int, n: int, threads: int) -> dict:
+def worker_ct2(ct2_dir: Path, batch: int, beams: int, n: int, threads: int,
+               compute_type: str = "float32", hypotheses: bool = False) -> dict:
     import ctranslate2
 
     t0 = time.perf_counter()
-    translator = ctranslate2.Translator(str(ct2_dir), device="cpu", intra_threads=threads, inter_threads=1)
+    translator = ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type=compute_type,
+                                        intra_threads=threads, inter_threads=1)
     tok = tokenizer(ct2_dir)
     load = time.perf_counter() - t0
     texts = (SENTENCES * 4)[:n]
     sources = [tok.convert_ids_to_tokens(tok(t)["input_ids"]) for t in texts]
     tokens = 0
-    t0 = time.perf_counter()
+    hyps = []
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, n, batch):
         chunk = sources[i:i + batch]
         # The target prefix (language token) counts towards the decoding length, as in transformers.
@@ -161,7 +179,16 @@ def worker_ct2(ct2_dir: Path, batch: int, beams: int, n: int, threads: int) -> d
             min_decoding_length=NEW_TOKENS, max_decoding_length=NEW_TOKENS, max_batch_size=batch,
         )
         tokens += sum(len(r.hypotheses[0]) for r in res)
-    return {"load_s": load, "gen_s": time.perf_counter() - t0, "tokens": tokens}
+        hyps += [r.hypotheses[0] for r in res]
+    out = {"load_s": load, "gen_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+           "tokens": tokens}
+    if hypotheses:
+        out["hypotheses"] = hyps
+    return out
+
+
+def worker_ct2_int8(ct2_dir: Path, batch: int, beams: int, n: int, threads: int, **kw) -> dict:
+    return worker_ct2(ct2_dir, batch, beams, n, threads, compute_type="int8", **kw)
 
 
 def measure(cmd, stdin_text=None, env=None):
@@ -179,16 +206,36 @@ def measure(cmd, stdin_text=None, env=None):
     return out, err, usage.ru_maxrss / 1024
 
 
-def run_sluice(binary: Path, model_dir: Path, batch: int, beams: int, n: int, threads: int) -> dict:
+def run_sluice(binary: Path, model_dir: Path, batch: int, beams: int, n: int, threads: int,
+               compute_type: str = "int8", ids: bool = False) -> dict:
     texts = (SENTENCES * 4)[:n]
     env = dict(os.environ, SLUICE_LOG="info", RAYON_NUM_THREADS=str(threads), NO_COLOR="1")
     cmd = [str(binary), "translate", "--model", str(model_dir), "--from", "en", "--to", "ja",
            "--beams", str(beams), "--min-new-tokens", str(NEW_TOKENS), "--max-new-tokens", str(NEW_TOKENS),
-           "--batch-size", str(batch)]
+           "--batch-size", str(batch), "--compute-type", compute_type] + (["--output-ids"] if ids else [])
     out, err, rss = measure(cmd, "".join(t + "\n" for t in texts), env)
     assert len(out.splitlines()) == n, out
-    secs = [float(x) for x in re.findall(r"seconds=([0-9.]+)", err)]
-    return {"load_s": secs[0], "gen_s": secs[1], "tokens": NEW_TOKENS * n, "peak_rss_mib": rss}
+    secs = [float(x) for x in re.findall(r"(?<![a-z_])seconds=([0-9.]+)", err)]
+    cpu = [float(x) for x in re.findall(r"cpu_seconds=([0-9.]+)", err)]
+    r = {"load_s": secs[0], "gen_s": secs[1] if n else 0.0, "cpu_s": cpu[0] if cpu else 0.0,
+         "tokens": NEW_TOKENS * n, "peak_rss_mib": rss}
+    if ids:
+        r["hypotheses"] = [line.split()[2:] for line in out.splitlines()]  # past start + language
+    return r
+
+
+def agreement(a, b):
+    """Share of positions where two engines' greedy tokens agree, and share before the first
+    disagreement, over all sentences."""
+    same = prefix = total = 0
+    for x, y in zip(a, b):
+        total += max(len(x), len(y))
+        same += sum(1 for p, q in zip(x, y) if p == q)
+        k = 0
+        while k < min(len(x), len(y)) and x[k] == y[k]:
+            k += 1
+        prefix += k
+    return same / total, prefix / total
 
 
 def main():
@@ -197,7 +244,8 @@ def main():
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / ".work")
     ap.add_argument("--sluice", type=Path, default=ROOT / "target" / "release" / "sluice")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results-translate.json")
-    ap.add_argument("--systems", default="sluice,transformers,ctranslate2")
+    ap.add_argument("--systems", default="sluice-int8,sluice-float32,transformers,ctranslate2,ctranslate2-int8")
+    ap.add_argument("--no-agreement", action="store_true", help="skip the int8 fidelity comparison")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--beams", type=int, help=argparse.SUPPRESS)
@@ -206,23 +254,26 @@ def main():
     a = ap.parse_args()
 
     if a.worker:
-        fn = {"transformers": worker_hf, "ctranslate2": worker_ct2}[a.worker]
+        fn = {"transformers": worker_hf, "ctranslate2": worker_ct2, "ctranslate2-int8": worker_ct2_int8,
+              "ct2-ids-float32": lambda *x: worker_ct2(*x, hypotheses=True),
+              "ct2-ids-int8": lambda *x: worker_ct2_int8(*x, hypotheses=True)}[a.worker]
         print(json.dumps(fn(a.dir, a.batch, a.beams, a.n, a.threads)))
         return
 
     a.work.mkdir(parents=True, exist_ok=True)
     model_dir = build_model(a.work)
     systems = a.systems.split(",")
-    dirs = {"sluice": model_dir, "transformers": model_dir}
-    if "ctranslate2" in systems:
-        dirs["ctranslate2"] = convert_ct2(model_dir, a.work)
+    dirs = {"transformers": model_dir}
+    if any(s.startswith("ctranslate2") for s in systems):
+        dirs["ctranslate2"] = dirs["ctranslate2-int8"] = convert_ct2(model_dir, a.work)
     results = []
     # n = 0: load the model and exit, so peak RSS is that of loading alone.
     for batch, n in ((1, 0), (1, 4), (16, 16)):
         for beams in ((1,) if n == 0 else (1, 5)):
             for system in systems:
-                if system == "sluice":
-                    r = run_sluice(a.sluice, model_dir, batch, beams, n, a.threads)
+                if system.startswith("sluice"):
+                    ct = system.split("-", 1)[1] if "-" in system else "int8"
+                    r = run_sluice(a.sluice, model_dir, batch, beams, n, a.threads, ct)
                 else:
                     cmd = [sys.executable, __file__, "--worker", system, "--dir", str(dirs[system]),
                            "--batch", str(batch), "--beams", str(beams), "--n", str(n), "--threads", str(a.threads)]
@@ -230,12 +281,31 @@ def main():
                     r = json.loads(out.strip().splitlines()[-1])
                     r["peak_rss_mib"] = rss
                 r.update(system=system, batch=batch, beams=beams, sentences=n,
-                         tokens_per_s=r["tokens"] / r["gen_s"] if r["tokens"] else 0.0)
+                         tokens_per_s=r["tokens"] / r["gen_s"] if r["tokens"] else 0.0,
+                         cpu_per_wall=r["cpu_s"] / r["gen_s"] if r["tokens"] else 0.0)
                 results.append(r)
-                print(f"{system:13s} batch={batch:2d} beams={beams} load={r['load_s']:6.2f}s "
+                print(f"{system:16s} batch={batch:2d} beams={beams} load={r['load_s']:6.2f}s "
                       f"gen={r['gen_s']:7.2f}s tokens/s={r['tokens_per_s']:8.1f} "
-                      f"peak_rss={r['peak_rss_mib']:7.0f} MiB", flush=True)
-    a.out.write_text(json.dumps({"threads": a.threads, "new_tokens": NEW_TOKENS, "results": results}, indent=1))
+                      f"cpu/wall={r['cpu_per_wall']:4.2f} peak_rss={r['peak_rss_mib']:7.0f} MiB", flush=True)
+    fidelity = {}
+    if not a.no_agreement:
+        # Greedy, batch 16, the 16 sentences: int8 against float32 within each engine.
+        s8 = run_sluice(a.sluice, model_dir, 16, 1, 16, a.threads, "int8", ids=True)["hypotheses"]
+        s32 = run_sluice(a.sluice, model_dir, 16, 1, 16, a.threads, "float32", ids=True)["hypotheses"]
+        fidelity["sluice"] = agreement(s32, s8)
+        if "ctranslate2" in dirs:
+            hyps = {}
+            for ct in ("float32", "int8"):
+                cmd = [sys.executable, __file__, "--worker", f"ct2-ids-{ct}", "--dir", str(dirs["ctranslate2"]),
+                       "--batch", "16", "--beams", "1", "--n", "16", "--threads", str(a.threads)]
+                out, _, _ = measure(cmd, "")
+                hyps[ct] = [h[1:] for h in json.loads(out.strip().splitlines()[-1])["hypotheses"]]
+            fidelity["ctranslate2"] = agreement(hyps["float32"], hyps["int8"])
+        for k, (same, prefix) in fidelity.items():
+            print(f"int8 vs float32 greedy tokens, {k}: {same:.1%} agree by position, "
+                  f"{prefix:.1%} before the first disagreement", flush=True)
+    a.out.write_text(json.dumps({"threads": a.threads, "new_tokens": NEW_TOKENS, "results": results,
+                                 "int8_agreement": fidelity}, indent=1))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ impl Server {
             ])
             .args(extra)
             .env("HF_HUB_OFFLINE", "1")
+            // float32 reproduces transformers' reference token for token.
+            .env("SLUICE_COMPUTE_TYPE", "float32")
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -23,6 +23,8 @@ fn sluice(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
         .stderr(Stdio::piped())
         // Never reach for the real hub from a test.
         .env("HF_HUB_OFFLINE", "1")
+        // float32 reproduces transformers' reference; int8 tests say so in `env`.
+        .env("SLUICE_COMPUTE_TYPE", "float32")
         .env_remove("SLUICE_MODEL");
     for (k, v) in env {
         cmd.env(k, v);
@@ -224,4 +226,78 @@ fn fetch_model_writes_a_loadable_directory_from_the_cache() {
         String::from_utf8(out.stdout).unwrap().trim_end(),
         reference()["generation"][0]["texts"][0].as_str().unwrap()
     );
+}
+
+/// Token ids printed by `sluice translate --output-ids` for the reference sentences.
+fn ids_with(env: &[(&str, &str)], beams: &str) -> Result<String, String> {
+    let texts: Vec<String> = reference()["tokenize"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let model = fixture_dir();
+    let args = [
+        "translate",
+        "--model",
+        model.to_str().unwrap(),
+        "--from",
+        "en",
+        "--to",
+        "de",
+        "--beams",
+        beams,
+        "--output-ids",
+    ];
+    let out = sluice(&args, &(texts.join("\n") + "\n"), env);
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn int8_gives_the_same_tokens_with_every_kernel_this_cpu_has() {
+    for beams in ["1", "3"] {
+        let auto = ids_with(&[("SLUICE_COMPUTE_TYPE", "int8")], beams).unwrap();
+        assert_eq!(auto.lines().count(), 10);
+        assert!(auto.lines().all(|l| l.starts_with("2 ")), "{auto}");
+        for isa in sluice_models::int8::Isa::supported_all() {
+            let forced = ids_with(
+                &[
+                    ("SLUICE_COMPUTE_TYPE", "int8"),
+                    ("SLUICE_CPU_ISA", isa.name()),
+                ],
+                beams,
+            )
+            .unwrap();
+            assert_eq!(forced, auto, "SLUICE_CPU_ISA={isa}, {beams} beams");
+        }
+    }
+}
+
+#[test]
+fn a_kernel_the_cpu_lacks_or_an_unknown_one_is_refused_with_the_choices() {
+    let err = ids_with(
+        &[("SLUICE_COMPUTE_TYPE", "int8"), ("SLUICE_CPU_ISA", "sse9")],
+        "1",
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("SLUICE_CPU_ISA=sse9") && err.contains("portable"),
+        "{err}"
+    );
+    let err = ids_with(&[("SLUICE_COMPUTE_TYPE", "int9")], "1").unwrap_err();
+    assert!(err.contains("int8") && err.contains("float32"), "{err}");
+    // float32 needs no int8 kernel: a bad SLUICE_CPU_ISA does not stop it.
+    ids_with(
+        &[
+            ("SLUICE_COMPUTE_TYPE", "float32"),
+            ("SLUICE_CPU_ISA", "sse9"),
+        ],
+        "1",
+    )
+    .unwrap();
 }

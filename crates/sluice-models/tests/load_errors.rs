@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use sluice_models::m2m100::GenerationOptions;
+use sluice_models::m2m100::{ComputeType, GenerationOptions};
 use sluice_models::source::{fetch_model, HubSettings};
 use sluice_models::{ModelSource, M2M100};
 
@@ -24,7 +24,9 @@ fn copy_fixture(skip: &[&str]) -> tempfile::TempDir {
 }
 
 fn load_err(dir: &Path) -> String {
-    M2M100::load(dir, &Device::Cpu).unwrap_err().to_string()
+    M2M100::load(dir, &Device::Cpu, ComputeType::Auto)
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -94,7 +96,7 @@ fn truncated_weights_are_refused() {
 
 #[test]
 fn unknown_language_names_the_code_and_suggests_one() {
-    let m = M2M100::load(&fixture_dir(), &Device::Cpu).unwrap();
+    let m = M2M100::load(&fixture_dir(), &Device::Cpu, ComputeType::Auto).unwrap();
     let err = m
         .translate(&["hi"], "en", "jp", &GenerationOptions::default(), 1)
         .unwrap_err()
@@ -108,7 +110,7 @@ fn unknown_language_names_the_code_and_suggests_one() {
 
 #[test]
 fn zero_new_tokens_is_refused() {
-    let m = M2M100::load(&fixture_dir(), &Device::Cpu).unwrap();
+    let m = M2M100::load(&fixture_dir(), &Device::Cpu, ComputeType::Auto).unwrap();
     let opts = GenerationOptions {
         max_new_tokens: Some(0),
         ..Default::default()
@@ -159,7 +161,7 @@ fn hub_id_resolves_from_the_cache_without_network() {
     for offline in [true, false] {
         let dir = source.resolve(&settings(cache.path(), offline)).unwrap();
         assert!(dir.join("config.json").is_file());
-        M2M100::load(&dir, &Device::Cpu).unwrap();
+        M2M100::load(&dir, &Device::Cpu, ComputeType::Auto).unwrap();
     }
 }
 
@@ -231,5 +233,5 @@ fn fetch_model_copies_cached_files_into_a_directory() {
         .file_name()
         .to_string_lossy()
         .ends_with(".partial")));
-    M2M100::load(&target, &Device::Cpu).unwrap();
+    M2M100::load(&target, &Device::Cpu, ComputeType::Auto).unwrap();
 }

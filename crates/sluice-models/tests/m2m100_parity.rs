@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use candle_core::{Device, IndexOp};
 use serde_json::Value;
-use sluice_models::m2m100::{EarlyStopping, GenerationOptions, M2M100};
+use sluice_models::m2m100::{ComputeType, EarlyStopping, GenerationOptions, M2M100};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-m2m100")
@@ -23,7 +23,7 @@ fn reference() -> &'static Value {
 
 fn model() -> &'static M2M100 {
     static MODEL: OnceLock<M2M100> = OnceLock::new();
-    MODEL.get_or_init(|| M2M100::load(&fixture_dir(), &Device::Cpu).unwrap())
+    MODEL.get_or_init(|| M2M100::load(&fixture_dir(), &Device::Cpu, ComputeType::Float32).unwrap())
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -70,6 +70,33 @@ fn decoding_drops_special_tokens_like_reference() {
         let got = tok.decode(&ids(&case["ids"])).unwrap();
         assert_eq!(got, case["text"].as_str().unwrap(), "ids {:?}", case["ids"]);
     }
+}
+
+#[test]
+fn generated_unk_pad_and_language_ids_decode_as_transformers_batch_decode() {
+    // transformers' `batch_decode(ids, skip_special_tokens=True)` drops `<unk>` (3), `<pad>` (1),
+    // `<s>`, `</s>` and language tokens anywhere in the ids; only ids past the vocabulary (the
+    // made-up words) read as the literal "<unk>", which the reference shows too.
+    let tok = model().tokenizer();
+    let de = tok.lang_id("de").unwrap();
+    let case = reference()["decode"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            let v = ids(&c["ids"]);
+            v.contains(&3) && v.contains(&1) && v.contains(&de)
+        })
+        .expect("a reference case with <unk>, <pad> and a language token");
+    let want = case["text"].as_str().unwrap();
+    assert!(!want.contains("<unk>") && !want.contains("__de__"), "{want}");
+    assert_eq!(tok.decode(&ids(&case["ids"])).unwrap(), want);
+    // The same ids with `<unk>`s and `<pad>`s added anywhere decode to the same text.
+    let mut noisy = ids(&case["ids"]);
+    noisy.insert(2, 3);
+    noisy.insert(4, 1);
+    noisy.push(3);
+    assert_eq!(tok.decode(&noisy).unwrap(), want);
 }
 
 fn max_abs_diff(got: &[Vec<f32>], want: &Value) -> f32 {
@@ -165,7 +192,7 @@ fn pytorch_checkpoint_loads_the_same_weights() {
             std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
         }
     }
-    let from_bin = M2M100::load(dir.path(), &Device::Cpu).unwrap();
+    let from_bin = M2M100::load(dir.path(), &Device::Cpu, ComputeType::Float32).unwrap();
     let case = &reference()["generation"][1];
     let tok = from_bin.tokenizer();
     let src = tok

@@ -142,6 +142,7 @@ struct TranslateSection {
     output: String,
     beams: Option<usize>,
     max_new_tokens: Option<usize>,
+    compute_type: Option<sluice_models::m2m100::ComputeType>,
 }
 
 fn default_text_field() -> String {
@@ -602,6 +603,11 @@ impl PipelineConfig {
                     );
                     translate.generation.num_beams = spec.beams;
                     translate.generation.max_new_tokens = spec.max_new_tokens;
+                    translate.compute_type = match spec.compute_type {
+                        Some(c) => c,
+                        None => sluice_models::m2m100::ComputeType::from_env()
+                            .map_err(|e| ConfigError(format!("stage {name}: {e}")))?,
+                    };
                     BuiltStage::Translate(translate)
                 }
                 other => match kinds.get(other) {

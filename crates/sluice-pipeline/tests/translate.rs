@@ -33,6 +33,7 @@ from = "en"
 to = "ja"
 batch_size = 4
 workers = 2
+compute_type = "float32"
 
 [sink]
 kind = "jsonl"

@@ -147,6 +147,8 @@ pub struct ServeConfig {
     pub retry_after: u64,
     /// Where translation models run: see [`sluice_models::device::select`].
     pub device: String,
+    /// How translation models compute (int8 on the CPU by default).
+    pub compute_type: sluice_models::m2m100::ComputeType,
 }
 
 impl Default for ServeConfig {
@@ -168,6 +170,7 @@ impl Default for ServeConfig {
             shutdown_timeout: Duration::from_secs(30),
             retry_after: 1,
             device: "cpu".into(),
+            compute_type: sluice_models::m2m100::ComputeType::Auto,
         }
     }
 }
@@ -407,6 +410,7 @@ pub async fn serve(
 async fn load(app: Arc<App>, index: usize, failed: mpsc::Sender<anyhow::Error>) {
     let entry = app.slots[index].entry.clone();
     let device = app.config.device.clone();
+    let compute = app.config.compute_type;
     let started = Instant::now();
     let name = entry.name.clone();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
@@ -422,7 +426,7 @@ async fn load(app: Arc<App>, index: usize, failed: mpsc::Sender<anyhow::Error>) 
             return Ok(Model::Classifier(classifier));
         }
         let device = sluice_models::device::select(&device).map_err(anyhow::Error::msg)?;
-        let model = M2M100::load(&dir, &device).with_context(context)?;
+        let model = M2M100::load(&dir, &device, compute).with_context(context)?;
         let translator = Translator::new(Arc::new(model));
         translator.warm_up().context("warming up the model")?;
         Ok(Model::Translation(translator))

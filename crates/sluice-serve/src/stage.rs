@@ -288,7 +288,8 @@ fn load_local(model: &str) -> Result<Local, StageError> {
         let c = AudioClassifier::load(dir).map_err(|e| StageError::new(e.to_string()))?;
         return Ok(Local::Classifier(Arc::new(c)));
     }
-    let m = sluice_pipeline::stages::translate::load_m2m100(model)?;
+    let compute = sluice_models::m2m100::ComputeType::from_env().map_err(StageError::new)?;
+    let m = sluice_pipeline::stages::translate::load_m2m100(model, compute)?;
     Ok(Local::Translation(Arc::new(m)))
 }
 

@@ -6,8 +6,10 @@
 //! penalties decide which candidates may still enter. Sentences that can no longer change are
 //! dropped from the decoder batch instead of being carried along, which changes no result.
 
+use rayon::prelude::*;
+
 use super::config::EarlyStopping;
-use super::model::{EncoderOutput, M2M100Model};
+use super::model::{log_softmax_rows, EncoderOutput, M2M100Model};
 use crate::error::{ModelError, Result};
 
 /// The penalty transformers adds to scores that must not win (an f32, added in f32).
@@ -116,16 +118,17 @@ fn greedy(model: &M2M100Model, enc: &EncoderOutput, p: &GenerateParams) -> Resul
     let n = enc.hidden.dim(0)?;
     let mut seqs = vec![vec![p.decoder_start]; n];
     let mut active: Vec<usize> = (0..n).collect();
-    let rows: Vec<u32> = (0..n as u32).collect();
-    let mut state = model.start_decoding(enc, &rows)?;
+    let mut state = model.start_decoding(enc, 1)?;
+    let vocab = model.vocab_size();
+    let mut logits = Vec::new();
     while !active.is_empty() {
         let tokens: Vec<u32> = active.iter().map(|&i| seqs[i][seqs[i].len() - 1]).collect();
         let cur_len = seqs[active[0]].len();
-        let logits = model.decode_step(&tokens, &mut state)?.to_vec2::<f32>()?;
+        model.decode_step_into(&tokens, &mut state, &mut logits)?;
         let mut keep = Vec::with_capacity(active.len());
-        for (r, mut row) in logits.into_iter().enumerate() {
-            p.process(&mut row, cur_len);
-            let tok = argmax(&row);
+        for (r, row) in logits.chunks_mut(vocab).enumerate() {
+            p.process(row, cur_len);
+            let tok = argmax(row);
             let seq = &mut seqs[active[r]];
             seq.push(tok);
             if !p.eos.contains(&tok) && seq.len() < p.max_length {
@@ -135,7 +138,8 @@ fn greedy(model: &M2M100Model, enc: &EncoderOutput, p: &GenerateParams) -> Resul
         if keep.len() < active.len() {
             active = keep.iter().map(|&r| active[r]).collect();
             if !active.is_empty() {
-                state.select_rows(&keep.iter().map(|&r| r as u32).collect::<Vec<_>>())?;
+                let keep: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
+                state.select(&keep, &keep)?;
             }
         }
     }
@@ -190,11 +194,10 @@ fn top_k(values: &[f32], k: usize) -> Vec<usize> {
 }
 
 /// The `k` best (flat index, score) pairs of `beams × vocab` accumulated scores, best first.
-fn top_candidates(log_probs: &[Vec<f32>], running: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let vocab = log_probs[0].len();
+fn top_candidates(log_probs: &[f32], vocab: usize, running: &[f32], k: usize) -> Vec<(usize, f32)> {
     // A bounded sorted list beats sorting beams × vocab (640k) entries for k = 10.
     let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
-    for (j, row) in log_probs.iter().enumerate() {
+    for (j, row) in log_probs.chunks(vocab).enumerate() {
         let base = running[j];
         for (t, &lp) in row.iter().enumerate() {
             let s = lp + base;
@@ -237,31 +240,36 @@ fn beam_search(
             improvable: true,
         })
         .collect();
-    let rows: Vec<u32> = (0..n as u32)
-        .flat_map(|i| std::iter::repeat_n(i, k))
-        .collect();
-    let mut state = model.start_decoding(enc, &rows)?;
+    let mut state = model.start_decoding(enc, k)?;
+    let vocab = model.vocab_size();
     let mut active: Vec<usize> = (0..n).collect();
     let mut cur_len = 1;
+    let mut log_probs = Vec::new();
     while !active.is_empty() {
         let tokens: Vec<u32> = active
             .iter()
             .flat_map(|&s| sentences[s].running.iter().map(|b| b[b.len() - 1]))
             .collect();
-        let logits = model.decode_step(&tokens, &mut state)?;
-        let log_probs = M2M100Model::log_softmax(&logits)?.to_vec2::<f32>()?;
+        model.decode_step_into(&tokens, &mut state, &mut log_probs)?;
+        log_softmax_rows(&mut log_probs, vocab);
         let at_max = cur_len + 1 >= p.max_length;
         let divisor = ((cur_len as f64).powf(p.length_penalty)) as f32;
+        // Each sentence's candidates from its own `k × vocab` block, in parallel.
+        let all_cands: Vec<Vec<(usize, f32)>> = log_probs
+            .par_chunks_mut(k * vocab)
+            .zip(active.par_iter())
+            .map(|(block, &s)| {
+                for row in block.chunks_mut(vocab) {
+                    p.process(row, cur_len);
+                }
+                top_candidates(block, vocab, &sentences[s].running_scores, keep)
+            })
+            .collect();
         let mut next_rows: Vec<u32> = Vec::with_capacity(active.len() * k);
+        let mut kept_sentences: Vec<u32> = Vec::with_capacity(active.len());
         let mut still_active = Vec::with_capacity(active.len());
-        for (a, &s) in active.iter().enumerate() {
-            let mut rows_lp: Vec<Vec<f32>> = log_probs[a * k..(a + 1) * k].to_vec();
-            for row in rows_lp.iter_mut() {
-                p.process(row, cur_len);
-            }
+        for ((a, &s), cands) in active.iter().enumerate().zip(all_cands) {
             let sent = &mut sentences[s];
-            let vocab = rows_lp[0].len();
-            let cands = top_candidates(&rows_lp, &sent.running_scores, keep);
             let hits: Vec<bool> = cands
                 .iter()
                 .map(|&(flat, _)| at_max || p.eos.contains(&((flat % vocab) as u32)))
@@ -347,13 +355,14 @@ fn beam_search(
 
             if !at_max && !sent.is_frozen(p) {
                 still_active.push(s);
+                kept_sentences.push(a as u32);
                 next_rows.extend(sources);
             }
         }
         cur_len += 1;
         active = still_active;
         if !active.is_empty() {
-            state.select_rows(&next_rows)?;
+            state.select(&kept_sentences, &next_rows)?;
         }
     }
     Ok(sentences
@@ -381,8 +390,8 @@ mod tests {
 
     #[test]
     fn top_candidates_scans_all_beams() {
-        let lp = vec![vec![-1.0, -2.0, -0.5], vec![-0.1, -3.0, -4.0]];
-        let got = top_candidates(&lp, &[0.0, -1.0], 3);
+        let lp = [-1.0, -2.0, -0.5, -0.1, -3.0, -4.0];
+        let got = top_candidates(&lp, 3, &[0.0, -1.0], 3);
         assert_eq!(got.iter().map(|c| c.0).collect::<Vec<_>>(), vec![2, 0, 3]);
     }
 

@@ -12,11 +12,89 @@ use candle_core::{DType, Device};
 
 pub use config::{Config, EarlyStopping, GenerationConfig};
 pub use generate::GenerateParams;
-pub use model::M2M100Model;
+pub use model::{M2M100Model, Precision};
 pub use tokenizer::M2M100Tokenizer;
 
 use crate::error::{ModelError, Result};
+use crate::int8;
 use crate::weights;
+
+/// How a model's linear layers compute (`--compute-type`, `SLUICE_COMPUTE_TYPE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ComputeType {
+    /// int8 on the CPU, float32 on a GPU.
+    #[default]
+    Auto,
+    /// int8 weights (per output channel) and activations (per row), float32 scales.
+    Int8,
+    /// float32 throughout.
+    Float32,
+}
+
+impl ComputeType {
+    /// Every value, as written on the command line.
+    pub const NAMES: [&'static str; 3] = ["auto", "int8", "float32"];
+
+    /// The precision this compute type means on `device`.
+    pub fn resolve(self, device: &Device) -> Result<Precision> {
+        let cpu = device.is_cpu();
+        match self {
+            ComputeType::Float32 => Ok(Precision::Float32),
+            ComputeType::Auto if !cpu => Ok(Precision::Float32),
+            ComputeType::Int8 if !cpu => Err(ModelError::InvalidSettings(
+                "compute type int8 runs on the CPU only; use float32 (or auto) on a GPU".into(),
+            )),
+            ComputeType::Auto | ComputeType::Int8 => int8::selected_isa()
+                .map(Precision::Int8)
+                .map_err(ModelError::InvalidSettings),
+        }
+    }
+}
+
+impl ComputeType {
+    /// `SLUICE_COMPUTE_TYPE` if set, else `auto`.
+    pub fn from_env() -> std::result::Result<Self, String> {
+        match std::env::var("SLUICE_COMPUTE_TYPE") {
+            Ok(v) if !v.trim().is_empty() => v
+                .parse()
+                .map_err(|e: String| format!("SLUICE_COMPUTE_TYPE: {e}")),
+            _ => Ok(ComputeType::Auto),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ComputeType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for ComputeType {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "default" => Ok(ComputeType::Auto),
+            "int8" | "int8_float32" => Ok(ComputeType::Int8),
+            "float32" | "f32" | "fp32" => Ok(ComputeType::Float32),
+            other => Err(format!(
+                "unknown compute type {other:?}: expected one of {}",
+                ComputeType::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ComputeType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ComputeType::Auto => "auto",
+            ComputeType::Int8 => "int8",
+            ComputeType::Float32 => "float32",
+        })
+    }
+}
 
 /// Per-call overrides of the model's generation defaults.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,6 +118,7 @@ pub struct M2M100 {
     generation: GenerationConfig,
     tokenizer: M2M100Tokenizer,
     model: M2M100Model,
+    precision: Precision,
     dir: PathBuf,
 }
 
@@ -64,8 +143,14 @@ fn optional(dir: &Path, file: &str) -> Option<PathBuf> {
 }
 
 impl M2M100 {
-    /// Loads a model directory in the Hugging Face layout onto `device` (f32 weights).
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+    /// Loads a model directory in the Hugging Face layout onto `device`; int8 weights are
+    /// quantised from the checkpoint tensor by tensor.
+    pub fn load(dir: &Path, device: &Device, compute: ComputeType) -> Result<Self> {
+        Self::load_precision(dir, device, compute.resolve(device)?)
+    }
+
+    /// Loads a model directory with an explicit precision (and int8 kernel).
+    pub fn load_precision(dir: &Path, device: &Device, precision: Precision) -> Result<Self> {
         if !dir.is_dir() {
             return Err(ModelError::NoSuchDirectory(dir.to_owned()));
         }
@@ -92,15 +177,21 @@ impl M2M100 {
         }
         let files = weights::weight_files(dir)?;
         let vb = files.var_builder(DType::F32, device)?;
-        let model = M2M100Model::new(&config, vb)?;
-        tracing::info!(dir = %dir.display(), "loaded M2M100 model");
+        let model = M2M100Model::new(&config, vb, precision)?;
+        tracing::info!(dir = %dir.display(), precision = ?precision, "loaded M2M100 model");
         Ok(Self {
             config,
             generation,
             tokenizer,
             model,
+            precision,
             dir: dir.to_owned(),
         })
+    }
+
+    /// How the linear layers compute.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The architecture config.
@@ -182,6 +273,28 @@ impl M2M100 {
         opts: &GenerationOptions,
         batch_size: usize,
     ) -> Result<Vec<String>> {
+        self.translate_ids(texts, from, to, opts, batch_size)?
+            .iter()
+            .map(|ids| {
+                if ids.is_empty() {
+                    Ok(String::new())
+                } else {
+                    self.tokenizer.decode(ids)
+                }
+            })
+            .collect()
+    }
+
+    /// As [`M2M100::translate`], returning the generated ids (decoder start first; empty for
+    /// an empty text).
+    pub fn translate_ids<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        from: &str,
+        to: &str,
+        opts: &GenerationOptions,
+        batch_size: usize,
+    ) -> Result<Vec<Vec<u32>>> {
         let src = self.tokenizer.lang_id(from)?;
         let tgt = self.tokenizer.lang_id(to)?;
         let params = self.params(tgt, opts);
@@ -192,12 +305,12 @@ impl M2M100 {
             }
         }
         encoded.sort_by_key(|(_, ids)| ids.len());
-        let mut out = vec![String::new(); texts.len()];
+        let mut out = vec![Vec::new(); texts.len()];
         for chunk in encoded.chunks(batch_size.max(1)) {
             let batch: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
             let generated = self.generate_ids(&batch, &params)?;
             for ((i, _), ids) in chunk.iter().zip(generated) {
-                out[*i] = self.tokenizer.decode(&ids)?;
+                out[*i] = ids;
             }
         }
         Ok(out)

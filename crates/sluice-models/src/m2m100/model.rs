@@ -3,12 +3,20 @@
 //!
 //! Weight names follow the checkpoint (`vb.pp("self_attn")`), so a missing or misnamed weight fails
 //! at load with its full name. The decoder runs one token per step over a key/value cache; the
-//! cross-attention keys and values are computed once per encoder output.
+//! cross-attention keys and values are computed once per sentence, and the beams of a sentence
+//! attend to them together (their queries stacked), so beams never copy the encoder states.
+//!
+//! Linear layers and the vocabulary head run in float32 (candle) or int8 ([`crate::int8`]), chosen
+//! at load time; int8 weights are quantised tensor by tensor as the checkpoint is read.
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::config::{Activation, Config};
+use crate::gemv;
+use crate::int8::{Isa, QMatrix};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -53,25 +61,200 @@ impl SinusoidalPositions {
     }
 }
 
+/// An int8 linear layer: quantised weight (laid out for its kernel) and float32 bias.
+#[derive(Debug)]
+struct QLinear {
+    w: QMatrix,
+    bias: Option<Vec<f32>>,
+}
+
+impl QLinear {
+    /// `x · Wᵀ + b` over the rows of a contiguous f32 CPU tensor whose last dimension is the input.
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let k = dims.pop().unwrap_or(1);
+        let m = x.elem_count() / k.max(1);
+        let mut out = vec![0f32; m * self.w.rows()];
+        with_f32_slice(x, |xs| self.w.matmul(xs, m, self.bias.as_deref(), &mut out))?;
+        dims.push(self.w.rows());
+        Tensor::from_vec(out, dims, x.device())
+    }
+}
+
+/// Keys and values of attention groups as strided float32 slices: the vector of group `g`,
+/// head `h`, position `j` starts at `g × row + h × head + j × pos`.
+struct KvView<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    len: usize,
+    hd: usize,
+    row: usize,
+    head: usize,
+    pos: usize,
+}
+
+impl KvView<'_> {
+    fn at(&self, g: usize, h: usize, j: usize) -> usize {
+        g * self.row + h * self.head + j * self.pos
+    }
+
+    fn key(&self, g: usize, h: usize, j: usize) -> &[f32] {
+        let i = self.at(g, h, j);
+        &self.k[i..i + self.hd]
+    }
+
+    fn value(&self, g: usize, h: usize, j: usize) -> &[f32] {
+        let i = self.at(g, h, j);
+        &self.v[i..i + self.hd]
+    }
+}
+
+/// One layer's self-attention keys and values on the CPU, `[rows, capacity, dim]`, written in
+/// place each step. Beam reordering moves only the rows whose beam changed, and only the
+/// positions decoded so far; candle's cache had to concatenate every step and re-gather every
+/// row (17% of a batch-16, 5-beam decode in `memmove`).
+#[derive(Debug, Clone, Default)]
+struct KvCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    rows: usize,
+    cap: usize,
+    dim: usize,
+    len: usize,
+}
+
+impl KvCache {
+    /// Appends one position (`rows × dim` keys and values) to every row.
+    fn push(&mut self, k: &[f32], v: &[f32], rows: usize, dim: usize) {
+        if self.cap == 0 || self.len == self.cap || self.rows != rows || self.dim != dim {
+            let cap = (self.cap * 2).max(32).max(self.len + 1);
+            let (mut nk, mut nv) = (vec![0f32; rows * cap * dim], vec![0f32; rows * cap * dim]);
+            let keep = self.len * dim;
+            for r in 0..rows.min(self.rows) {
+                nk[r * cap * dim..r * cap * dim + keep]
+                    .copy_from_slice(&self.k[r * self.cap * dim..r * self.cap * dim + keep]);
+                nv[r * cap * dim..r * cap * dim + keep]
+                    .copy_from_slice(&self.v[r * self.cap * dim..r * self.cap * dim + keep]);
+            }
+            *self = KvCache {
+                k: nk,
+                v: nv,
+                rows,
+                cap,
+                dim,
+                len: self.len,
+            };
+        }
+        for r in 0..rows {
+            let at = (r * self.cap + self.len) * dim;
+            self.k[at..at + dim].copy_from_slice(&k[r * dim..(r + 1) * dim]);
+            self.v[at..at + dim].copy_from_slice(&v[r * dim..(r + 1) * dim]);
+        }
+        self.len += 1;
+    }
+
+    /// Row `i` becomes old row `rows[i]`; rows past `rows.len()` are dropped.
+    fn select(&mut self, rows: &[u32]) {
+        let span = self.len * self.dim;
+        let row = self.cap * self.dim;
+        let moved: Vec<(usize, usize)> = rows
+            .iter()
+            .enumerate()
+            .filter(|&(i, &src)| i != src as usize)
+            .map(|(i, &src)| (i, src as usize))
+            .collect();
+        for buf in [&mut self.k, &mut self.v] {
+            // Sources are read before any row is overwritten.
+            let saved: Vec<Vec<f32>> = moved
+                .iter()
+                .map(|&(_, src)| buf[src * row..src * row + span].to_vec())
+                .collect();
+            for (&(dst, _), data) in moved.iter().zip(saved) {
+                buf[dst * row..dst * row + span].copy_from_slice(&data);
+            }
+        }
+        self.rows = rows.len();
+    }
+
+    /// A view of groups of one row each.
+    fn view(&self, heads: usize) -> KvView<'_> {
+        KvView {
+            k: &self.k,
+            v: &self.v,
+            len: self.len,
+            hd: self.dim / heads,
+            row: self.cap * self.dim,
+            head: self.dim / heads,
+            pos: self.dim,
+        }
+    }
+}
+
+/// A layer's self-attention cache: candle tensors (GPU), or a [`KvCache`] (CPU).
+#[derive(Debug, Clone)]
+enum SelfKv {
+    Tensors(Option<(Tensor, Tensor)>),
+    Cpu(KvCache),
+}
+
+/// Runs `f` on the float32 values of a CPU tensor (made contiguous first).
+fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(cpu), Some((a, b))) => Ok(f(&cpu.as_slice::<f32>()?[a..b])),
+        _ => Err(candle_core::Error::Msg(
+            "int8 layers run on float32 CPU tensors".into(),
+        )),
+    }
+}
+
+/// Quantises a float32 weight tensor (`[out, in]`) for `isa`'s kernel.
+fn quantize(w: &Tensor, isa: Isa) -> CResult<QMatrix> {
+    let (rows, cols) = w.dims2()?;
+    with_f32_slice(w, |ws| QMatrix::quantize(ws, rows, cols, isa))
+}
+
+/// A linear layer in float32 or int8.
+#[derive(Debug, Clone)]
+enum Proj {
+    F32(Linear),
+    Int8(Arc<QLinear>),
+}
+
+impl Proj {
+    /// Loads `weight` and `bias` under `vb`, quantised when `int8` names a kernel.
+    fn new(input: usize, output: usize, vb: VarBuilder, int8: Option<Isa>) -> CResult<Self> {
+        let l = candle_nn::linear(input, output, vb)?;
+        Ok(match int8 {
+            None => Proj::F32(l),
+            Some(isa) => Proj::Int8(Arc::new(QLinear {
+                w: quantize(l.weight(), isa)?,
+                bias: l.bias().map(|b| b.to_vec1::<f32>()).transpose()?,
+            })),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    out_proj: Proj,
     heads: usize,
     head_dim: usize,
     scaling: f64,
 }
 
 impl Attention {
-    fn new(dim: usize, heads: usize, vb: VarBuilder) -> CResult<Self> {
+    fn new(dim: usize, heads: usize, vb: VarBuilder, int8: Option<Isa>) -> CResult<Self> {
         let head_dim = dim / heads;
         Ok(Self {
-            q_proj: candle_nn::linear(dim, dim, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear(dim, dim, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear(dim, dim, vb.pp("v_proj"))?,
-            out_proj: candle_nn::linear(dim, dim, vb.pp("out_proj"))?,
+            q_proj: Proj::new(dim, dim, vb.pp("q_proj"), int8)?,
+            k_proj: Proj::new(dim, dim, vb.pp("k_proj"), int8)?,
+            v_proj: Proj::new(dim, dim, vb.pp("v_proj"), int8)?,
+            out_proj: Proj::new(dim, dim, vb.pp("out_proj"), int8)?,
             heads,
             head_dim,
             scaling: (head_dim as f64).powf(-0.5),
@@ -98,32 +281,146 @@ impl Attention {
     fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> CResult<Tensor> {
         let (rows, len, dim) = x.dims3()?;
         let q = self.split_heads(&linear(&self.q_proj, x)?)?;
-        let scores = (q.matmul(&k.t()?)? * self.scaling)?;
+        let out = Self::heads_attend(&q, k, v, mask, self.scaling)?
+            .transpose(1, 2)?
+            .reshape((rows, len, dim))?;
+        linear(&self.out_proj, &out)
+    }
+
+    /// Scaled dot-product attention of `[b, heads, q, hd]` queries over `[b, heads, kv, hd]`.
+    fn heads_attend(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        scaling: f64,
+    ) -> CResult<Tensor> {
+        let scores = (q.matmul(&k.t()?)? * scaling)?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs
-            .matmul(v)?
-            .transpose(1, 2)?
-            .reshape((rows, len, dim))?;
+        candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
+    }
+
+    /// One decoding step's attention: `x` is `[groups × beams, 1, dim]`, and the `beams` rows
+    /// of each group attend to their group's keys and values (`[groups, heads, len, hd]`) with
+    /// the group's additive mask (`[groups, 1, 1, len]`), if any.
+    fn attend_step(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        beams: usize,
+    ) -> CResult<Tensor> {
+        let (rows, _, dim) = x.dims3()?;
+        let groups = rows / beams;
+        let q = linear(&self.q_proj, x)?;
+        let out = if x.device().is_cpu() {
+            let (heads, len, hd) = (self.heads, k.dim(2)?, self.head_dim);
+            let mask = match mask {
+                Some(m) => Some(with_f32_slice(m, |m| m.to_vec())?),
+                None => None,
+            };
+            with_f32_slice(k, |k| {
+                with_f32_slice(v, |v| {
+                    let view = KvView {
+                        k,
+                        v,
+                        len,
+                        hd,
+                        row: heads * len * hd,
+                        head: len * hd,
+                        pos: hd,
+                    };
+                    self.step_cpu(&q, &view, mask.as_deref(), beams)
+                })
+            })???
+        } else {
+            let q = q
+                .reshape((groups, beams, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            Self::heads_attend(&q, k, v, mask, self.scaling)?
+                .transpose(1, 2)?
+                .reshape((rows, 1, dim))?
+        };
         linear(&self.out_proj, &out)
+    }
+
+    /// [`Attention::attend_step`]'s product on the CPU, row by row: at one query per row, candle's
+    /// batched matmuls spend more in dispatch and thread hand-offs than in arithmetic. Rounds as
+    /// candle does: scores `(q · k) × scaling + mask`, softmax `exp(s − max) / Σ`, then `Σ p v`.
+    /// Row `r` reads group `r / beams` of `kv`; `mask` is `[groups, len]`.
+    fn step_cpu(
+        &self,
+        q: &Tensor,
+        kv: &KvView,
+        mask: Option<&[f32]>,
+        beams: usize,
+    ) -> CResult<Tensor> {
+        use rayon::prelude::*;
+        let (rows, _, dim) = q.dims3()?;
+        let (heads, hd, len) = (self.heads, self.head_dim, kv.len);
+        let scaling = self.scaling as f32;
+        let mut out = vec![0f32; rows * dim];
+        with_f32_slice(q, |q| {
+            let row = |(r, o): (usize, &mut [f32])| {
+                let g = r / beams;
+                let mut p = vec![0f32; len];
+                for h in 0..heads {
+                    let qh = &q[r * dim + h * hd..r * dim + (h + 1) * hd];
+                    for (j, pj) in p.iter_mut().enumerate() {
+                        *pj = gemv::dot(qh, kv.key(g, h, j)) * scaling;
+                        if let Some(m) = mask {
+                            *pj += m[g * len + j];
+                        }
+                    }
+                    let max = p.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    let mut sum = 0f32;
+                    for pj in p.iter_mut() {
+                        *pj = (*pj - max).exp();
+                        sum += *pj;
+                    }
+                    let oh = &mut o[h * hd..(h + 1) * hd];
+                    oh.fill(0.0);
+                    for (j, pj) in p.iter().enumerate() {
+                        let w = pj / sum;
+                        for (a, b) in oh.iter_mut().zip(kv.value(g, h, j)) {
+                            *a += w * b;
+                        }
+                    }
+                }
+            };
+            if rows * heads * len * hd >= 1 << 15 {
+                out.par_chunks_mut(dim).enumerate().for_each(row);
+            } else {
+                out.chunks_mut(dim).enumerate().for_each(row);
+            }
+        })?;
+        Tensor::from_vec(out, (rows, 1, dim), q.device())
     }
 }
 
 #[derive(Debug, Clone)]
 struct FeedForward {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Proj,
+    fc2: Proj,
     act: Activation,
 }
 
 impl FeedForward {
-    fn new(dim: usize, ffn: usize, act: Activation, vb: &VarBuilder) -> CResult<Self> {
+    fn new(
+        dim: usize,
+        ffn: usize,
+        act: Activation,
+        vb: &VarBuilder,
+        int8: Option<Isa>,
+    ) -> CResult<Self> {
         Ok(Self {
-            fc1: candle_nn::linear(dim, ffn, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(ffn, dim, vb.pp("fc2"))?,
+            fc1: Proj::new(dim, ffn, vb.pp("fc1"), int8)?,
+            fc2: Proj::new(ffn, dim, vb.pp("fc2"), int8)?,
             act,
         })
     }
@@ -152,8 +449,15 @@ const HEAD_FEW_ROWS: usize = 8;
 /// matrix-vector product per row while decoding, each reading the whole weight. Flattening the
 /// rows makes it one matrix product; with few rows it is computed as `W · xᵀ`, so the gemm kernel
 /// streams the weight as its left operand instead of repacking it as the right one on every call.
-fn linear(l: &Linear, x: &Tensor) -> CResult<Tensor> {
+fn linear(p: &Proj, x: &Tensor) -> CResult<Tensor> {
+    let l = match p {
+        Proj::F32(l) => l,
+        Proj::Int8(q) => return q.forward(x),
+    };
     let (rows, len, dim) = x.dims3()?;
+    if rows * len <= gemv::MAX_ROWS && x.device().is_cpu() {
+        return few_rows(l.weight(), l.bias(), x);
+    }
     let flat = x.reshape((rows * len, dim))?;
     let y = if rows * len <= FEW_ROWS {
         let y = l.weight().matmul(&flat.t()?.contiguous()?)?.t()?;
@@ -165,6 +469,22 @@ fn linear(l: &Linear, x: &Tensor) -> CResult<Tensor> {
         l.forward(&flat)?
     };
     y.reshape((rows, len, ()))
+}
+
+/// `x · Wᵀ (+ b)` on the CPU for a few rows, with the weight streamed by all threads
+/// ([`crate::gemv`]).
+fn few_rows(w: &Tensor, b: Option<&Tensor>, x: &Tensor) -> CResult<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let k = dims.pop().unwrap_or(1);
+    let m = x.elem_count() / k.max(1);
+    let n = w.dim(0)?;
+    let bias = b.map(|b| b.to_vec1::<f32>()).transpose()?;
+    let mut out = vec![0f32; m * n];
+    with_f32_slice(w, |ws| {
+        with_f32_slice(x, |xs| gemv::matmul(ws, n, xs, m, bias.as_deref(), &mut out))
+    })??;
+    dims.push(n);
+    Tensor::from_vec(out, dims, x.device())
 }
 
 fn layer_norm(dim: usize, vb: VarBuilder) -> CResult<LayerNorm> {
@@ -180,12 +500,13 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+    fn new(cfg: &Config, vb: VarBuilder, int8: Option<Isa>) -> CResult<Self> {
         let d = cfg.d_model;
+        let heads = cfg.encoder_attention_heads;
         Ok(Self {
-            self_attn: Attention::new(d, cfg.encoder_attention_heads, vb.pp("self_attn"))?,
+            self_attn: Attention::new(d, heads, vb.pp("self_attn"), int8)?,
             self_attn_layer_norm: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
-            ffn: FeedForward::new(d, cfg.encoder_ffn_dim, cfg.activation_function, &vb)?,
+            ffn: FeedForward::new(d, cfg.encoder_ffn_dim, cfg.activation_function, &vb, int8)?,
             final_layer_norm: layer_norm(d, vb.pp("final_layer_norm"))?,
         })
     }
@@ -210,17 +531,64 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+    fn new(cfg: &Config, vb: VarBuilder, int8: Option<Isa>) -> CResult<Self> {
         let d = cfg.d_model;
         let heads = cfg.decoder_attention_heads;
         Ok(Self {
-            self_attn: Attention::new(d, heads, vb.pp("self_attn"))?,
+            self_attn: Attention::new(d, heads, vb.pp("self_attn"), int8)?,
             self_attn_layer_norm: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
-            encoder_attn: Attention::new(d, heads, vb.pp("encoder_attn"))?,
+            encoder_attn: Attention::new(d, heads, vb.pp("encoder_attn"), int8)?,
             encoder_attn_layer_norm: layer_norm(d, vb.pp("encoder_attn_layer_norm"))?,
-            ffn: FeedForward::new(d, cfg.decoder_ffn_dim, cfg.activation_function, &vb)?,
+            ffn: FeedForward::new(d, cfg.decoder_ffn_dim, cfg.activation_function, &vb, int8)?,
             final_layer_norm: layer_norm(d, vb.pp("final_layer_norm"))?,
         })
+    }
+}
+
+impl DecoderLayer {
+    /// One decoding step of `[rows, 1, d]` states: self-attention over the cache (extended with
+    /// this step's keys and values), cross-attention by groups of `beams` rows, feed-forward.
+    fn step(
+        &self,
+        x: &Tensor,
+        self_kv: &mut SelfKv,
+        cross_kv: &(Tensor, Tensor),
+        mask: &Tensor,
+        beams: usize,
+    ) -> CResult<Tensor> {
+        let h = self.self_attn_layer_norm.forward(x)?;
+        let a = &self.self_attn;
+        let attended = match self_kv {
+            SelfKv::Tensors(cache) => {
+                let (k, v) = a.key_values(&h)?;
+                let (k, v) = match cache.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                let out = a.attend_step(&h, &k, &v, None, 1)?;
+                *cache = Some((k, v));
+                out
+            }
+            SelfKv::Cpu(cache) => {
+                let (rows, _, dim) = h.dims3()?;
+                let k = linear(&a.k_proj, &h)?;
+                let v = linear(&a.v_proj, &h)?;
+                with_f32_slice(&k, |k| with_f32_slice(&v, |v| cache.push(k, v, rows, dim)))??;
+                let q = linear(&a.q_proj, &h)?;
+                let out = a.step_cpu(&q, &cache.view(a.heads), None, 1)?;
+                linear(&a.out_proj, &out)?
+            }
+        };
+        let x = (x + attended)?;
+
+        let h = self.encoder_attn_layer_norm.forward(&x)?;
+        let (ck, cv) = cross_kv;
+        let x = (x + self
+            .encoder_attn
+            .attend_step(&h, ck, cv, Some(mask), beams)?)?;
+
+        let h = self.final_layer_norm.forward(&x)?;
+        x + self.ffn.forward(&h)?
     }
 }
 
@@ -233,39 +601,81 @@ pub struct EncoderOutput {
     pub mask: Tensor,
 }
 
-/// Decoder caches for a set of rows (sentences or beams) being generated together.
+/// Decoder caches for sentences being generated together, each as `beams` consecutive rows.
 #[derive(Debug, Clone)]
 pub struct DecoderState {
-    /// Per layer: self-attention keys and values so far, `[rows, heads, len, head_dim]`.
-    self_kv: Vec<Option<(Tensor, Tensor)>>,
-    /// Per layer: cross-attention keys and values of the encoder output.
+    /// Per layer: self-attention keys and values so far.
+    self_kv: Vec<SelfKv>,
+    /// Per layer: cross-attention keys and values of each sentence, `[sentences, heads, src,
+    /// head_dim]`, shared by its beams.
     cross_kv: Vec<(Tensor, Tensor)>,
-    /// Source mask of each row.
+    /// Source mask of each sentence.
     mask: Tensor,
+    /// Decoder rows per sentence.
+    beams: usize,
     /// Tokens already decoded per row.
     len: usize,
 }
 
 impl DecoderState {
-    /// Keeps only `rows` (in that order, repeats allowed): drops finished rows, reorders beams.
-    pub fn select_rows(&mut self, rows: &[u32]) -> CResult<()> {
-        let idx = Tensor::new(rows, self.mask.device())?;
-        for kv in self.self_kv.iter_mut().flatten() {
-            *kv = (kv.0.index_select(&idx, 0)?, kv.1.index_select(&idx, 0)?);
+    /// Sentences in the batch.
+    pub fn sentences(&self) -> usize {
+        self.mask.dims()[0]
+    }
+
+    /// Keeps the rows `rows` (in that order, repeats allowed: beams are reordered this way),
+    /// which must be `beams` rows for each sentence of `sentences` (indices of the sentences
+    /// kept, in order). Sentences no longer listed leave the batch.
+    pub fn select(&mut self, sentences: &[u32], rows: &[u32]) -> CResult<()> {
+        debug_assert_eq!(rows.len(), sentences.len() * self.beams);
+        let identity = |v: &[u32], n: usize| {
+            v.len() == n && v.iter().enumerate().all(|(i, &r)| r as usize == i)
+        };
+        let n_rows = self.sentences() * self.beams;
+        if !identity(rows, n_rows) {
+            let idx = Tensor::new(rows, self.mask.device())?;
+            for kv in self.self_kv.iter_mut() {
+                match kv {
+                    SelfKv::Tensors(Some(kv)) => {
+                        *kv = (kv.0.index_select(&idx, 0)?, kv.1.index_select(&idx, 0)?)
+                    }
+                    SelfKv::Tensors(None) => {}
+                    SelfKv::Cpu(cache) => cache.select(rows),
+                }
+            }
         }
-        for kv in self.cross_kv.iter_mut() {
-            *kv = (kv.0.index_select(&idx, 0)?, kv.1.index_select(&idx, 0)?);
+        if !identity(sentences, self.sentences()) {
+            let idx = Tensor::new(sentences, self.mask.device())?;
+            for kv in self.cross_kv.iter_mut() {
+                *kv = (kv.0.index_select(&idx, 0)?, kv.1.index_select(&idx, 0)?);
+            }
+            self.mask = self.mask.index_select(&idx, 0)?;
         }
-        self.mask = self.mask.index_select(&idx, 0)?;
         Ok(())
     }
+}
+
+/// The vocabulary head, in float32 or int8.
+#[derive(Debug, Clone)]
+enum Head {
+    F32(Tensor),
+    Int8(Arc<QLinear>),
+}
+
+/// How the linear layers and the head of a model compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// float32 weights and products (candle).
+    Float32,
+    /// int8 weights quantised at load, int8 activations, run with this kernel.
+    Int8(Isa),
 }
 
 /// M2M100 encoder-decoder with its tied output head.
 #[derive(Debug, Clone)]
 pub struct M2M100Model {
     shared: Tensor,
-    lm_head: Tensor,
+    lm_head: Head,
     embed_scale: f64,
     positions: SinusoidalPositions,
     encoder_layers: Vec<EncoderLayer>,
@@ -273,12 +683,22 @@ pub struct M2M100Model {
     decoder_layers: Vec<DecoderLayer>,
     decoder_norm: LayerNorm,
     pad: u32,
+    vocab: usize,
     device: Device,
 }
 
 impl M2M100Model {
     /// Builds the network from checkpoint weights (`model.`-prefixed or bare names).
-    pub fn new(cfg: &Config, vb: VarBuilder) -> CResult<Self> {
+    pub fn new(cfg: &Config, vb: VarBuilder, precision: Precision) -> CResult<Self> {
+        let int8 = match precision {
+            Precision::Float32 => None,
+            Precision::Int8(isa) => Some(isa),
+        };
+        if int8.is_some() && !vb.device().is_cpu() {
+            return Err(candle_core::Error::Msg(
+                "int8 runs on the CPU only; use compute type float32 on a GPU".into(),
+            ));
+        }
         let root = vb.clone();
         let vb = if vb.contains_tensor("model.shared.weight") {
             vb.pp("model")
@@ -292,18 +712,25 @@ impl M2M100Model {
             // Some exports keep only the encoder's copy of the tied embedding.
             vb.get((cfg.vocab_size, d), "encoder.embed_tokens.weight")?
         };
-        let lm_head = if !cfg.tie_word_embeddings && root.contains_tensor("lm_head.weight") {
+        let head_weight = if !cfg.tie_word_embeddings && root.contains_tensor("lm_head.weight") {
             root.get((cfg.vocab_size, d), "lm_head.weight")?
         } else {
             shared.clone()
         };
+        let lm_head = match int8 {
+            None => Head::F32(head_weight),
+            Some(isa) => Head::Int8(Arc::new(QLinear {
+                w: quantize(&head_weight, isa)?,
+                bias: None,
+            })),
+        };
         let enc = vb.pp("encoder");
         let dec = vb.pp("decoder");
         let encoder_layers = (0..cfg.encoder_layers)
-            .map(|i| EncoderLayer::new(cfg, enc.pp(format!("layers.{i}"))))
+            .map(|i| EncoderLayer::new(cfg, enc.pp(format!("layers.{i}")), int8))
             .collect::<CResult<_>>()?;
         let decoder_layers = (0..cfg.decoder_layers)
-            .map(|i| DecoderLayer::new(cfg, dec.pp(format!("layers.{i}"))))
+            .map(|i| DecoderLayer::new(cfg, dec.pp(format!("layers.{i}")), int8))
             .collect::<CResult<_>>()?;
         Ok(Self {
             shared,
@@ -319,6 +746,7 @@ impl M2M100Model {
             decoder_layers,
             decoder_norm: layer_norm(d, dec.pp("layer_norm"))?,
             pad: cfg.pad_token_id,
+            vocab: cfg.vocab_size,
             device: vb.device().clone(),
         })
     }
@@ -326,6 +754,11 @@ impl M2M100Model {
     /// Device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Rows of the vocabulary head (logits per decoder row).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
     }
 
     /// Scaled token embeddings plus positions, `[rows, len, d]`.
@@ -370,25 +803,44 @@ impl M2M100Model {
         })
     }
 
-    /// Decoder caches for `rows`, each row being the encoder row `rows[i]` (beams repeat rows).
-    pub fn start_decoding(&self, enc: &EncoderOutput, rows: &[u32]) -> CResult<DecoderState> {
-        let idx = Tensor::new(rows, &self.device)?;
-        let hidden = enc.hidden.index_select(&idx, 0)?;
+    /// Decoder caches for every sentence of `enc`, each decoded as `beams` rows.
+    pub fn start_decoding(&self, enc: &EncoderOutput, beams: usize) -> CResult<DecoderState> {
         let cross_kv = self
             .decoder_layers
             .iter()
-            .map(|l| l.encoder_attn.key_values(&hidden))
+            .map(|l| l.encoder_attn.key_values(&enc.hidden))
             .collect::<CResult<_>>()?;
         Ok(DecoderState {
-            self_kv: vec![None; self.decoder_layers.len()],
+            self_kv: vec![
+                if self.device.is_cpu() {
+                    SelfKv::Cpu(KvCache::default())
+                } else {
+                    SelfKv::Tensors(None)
+                };
+                self.decoder_layers.len()
+            ],
             cross_kv,
-            mask: enc.mask.index_select(&idx, 0)?,
+            mask: enc.mask.clone(),
+            beams: beams.max(1),
             len: 0,
         })
     }
 
-    /// Feeds one token per row and returns next-token logits, `[rows, vocab]` in f32.
-    pub fn decode_step(&self, tokens: &[u32], state: &mut DecoderState) -> CResult<Tensor> {
+    /// Feeds one token per row and returns next-token logits, `rows × vocab` values in f32.
+    pub fn decode_step(&self, tokens: &[u32], state: &mut DecoderState) -> CResult<Vec<f32>> {
+        let mut out = Vec::new();
+        self.decode_step_into(tokens, state, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`M2M100Model::decode_step`], writing the logits into `out` (resized), so a decoding
+    /// loop reuses one vocabulary-sized buffer instead of faulting in a new one every step.
+    pub fn decode_step_into(
+        &self,
+        tokens: &[u32],
+        state: &mut DecoderState,
+        out: &mut Vec<f32>,
+    ) -> CResult<()> {
         let rows = tokens.len();
         // Decoder inputs carry no padding mask; a generated `<pad>` still takes the pad position.
         let positions: Vec<u32> = tokens
@@ -403,41 +855,239 @@ impl M2M100Model {
             .collect();
         let mut x = self.embed(tokens, &positions, rows)?;
         for (i, layer) in self.decoder_layers.iter().enumerate() {
-            let h = layer.self_attn_layer_norm.forward(&x)?;
-            let (k, v) = layer.self_attn.key_values(&h)?;
-            let (k, v) = match state.self_kv[i].take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                None => (k, v),
-            };
-            x = (x + layer.self_attn.attend(&h, &k, &v, None)?)?;
-            state.self_kv[i] = Some((k, v));
-
-            let h = layer.encoder_attn_layer_norm.forward(&x)?;
-            let (ck, cv) = &state.cross_kv[i];
-            x = (x + layer.encoder_attn.attend(&h, ck, cv, Some(&state.mask))?)?;
-
-            let h = layer.final_layer_norm.forward(&x)?;
-            x = (x + layer.ffn.forward(&h)?)?;
+            x = layer.step(
+                &x,
+                &mut state.self_kv[i],
+                &state.cross_kv[i],
+                &state.mask,
+                state.beams,
+            )?;
         }
         state.len += 1;
         let x = self.decoder_norm.forward(&x)?.i((.., 0, ..))?;
-        // For a few rows, `W · xᵀ`: the 128k-row head is then the left operand, which the gemm
-        // kernel streams, instead of the right one, which it repacks on every call. From
-        // HEAD_FEW_ROWS rows up the repacking pays for itself and `x · Wᵀ` also skips transposing
-        // the [vocab, rows] result (measured: 1.4x faster at 16 rows, 2.3x at 64; BENCHMARKS.md).
-        let logits = if rows <= HEAD_FEW_ROWS {
-            self.lm_head
-                .matmul(&x.t()?.contiguous()?)?
-                .t()?
-                .contiguous()?
-        } else {
-            x.matmul(&self.lm_head.t()?)?
-        };
-        logits.to_dtype(DType::F32)
+        self.head(&x, out)
     }
 
-    /// Log-probabilities over the vocabulary from logits, `[rows, vocab]`.
-    pub fn log_softmax(logits: &Tensor) -> CResult<Tensor> {
-        candle_nn::ops::log_softmax(logits, D::Minus1)
+    /// Logits of `[rows, d]` final decoder states into `out` (`rows × vocab` values).
+    fn head(&self, x: &Tensor, out: &mut Vec<f32>) -> CResult<()> {
+        let rows = x.dim(0)?;
+        out.resize(rows * self.vocab, 0.0);
+        let logits = match &self.lm_head {
+            Head::Int8(q) => return with_f32_slice(x, |xs| q.w.matmul(xs, rows, None, out)),
+            // For a few rows, `W · xᵀ`: the 128k-row head is then the left operand, which the
+            // gemm kernel streams, instead of the right one, which it repacks on every call. From
+            // HEAD_FEW_ROWS rows up the repacking pays for itself and `x · Wᵀ` also skips
+            // transposing the [vocab, rows] result (measured: 1.4x faster at 16 rows, 2.3x at 64;
+            // BENCHMARKS.md).
+            Head::F32(w) if rows <= gemv::MAX_ROWS && x.device().is_cpu() => {
+                let n = w.dim(0)?;
+                return with_f32_slice(w, |ws| {
+                    with_f32_slice(x, |xs| gemv::matmul(ws, n, xs, rows, None, out))
+                })?;
+            }
+            Head::F32(w) if rows <= HEAD_FEW_ROWS => {
+                w.matmul(&x.t()?.contiguous()?)?.t()?.contiguous()?
+            }
+            Head::F32(w) => x.matmul(&w.t()?)?,
+        };
+        *out = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        Ok(())
+    }
+}
+
+/// Turns each `vocab`-long row of logits into log-probabilities, in place, rounding as candle's
+/// and torch's `log_softmax` do: `(x - max) - ln Σ exp(x - max)`.
+pub fn log_softmax_rows(values: &mut [f32], vocab: usize) {
+    use rayon::prelude::*;
+    values.par_chunks_mut(vocab.max(1)).for_each(|row| {
+        // Sixteen running maxima, so the scan vectorises (the order of a maximum is irrelevant).
+        let mut lanes = [f32::NEG_INFINITY; 16];
+        let mut chunks = row.chunks_exact(16);
+        for c in &mut chunks {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l = l.max(v);
+            }
+        }
+        let max = chunks
+            .remainder()
+            .iter()
+            .chain(&lanes)
+            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+        let ln_sum = sum.ln();
+        for v in row.iter_mut() {
+            *v = (*v - max) - ln_sum;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::int8::Isa;
+    use std::collections::HashMap;
+
+    /// `‖a − b‖ / ‖a‖` over all elements.
+    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let num: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+        let den: f32 = a.iter().map(|x| x * x).sum();
+        (num / den).sqrt()
+    }
+
+    fn fixture() -> (Config, crate::weights::WeightFiles) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny-m2m100");
+        let cfg = Config::from_file(&dir.join("config.json")).unwrap();
+        (cfg, crate::weights::weight_files(&dir).unwrap())
+    }
+
+    fn load(precision: Precision) -> M2M100Model {
+        let (cfg, files) = fixture();
+        let vb = files.var_builder(DType::F32, &Device::Cpu).unwrap();
+        M2M100Model::new(&cfg, vb, precision).unwrap()
+    }
+
+    /// Normal-ish values (sum of uniforms) with standard deviation `std`, reproducibly.
+    fn random(shape: &[usize], std: f32, seed: &mut u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut next = || {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            (*seed % 1_000_000) as f32 / 1_000_000.0
+        };
+        let v: Vec<f32> = (0..n)
+            .map(|_| ((0..4).map(|_| next()).sum::<f32>() - 2.0) * std * 1.732)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn sources() -> Vec<Vec<u32>> {
+        vec![
+            vec![128022 % 900, 300, 301, 302, 310, 2],
+            vec![128022 % 900, 400, 420, 2],
+            vec![128022 % 900, 500, 510, 520, 530, 540, 550, 560, 2],
+        ]
+    }
+
+    #[test]
+    fn int8_layers_stay_within_2_percent_of_float32_on_the_fixture() {
+        let f = load(Precision::Float32);
+        let isa = crate::int8::selected_isa().unwrap();
+        let q = load(Precision::Int8(isa));
+        let enc = f.encode(&sources()).unwrap();
+        // Each encoder layer fed the float32 layer's input.
+        let mut x = {
+            let rows = 3;
+            let len = 9;
+            let mut ids = vec![f.pad; rows * len];
+            let mut pos = vec![f.pad; rows * len];
+            for (r, s) in sources().iter().enumerate() {
+                for (j, &t) in s.iter().enumerate() {
+                    ids[r * len + j] = t;
+                    pos[r * len + j] = f.pad + 1 + j as u32;
+                }
+            }
+            f.embed(&ids, &pos, rows).unwrap()
+        };
+        for (i, (lf, lq)) in f.encoder_layers.iter().zip(&q.encoder_layers).enumerate() {
+            let yf = lf.forward(&x, &enc.mask).unwrap();
+            let yq = lq.forward(&x, &enc.mask).unwrap();
+            let e = rel_err(&(&yf - &x).unwrap(), &(&yq - &x).unwrap());
+            assert!(
+                e < 0.02,
+                "encoder layer {i}: block output relative error {e}"
+            );
+            x = yf;
+        }
+        // Each decoder layer and the head, fed the float32 model's inputs over a few steps (each
+        // int8 layer keeps its own self-attention cache).
+        let sf = f.start_decoding(&enc, 1).unwrap();
+        let sq = q.start_decoding(&enc, 1).unwrap();
+        let (mut cf, mut cq) = (sf.self_kv.clone(), sq.self_kv.clone());
+        for (t, step) in [[2u32, 2, 2], [700, 701, 702], [300, 400, 500]]
+            .iter()
+            .enumerate()
+        {
+            let pos = vec![f.pad + 1 + t as u32; 3];
+            let mut x = f.embed(step, &pos, 3).unwrap();
+            for (i, (lf, lq)) in f.decoder_layers.iter().zip(&q.decoder_layers).enumerate() {
+                let yf = lf
+                    .step(&x, &mut cf[i], &sf.cross_kv[i], &sf.mask, 1)
+                    .unwrap();
+                let yq = lq
+                    .step(&x, &mut cq[i], &sq.cross_kv[i], &sq.mask, 1)
+                    .unwrap();
+                let e = rel_err(&(&yf - &x).unwrap(), &(&yq - &x).unwrap());
+                assert!(e < 0.02, "decoder layer {i}, step {t}: relative error {e}");
+                x = yf;
+            }
+            let h = f.decoder_norm.forward(&x).unwrap().i((.., 0, ..)).unwrap();
+            let (mut lf, mut lq) = (Vec::new(), Vec::new());
+            f.head(&h, &mut lf).unwrap();
+            q.head(&h, &mut lq).unwrap();
+            let e = rel_err(
+                &Tensor::new(lf.as_slice(), &Device::Cpu).unwrap(),
+                &Tensor::new(lq.as_slice(), &Device::Cpu).unwrap(),
+            );
+            assert!(e < 0.02, "vocabulary head, step {t}: relative error {e}");
+        }
+        // End to end, errors add up over the layers but stay small.
+        let qenc = q.encode(&sources()).unwrap();
+        let e = rel_err(&enc.hidden, &qenc.hidden);
+        assert!(e < 0.03, "encoder output: relative error {e}");
+    }
+
+    #[test]
+    fn a_full_size_int8_layer_stays_within_2_percent_of_float32() {
+        // facebook/m2m100_418M's layer shape, weights at the checkpoints' initialisation scale.
+        let (d, ffn) = (1024, 4096);
+        let mut seed = 0x2545_f491_4f6c_dd1d;
+        let mut t = HashMap::new();
+        for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            t.insert(
+                format!("self_attn.{p}.weight"),
+                random(&[d, d], 0.02, &mut seed),
+            );
+            t.insert(format!("self_attn.{p}.bias"), random(&[d], 0.02, &mut seed));
+        }
+        t.insert("fc1.weight".into(), random(&[ffn, d], 0.02, &mut seed));
+        t.insert("fc1.bias".into(), random(&[ffn], 0.02, &mut seed));
+        t.insert("fc2.weight".into(), random(&[d, ffn], 0.02, &mut seed));
+        t.insert("fc2.bias".into(), random(&[d], 0.02, &mut seed));
+        for n in ["self_attn_layer_norm", "final_layer_norm"] {
+            t.insert(
+                format!("{n}.weight"),
+                Tensor::ones(d, DType::F32, &Device::Cpu).unwrap(),
+            );
+            t.insert(
+                format!("{n}.bias"),
+                Tensor::zeros(d, DType::F32, &Device::Cpu).unwrap(),
+            );
+        }
+        let (cfg, _) = fixture();
+        let cfg = Config {
+            d_model: d,
+            encoder_attention_heads: 16,
+            encoder_ffn_dim: ffn,
+            ..cfg
+        };
+        let vb = VarBuilder::from_tensors(t, DType::F32, &Device::Cpu);
+        let lf = EncoderLayer::new(&cfg, vb.clone(), None).unwrap();
+        let x = random(&[4, 20, d], 1.0, &mut seed);
+        let mask = Tensor::zeros((4, 1, 1, 20), DType::F32, &Device::Cpu).unwrap();
+        let yf = (lf.forward(&x, &mask).unwrap() - &x).unwrap();
+        let mut outputs = Vec::new();
+        for isa in Isa::supported_all() {
+            let lq = EncoderLayer::new(&cfg, vb.clone(), Some(isa)).unwrap();
+            let yq = (lq.forward(&x, &mask).unwrap() - &x).unwrap();
+            let e = rel_err(&yf, &yq);
+            assert!(e < 0.02, "{isa}: block output relative error {e}");
+            outputs.push(yq.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        // Every kernel gives the same bits.
+        assert!(outputs.windows(2).all(|w| w[0] == w[1]));
     }
 }

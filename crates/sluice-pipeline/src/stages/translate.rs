@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sluice_models::m2m100::{GenerationOptions, M2M100};
+use sluice_models::m2m100::{ComputeType, GenerationOptions, M2M100};
 use sluice_models::source::{HubSettings, ModelSource};
 
 use crate::stages::Record;
@@ -26,6 +26,8 @@ pub struct TranslateStage {
     pub output: String,
     /// Beam search and length settings.
     pub generation: GenerationOptions,
+    /// int8, float32 or auto (`SLUICE_COMPUTE_TYPE` when the pipeline does not say).
+    pub compute_type: ComputeType,
     /// Worker settings.
     pub options: StageOptions,
     loaded: Option<Arc<M2M100>>,
@@ -50,6 +52,7 @@ impl TranslateStage {
             field: field.into(),
             output: output.into(),
             generation: GenerationOptions::default(),
+            compute_type: ComputeType::Auto,
             options,
             loaded: None,
         }
@@ -57,12 +60,12 @@ impl TranslateStage {
 }
 
 /// Loads an M2M100 model for a stage worker: `model` is a directory or a hub id.
-pub fn load_m2m100(model: &str) -> Result<M2M100, StageError> {
+pub fn load_m2m100(model: &str, compute: ComputeType) -> Result<M2M100, StageError> {
     let source = ModelSource::parse(model);
     let dir = source
         .resolve(&HubSettings::from_env())
         .map_err(|e| StageError::new(e.to_string()))?;
-    M2M100::load(&dir, &candle_core::Device::Cpu)
+    M2M100::load(&dir, &candle_core::Device::Cpu, compute)
         .map_err(|e| StageError::new(format!("loading model {source}: {e}")))
 }
 
@@ -79,7 +82,7 @@ impl Stage for TranslateStage {
     }
 
     fn setup(&mut self, _worker: &WorkerContext) -> Result<(), StageError> {
-        let model = load_m2m100(&self.model)?;
+        let model = load_m2m100(&self.model, self.compute_type)?;
         for code in [&self.from, &self.to] {
             model
                 .tokenizer()

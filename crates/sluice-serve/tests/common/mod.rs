@@ -26,9 +26,11 @@ pub fn reference_en_ja() -> Vec<(String, String)> {
 
 /// A config serving the fixture. Its longest reference sentence (97 tokens) exceeds the tiny
 /// model's `max_position_embeddings` (48), so the per-record limit is raised as a user would.
+/// float32, so answers match transformers' reference token for token.
 pub fn config() -> ServeConfig {
     let mut c = ServeConfig {
         models: vec![model("m2m100", &fixture_dir())],
+        compute_type: sluice_models::m2m100::ComputeType::Float32,
         ..ServeConfig::default()
     };
     c.limits.max_input_tokens = Some(128);

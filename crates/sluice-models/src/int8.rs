@@ -1,0 +1,989 @@
+//! int8 linear layers for CPU inference: weights quantised per output channel when the model is
+//! loaded, activations per row on every call (both symmetric, in [-127, 127]), exact integer dot
+//! products, and float32 rescaling of the results (CTranslate2's `int8_float32` scheme).
+//!
+//! The kernels are written here rather than taken from a crate: the shapes that matter are
+//! decoding steps (1 to 80 rows against weights of 1024 to 128,112 rows), where the product is a
+//! stream over the weights and the cost is memory and dispatch, and the row-major, per-channel
+//! layout lets weights be quantised straight from the checkpoint with no packing step. The
+//! measured comparison with `rten-gemm` and candle's `QMatMul` is in BENCHMARKS.md.
+//!
+//! Every instruction set computes the same exact `i32` dot products, and the float32 rescaling is
+//! shared code, so all paths give bit-identical outputs. `SLUICE_CPU_ISA` forces a lower path
+//! (`amx`, `avx512vnni`, `avxvnni`, `avx2`, `portable`), which is how CI tests each of them.
+//!
+//! AMX tiles are driven with inline assembly: Rust's AMX intrinsics are not stable yet.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Weight and activation rows are padded with zeros to a multiple of this many bytes (one
+/// 512-bit register), so no kernel needs a tail loop.
+const K_ALIGN: usize = 64;
+
+/// Output channels computed together by one kernel call (weights padded to a multiple).
+const NR: usize = 4;
+
+/// Instruction sets with an int8 kernel, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Plain Rust, any CPU.
+    Portable,
+    /// x86-64 AVX2: `vpmaddubsw`/`vpmaddwd` with the sign trick (no 16-bit saturation).
+    Avx2,
+    /// x86-64 AVX-VNNI: `vpdpbusd` on 256-bit registers.
+    AvxVnni,
+    /// x86-64 AVX-512 VNNI: `vpdpbusd` on 512-bit registers.
+    Avx512Vnni,
+    /// x86-64 AMX-INT8: `tdpbusd` on 16 × 64-byte tiles (Sapphire Rapids and later).
+    Amx,
+}
+
+impl Isa {
+    /// Every kernel, lowest first.
+    pub const ALL: [Isa; 5] = [
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::AvxVnni,
+        Isa::Avx512Vnni,
+        Isa::Amx,
+    ];
+
+    /// The name `SLUICE_CPU_ISA` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avxvnni",
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::Amx => "amx",
+        }
+    }
+
+    /// Parses a `SLUICE_CPU_ISA` value.
+    pub fn parse(s: &str) -> Option<Isa> {
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => amx::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The kernels this CPU can run, lowest first.
+    pub fn supported_all() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.supported()).collect()
+    }
+
+    /// Whether activations are stored offset by 128 (as `u8`) for `vpdpbusd`.
+    fn offset_activations(self) -> bool {
+        matches!(self, Isa::AvxVnni | Isa::Avx512Vnni | Isa::Amx)
+    }
+
+    /// Activation rows one kernel call takes at most (bounded by the register file).
+    fn max_rows(self) -> usize {
+        match self {
+            Isa::Amx => 32,
+            Isa::Avx512Vnni | Isa::Portable => 4,
+            Isa::Avx2 | Isa::AvxVnni => 2,
+        }
+    }
+
+    /// Channels one kernel call computes (weights are padded to a multiple).
+    fn tile_cols(self) -> usize {
+        match self {
+            Isa::Amx => 32,
+            _ => NR,
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The kernel to use: the best this CPU supports, or the one `SLUICE_CPU_ISA` names.
+///
+/// Decided once per process; an unknown or unsupported `SLUICE_CPU_ISA` is an error saying what
+/// this CPU supports.
+pub fn selected_isa() -> Result<Isa, String> {
+    static ISA: OnceLock<Result<Isa, String>> = OnceLock::new();
+    ISA.get_or_init(|| {
+        let best = *Isa::supported_all()
+            .last()
+            .expect("portable is always supported");
+        match std::env::var("SLUICE_CPU_ISA") {
+            Ok(v) if !v.trim().is_empty() && v.trim() != "auto" => {
+                let names = || {
+                    Isa::supported_all()
+                        .iter()
+                        .map(|i| i.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                match Isa::parse(&v) {
+                    Some(i) if i.supported() => Ok(i),
+                    Some(i) => Err(format!(
+                        "SLUICE_CPU_ISA={v}: this CPU has no {i} (it supports: {}, or auto)",
+                        names()
+                    )),
+                    None => Err(format!(
+                        "SLUICE_CPU_ISA={v} is not a kernel name (this CPU supports: {}, or auto)",
+                        names()
+                    )),
+                }
+            }
+            _ => Ok(best),
+        }
+    })
+    .clone()
+}
+
+/// Symmetric quantisation of one row into `out`; returns the scale (`x ≈ q × scale`).
+fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
+    // Sixteen running maxima, so the loop vectorises without relying on the target's features.
+    let mut lanes = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.abs());
+        }
+    }
+    let amax = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(0f32, |m, v| m.max(v.abs()));
+    if amax == 0.0 || !amax.is_finite() {
+        out.fill(0);
+        return 0.0;
+    }
+    let inv = 127.0 / amax;
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = round_ties_even_small((v * inv).clamp(-127.0, 127.0)) as i8;
+    }
+    amax / 127.0
+}
+
+/// Rounds to the nearest integer, ties to even, for `|v| < 2²²`: adding and removing 1.5 × 2²³
+/// leaves no fraction bits, and the addition rounds as the FPU does (ties to even). Unlike
+/// `f32::round_ties_even`, this needs no SSE4.1 `roundps`, so it vectorises on baseline x86-64
+/// instead of calling `rintf` per value.
+#[inline(always)]
+fn round_ties_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+/// A weight matrix `[rows, cols]` (output channels × inputs) quantised per row, laid out for the
+/// kernel it was quantised for.
+#[derive(Clone)]
+pub struct QMatrix {
+    rows: usize,
+    cols: usize,
+    /// `cols` rounded up to `K_ALIGN`.
+    stride: usize,
+    /// `rows` rounded up to the kernel's tile width; the extra rows are zeros.
+    padded_rows: usize,
+    isa: Isa,
+    /// Row-major `padded_rows × stride` bytes, or AMX tiles (see [`amx_offset`]).
+    data: Vec<i8>,
+    scales: Vec<f32>,
+    /// `128 × Σ w` per row: what the +128 offset of `u8` activations adds to each dot product.
+    offsets: Vec<i32>,
+}
+
+impl fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "QMatrix[{}x{}, int8, {}]",
+            self.rows, self.cols, self.isa
+        )
+    }
+}
+
+/// Where weight `(n, k)` lives in the AMX layout: blocks of 16 channels × 64 inputs (1 KiB, one
+/// tile), ordered by channel block then input block; inside a block, row `k / 4` holds the four
+/// inputs `k & !3 ..` of each of the 16 channels in turn (the layout `tdpbusd` reads).
+fn amx_offset(n: usize, k: usize, stride: usize) -> usize {
+    let (nb, nl) = (n / 16, n % 16);
+    let (kb, kl) = (k / 64, k % 64);
+    (nb * (stride / 64) + kb) * 1024 + (kl / 4) * 64 + nl * 4 + kl % 4
+}
+
+impl QMatrix {
+    /// Quantises a row-major float32 matrix for `isa`'s kernel.
+    pub fn quantize(w: &[f32], rows: usize, cols: usize, isa: Isa) -> Self {
+        assert_eq!(w.len(), rows * cols, "weight of {rows}x{cols}");
+        let stride = cols.div_ceil(K_ALIGN) * K_ALIGN;
+        let padded_rows = rows.div_ceil(isa.tile_cols()) * isa.tile_cols();
+        let mut data = vec![0i8; padded_rows * stride];
+        let mut scales = vec![0f32; padded_rows];
+        let mut offsets = vec![0i32; padded_rows];
+        data.par_chunks_mut(stride)
+            .zip(scales.par_iter_mut())
+            .zip(offsets.par_iter_mut())
+            .zip(w.par_chunks(cols.max(1)))
+            .for_each(|(((q, s), o), row)| {
+                *s = quantize_row(row, &mut q[..cols]);
+                *o = 128 * q.iter().map(|&v| v as i32).sum::<i32>();
+            });
+        if isa == Isa::Amx {
+            // One channel block (16 rows) at a time, so the extra memory is one block's worth.
+            let mut block = vec![0i8; 16 * stride];
+            for nb in 0..padded_rows / 16 {
+                let rows = &mut data[nb * 16 * stride..(nb + 1) * 16 * stride];
+                for (nl, row) in rows.chunks(stride).enumerate() {
+                    for (k, &v) in row.iter().enumerate() {
+                        block[amx_offset(nl, k, stride)] = v;
+                    }
+                }
+                rows.copy_from_slice(&block);
+            }
+        }
+        Self {
+            rows,
+            cols,
+            stride,
+            padded_rows,
+            isa,
+            data,
+            scales,
+            offsets,
+        }
+    }
+
+    /// Output channels.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Inputs per channel.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The kernel this matrix is laid out for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() + 8 * self.scales.len()
+    }
+
+    /// Quantised weight `(n, k)`.
+    fn at(&self, n: usize, k: usize) -> i8 {
+        if self.isa == Isa::Amx {
+            self.data[amx_offset(n, k, self.stride)]
+        } else {
+            self.data[n * self.stride + k]
+        }
+    }
+
+    /// Row `r` back in float32 (`q × scale`), for embedding lookups from a tied head.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let s = self.scales[r];
+        for (k, o) in out.iter_mut().enumerate().take(self.cols) {
+            *o = self.at(r, k) as f32 * s;
+        }
+    }
+
+    /// `x · Wᵀ (+ bias)` for `x` of `m` rows of `cols` values, into `out` (`m × rows`).
+    pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+        assert_eq!(x.len(), m * self.cols, "input of {m}x{}", self.cols);
+        assert_eq!(out.len(), m * self.rows, "output of {m}x{}", self.rows);
+        let a = Activations::quantize(self.isa, x, m, self.cols, self.stride);
+        let out = SharedOut(out.as_mut_ptr());
+        self.for_tiles(&a, |m0, mr, n0, acc, acc_stride| {
+            let nr = (self.rows - n0).min(self.isa.tile_cols());
+            let scales = &self.scales[n0..n0 + nr];
+            for i in 0..mr {
+                let sa = a.scales[m0 + i];
+                let acc = &acc[i * acc_stride..i * acc_stride + nr];
+                // SAFETY: each (row, channel) is written by exactly one tile.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(out.at((m0 + i) * self.rows + n0), nr)
+                };
+                match bias {
+                    Some(b) => {
+                        for (((d, &v), &sw), &b) in
+                            dst.iter_mut().zip(acc).zip(scales).zip(&b[n0..])
+                        {
+                            *d = v as f32 * (sa * sw) + b;
+                        }
+                    }
+                    None => {
+                        for ((d, &v), &sw) in dst.iter_mut().zip(acc).zip(scales) {
+                            *d = v as f32 * (sa * sw);
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Exact integer products `Σ_k qa[m,k] · qw[n,k]` of already quantised rows (for tests).
+    pub fn dot_i32(&self, a: &[i8], m: usize) -> Vec<i32> {
+        assert_eq!(a.len(), m * self.cols);
+        let offset = self.isa.offset_activations();
+        let mut act = Activations {
+            data: vec![if offset { 0x80 } else { 0 }; m * self.stride],
+            scales: vec![1.0; m],
+            rows: m,
+            stride: self.stride,
+            offset,
+        };
+        for (dst, src) in act
+            .data
+            .chunks_mut(self.stride)
+            .zip(a.chunks(self.cols.max(1)))
+        {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = if offset { (s as u8) ^ 0x80 } else { s as u8 };
+            }
+        }
+        let mut out = vec![0i32; m * self.rows];
+        let ptr = SharedOut(out.as_mut_ptr());
+        self.for_tiles(&act, |m0, mr, n0, acc, acc_stride| {
+            for i in 0..mr {
+                for j in 0..self.isa.tile_cols() {
+                    if n0 + j < self.rows {
+                        // SAFETY: each (row, channel) is written by exactly one tile.
+                        unsafe { *ptr.at((m0 + i) * self.rows + n0 + j) = acc[i * acc_stride + j] };
+                    }
+                }
+            }
+        });
+        out
+    }
+
+    /// Runs the kernel over every tile of activation rows × channels, in parallel over blocks of
+    /// channels; `f(m0, mr, n0, acc, acc_stride)` receives each tile's exact dot products, row `i`
+    /// of the tile at `acc[i * acc_stride..]`.
+    fn for_tiles<F>(&self, a: &Activations, f: F)
+    where
+        F: Fn(usize, usize, usize, &[i32], usize) + Sync,
+    {
+        let isa = self.isa;
+        let (max_rows, cols) = (isa.max_rows(), isa.tile_cols());
+        let tiles = self.padded_rows / cols;
+        let threads = rayon::current_num_threads().max(1);
+        // A few blocks per thread balance uneven cores; a tile's weights stay in cache while every
+        // activation row passes over them.
+        let per_block = tiles.div_ceil(threads * 4).max(64 / cols);
+        let blocks = tiles.div_ceil(per_block);
+        let run = |b: usize| {
+            let mut acc = vec![0i32; max_rows * cols];
+            for t in b * per_block..((b + 1) * per_block).min(tiles) {
+                let n0 = t * cols;
+                let mut m0 = 0;
+                while m0 < a.rows {
+                    let mr = (a.rows - m0).min(max_rows);
+                    // SAFETY: tile bounds are within the padded buffers, and the matrix was
+                    // quantised for `isa`, which `Isa::supported` approved.
+                    unsafe { kernel(self, a, m0, mr, n0, &mut acc) };
+                    f(m0, mr, n0, &acc, cols);
+                    m0 += mr;
+                }
+            }
+        };
+        if blocks <= 1 || self.padded_rows * self.stride * a.rows < 1 << 16 {
+            (0..blocks).for_each(run);
+        } else {
+            (0..blocks).into_par_iter().for_each(run);
+        }
+    }
+}
+
+/// Activation rows quantised for one product.
+struct Activations {
+    /// `rows × stride` bytes: `i8`, or `i8 + 128` as `u8` when `offset`.
+    data: Vec<u8>,
+    scales: Vec<f32>,
+    rows: usize,
+    stride: usize,
+    offset: bool,
+}
+
+impl Activations {
+    fn quantize(isa: Isa, x: &[f32], rows: usize, cols: usize, stride: usize) -> Self {
+        let offset = isa.offset_activations();
+        let mut data = vec![if offset { 0x80u8 } else { 0 }; rows * stride];
+        let mut scales = vec![0f32; rows];
+        let quantize = |(dst, s): (&mut [u8], &mut f32), row: &[f32]| {
+            let mut q = vec![0i8; cols];
+            *s = quantize_row(row, &mut q);
+            for (d, &v) in dst.iter_mut().zip(&q) {
+                *d = if offset { (v as u8) ^ 0x80 } else { v as u8 };
+            }
+        };
+        if rows * cols >= 1 << 16 {
+            data.par_chunks_mut(stride)
+                .zip(scales.par_iter_mut())
+                .zip(x.par_chunks(cols.max(1)))
+                .for_each(|(d, row)| quantize(d, row));
+        } else {
+            data.chunks_mut(stride)
+                .zip(scales.iter_mut())
+                .zip(x.chunks(cols.max(1)))
+                .for_each(|(d, row)| quantize(d, row));
+        }
+        Self {
+            data,
+            scales,
+            rows,
+            stride,
+            offset,
+        }
+    }
+}
+
+/// An output pointer shared by tiles that write disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedOut<T>(*mut T);
+// SAFETY: tiles write disjoint elements and the borrow outlives the parallel loop.
+unsafe impl<T> Send for SharedOut<T> {}
+unsafe impl<T> Sync for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    /// The element at `i` (a method, so closures capture the whole `Sync` wrapper).
+    ///
+    /// # Safety
+    /// `i` is in bounds and no other tile writes it.
+    unsafe fn at(&self, i: usize) -> *mut T {
+        self.0.add(i)
+    }
+}
+
+/// Exact dot products of activation rows `m0..m0+mr` with the tile of channels at `n0` into
+/// `acc` (row `i` at `i * isa.tile_cols()`).
+///
+/// # Safety
+/// The matrix's kernel must be supported by this CPU; `mr ≤ isa.max_rows()`; the rows must exist.
+unsafe fn kernel(w: &QMatrix, a: &Activations, m0: usize, mr: usize, n0: usize, acc: &mut [i32]) {
+    let ap = a.data.as_ptr().add(m0 * a.stride);
+    let k = w.stride;
+    let cols = w.isa.tile_cols();
+    match w.isa {
+        Isa::Portable => portable(ap, w.data.as_ptr().add(n0 * k), k, mr, acc),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            let wp = w.data.as_ptr().add(n0 * k);
+            match mr {
+                1 => x86::avx2::<1>(ap, wp, k, acc),
+                _ => x86::avx2::<2>(ap, wp, k, acc),
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => {
+            let wp = w.data.as_ptr().add(n0 * k);
+            match mr {
+                1 => x86::avx_vnni::<1>(ap, wp, k, acc),
+                _ => x86::avx_vnni::<2>(ap, wp, k, acc),
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            let wp = w.data.as_ptr().add(n0 * k);
+            match mr {
+                1 => x86::avx512_vnni::<1>(ap, wp, k, acc),
+                2 => x86::avx512_vnni::<2>(ap, wp, k, acc),
+                3 => x86::avx512_vnni::<3>(ap, wp, k, acc),
+                _ => x86::avx512_vnni::<4>(ap, wp, k, acc),
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx => amx::tile(ap, a.stride, mr, w.data.as_ptr().add(n0 * k), k, acc),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => portable(ap, w.data.as_ptr().add(n0 * k), k, mr, acc),
+    }
+    if a.offset {
+        for row in acc.chunks_mut(cols).take(mr) {
+            for (v, o) in row.iter_mut().zip(&w.offsets[n0..n0 + cols]) {
+                *v -= o;
+            }
+        }
+    }
+}
+
+/// The reference kernel: plain `i32` sums of `i8 × i8` products.
+///
+/// # Safety
+/// `a` holds `mr` rows and `w` holds `NR` rows of `k` bytes each.
+unsafe fn portable(a: *const u8, w: *const i8, k: usize, mr: usize, acc: &mut [i32]) {
+    for (i, row) in acc.chunks_mut(NR).enumerate().take(mr) {
+        let ar = std::slice::from_raw_parts(a.add(i * k) as *const i8, k);
+        for (j, v) in row.iter_mut().enumerate() {
+            let wr = std::slice::from_raw_parts(w.add(j * k), k);
+            *v = ar.iter().zip(wr).map(|(&x, &y)| x as i32 * y as i32).sum();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! x86-64 kernels: `MR` activation rows × `NR` weight rows, 32 or 64 bytes of K per step.
+
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// Sum of the eight `i32` lanes.
+    #[inline(always)]
+    unsafe fn hsum256(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+
+    /// AVX-512 VNNI: `vpdpbusd` of `u8` (offset) activations with `i8` weights.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn avx512_vnni<const MR: usize>(
+        a: *const u8,
+        w: *const i8,
+        k: usize,
+        acc: &mut [i32],
+    ) {
+        let mut s = [[_mm512_setzero_si512(); NR]; MR];
+        let mut off = 0;
+        while off < k {
+            let mut wv = [_mm512_setzero_si512(); NR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(w.add(j * k + off) as *const _);
+            }
+            for (i, row) in s.iter_mut().enumerate() {
+                let av = _mm512_loadu_si512(a.add(i * k + off) as *const _);
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = _mm512_dpbusd_epi32(*v, av, wv[j]);
+                }
+            }
+            off += 64;
+        }
+        for (i, row) in s.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                acc[i * NR + j] = _mm512_reduce_add_epi32(*v);
+            }
+        }
+    }
+
+    /// AVX-VNNI: `vpdpbusd` on 256-bit registers.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub(super) unsafe fn avx_vnni<const MR: usize>(
+        a: *const u8,
+        w: *const i8,
+        k: usize,
+        acc: &mut [i32],
+    ) {
+        let mut s = [[_mm256_setzero_si256(); NR]; MR];
+        let mut off = 0;
+        while off < k {
+            let mut wv = [_mm256_setzero_si256(); NR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_loadu_si256(w.add(j * k + off) as *const _);
+            }
+            for (i, row) in s.iter_mut().enumerate() {
+                let av = _mm256_loadu_si256(a.add(i * k + off) as *const _);
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = _mm256_dpbusd_avx_epi32(*v, av, wv[j]);
+                }
+            }
+            off += 32;
+        }
+        for (i, row) in s.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                acc[i * NR + j] = hsum256(*v);
+            }
+        }
+    }
+
+    /// AVX2: `|a| × sign(w, a)` with `vpmaddubsw` (at most 2 × 127 × 127 per pair, so the 16-bit
+    /// sums never saturate), widened with `vpmaddwd`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn avx2<const MR: usize>(
+        a: *const u8,
+        w: *const i8,
+        k: usize,
+        acc: &mut [i32],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut s = [[_mm256_setzero_si256(); NR]; MR];
+        let mut off = 0;
+        while off < k {
+            let mut wv = [_mm256_setzero_si256(); NR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = _mm256_loadu_si256(w.add(j * k + off) as *const _);
+            }
+            for (i, row) in s.iter_mut().enumerate() {
+                let av = _mm256_loadu_si256(a.add(i * k + off) as *const _);
+                let aa = _mm256_abs_epi8(av);
+                for (j, v) in row.iter_mut().enumerate() {
+                    let p = _mm256_maddubs_epi16(aa, _mm256_sign_epi8(wv[j], av));
+                    *v = _mm256_add_epi32(*v, _mm256_madd_epi16(p, ones));
+                }
+            }
+            off += 32;
+        }
+        for (i, row) in s.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                acc[i * NR + j] = hsum256(*v);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    //! AMX-INT8: up to 32 activation rows × 32 channels per call, as 2 × 2 tiles of 16 × 16
+    //! `i32` (tmm0-3), activation tiles in tmm4-5 and weight tiles in tmm6-7.
+
+    use std::arch::asm;
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    use std::cell::Cell;
+    use std::sync::OnceLock;
+
+    /// Weight tiles fetched ahead of the one being multiplied.
+    const PREFETCH: usize = 4;
+
+    /// Whether the CPU has AMX-INT8 and the kernel lets this process use the tile registers.
+    pub(super) fn available() -> bool {
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+            let (tile, int8) = (leaf7.edx & (1 << 24) != 0, leaf7.edx & (1 << 25) != 0);
+            if !(tile && int8 && is_x86_feature_detected!("avx512f")) {
+                return false;
+            }
+            // Linux hands out the 8 KiB tile state only to processes that ask for it
+            // (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA); without it tile loads fault.
+            #[cfg(target_os = "linux")]
+            {
+                const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+                const XFEATURE_XTILEDATA: libc::c_long = 18;
+                // SAFETY: a plain system call with integer arguments.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_arch_prctl,
+                        ARCH_REQ_XCOMP_PERM,
+                        XFEATURE_XTILEDATA,
+                    )
+                };
+                r == 0
+            }
+            #[cfg(not(target_os = "linux"))]
+            false
+        })
+    }
+
+    /// A tile configuration (`ldtilecfg`'s 64-byte block).
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    struct Config([u8; 64]);
+
+    impl Config {
+        /// Accumulators and activation tiles for `r0` (and `r1`, maybe 0) rows; weights 16 × 64.
+        fn new(r0: usize, r1: usize) -> Self {
+            let mut c = [0u8; 64];
+            c[0] = 1; // palette 1
+            let mut set = |t: usize, rows: usize| {
+                if rows > 0 {
+                    c[16 + 2 * t] = 64; // bytes per row (low byte of a u16)
+                    c[48 + t] = rows as u8;
+                }
+            };
+            set(0, r0);
+            set(1, r0);
+            set(2, r1);
+            set(3, r1);
+            set(4, r0);
+            set(5, r1);
+            set(6, 16);
+            set(7, 16);
+            Config(c)
+        }
+    }
+
+    thread_local! {
+        /// The configuration this thread's tiles hold, so it is loaded only when it changes.
+        static LOADED: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+    }
+
+    /// Exact dot products of `mr ≤ 32` activation rows (`u8`, `stride` apart) with 32 channels
+    /// whose tiles start at `w`, into `acc` (32 × 32, row-major).
+    ///
+    /// # Safety
+    /// AMX must be [`available`]; the rows and tiles must exist.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile(
+        a: *const u8,
+        stride: usize,
+        mr: usize,
+        w: *const i8,
+        k: usize,
+        acc: &mut [i32],
+    ) {
+        let (r0, r1) = (mr.min(16), mr.saturating_sub(16));
+        if LOADED.get() != Some((r0, r1)) {
+            let cfg = Config::new(r0, r1);
+            asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+            LOADED.set(Some((r0, r1)));
+        }
+        let kblocks = k / 64;
+        // The second block of 16 channels starts `kblocks` tiles after the first.
+        let w1 = w.add(kblocks * 1024);
+        let a1 = a.add(16 * stride);
+        asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+        if r1 > 0 {
+            asm!("tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+        }
+        for kb in 0..kblocks {
+            // Weights stream from memory once per step: fetch the tiles two blocks ahead, which
+            // the hardware prefetcher alone does not do early enough for tile loads.
+            if kb + PREFETCH < kblocks {
+                for line in (0..1024).step_by(64) {
+                    let (p0, p1) = (
+                        w.add((kb + PREFETCH) * 1024 + line),
+                        w1.add((kb + PREFETCH) * 1024 + line),
+                    );
+                    _mm_prefetch::<_MM_HINT_T0>(p0);
+                    _mm_prefetch::<_MM_HINT_T0>(p1);
+                }
+            }
+            asm!(
+                "tileloadd tmm6, [{w0} + {s64}*1]",
+                "tileloadd tmm7, [{w1} + {s64}*1]",
+                "tileloadd tmm4, [{a0} + {st}*1]",
+                "tdpbusd tmm0, tmm4, tmm6",
+                "tdpbusd tmm1, tmm4, tmm7",
+                w0 = in(reg) w.add(kb * 1024),
+                w1 = in(reg) w1.add(kb * 1024),
+                a0 = in(reg) a.add(kb * 64),
+                st = in(reg) stride,
+                s64 = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+            if r1 > 0 {
+                asm!(
+                    "tileloadd tmm5, [{a1} + {st}*1]",
+                    "tdpbusd tmm2, tmm5, tmm6",
+                    "tdpbusd tmm3, tmm5, tmm7",
+                    a1 = in(reg) a1.add(kb * 64),
+                    st = in(reg) stride,
+                    options(nostack, readonly),
+                );
+            }
+        }
+        let c = acc.as_mut_ptr();
+        let row = 32usize * 4; // bytes per accumulator row
+        asm!(
+            "tilestored [{c0} + {row}*1], tmm0",
+            "tilestored [{c1} + {row}*1], tmm1",
+            c0 = in(reg) c,
+            c1 = in(reg) c.add(16),
+            row = in(reg) row,
+            options(nostack),
+        );
+        if r1 > 0 {
+            asm!(
+                "tilestored [{c2} + {row}*1], tmm2",
+                "tilestored [{c3} + {row}*1], tmm3",
+                c2 = in(reg) c.add(16 * 32),
+                c3 = in(reg) c.add(16 * 32 + 16),
+                row = in(reg) row,
+                options(nostack),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (xorshift), so failures reproduce.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn i8(&mut self) -> i8 {
+            ((self.next() % 255) as i32 - 127) as i8
+        }
+        fn f32(&mut self) -> f32 {
+            (self.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0
+        }
+    }
+
+    fn int8_cases() -> Vec<(usize, usize, usize)> {
+        // (m, n, k): odd sizes around the register widths, and the model's real widths.
+        let mut v = vec![];
+        for &k in &[1, 31, 32, 33, 63, 64, 65, 127, 200, 1024] {
+            for &(m, n) in &[
+                (1, 1),
+                (1, 5),
+                (2, 3),
+                (3, 4),
+                (4, 9),
+                (5, 7),
+                (9, 13),
+                (17, 33),
+            ] {
+                v.push((m, n, k));
+            }
+        }
+        v.push((16, 64, 4096));
+        v.push((40, 70, 130));
+        v
+    }
+
+    fn weight_from(q: &[i8], n: usize, k: usize, isa: Isa) -> QMatrix {
+        // Each row holds its own maximum 127, so quantising q/127 gives q back.
+        let w: Vec<f32> = q.iter().map(|&v| v as f32 / 127.0).collect();
+        let m = QMatrix::quantize(&w, n, k, isa);
+        for r in 0..n {
+            for c in 0..k {
+                assert_eq!(m.at(r, c), q[r * k + c]);
+            }
+        }
+        m
+    }
+
+    fn check_exact(fill: impl Fn(&mut Rng, usize) -> i8) {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for (m, n, k) in int8_cases() {
+            let mut qw: Vec<i8> = (0..n * k).map(|i| fill(&mut rng, i)).collect();
+            for r in 0..n {
+                qw[r * k] = 127; // every row's maximum is 127: quantisation is then the identity
+            }
+            let qa: Vec<i8> = (0..m * k).map(|i| fill(&mut rng, i)).collect();
+            let want: Vec<i32> = (0..m)
+                .flat_map(|i| {
+                    let (qa, qw) = (&qa, &qw);
+                    (0..n).map(move |j| {
+                        (0..k)
+                            .map(|t| qa[i * k + t] as i32 * qw[j * k + t] as i32)
+                            .sum()
+                    })
+                })
+                .collect();
+            for isa in Isa::supported_all() {
+                let w = weight_from(&qw, n, k, isa);
+                assert_eq!(w.dot_i32(&qa, m), want, "{isa}: m={m} n={n} k={k}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_computes_exact_dot_products_on_random_values() {
+        check_exact(|r, _| r.i8());
+    }
+
+    #[test]
+    fn every_kernel_computes_exact_dot_products_at_the_extremes() {
+        check_exact(|_, i| if i % 3 == 0 { -127 } else { 127 });
+        check_exact(|_, _| 127);
+        check_exact(|_, _| -127);
+        check_exact(|_, i| if i % 2 == 0 { 0 } else { -127 });
+    }
+
+    #[test]
+    fn every_kernel_gives_bit_identical_float_outputs() {
+        let mut rng = Rng(42);
+        for (m, n, k) in [
+            (1, 37, 100),
+            (5, 64, 1024),
+            (16, 12, 65),
+            (80, 40, 256),
+            (33, 5, 64),
+        ] {
+            let w: Vec<f32> = (0..n * k).map(|_| rng.f32()).collect();
+            let x: Vec<f32> = (0..m * k).map(|_| rng.f32() * 3.0).collect();
+            let bias: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+            let mut base = vec![0f32; m * n];
+            let q = QMatrix::quantize(&w, n, k, Isa::Portable);
+            q.matmul(&x, m, Some(&bias), &mut base);
+            for isa in Isa::supported_all() {
+                let mut out = vec![0f32; m * n];
+                QMatrix::quantize(&w, n, k, isa).matmul(&x, m, Some(&bias), &mut out);
+                assert!(
+                    out.iter()
+                        .zip(&base)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa}: m={m} n={n} k={k}"
+                );
+            }
+            // And the product is close to the float one.
+            let mut worst = 0f32;
+            let mut norm = 0f32;
+            for i in 0..m {
+                for j in 0..n {
+                    let exact: f32 =
+                        (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum::<f32>() + bias[j];
+                    worst = worst.max((exact - base[i * n + j]).abs());
+                    norm = norm.max(exact.abs());
+                }
+            }
+            assert!(worst <= 0.02 * norm, "m={m} n={n} k={k}: {worst} vs {norm}");
+        }
+    }
+
+    #[test]
+    fn rounding_matches_round_ties_even() {
+        let mut v = -130.0f32;
+        while v <= 130.0 {
+            assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
+            v += 0.125;
+        }
+        for v in [
+            0.5f32, 1.5, 2.5, -0.5, -1.5, 126.5, -126.5, 0.49999997, 126.49999,
+        ] {
+            assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
+        }
+    }
+
+    #[test]
+    fn zero_rows_and_columns_are_harmless() {
+        for isa in Isa::supported_all() {
+            let q = QMatrix::quantize(&[0.0; 6], 2, 3, isa);
+            let mut out = vec![1f32; 2];
+            q.matmul(&[1.0, 2.0, 3.0], 1, None, &mut out);
+            assert_eq!(out, [0.0, 0.0]);
+        }
+    }
+
+    #[test]
+    fn isa_names_round_trip() {
+        for isa in Isa::ALL {
+            assert_eq!(Isa::parse(isa.name()), Some(isa));
+        }
+        assert_eq!(Isa::parse("AVX2"), Some(Isa::Avx2));
+        assert_eq!(Isa::parse("sse"), None);
+    }
+}
