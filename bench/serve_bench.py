@@ -136,13 +136,15 @@ def main():
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / ".work")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results-serve.json")
     ap.add_argument("--servers", default="sluice,sluice-deadline,fastapi")
+    ap.add_argument("--pay-sizes", default=",".join(map(str, PAY_SIZES)), help="records per request, comma-separated")
+    ap.add_argument("--spacings", default=",".join(map(str, SPACINGS)), help="seconds between request starts")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     model_dir = build_model(args.work)
     rows = []
     for server in args.servers.split(","):
-        for pay in PAY_SIZES:
-            for spacing in SPACINGS:
+        for pay in [int(p) for p in args.pay_sizes.split(",")]:
+            for spacing in [float(x) for x in args.spacings.split(",")]:
                 proc, url = start(server, model_dir, 9531, sys.executable)
                 out = args.work / f"stress-{server}-{pay}-{spacing}.json"
                 subprocess.run(

@@ -216,10 +216,14 @@ mod tests {
     #[test]
     fn both_builds_give_the_same_bits_and_the_right_product() {
         let (n, k) = (300, 1027);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 2001) as f32 / 997.0 - 1.0).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 2001) as f32 / 997.0 - 1.0)
+            .collect();
         let bias: Vec<f32> = (0..n).map(|i| i as f32 / 100.0).collect();
         for m in 1..=MAX_ROWS {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 104_729) % 2001) as f32 / 1000.0 - 1.0).collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 104_729) % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
             let mut base = vec![0f32; m * n];
             matmul_with(false, &w, n, &x, m, Some(&bias), &mut base);
             for i in 0..m {
@@ -235,7 +239,10 @@ mod tests {
             if is_x86_feature_detected!("avx2") {
                 let mut fast = vec![0f32; m * n];
                 matmul_with(true, &w, n, &x, m, Some(&bias), &mut fast);
-                assert!(fast.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits()));
+                assert!(fast
+                    .iter()
+                    .zip(&base)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
             }
         }
     }

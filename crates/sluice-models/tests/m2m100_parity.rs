@@ -89,7 +89,10 @@ fn generated_unk_pad_and_language_ids_decode_as_transformers_batch_decode() {
         })
         .expect("a reference case with <unk>, <pad> and a language token");
     let want = case["text"].as_str().unwrap();
-    assert!(!want.contains("<unk>") && !want.contains("__de__"), "{want}");
+    assert!(
+        !want.contains("<unk>") && !want.contains("__de__"),
+        "{want}"
+    );
     assert_eq!(tok.decode(&ids(&case["ids"])).unwrap(), want);
     // The same ids with `<unk>`s and `<pad>`s added anywhere decode to the same text.
     let mut noisy = ids(&case["ids"]);

@@ -481,7 +481,9 @@ fn few_rows(w: &Tensor, b: Option<&Tensor>, x: &Tensor) -> CResult<Tensor> {
     let bias = b.map(|b| b.to_vec1::<f32>()).transpose()?;
     let mut out = vec![0f32; m * n];
     with_f32_slice(w, |ws| {
-        with_f32_slice(x, |xs| gemv::matmul(ws, n, xs, m, bias.as_deref(), &mut out))
+        with_f32_slice(x, |xs| {
+            gemv::matmul(ws, n, xs, m, bias.as_deref(), &mut out)
+        })
     })??;
     dims.push(n);
     Tensor::from_vec(out, dims, x.device())
