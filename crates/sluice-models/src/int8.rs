@@ -315,6 +315,19 @@ impl QMatrix {
 
     /// `x · Wᵀ (+ bias)` for `x` of `m` rows of `cols` values, into `out` (`m × rows`).
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+        self.matmul_then(x, m, bias, false, out)
+    }
+
+    /// As [`QMatrix::matmul`], then `max(y, 0)` when `relu`: the activation is applied while
+    /// each tile is written, instead of as another pass over the output.
+    pub fn matmul_then(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+        out: &mut [f32],
+    ) {
         assert_eq!(x.len(), m * self.cols, "input of {m}x{}", self.cols);
         assert_eq!(out.len(), m * self.rows, "output of {m}x{}", self.rows);
         let a = Activations::quantize(self.isa, x, m, self.cols, self.stride);
@@ -341,6 +354,11 @@ impl QMatrix {
                         for ((d, &v), &sw) in dst.iter_mut().zip(acc).zip(scales) {
                             *d = v as f32 * (sa * sw);
                         }
+                    }
+                }
+                if relu {
+                    for d in dst.iter_mut() {
+                        *d = d.max(0.0);
                     }
                 }
             }

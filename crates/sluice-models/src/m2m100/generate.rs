@@ -105,10 +105,10 @@ pub fn generate(
 
 /// Index of the first maximum, as `torch.argmax`.
 fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
+    let (mut best, mut top) = (0, row.first().copied().unwrap_or(f32::NEG_INFINITY));
     for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
+        if v > top {
+            (best, top) = (i, v);
         }
     }
     best as u32
@@ -125,10 +125,16 @@ fn greedy(model: &M2M100Model, enc: &EncoderOutput, p: &GenerateParams) -> Resul
         let tokens: Vec<u32> = active.iter().map(|&i| seqs[i][seqs[i].len() - 1]).collect();
         let cur_len = seqs[active[0]].len();
         model.decode_step_into(&tokens, &mut state, &mut logits)?;
+        // Each row's processors and argmax on its own thread: 128k values per row.
+        let picked: Vec<u32> = logits
+            .par_chunks_mut(vocab)
+            .map(|row| {
+                p.process(row, cur_len);
+                argmax(row)
+            })
+            .collect();
         let mut keep = Vec::with_capacity(active.len());
-        for (r, row) in logits.chunks_mut(vocab).enumerate() {
-            p.process(row, cur_len);
-            let tok = argmax(row);
+        for (r, tok) in picked.into_iter().enumerate() {
             let seq = &mut seqs[active[r]];
             seq.push(tok);
             if !p.eos.contains(&tok) && seq.len() < p.max_length {

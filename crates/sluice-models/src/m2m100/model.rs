@@ -71,11 +71,19 @@ struct QLinear {
 impl QLinear {
     /// `x · Wᵀ + b` over the rows of a contiguous f32 CPU tensor whose last dimension is the input.
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        self.forward_then(x, false)
+    }
+
+    /// [`QLinear::forward`], then ReLU when `relu`.
+    fn forward_then(&self, x: &Tensor, relu: bool) -> CResult<Tensor> {
         let mut dims = x.dims().to_vec();
         let k = dims.pop().unwrap_or(1);
         let m = x.elem_count() / k.max(1);
         let mut out = vec![0f32; m * self.w.rows()];
-        with_f32_slice(x, |xs| self.w.matmul(xs, m, self.bias.as_deref(), &mut out))?;
+        with_f32_slice(x, |xs| {
+            self.w
+                .matmul_then(xs, m, self.bias.as_deref(), relu, &mut out)
+        })?;
         dims.push(self.w.rows());
         Tensor::from_vec(out, dims, x.device())
     }
@@ -426,6 +434,11 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        if let (Proj::Int8(q), Activation::Relu) = (&self.fc1, self.act) {
+            // ReLU fused into the int8 product's output pass.
+            let h = q.forward_then(x, true)?;
+            return linear(&self.fc2, &h);
+        }
         let h = linear(&self.fc1, x)?;
         let h = match self.act {
             Activation::Relu => h.relu()?,
