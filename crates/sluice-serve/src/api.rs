@@ -1,6 +1,6 @@
 //! Wire types of the HTTP surface and the JSON error every route answers with.
 //!
-//! The translation types follow `CONTRACT.md` field for field; the optional generation settings
+//! The translation types follow `docs/CONTRACT.md` field for field; the optional generation settings
 //! sit inside `payload` next to the contract's fields, so contract clients are unaffected.
 
 use axum::http::{header, HeaderValue, StatusCode};

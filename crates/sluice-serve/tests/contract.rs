@@ -1,4 +1,4 @@
-//! `POST /translation` answers exactly per CONTRACT.md, with transformers' translations.
+//! `POST /translation` answers exactly per docs/CONTRACT.md, with transformers' translations.
 
 mod common;
 
