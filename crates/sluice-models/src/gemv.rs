@@ -7,9 +7,12 @@
 //!
 //! The same source is compiled twice, for baseline x86-64 and for AVX2; both add the products in
 //! the same eight lanes and reduce them in the same order (Rust never fuses a multiply and an add
-//! on its own), so both give identical bits. `SLUICE_CPU_ISA=portable` forces the baseline build.
+//! on its own), so both give identical bits. `SLUICE_CPU_ISA=portable` forces the baseline build
+//! (the same setting that picks the int8 kernel).
 
 use rayon::prelude::*;
+
+use crate::int8::{selected_isa, Isa, SharedOut};
 
 /// Most activation rows this path is used for.
 pub const MAX_ROWS: usize = 8;
@@ -131,14 +134,15 @@ unsafe fn block_avx2(
     block(dot, w, x, k, m, n_total, range, bias, out)
 }
 
-/// Whether the AVX2 build runs (the CPU has it and `SLUICE_CPU_ISA` does not say `portable`).
+/// Whether the AVX2 build runs: the int8 kernel choice (which `SLUICE_CPU_ISA` forces) has AVX2,
+/// or, if that choice is refused, the CPU has it.
 fn use_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| {
-            let forced = std::env::var("SLUICE_CPU_ISA").unwrap_or_default();
-            is_x86_feature_detected!("avx2") && !forced.trim().eq_ignore_ascii_case("portable")
+        *AVX2.get_or_init(|| match selected_isa() {
+            Ok(isa) => isa >= Isa::Avx2,
+            Err(_) => is_x86_feature_detected!("avx2"),
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -176,11 +180,11 @@ fn matmul_with(
     let threads = rayon::current_num_threads().max(1);
     let per_block = n.div_ceil(threads * 8).max(16);
     let blocks = n.div_ceil(per_block);
-    let ptr = Shared(out.as_mut_ptr(), out.len());
+    let (ptr, len) = (SharedOut(out.as_mut_ptr()), out.len());
     let run = |b: usize| {
         let range = (b * per_block, ((b + 1) * per_block).min(n));
         // SAFETY: blocks write disjoint channels of every row; the slice outlives the loop.
-        let out = unsafe { std::slice::from_raw_parts_mut(ptr.get(), ptr.1) };
+        let out = unsafe { std::slice::from_raw_parts_mut(ptr.at(0), len) };
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: `avx2` is only true where the CPU has AVX2 (`use_avx2`, or the tests).
@@ -193,19 +197,6 @@ fn matmul_with(
         (0..blocks).into_par_iter().for_each(run);
     } else {
         (0..blocks).for_each(run);
-    }
-}
-
-/// An output buffer shared by blocks that write disjoint elements.
-struct Shared(*mut f32, usize);
-// SAFETY: blocks write disjoint elements and the buffer outlives the parallel loop.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The buffer (a method, so closures capture the whole `Sync` wrapper).
-    fn get(&self) -> *mut f32 {
-        self.0
     }
 }
 

@@ -481,9 +481,9 @@ impl Activations {
     }
 }
 
-/// An output pointer shared by tiles that write disjoint elements.
+/// An output pointer shared by parallel blocks that write disjoint elements.
 #[derive(Clone, Copy)]
-struct SharedOut<T>(*mut T);
+pub(crate) struct SharedOut<T>(pub(crate) *mut T);
 // SAFETY: tiles write disjoint elements and the borrow outlives the parallel loop.
 unsafe impl<T> Send for SharedOut<T> {}
 unsafe impl<T> Sync for SharedOut<T> {}
@@ -493,7 +493,7 @@ impl<T> SharedOut<T> {
     ///
     /// # Safety
     /// `i` is in bounds and no other tile writes it.
-    unsafe fn at(&self, i: usize) -> *mut T {
+    pub(crate) unsafe fn at(&self, i: usize) -> *mut T {
         self.0.add(i)
     }
 }
@@ -609,13 +609,15 @@ mod x86 {
         }
     }
 
-    /// AVX-VNNI: `vpdpbusd` on 256-bit registers.
-    #[target_feature(enable = "avx2,avxvnni")]
-    pub(super) unsafe fn avx_vnni<const MR: usize>(
+    /// `MR` rows × `NR` channels on 256-bit registers, 32 bytes of K per step; `step(acc, a, w)`
+    /// adds the products of one register of activations and one of weights into `acc`.
+    #[inline(always)]
+    unsafe fn ymm_tile<const MR: usize>(
         a: *const u8,
         w: *const i8,
         k: usize,
         acc: &mut [i32],
+        step: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
     ) {
         let mut s = [[_mm256_setzero_si256(); NR]; MR];
         let mut off = 0;
@@ -627,7 +629,7 @@ mod x86 {
             for (i, row) in s.iter_mut().enumerate() {
                 let av = _mm256_loadu_si256(a.add(i * k + off) as *const _);
                 for (j, v) in row.iter_mut().enumerate() {
-                    *v = _mm256_dpbusd_avx_epi32(*v, av, wv[j]);
+                    *v = step(*v, av, wv[j]);
                 }
             }
             off += 32;
@@ -637,6 +639,17 @@ mod x86 {
                 acc[i * NR + j] = hsum256(*v);
             }
         }
+    }
+
+    /// AVX-VNNI: `vpdpbusd` on 256-bit registers.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub(super) unsafe fn avx_vnni<const MR: usize>(
+        a: *const u8,
+        w: *const i8,
+        k: usize,
+        acc: &mut [i32],
+    ) {
+        ymm_tile::<MR>(a, w, k, acc, |s, a, w| _mm256_dpbusd_avx_epi32(s, a, w))
     }
 
     /// AVX2: `|a| × sign(w, a)` with `vpmaddubsw` (at most 2 × 127 × 127 per pair, so the 16-bit
@@ -649,28 +662,10 @@ mod x86 {
         acc: &mut [i32],
     ) {
         let ones = _mm256_set1_epi16(1);
-        let mut s = [[_mm256_setzero_si256(); NR]; MR];
-        let mut off = 0;
-        while off < k {
-            let mut wv = [_mm256_setzero_si256(); NR];
-            for (j, v) in wv.iter_mut().enumerate() {
-                *v = _mm256_loadu_si256(w.add(j * k + off) as *const _);
-            }
-            for (i, row) in s.iter_mut().enumerate() {
-                let av = _mm256_loadu_si256(a.add(i * k + off) as *const _);
-                let aa = _mm256_abs_epi8(av);
-                for (j, v) in row.iter_mut().enumerate() {
-                    let p = _mm256_maddubs_epi16(aa, _mm256_sign_epi8(wv[j], av));
-                    *v = _mm256_add_epi32(*v, _mm256_madd_epi16(p, ones));
-                }
-            }
-            off += 32;
-        }
-        for (i, row) in s.iter().enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                acc[i * NR + j] = hsum256(*v);
-            }
-        }
+        ymm_tile::<MR>(a, w, k, acc, |s, a, w| {
+            let p = _mm256_maddubs_epi16(_mm256_abs_epi8(a), _mm256_sign_epi8(w, a));
+            _mm256_add_epi32(s, _mm256_madd_epi16(p, ones))
+        })
     }
 }
 
