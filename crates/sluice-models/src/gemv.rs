@@ -23,7 +23,7 @@ const PREFETCH_ROWS: usize = 8;
 /// Dot product in 32 running sums (lane `i` adds the products at `i mod 32`), reduced pairwise
 /// in a fixed order; [`dot32_avx2`] computes exactly the same sums.
 #[inline(always)]
-fn dot32(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 32];
     let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -136,7 +136,7 @@ unsafe fn block_avx2(
 
 /// Whether the AVX2 build runs: the int8 kernel choice (which `SLUICE_CPU_ISA` forces) has AVX2,
 /// or, if that choice is refused, the CPU has it.
-fn use_avx2() -> bool {
+pub(crate) fn use_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -161,8 +161,10 @@ pub fn selected_isa() -> Result<Isa, String> {
     .clone()
 }
 
-/// Symmetric quantisation of one row into `out`; returns the scale (`x ≈ q × scale`).
-fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
+/// `127 / max |x|` of a row and its scale `max |x| / 127`, or `None` when the row is all zeros or
+/// not finite (it quantises to zeros).
+#[inline(always)]
+fn row_scale(x: &[f32]) -> Option<(f32, f32)> {
     // Sixteen running maxima, so the loop vectorises without relying on the target's features.
     let mut lanes = [0f32; 16];
     let mut chunks = x.chunks_exact(16);
@@ -177,24 +179,45 @@ fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
         .chain(&lanes)
         .fold(0f32, |m, v| m.max(v.abs()));
     if amax == 0.0 || !amax.is_finite() {
-        out.fill(0);
-        return 0.0;
+        return None;
     }
-    let inv = 127.0 / amax;
-    for (o, v) in out.iter_mut().zip(x) {
-        *o = round_ties_even_small((v * inv).clamp(-127.0, 127.0)) as i8;
-    }
-    amax / 127.0
+    Some((127.0 / amax, amax / 127.0))
 }
 
-/// Rounds to the nearest integer, ties to even, for `|v| < 2²²`: adding and removing 1.5 × 2²³
-/// leaves no fraction bits, and the addition rounds as the FPU does (ties to even). Unlike
-/// `f32::round_ties_even`, this needs no SSE4.1 `roundps`, so it vectorises on baseline x86-64
-/// instead of calling `rintf` per value.
+/// `round(v × inv)` clamped to [-127, 127], ties to even, as an integer; NaN gives 0.
+///
+/// Adding 1.5 × 2²³ leaves no fraction bits, rounds as the FPU does (ties to even) and puts the
+/// integer in the low mantissa bits, so this is float and integer arithmetic only: it vectorises
+/// on baseline x86-64, where `round_ties_even` and a saturating `as i8` were a call and a
+/// scalar conversion per value.
 #[inline(always)]
-fn round_ties_even_small(v: f32) -> f32 {
+fn quantize_value(v: f32, inv: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
-    (v + MAGIC) - MAGIC
+    ((v * inv).clamp(-127.0, 127.0) + MAGIC).to_bits() as i32 - 0x4B40_0000
+}
+
+/// Symmetric quantisation of one row into `out`; returns the scale (`x ≈ q × scale`).
+fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
+    let Some((inv, scale)) = row_scale(x) else {
+        out.fill(0);
+        return 0.0;
+    };
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = quantize_value(v, inv) as i8;
+    }
+    scale
+}
+
+/// [`quantize_row`] into bytes, each XOR `flip` (0x80 stores `q + 128` as `u8`).
+fn quantize_row_bytes(x: &[f32], out: &mut [u8], flip: u8) -> f32 {
+    let Some((inv, scale)) = row_scale(x) else {
+        out.fill(flip);
+        return 0.0;
+    };
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (quantize_value(v, inv) as u8) ^ flip;
+    }
+    scale
 }
 
 /// A weight matrix `[rows, cols]` (output channels × inputs) quantised per row, laid out for the
@@ -453,12 +476,9 @@ impl Activations {
         let offset = isa.offset_activations();
         let mut data = vec![if offset { 0x80u8 } else { 0 }; rows * stride];
         let mut scales = vec![0f32; rows];
+        let flip = if offset { 0x80 } else { 0 };
         let quantize = |(dst, s): (&mut [u8], &mut f32), row: &[f32]| {
-            let mut q = vec![0i8; cols];
-            *s = quantize_row(row, &mut q);
-            for (d, &v) in dst.iter_mut().zip(&q) {
-                *d = if offset { (v as u8) ^ 0x80 } else { v as u8 };
-            }
+            *s = quantize_row_bytes(row, &mut dst[..cols], flip);
         };
         if rows * cols >= 1 << 16 {
             data.par_chunks_mut(stride)
@@ -968,17 +988,25 @@ mod tests {
     }
 
     #[test]
-    fn rounding_matches_round_ties_even() {
+    fn quantised_values_round_ties_to_even_and_clamp() {
+        let want = |v: f32| v.round_ties_even().clamp(-127.0, 127.0) as i32;
         let mut v = -130.0f32;
         while v <= 130.0 {
-            assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
+            assert_eq!(quantize_value(v, 1.0), want(v), "{v}");
             v += 0.125;
         }
         for v in [
-            0.5f32, 1.5, 2.5, -0.5, -1.5, 126.5, -126.5, 0.49999997, 126.49999,
+            0.5f32, 1.5, 2.5, -0.5, -1.5, 126.5, -126.5, 0.49999997, 126.49999, 1e30, -1e30,
         ] {
-            assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
+            assert_eq!(quantize_value(v, 1.0), want(v), "{v}");
         }
+        assert_eq!(quantize_value(f32::NAN, 1.0) as i8, 0);
+        let mut q = [0i8; 3];
+        assert_eq!(quantize_row(&[1.0, -2.0, 0.5], &mut q), 2.0 / 127.0);
+        assert_eq!(q, [64, -127, 32]);
+        let mut b = [0u8; 3];
+        quantize_row_bytes(&[1.0, -2.0, 0.5], &mut b, 0x80);
+        assert_eq!(b, [64 + 128, 1, 32 + 128]);
     }
 
     #[test]

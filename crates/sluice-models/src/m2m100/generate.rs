@@ -9,8 +9,9 @@
 use rayon::prelude::*;
 
 use super::config::EarlyStopping;
-use super::model::{log_softmax_rows, EncoderOutput, M2M100Model};
+use super::model::{EncoderOutput, M2M100Model};
 use crate::error::{ModelError, Result};
+use crate::rowops;
 
 /// The penalty transformers adds to scores that must not win (an f32, added in f32).
 const BLOCKED: f32 = -1.0e9;
@@ -103,15 +104,30 @@ pub fn generate(
     }
 }
 
-/// Index of the first maximum, as `torch.argmax`.
+/// Index of the first maximum, as `torch.argmax` (which takes NaN as the maximum).
 fn argmax(row: &[f32]) -> u32 {
-    let (mut best, mut top) = (0, row.first().copied().unwrap_or(f32::NEG_INFINITY));
-    for (i, &v) in row.iter().enumerate() {
-        if v > top {
-            (best, top) = (i, v);
+    // The maximum and whether a NaN occurs in sixteen lanes (vectorised), then its first index.
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut nan = false;
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v);
+            nan |= v.is_nan();
         }
     }
-    best as u32
+    let rest = chunks.remainder();
+    nan |= rest.iter().any(|v| v.is_nan());
+    let max = rest
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let first = if nan {
+        row.iter().position(|v| v.is_nan())
+    } else {
+        row.iter().position(|&v| v == max)
+    };
+    first.unwrap_or(0) as u32
 }
 
 fn greedy(model: &M2M100Model, enc: &EncoderOutput, p: &GenerateParams) -> Result<Vec<Vec<u32>>> {
@@ -119,6 +135,8 @@ fn greedy(model: &M2M100Model, enc: &EncoderOutput, p: &GenerateParams) -> Resul
     let mut seqs = vec![vec![p.decoder_start]; n];
     let mut active: Vec<usize> = (0..n).collect();
     let mut state = model.start_decoding(enc, 1)?;
+    // One position per step: the start token and every generated token but the last.
+    state.reserve(p.max_length - 1);
     let vocab = model.vocab_size();
     let mut logits = Vec::new();
     while !active.is_empty() {
@@ -199,27 +217,51 @@ fn top_k(values: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-/// The `k` best (flat index, score) pairs of `beams × vocab` accumulated scores, best first.
-fn top_candidates(log_probs: &[f32], vocab: usize, running: &[f32], k: usize) -> Vec<(usize, f32)> {
-    // A bounded sorted list beats sorting beams × vocab (640k) entries for k = 10.
+/// The `k` best `(index, lp + base)` of one row of log-probabilities, best first, earlier index
+/// first among equals, NaN never (torch.topk's order here).
+fn top_of_row(row: &[f32], base: f32, k: usize) -> Vec<(usize, f32)> {
+    // A bounded sorted list beats sorting 128k entries for k = 10; once it is full, a chunk
+    // whose values all fail to beat its last entry is skipped after one vectorised comparison.
+    const CHUNK: usize = 16;
     let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
-    for (j, row) in log_probs.chunks(vocab).enumerate() {
-        let base = running[j];
-        for (t, &lp) in row.iter().enumerate() {
+    for (c, chunk) in row.chunks(CHUNK).enumerate() {
+        if best.len() == k && k > 0 {
+            let floor = best[k - 1].1;
+            if !chunk
+                .iter()
+                .fold(false, |any, &lp| any | (lp + base > floor))
+            {
+                continue;
+            }
+        }
+        for (i, &lp) in chunk.iter().enumerate() {
             let s = lp + base;
-            // Equal scores keep the earlier index (and NaN never enters), as torch.topk does here.
             let enters = best.len() < k
                 || s.partial_cmp(&best[k - 1].1) == Some(std::cmp::Ordering::Greater);
             if !enters || s.is_nan() {
                 continue;
             }
-            let flat = j * vocab + t;
             let pos = best.partition_point(|&(_, b)| b >= s);
-            best.insert(pos, (flat, s));
+            best.insert(pos, (c * CHUNK + i, s));
             best.truncate(k);
         }
     }
     best
+}
+
+/// The `k` best (flat index, score) pairs of a sentence's `beams × vocab` scores from each beam's
+/// own best ([`top_of_row`]), ordered as one scan of all rows would: the `k` best of the whole
+/// block are among the `k` best of their own row.
+fn merge_rows(rows: &[Vec<(usize, f32)>], vocab: usize, k: usize) -> Vec<(usize, f32)> {
+    let mut all: Vec<(usize, f32)> = rows
+        .iter()
+        .enumerate()
+        .flat_map(|(j, r)| r.iter().map(move |&(t, s)| (j * vocab + t, s)))
+        .collect();
+    // No NaN reaches here; equal scores keep the earlier flat index.
+    all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    all.truncate(k);
+    all
 }
 
 fn beam_search(
@@ -247,6 +289,8 @@ fn beam_search(
         })
         .collect();
     let mut state = model.start_decoding(enc, k)?;
+    // One position per step: the start token and every generated token but the last.
+    state.reserve(p.max_length - 1);
     let vocab = model.vocab_size();
     let mut active: Vec<usize> = (0..n).collect();
     let mut cur_len = 1;
@@ -257,19 +301,26 @@ fn beam_search(
             .flat_map(|&s| sentences[s].running.iter().map(|b| b[b.len() - 1]))
             .collect();
         model.decode_step_into(&tokens, &mut state, &mut log_probs)?;
-        log_softmax_rows(&mut log_probs, vocab);
         let at_max = cur_len + 1 >= p.max_length;
         let divisor = ((cur_len as f64).powf(p.length_penalty)) as f32;
-        // Each sentence's candidates from its own `k × vocab` block, in parallel.
-        let all_cands: Vec<Vec<(usize, f32)>> = log_probs
-            .par_chunks_mut(k * vocab)
-            .zip(active.par_iter())
-            .map(|(block, &s)| {
-                for row in block.chunks_mut(vocab) {
-                    p.process(row, cur_len);
-                }
-                top_candidates(block, vocab, &sentences[s].running_scores, keep)
+        // Every row on its own thread, while its 128k values are in cache: log-softmax, the
+        // processors, its best continuations; then each sentence merges its beams' lists.
+        let running: Vec<f32> = active
+            .iter()
+            .flat_map(|&s| sentences[s].running_scores.iter().copied())
+            .collect();
+        let row_cands: Vec<Vec<(usize, f32)>> = log_probs
+            .par_chunks_mut(vocab)
+            .zip(running.par_iter())
+            .map(|(row, &base)| {
+                rowops::log_softmax(row);
+                p.process(row, cur_len);
+                top_of_row(row, base, keep)
             })
+            .collect();
+        let all_cands: Vec<Vec<(usize, f32)>> = row_cands
+            .chunks(k)
+            .map(|rows| merge_rows(rows, vocab, keep))
             .collect();
         let mut next_rows: Vec<u32> = Vec::with_capacity(active.len() * k);
         let mut kept_sentences: Vec<u32> = Vec::with_capacity(active.len());
@@ -389,16 +440,73 @@ mod tests {
     use super::*;
 
     #[test]
+    fn argmax_takes_the_first_maximum_and_nan_first() {
+        let mut row = vec![0f32; 100];
+        row[37] = 2.0;
+        row[90] = 2.0;
+        assert_eq!(argmax(&row), 37);
+        row[95] = f32::NAN;
+        assert_eq!(argmax(&row), 95);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
+        assert_eq!(argmax(&[1.0, 3.0]), 1);
+    }
+
+    #[test]
     fn top_k_orders_by_score_then_index() {
         assert_eq!(top_k(&[1.0, 3.0, 3.0, 2.0], 3), vec![1, 2, 3]);
         assert_eq!(top_k(&[f32::NEG_INFINITY, 0.0], 2), vec![1, 0]);
     }
 
+    /// Every candidate of a block sorted as torch.topk orders them: score, then flat index.
+    fn brute_force(lp: &[f32], vocab: usize, running: &[f32], k: usize) -> Vec<(usize, f32)> {
+        let mut all: Vec<(usize, f32)> = lp
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i, v + running[i / vocab]))
+            .filter(|c| !c.1.is_nan())
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(k);
+        all
+    }
+
     #[test]
-    fn top_candidates_scans_all_beams() {
+    fn row_candidates_merge_to_the_best_of_the_whole_block() {
         let lp = [-1.0, -2.0, -0.5, -0.1, -3.0, -4.0];
-        let got = top_candidates(&lp, 3, &[0.0, -1.0], 3);
+        let rows = [top_of_row(&lp[..3], 0.0, 3), top_of_row(&lp[3..], -1.0, 3)];
+        let got = merge_rows(&rows, 3, 3);
         assert_eq!(got.iter().map(|c| c.0).collect::<Vec<_>>(), vec![2, 0, 3]);
+
+        // Ties, −∞ (forced rows), NaN and many skipped chunks.
+        let (vocab, beams, k) = (1000, 5, 10);
+        let mut seed = 7u64;
+        for case in 0..20 {
+            let mut lp: Vec<f32> = (0..vocab * beams)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    -(((seed >> 33) % 50) as f32) / 4.0
+                })
+                .collect();
+            if case % 3 == 0 {
+                lp[..vocab].fill(f32::NEG_INFINITY);
+                lp[17] = 0.0;
+            }
+            if case % 4 == 0 {
+                lp[vocab + 3] = f32::NAN;
+            }
+            let running: Vec<f32> = (0..beams).map(|j| -(j as f32) * 0.25).collect();
+            let rows: Vec<_> = lp
+                .chunks(vocab)
+                .zip(&running)
+                .map(|(r, &b)| top_of_row(r, b, k))
+                .collect();
+            let got = merge_rows(&rows, vocab, k);
+            let want = brute_force(&lp, vocab, &running, k);
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!((g.0, g.1.to_bits()), (w.0, w.1.to_bits()), "case {case}");
+            }
+        }
     }
 
     #[test]

@@ -257,8 +257,12 @@ impl M2M100 {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let enc = self.model.encode(batch)?;
-        generate::generate(&self.model, &enc, params)
+        // On a pool worker, so the serial parts between parallel products run on a thread
+        // that takes part in those products, instead of handing each one off and sleeping.
+        rayon::scope(|_| {
+            let enc = self.model.encode(batch)?;
+            generate::generate(&self.model, &enc, params)
+        })
     }
 
     /// Translates texts from one language to another, `batch_size` sentences at a time.

@@ -17,6 +17,7 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 use super::config::{Activation, Config};
 use crate::gemv;
 use crate::int8::{Isa, QMatrix};
+use crate::rowops::{self, KvView};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -89,38 +90,14 @@ impl QLinear {
     }
 }
 
-/// Keys and values of attention groups as strided float32 slices: the vector of group `g`,
-/// head `h`, position `j` starts at `g × row + h × head + j × pos`.
-struct KvView<'a> {
-    k: &'a [f32],
-    v: &'a [f32],
-    len: usize,
-    hd: usize,
-    row: usize,
-    head: usize,
-    pos: usize,
-}
+/// One copy within a cache buffer: `(to, from, count)`.
+type RowCopy = (usize, usize, usize);
 
-impl KvView<'_> {
-    fn at(&self, g: usize, h: usize, j: usize) -> usize {
-        g * self.row + h * self.head + j * self.pos
-    }
-
-    fn key(&self, g: usize, h: usize, j: usize) -> &[f32] {
-        let i = self.at(g, h, j);
-        &self.k[i..i + self.hd]
-    }
-
-    fn value(&self, g: usize, h: usize, j: usize) -> &[f32] {
-        let i = self.at(g, h, j);
-        &self.v[i..i + self.hd]
-    }
-}
-
-/// One layer's self-attention keys and values on the CPU, `[rows, capacity, dim]`, written in
-/// place each step. Beam reordering moves only the rows whose beam changed, and only the
-/// positions decoded so far; candle's cache had to concatenate every step and re-gather every
-/// row (17% of a batch-16, 5-beam decode in `memmove`).
+/// One layer's self-attention keys and values on the CPU, written in place each step: keys in
+/// transposed blocks, `[rows, heads, capacity / KEY_BLOCK, head_dim, KEY_BLOCK]` (see
+/// [`rowops::KvView`]), values `[rows, capacity, dim]`. Beam reordering moves only the rows whose
+/// beam changed, and only the positions decoded so far; candle's cache had to concatenate every
+/// step and re-gather every row (17% of a batch-16, 5-beam decode in `memmove`).
 #[derive(Debug, Clone, Default)]
 struct KvCache {
     k: Vec<f32>,
@@ -128,72 +105,144 @@ struct KvCache {
     rows: usize,
     cap: usize,
     dim: usize,
+    heads: usize,
     len: usize,
+    /// Positions to allocate for at the first step ([`DecoderState::reserve`]).
+    want: usize,
 }
 
 impl KvCache {
+    /// The copies `(to, from, count)` of keys and of values that move the first `len` positions
+    /// of row `src` (buffers of capacity `from_cap`) to row `dst` (capacity `to_cap`).
+    fn row_copies(
+        &self,
+        (dst, to_cap): (usize, usize),
+        (src, from_cap): (usize, usize),
+    ) -> (Vec<RowCopy>, RowCopy) {
+        let (dim, len) = (self.dim, self.len);
+        let hd = dim / self.heads.max(1);
+        let (t, f) = (dst * to_cap * dim, src * from_cap * dim);
+        // Keys: per head, the blocks in use (a block's layout does not depend on the capacity).
+        let used = len.div_ceil(rowops::KEY_BLOCK) * rowops::KEY_BLOCK * hd;
+        let keys = (0..self.heads)
+            .map(|h| (t + h * to_cap * hd, f + h * from_cap * hd, used))
+            .collect();
+        (keys, (t, f, len * dim))
+    }
+
+    /// Copies the first `len` positions of row `src` of `from` to row `dst` of `self`.
+    fn copy_row(&mut self, dst: usize, from: &KvCache, src: usize) {
+        let (keys, (t, f, n)) = self.row_copies((dst, self.cap), (src, from.cap));
+        for (t, f, n) in keys {
+            self.k[t..t + n].copy_from_slice(&from.k[f..f + n]);
+        }
+        self.v[t..t + n].copy_from_slice(&from.v[f..f + n]);
+    }
+
+    /// Copies the first `len` positions of row `src` to row `dst` of the same buffers.
+    fn move_row(&mut self, dst: usize, src: usize) {
+        let (keys, (t, f, n)) = self.row_copies((dst, self.cap), (src, self.cap));
+        for (t, f, n) in keys {
+            self.k.copy_within(f..f + n, t);
+        }
+        self.v.copy_within(f..f + n, t);
+    }
+
     /// Appends one position (`rows × dim` keys and values) to every row.
-    fn push(&mut self, k: &[f32], v: &[f32], rows: usize, dim: usize) {
+    fn push(&mut self, k: &[f32], v: &[f32], rows: usize, dim: usize, heads: usize) {
         if self.cap == 0 || self.len == self.cap || self.rows != rows || self.dim != dim {
-            let cap = (self.cap * 2).max(32).max(self.len + 1);
-            let (mut nk, mut nv) = (vec![0f32; rows * cap * dim], vec![0f32; rows * cap * dim]);
-            let keep = self.len * dim;
-            for r in 0..rows.min(self.rows) {
-                nk[r * cap * dim..r * cap * dim + keep]
-                    .copy_from_slice(&self.k[r * self.cap * dim..r * self.cap * dim + keep]);
-                nv[r * cap * dim..r * cap * dim + keep]
-                    .copy_from_slice(&self.v[r * self.cap * dim..r * self.cap * dim + keep]);
-            }
-            *self = KvCache {
-                k: nk,
-                v: nv,
+            // The reserved length, or doubling past it (a caller that decodes further).
+            let cap = if self.cap == 0 && self.want > 0 {
+                self.want
+            } else {
+                (self.cap * 2).max(32)
+            };
+            let cap = cap.max(self.len + 1);
+            let cap = cap.div_ceil(rowops::KEY_BLOCK) * rowops::KEY_BLOCK;
+            let mut grown = KvCache {
+                k: vec![0f32; rows * cap * dim],
+                v: vec![0f32; rows * cap * dim],
                 rows,
                 cap,
                 dim,
+                heads,
                 len: self.len,
+                want: self.want,
             };
+            for r in 0..rows.min(self.rows) {
+                grown.copy_row(r, self, r);
+            }
+            *self = grown;
         }
-        for r in 0..rows {
-            let at = (r * self.cap + self.len) * dim;
-            self.k[at..at + dim].copy_from_slice(&k[r * dim..(r + 1) * dim]);
-            self.v[at..at + dim].copy_from_slice(&v[r * dim..(r + 1) * dim]);
-        }
+        let (cap, len) = (self.cap, self.len);
+        let hd = dim / heads.max(1);
+        let write = |((kr, vr), r): ((&mut [f32], &mut [f32]), usize)| {
+            for (h, kh) in k[r * dim..(r + 1) * dim].chunks_exact(hd).enumerate() {
+                let head = &mut kr[h * cap * hd..];
+                for (i, &x) in kh.iter().enumerate() {
+                    head[rowops::key_offset(hd, i, len)] = x;
+                }
+            }
+            vr[len * dim..(len + 1) * dim].copy_from_slice(&v[r * dim..(r + 1) * dim]);
+        };
+        // Each key element goes to its own cache line: rows are written on every thread.
+        use rayon::prelude::*;
+        self.k
+            .par_chunks_mut(cap * dim)
+            .zip(self.v.par_chunks_mut(cap * dim))
+            .zip(0..rows)
+            .for_each(write);
         self.len += 1;
     }
 
     /// Row `i` becomes old row `rows[i]`; rows past `rows.len()` are dropped.
     fn select(&mut self, rows: &[u32]) {
-        let span = self.len * self.dim;
-        let row = self.cap * self.dim;
         let moved: Vec<(usize, usize)> = rows
             .iter()
             .enumerate()
             .filter(|&(i, &src)| i != src as usize)
             .map(|(i, &src)| (i, src as usize))
             .collect();
-        for buf in [&mut self.k, &mut self.v] {
-            // Sources are read before any row is overwritten.
-            let saved: Vec<Vec<f32>> = moved
-                .iter()
-                .map(|&(_, src)| buf[src * row..src * row + span].to_vec())
-                .collect();
-            for (&(dst, _), data) in moved.iter().zip(saved) {
-                buf[dst * row..dst * row + span].copy_from_slice(&data);
+        // Sources that are also overwritten are copied aside first; the others are read in place.
+        let overwritten: std::collections::HashSet<usize> = moved.iter().map(|m| m.0).collect();
+        let aside: Vec<usize> = moved
+            .iter()
+            .map(|m| m.1)
+            .filter(|src| overwritten.contains(src))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut saved = KvCache {
+            k: vec![0f32; aside.len() * self.cap * self.dim],
+            v: vec![0f32; aside.len() * self.cap * self.dim],
+            rows: aside.len(),
+            ..*self
+        };
+        for (i, &src) in aside.iter().enumerate() {
+            saved.copy_row(i, self, src);
+        }
+        for &(dst, src) in &moved {
+            match aside.binary_search(&src) {
+                Ok(i) => self.copy_row(dst, &saved, i),
+                Err(_) => self.move_row(dst, src),
             }
         }
         self.rows = rows.len();
     }
 
     /// A view of groups of one row each.
-    fn view(&self, heads: usize) -> KvView<'_> {
+    fn view(&self) -> KvView<'_> {
+        let hd = self.dim / self.heads.max(1);
         KvView {
             k: &self.k,
             v: &self.v,
             len: self.len,
-            hd: self.dim / heads,
-            row: self.cap * self.dim,
-            head: self.dim / heads,
-            pos: self.dim,
+            hd,
+            k_group: self.cap * self.dim,
+            k_head: hd * self.cap,
+            v_group: self.cap * self.dim,
+            v_head: hd,
+            v_pos: self.dim,
         }
     }
 }
@@ -312,8 +361,10 @@ impl Attention {
     }
 
     /// One decoding step's attention: `x` is `[groups × beams, 1, dim]`, and the `beams` rows
-    /// of each group attend to their group's keys and values (`[groups, heads, len, hd]`) with
-    /// the group's additive mask (`[groups, 1, 1, len]`), if any.
+    /// of each group attend to their group's keys and values (`[groups, heads, len, hd]`; on the
+    /// CPU the keys in transposed blocks, `[groups, heads, blocks, hd, KEY_BLOCK]`, see
+    /// [`DecoderState`]) with the
+    /// group's additive mask (`[groups, 1, 1, len]`), if any.
     fn attend_step(
         &self,
         x: &Tensor,
@@ -326,25 +377,25 @@ impl Attention {
         let groups = rows / beams;
         let q = linear(&self.q_proj, x)?;
         let out = if x.device().is_cpu() {
-            let (heads, len, hd) = (self.heads, k.dim(2)?, self.head_dim);
             let mask = match mask {
                 Some(m) => Some(with_f32_slice(m, |m| m.to_vec())?),
                 None => None,
             };
-            with_f32_slice(k, |k| {
-                with_f32_slice(v, |v| {
-                    let view = KvView {
-                        k,
-                        v,
-                        len,
-                        hd,
-                        row: heads * len * hd,
-                        head: len * hd,
-                        pos: hd,
-                    };
-                    self.step_cpu(&q, &view, mask.as_deref(), beams)
+            let o = with_f32_slice(&q, |q| {
+                with_f32_slice(k, |ks| {
+                    with_f32_slice(v, |vs| {
+                        let view = self.cross_view(ks, vs, k.dim(2)?, v.dim(2)?);
+                        Ok::<_, candle_core::Error>(self.attend_rows(
+                            q,
+                            rows,
+                            &view,
+                            mask.as_deref(),
+                            beams,
+                        ))
+                    })
                 })
-            })???
+            })????;
+            Tensor::from_vec(o, (rows, 1, dim), x.device())?
         } else {
             let q = q
                 .reshape((groups, beams, self.heads, self.head_dim))?
@@ -357,57 +408,58 @@ impl Attention {
         linear(&self.out_proj, &out)
     }
 
-    /// [`Attention::attend_step`]'s product on the CPU, row by row: at one query per row, candle's
-    /// batched matmuls spend more in dispatch and thread hand-offs than in arithmetic. Rounds as
-    /// candle does: scores `(q · k) × scaling + mask`, softmax `exp(s − max) / Σ`, then `Σ p v`.
-    /// Row `r` reads group `r / beams` of `kv`; `mask` is `[groups, len]`.
-    fn step_cpu(
+    /// [`Attention::attend_step`]'s product on the CPU, row by row ([`rowops::attend`]): at one
+    /// query per row, candle's batched matmuls spend more in dispatch and thread hand-offs than in
+    /// arithmetic. Row `r` of `q` (`rows × dim`) reads group `r / beams` of `kv`; `mask` is
+    /// `[groups, len]`.
+    fn attend_rows(
         &self,
-        q: &Tensor,
+        q: &[f32],
+        rows: usize,
         kv: &KvView,
         mask: Option<&[f32]>,
         beams: usize,
-    ) -> CResult<Tensor> {
+    ) -> Vec<f32> {
         use rayon::prelude::*;
-        let (rows, _, dim) = q.dims3()?;
-        let (heads, hd, len) = (self.heads, self.head_dim, kv.len);
+        let dim = q.len() / rows.max(1);
+        let len = kv.len;
         let scaling = self.scaling as f32;
         let mut out = vec![0f32; rows * dim];
-        with_f32_slice(q, |q| {
-            let row = |(r, o): (usize, &mut [f32])| {
-                let g = r / beams;
-                let mut p = vec![0f32; len];
-                for h in 0..heads {
-                    let qh = &q[r * dim + h * hd..r * dim + (h + 1) * hd];
-                    for (j, pj) in p.iter_mut().enumerate() {
-                        *pj = gemv::dot(qh, kv.key(g, h, j)) * scaling;
-                        if let Some(m) = mask {
-                            *pj += m[g * len + j];
-                        }
-                    }
-                    let max = p.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    let mut sum = 0f32;
-                    for pj in p.iter_mut() {
-                        *pj = (*pj - max).exp();
-                        sum += *pj;
-                    }
-                    let oh = &mut o[h * hd..(h + 1) * hd];
-                    oh.fill(0.0);
-                    for (j, pj) in p.iter().enumerate() {
-                        let w = pj / sum;
-                        for (a, b) in oh.iter_mut().zip(kv.value(g, h, j)) {
-                            *a += w * b;
-                        }
-                    }
-                }
+        let row = |(r, o): (usize, &mut [f32])| {
+            let g = r / beams;
+            let mut scores = vec![0f32; len];
+            let query = rowops::Query {
+                q: &q[r * dim..(r + 1) * dim],
+                g,
+                mask: mask.map(|m| &m[g * len..(g + 1) * len]),
+                scaling,
             };
-            if rows * heads * len * hd >= 1 << 15 {
-                out.par_chunks_mut(dim).enumerate().for_each(row);
-            } else {
-                out.chunks_mut(dim).enumerate().for_each(row);
-            }
-        })?;
-        Tensor::from_vec(out, (rows, 1, dim), q.device())
+            rowops::attend(&query, kv, &mut scores, o);
+        };
+        if rows * dim * len >= 1 << 15 {
+            out.par_chunks_mut(dim).enumerate().for_each(row);
+        } else {
+            out.chunks_mut(dim).enumerate().for_each(row);
+        }
+        out
+    }
+
+    /// The view of cross-attention keys (`[groups, heads, blocks, hd, KEY_BLOCK]`) and values
+    /// (`[groups, heads, len, hd]`) as [`DecoderState`] keeps them on the CPU.
+    fn cross_view<'a>(&self, k: &'a [f32], v: &'a [f32], blocks: usize, len: usize) -> KvView<'a> {
+        let (heads, hd) = (self.heads, self.head_dim);
+        let padded = blocks * rowops::KEY_BLOCK;
+        KvView {
+            k,
+            v,
+            len,
+            hd,
+            k_group: heads * hd * padded,
+            k_head: hd * padded,
+            v_group: heads * len * hd,
+            v_head: len * hd,
+            v_pos: hd,
+        }
     }
 }
 
@@ -571,29 +623,25 @@ impl DecoderLayer {
         mask: &Tensor,
         beams: usize,
     ) -> CResult<Tensor> {
+        let cache = match self_kv {
+            SelfKv::Cpu(cache) => {
+                let (rows, len, d) = x.dims3()?;
+                let mut xs = x.flatten_all()?.to_vec1::<f32>()?;
+                let mask = with_f32_slice(mask, |m| m.to_vec())?;
+                self.step_rows(&mut xs, rows, cache, cross_kv, &mask, beams)?;
+                return Tensor::from_vec(xs, (rows, len, d), x.device());
+            }
+            SelfKv::Tensors(cache) => cache,
+        };
         let h = self.self_attn_layer_norm.forward(x)?;
         let a = &self.self_attn;
-        let attended = match self_kv {
-            SelfKv::Tensors(cache) => {
-                let (k, v) = a.key_values(&h)?;
-                let (k, v) = match cache.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                let out = a.attend_step(&h, &k, &v, None, 1)?;
-                *cache = Some((k, v));
-                out
-            }
-            SelfKv::Cpu(cache) => {
-                let (rows, _, dim) = h.dims3()?;
-                let k = linear(&a.k_proj, &h)?;
-                let v = linear(&a.v_proj, &h)?;
-                with_f32_slice(&k, |k| with_f32_slice(&v, |v| cache.push(k, v, rows, dim)))??;
-                let q = linear(&a.q_proj, &h)?;
-                let out = a.step_cpu(&q, &cache.view(a.heads), None, 1)?;
-                linear(&a.out_proj, &out)?
-            }
+        let (k, v) = a.key_values(&h)?;
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
         };
+        let attended = a.attend_step(&h, &k, &v, None, 1)?;
+        *cache = Some((k, v));
         let x = (x + attended)?;
 
         let h = self.encoder_attn_layer_norm.forward(&x)?;
@@ -604,6 +652,112 @@ impl DecoderLayer {
 
         let h = self.final_layer_norm.forward(&x)?;
         x + self.ffn.forward(&h)?
+    }
+
+    /// [`DecoderLayer::step`] on the CPU over plain rows: `x` is `rows × d`, updated in place;
+    /// `mask` is `[groups, src]`. The same arithmetic as the tensor path, without a tensor, an
+    /// allocation or a thread hand-off per layer norm and residual addition (they kept one core
+    /// idle a fifth of a batch-16 step).
+    fn step_rows(
+        &self,
+        x: &mut [f32],
+        rows: usize,
+        cache: &mut KvCache,
+        cross_kv: &(Tensor, Tensor),
+        mask: &[f32],
+        beams: usize,
+    ) -> CResult<()> {
+        let d = x.len() / rows.max(1);
+        let a = &self.self_attn;
+        let h = norm_rows(&self.self_attn_layer_norm, x, d)?;
+        let k = proj_rows(&a.k_proj, &h, rows, false)?;
+        let v = proj_rows(&a.v_proj, &h, rows, false)?;
+        cache.push(&k, &v, rows, d, a.heads);
+        let q = proj_rows(&a.q_proj, &h, rows, false)?;
+        let o = a.attend_rows(&q, rows, &cache.view(), None, 1);
+        add_rows(x, &proj_rows(&a.out_proj, &o, rows, false)?);
+
+        let c = &self.encoder_attn;
+        let h = norm_rows(&self.encoder_attn_layer_norm, x, d)?;
+        let q = proj_rows(&c.q_proj, &h, rows, false)?;
+        let (ck, cv) = cross_kv;
+        let o = with_f32_slice(ck, |k| {
+            with_f32_slice(cv, |v| {
+                let view = c.cross_view(k, v, ck.dim(2)?, cv.dim(2)?);
+                Ok::<_, candle_core::Error>(c.attend_rows(&q, rows, &view, Some(mask), beams))
+            })
+        })???;
+        add_rows(x, &proj_rows(&c.out_proj, &o, rows, false)?);
+
+        let h = norm_rows(&self.final_layer_norm, x, d)?;
+        let f = &self.ffn;
+        let y = match (&f.fc1, f.act) {
+            (_, Activation::Relu) => {
+                let hidden = proj_rows(&f.fc1, &h, rows, true)?;
+                proj_rows(&f.fc2, &hidden, rows, false)?
+            }
+            _ => f
+                .forward(&Tensor::from_vec(h, (rows, 1, d), &Device::Cpu)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        };
+        add_rows(x, &y);
+        Ok(())
+    }
+}
+
+/// `x += y`, element by element (what candle's addition computes).
+fn add_rows(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// candle's layer norm of every `d`-long row of `x`, computed as its CPU kernel does (running
+/// sums of `v` and `v²` in order, `var = E[v²] − mean²`), so results match bit for bit, on the
+/// calling thread: at a few rows a parallel loop costs more than it saves.
+fn norm_rows(ln: &LayerNorm, x: &[f32], d: usize) -> CResult<Vec<f32>> {
+    let bias = ln
+        .bias()
+        .ok_or_else(|| candle_core::Error::Msg("layer norm without a bias".into()))?;
+    let eps = 1e-5f32;
+    let mut out = vec![0f32; x.len()];
+    with_f32_slice(ln.weight(), |alpha| {
+        with_f32_slice(bias, |beta| {
+            for (src, dst) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+                let (mut sum, mut sum2) = (0f32, 0f32);
+                for &v in src {
+                    sum += v;
+                    sum2 += v * v;
+                }
+                let mean = sum / d as f32;
+                let var = sum2 / d as f32 - mean * mean;
+                let inv_std = (var + eps).sqrt().recip();
+                for ((o, &s), (&a, &b)) in dst.iter_mut().zip(src).zip(alpha.iter().zip(beta)) {
+                    *o = (s - mean) * inv_std * a + b;
+                }
+            }
+        })
+    })??;
+    Ok(out)
+}
+
+/// `x · Wᵀ + b` (then ReLU when `relu`) of `rows` rows: int8 straight on the slices, float32
+/// through [`linear`].
+fn proj_rows(p: &Proj, x: &[f32], rows: usize, relu: bool) -> CResult<Vec<f32>> {
+    let d = x.len() / rows.max(1);
+    match p {
+        Proj::Int8(q) => {
+            let mut out = vec![0f32; rows * q.w.rows()];
+            q.w.matmul_then(x, rows, q.bias.as_deref(), relu, &mut out);
+            Ok(out)
+        }
+        Proj::F32(_) => {
+            let t = Tensor::from_slice(x, (rows, 1, d), &Device::Cpu)?;
+            let y = linear(p, &t)?;
+            let y = if relu { y.relu()? } else { y };
+            y.flatten_all()?.to_vec1::<f32>()
+        }
     }
 }
 
@@ -622,7 +776,8 @@ pub struct DecoderState {
     /// Per layer: self-attention keys and values so far.
     self_kv: Vec<SelfKv>,
     /// Per layer: cross-attention keys and values of each sentence, `[sentences, heads, src,
-    /// head_dim]`, shared by its beams.
+    /// head_dim]` (keys in transposed blocks on the CPU, `[sentences, heads, blocks, head_dim,
+    /// KEY_BLOCK]`, see [`rowops::KvView`]), shared by its beams.
     cross_kv: Vec<(Tensor, Tensor)>,
     /// Source mask of each sentence.
     mask: Tensor,
@@ -633,6 +788,17 @@ pub struct DecoderState {
 }
 
 impl DecoderState {
+    /// Sizes the key/value caches for `positions` decoded tokens before the first step, so they
+    /// are allocated once instead of grown (a grown cache is copied, and the old one freed while
+    /// the new one is live).
+    pub fn reserve(&mut self, positions: usize) {
+        for kv in self.self_kv.iter_mut() {
+            if let SelfKv::Cpu(cache) = kv {
+                cache.want = positions;
+            }
+        }
+    }
+
     /// Sentences in the batch.
     pub fn sentences(&self) -> usize {
         self.mask.dims()[0]
@@ -655,6 +821,7 @@ impl DecoderState {
                         *kv = (kv.0.index_select(&idx, 0)?, kv.1.index_select(&idx, 0)?)
                     }
                     SelfKv::Tensors(None) => {}
+                    // One layer at a time: each holds a copy of its moved rows meanwhile.
                     SelfKv::Cpu(cache) => cache.select(rows),
                 }
             }
@@ -686,10 +853,18 @@ pub enum Precision {
     Int8(Isa),
 }
 
+/// The token embedding: float32, or int8 rows dequantised on lookup (the head's own matrix when
+/// they are tied), so an int8 model keeps no float32 copy of its largest weight.
+#[derive(Debug, Clone)]
+enum Embedding {
+    F32(Tensor),
+    Int8(Arc<QLinear>),
+}
+
 /// M2M100 encoder-decoder with its tied output head.
 #[derive(Debug, Clone)]
 pub struct M2M100Model {
-    shared: Tensor,
+    embedding: Embedding,
     lm_head: Head,
     embed_scale: f64,
     positions: SinusoidalPositions,
@@ -727,17 +902,33 @@ impl M2M100Model {
             // Some exports keep only the encoder's copy of the tied embedding.
             vb.get((cfg.vocab_size, d), "encoder.embed_tokens.weight")?
         };
-        let head_weight = if !cfg.tie_word_embeddings && root.contains_tensor("lm_head.weight") {
+        let untied = !cfg.tie_word_embeddings && root.contains_tensor("lm_head.weight");
+        let head_weight = if untied {
             root.get((cfg.vocab_size, d), "lm_head.weight")?
         } else {
             shared.clone()
         };
-        let lm_head = match int8 {
-            None => Head::F32(head_weight),
-            Some(isa) => Head::Int8(Arc::new(QLinear {
-                w: quantize(&head_weight, isa)?,
-                bias: None,
-            })),
+        // int8: the float32 embedding is dropped here, before the layers load, so it never sits
+        // beside them (it is 525 MB of M2M100 418M).
+        let (lm_head, embedding) = match int8 {
+            None => (Head::F32(head_weight), Embedding::F32(shared)),
+            Some(isa) => {
+                let head = Arc::new(QLinear {
+                    w: quantize(&head_weight, isa)?,
+                    bias: None,
+                });
+                drop(head_weight);
+                let embedding = if untied {
+                    Arc::new(QLinear {
+                        w: quantize(&shared, isa)?,
+                        bias: None,
+                    })
+                } else {
+                    head.clone()
+                };
+                drop(shared);
+                (Head::Int8(head), Embedding::Int8(embedding))
+            }
         };
         let enc = vb.pp("encoder");
         let dec = vb.pp("decoder");
@@ -748,7 +939,7 @@ impl M2M100Model {
             .map(|i| DecoderLayer::new(cfg, dec.pp(format!("layers.{i}")), int8))
             .collect::<CResult<_>>()?;
         Ok(Self {
-            shared,
+            embedding,
             lm_head,
             embed_scale: if cfg.scale_embedding {
                 (d as f64).sqrt()
@@ -780,7 +971,24 @@ impl M2M100Model {
     fn embed(&self, ids: &[u32], positions: &[u32], rows: usize) -> CResult<Tensor> {
         let len = ids.len() / rows;
         let idx = Tensor::new(ids, &self.device)?;
-        let tok = (self.shared.index_select(&idx, 0)? * self.embed_scale)?;
+        let tok = match &self.embedding {
+            Embedding::F32(shared) => shared.index_select(&idx, 0)?,
+            Embedding::Int8(q) => {
+                let d = q.w.cols();
+                let mut rows = vec![0f32; ids.len() * d];
+                for (row, &id) in rows.chunks_mut(d).zip(ids) {
+                    if id as usize >= q.w.rows() {
+                        return Err(candle_core::Error::Msg(format!(
+                            "token id {id} is outside the vocabulary of {}",
+                            q.w.rows()
+                        )));
+                    }
+                    q.w.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(rows, (ids.len(), d), &self.device)?
+            }
+        };
+        let tok = (tok * self.embed_scale)?;
         let pos = self.positions.rows(positions, &self.device)?;
         (tok + pos)?.reshape((rows, len, ()))
     }
@@ -820,10 +1028,25 @@ impl M2M100Model {
 
     /// Decoder caches for every sentence of `enc`, each decoded as `beams` rows.
     pub fn start_decoding(&self, enc: &EncoderOutput, beams: usize) -> CResult<DecoderState> {
+        let cpu = self.device.is_cpu();
         let cross_kv = self
             .decoder_layers
             .iter()
-            .map(|l| l.encoder_attn.key_values(&enc.hidden))
+            .map(|l| {
+                let (k, v) = l.encoder_attn.key_values(&enc.hidden)?;
+                // The CPU step reads keys in transposed blocks (rowops::KvView).
+                let k = if cpu {
+                    let (g, h, src, hd) = k.dims4()?;
+                    let blocks = src.div_ceil(rowops::KEY_BLOCK);
+                    k.pad_with_zeros(2, 0, blocks * rowops::KEY_BLOCK - src)?
+                        .reshape((g, h, blocks, rowops::KEY_BLOCK, hd))?
+                        .transpose(3, 4)?
+                        .contiguous()?
+                } else {
+                    k
+                };
+                Ok((k, v))
+            })
             .collect::<CResult<_>>()?;
         Ok(DecoderState {
             self_kv: vec![
@@ -869,6 +1092,29 @@ impl M2M100Model {
             })
             .collect();
         let mut x = self.embed(tokens, &positions, rows)?;
+        if self.device.is_cpu() {
+            let d = x.dim(2)?;
+            let mut xs = x.flatten_all()?.to_vec1::<f32>()?;
+            let mask = with_f32_slice(&state.mask, |m| m.to_vec())?;
+            for (i, layer) in self.decoder_layers.iter().enumerate() {
+                let SelfKv::Cpu(cache) = &mut state.self_kv[i] else {
+                    return Err(candle_core::Error::Msg(
+                        "CPU decoder without its cache".into(),
+                    ));
+                };
+                layer.step_rows(&mut xs, rows, cache, &state.cross_kv[i], &mask, state.beams)?;
+            }
+            state.len += 1;
+            let h = norm_rows(&self.decoder_norm, &xs, d)?;
+            return match &self.lm_head {
+                Head::Int8(q) => {
+                    out.resize(rows * self.vocab, 0.0);
+                    q.w.matmul(&h, rows, None, out);
+                    Ok(())
+                }
+                Head::F32(_) => self.head(&Tensor::from_vec(h, (rows, d), &self.device)?, out),
+            };
+        }
         for (i, layer) in self.decoder_layers.iter().enumerate() {
             x = layer.step(
                 &x,
@@ -908,32 +1154,6 @@ impl M2M100Model {
         *out = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         Ok(())
     }
-}
-
-/// Turns each `vocab`-long row of logits into log-probabilities, in place, rounding as candle's
-/// and torch's `log_softmax` do: `(x - max) - ln Σ exp(x - max)`.
-pub fn log_softmax_rows(values: &mut [f32], vocab: usize) {
-    use rayon::prelude::*;
-    values.par_chunks_mut(vocab.max(1)).for_each(|row| {
-        // Sixteen running maxima, so the scan vectorises (the order of a maximum is irrelevant).
-        let mut lanes = [f32::NEG_INFINITY; 16];
-        let mut chunks = row.chunks_exact(16);
-        for c in &mut chunks {
-            for (l, &v) in lanes.iter_mut().zip(c) {
-                *l = l.max(v);
-            }
-        }
-        let max = chunks
-            .remainder()
-            .iter()
-            .chain(&lanes)
-            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
-        let ln_sum = sum.ln();
-        for v in row.iter_mut() {
-            *v = (*v - max) - ln_sum;
-        }
-    });
 }
 
 #[cfg(test)]
