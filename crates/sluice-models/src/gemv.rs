@@ -23,7 +23,7 @@ const PREFETCH_ROWS: usize = 8;
 /// Dot product in 32 running sums (lane `i` adds the products at `i mod 32`), reduced pairwise
 /// in a fixed order; [`dot32_avx2`] computes exactly the same sums.
 #[inline(always)]
-pub(crate) fn dot32(a: &[f32], b: &[f32]) -> f32 {
+fn dot32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 32];
     let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -147,17 +147,6 @@ pub(crate) fn use_avx2() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
-}
-
-/// Dot product of two equally long vectors, on the AVX2 build where it runs (same bits either
-/// way).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx2() {
-        // SAFETY: `use_avx2` checked the CPU.
-        return unsafe { dot32_avx2(a, b) };
-    }
-    dot32(a, b)
 }
 
 /// `out = x · Wᵀ (+ bias)` for `m ≤ MAX_ROWS` rows `x` (`m × k`) and `w` (`n × k`), row-major.

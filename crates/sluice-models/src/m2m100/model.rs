@@ -204,14 +204,17 @@ impl KvCache {
             .map(|(i, &src)| (i, src as usize))
             .collect();
         // Sources that are also overwritten are copied aside first; the others are read in place.
-        let overwritten: std::collections::HashSet<usize> = moved.iter().map(|m| m.0).collect();
-        let aside: Vec<usize> = moved
+        let mut overwritten = vec![false; self.rows.max(rows.len())];
+        for &(dst, _) in &moved {
+            overwritten[dst] = true;
+        }
+        let mut aside: Vec<usize> = moved
             .iter()
             .map(|m| m.1)
-            .filter(|src| overwritten.contains(src))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
+            .filter(|&src| overwritten[src])
             .collect();
+        aside.sort_unstable();
+        aside.dedup();
         let mut saved = KvCache {
             k: vec![0f32; aside.len() * self.cap * self.dim],
             v: vec![0f32; aside.len() * self.cap * self.dim],
@@ -360,11 +363,10 @@ impl Attention {
         candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
     }
 
-    /// One decoding step's attention: `x` is `[groups × beams, 1, dim]`, and the `beams` rows
-    /// of each group attend to their group's keys and values (`[groups, heads, len, hd]`; on the
-    /// CPU the keys in transposed blocks, `[groups, heads, blocks, hd, KEY_BLOCK]`, see
-    /// [`DecoderState`]) with the
-    /// group's additive mask (`[groups, 1, 1, len]`), if any.
+    /// One decoding step's attention off the CPU (the CPU step is [`DecoderLayer::step_rows`]):
+    /// `x` is `[groups × beams, 1, dim]`, and the `beams` rows of each group attend to their
+    /// group's keys and values (`[groups, heads, len, hd]`) with the group's additive mask
+    /// (`[groups, 1, 1, len]`), if any.
     fn attend_step(
         &self,
         x: &Tensor,
@@ -375,40 +377,17 @@ impl Attention {
     ) -> CResult<Tensor> {
         let (rows, _, dim) = x.dims3()?;
         let groups = rows / beams;
-        let q = linear(&self.q_proj, x)?;
-        let out = if x.device().is_cpu() {
-            let mask = match mask {
-                Some(m) => Some(with_f32_slice(m, |m| m.to_vec())?),
-                None => None,
-            };
-            let o = with_f32_slice(&q, |q| {
-                with_f32_slice(k, |ks| {
-                    with_f32_slice(v, |vs| {
-                        let view = self.cross_view(ks, vs, k.dim(2)?, v.dim(2)?);
-                        Ok::<_, candle_core::Error>(self.attend_rows(
-                            q,
-                            rows,
-                            &view,
-                            mask.as_deref(),
-                            beams,
-                        ))
-                    })
-                })
-            })????;
-            Tensor::from_vec(o, (rows, 1, dim), x.device())?
-        } else {
-            let q = q
-                .reshape((groups, beams, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            Self::heads_attend(&q, k, v, mask, self.scaling)?
-                .transpose(1, 2)?
-                .reshape((rows, 1, dim))?
-        };
+        let q = linear(&self.q_proj, x)?
+            .reshape((groups, beams, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let out = Self::heads_attend(&q, k, v, mask, self.scaling)?
+            .transpose(1, 2)?
+            .reshape((rows, 1, dim))?;
         linear(&self.out_proj, &out)
     }
 
-    /// [`Attention::attend_step`]'s product on the CPU, row by row ([`rowops::attend`]): at one
+    /// The attention product of a CPU decoding step, row by row ([`rowops::attend`]): at one
     /// query per row, candle's batched matmuls spend more in dispatch and thread hand-offs than in
     /// arithmetic. Row `r` of `q` (`rows × dim`) reads group `r / beams` of `kv`; `mask` is
     /// `[groups, len]`.
@@ -485,6 +464,18 @@ impl FeedForward {
         })
     }
 
+    /// [`FeedForward::forward`] of `rows` plain rows; ReLU goes into the first product.
+    fn forward_rows(&self, h: Vec<f32>, rows: usize) -> CResult<Vec<f32>> {
+        if matches!(self.act, Activation::Relu) {
+            let hidden = proj_rows(&self.fc1, &h, rows, true)?;
+            return proj_rows(&self.fc2, &hidden, rows, false);
+        }
+        let d = h.len() / rows.max(1);
+        self.forward(&Tensor::from_vec(h, (rows, 1, d), &Device::Cpu)?)?
+            .flatten_all()?
+            .to_vec1::<f32>()
+    }
+
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         if let (Proj::Int8(q), Activation::Relu) = (&self.fc1, self.act) {
             // ReLU fused into the int8 product's output pass.
@@ -554,8 +545,11 @@ fn few_rows(w: &Tensor, b: Option<&Tensor>, x: &Tensor) -> CResult<Tensor> {
     Tensor::from_vec(out, dims, x.device())
 }
 
+/// Epsilon of every layer norm (transformers' `nn.LayerNorm` default).
+const LN_EPS: f64 = 1e-5;
+
 fn layer_norm(dim: usize, vb: VarBuilder) -> CResult<LayerNorm> {
-    candle_nn::layer_norm(dim, 1e-5, vb)
+    candle_nn::layer_norm(dim, LN_EPS, vb)
 }
 
 #[derive(Debug, Clone)]
@@ -690,17 +684,7 @@ impl DecoderLayer {
         add_rows(x, &proj_rows(&c.out_proj, &o, rows, false)?);
 
         let h = norm_rows(&self.final_layer_norm, x, d)?;
-        let f = &self.ffn;
-        let y = match (&f.fc1, f.act) {
-            (_, Activation::Relu) => {
-                let hidden = proj_rows(&f.fc1, &h, rows, true)?;
-                proj_rows(&f.fc2, &hidden, rows, false)?
-            }
-            _ => f
-                .forward(&Tensor::from_vec(h, (rows, 1, d), &Device::Cpu)?)?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-        };
+        let y = self.ffn.forward_rows(h, rows)?;
         add_rows(x, &y);
         Ok(())
     }
@@ -720,7 +704,6 @@ fn norm_rows(ln: &LayerNorm, x: &[f32], d: usize) -> CResult<Vec<f32>> {
     let bias = ln
         .bias()
         .ok_or_else(|| candle_core::Error::Msg("layer norm without a bias".into()))?;
-    let eps = 1e-5f32;
     let mut out = vec![0f32; x.len()];
     with_f32_slice(ln.weight(), |alpha| {
         with_f32_slice(bias, |beta| {
@@ -732,7 +715,8 @@ fn norm_rows(ln: &LayerNorm, x: &[f32], d: usize) -> CResult<Vec<f32>> {
                 }
                 let mean = sum / d as f32;
                 let var = sum2 / d as f32 - mean * mean;
-                let inv_std = (var + eps).sqrt().recip();
+                // In f32, as candle's kernel takes it.
+                let inv_std = (var + LN_EPS as f32).sqrt().recip();
                 for ((o, &s), (&a, &b)) in dst.iter_mut().zip(src).zip(alpha.iter().zip(beta)) {
                     *o = (s - mean) * inv_std * a + b;
                 }
