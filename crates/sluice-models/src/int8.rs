@@ -15,6 +15,7 @@
 //! AMX tiles are driven with inline assembly: Rust's AMX intrinsics are not stable yet.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -25,6 +26,20 @@ const K_ALIGN: usize = 64;
 
 /// Output channels computed together by one kernel call (weights padded to a multiple).
 const NR: usize = 4;
+
+/// The widest tile any kernel computes ([`Isa::tile_cols`]).
+const MAX_TILE_COLS: usize = 32;
+
+/// What a product does with each value `y = x · w (+ b)` it computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// `out = y`.
+    Store,
+    /// `out = max(y, 0)`.
+    Relu,
+    /// `out += y` (a residual connection, without another pass over the rows).
+    Add,
+}
 
 /// Instruction sets with an int8 kernel, lowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -208,14 +223,17 @@ fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
     scale
 }
 
-/// [`quantize_row`] into bytes, each XOR `flip` (0x80 stores `q + 128` as `u8`).
-fn quantize_row_bytes(x: &[f32], out: &mut [u8], flip: u8) -> f32 {
+/// [`quantize_row`] into bytes, each XOR `flip` (0x80 stores `q + 128` as `u8`); `out` may be
+/// uninitialised (activation buffers are not zeroed before they are written).
+fn quantize_row_bytes(x: &[f32], out: &mut [MaybeUninit<u8>], flip: u8) -> f32 {
     let Some((inv, scale)) = row_scale(x) else {
-        out.fill(flip);
+        for o in out.iter_mut() {
+            o.write(flip);
+        }
         return 0.0;
     };
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (quantize_value(v, inv) as u8) ^ flip;
+        o.write((quantize_value(v, inv) as u8) ^ flip);
     }
     scale
 }
@@ -351,37 +369,112 @@ impl QMatrix {
         relu: bool,
         out: &mut [f32],
     ) {
+        let a = self.quantize_input(x, m);
+        let output = if relu { Output::Relu } else { Output::Store };
+        self.product(&a, bias, output, out);
+    }
+
+    /// `m` rows of `cols` values quantised for this matrix's kernel, to be reused by every
+    /// product over the same input ([`QMatrix::product`] of any matrix with the same kernel and
+    /// width).
+    pub fn quantize_input(&self, x: &[f32], m: usize) -> Activations {
         assert_eq!(x.len(), m * self.cols, "input of {m}x{}", self.cols);
-        assert_eq!(out.len(), m * self.rows, "output of {m}x{}", self.rows);
-        let a = Activations::quantize(self.isa, x, m, self.cols, self.stride);
-        let out = SharedOut(out.as_mut_ptr());
-        self.for_tiles(&a, |m0, mr, n0, acc, acc_stride| {
+        Activations::quantize(self.isa, x, m, self.cols, self.stride)
+    }
+
+    /// `a · Wᵀ (+ bias)` of quantised rows into `out` (`a.rows × rows`), each value written as
+    /// `output` says (with [`Output::Add`], `out` holds what the results are added to).
+    pub fn product(&self, a: &Activations, bias: Option<&[f32]>, output: Output, out: &mut [f32]) {
+        assert_eq!(
+            out.len(),
+            a.rows * self.rows,
+            "output of {}x{}",
+            a.rows,
+            self.rows
+        );
+        // SAFETY: `out` holds every element the product writes.
+        unsafe { self.product_raw(a, bias, output, SharedOut(out.as_mut_ptr())) }
+    }
+
+    /// [`QMatrix::product`] into a new vector, written once without being zeroed first.
+    pub fn product_vec(&self, a: &Activations, bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
+        let n = a.rows * self.rows;
+        let mut out = Vec::with_capacity(n);
+        let output = if relu { Output::Relu } else { Output::Store };
+        // SAFETY: the product writes each of the `n` elements exactly once before `set_len`.
+        unsafe {
+            self.product_raw(a, bias, output, SharedOut(out.as_mut_ptr()));
+            out.set_len(n);
+        }
+        out
+    }
+
+    /// The product's tiles written through `out`.
+    ///
+    /// # Safety
+    /// `out` points to `a.rows × rows` elements, initialised unless `output` is `Store` or
+    /// `Relu` (those only write).
+    unsafe fn product_raw(
+        &self,
+        a: &Activations,
+        bias: Option<&[f32]>,
+        output: Output,
+        out: SharedOut<f32>,
+    ) {
+        assert!(
+            a.cols == self.cols
+                && a.stride == self.stride
+                && a.offset == self.isa.offset_activations(),
+            "activations of width {} quantised for another kernel than {self:?}",
+            a.cols
+        );
+        if let Some(b) = bias {
+            assert_eq!(b.len(), self.rows, "bias of {}", self.rows);
+        }
+        self.for_tiles(a, |m0, mr, n0, acc, acc_stride| {
             let nr = (self.rows - n0).min(self.isa.tile_cols());
             let scales = &self.scales[n0..n0 + nr];
+            let mut y = [0f32; MAX_TILE_COLS];
+            let y = &mut y[..nr];
             for i in 0..mr {
                 let sa = a.scales[m0 + i];
                 let acc = &acc[i * acc_stride..i * acc_stride + nr];
-                // SAFETY: each (row, channel) is written by exactly one tile.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out.at((m0 + i) * self.rows + n0), nr)
-                };
                 match bias {
                     Some(b) => {
-                        for (((d, &v), &sw), &b) in
-                            dst.iter_mut().zip(acc).zip(scales).zip(&b[n0..])
+                        for (((y, &v), &sw), &b) in y.iter_mut().zip(acc).zip(scales).zip(&b[n0..])
                         {
-                            *d = v as f32 * (sa * sw) + b;
+                            *y = v as f32 * (sa * sw) + b;
                         }
                     }
                     None => {
-                        for ((d, &v), &sw) in dst.iter_mut().zip(acc).zip(scales) {
-                            *d = v as f32 * (sa * sw);
+                        for ((y, &v), &sw) in y.iter_mut().zip(acc).zip(scales) {
+                            *y = v as f32 * (sa * sw);
                         }
                     }
                 }
-                if relu {
-                    for d in dst.iter_mut() {
-                        *d = d.max(0.0);
+                // SAFETY: each (row, channel) is written by exactly one tile, within `out`; `Add`
+                // reads only initialised elements.
+                unsafe {
+                    let dst = out.at((m0 + i) * self.rows + n0);
+                    match output {
+                        // A loop, not `copy_nonoverlapping`: that is a `memmove` call per row.
+                        Output::Store => {
+                            for (j, &y) in y.iter().enumerate() {
+                                dst.add(j).write(y);
+                            }
+                        }
+                        Output::Relu => {
+                            for (j, &y) in y.iter().enumerate() {
+                                dst.add(j).write(y.max(0.0));
+                            }
+                        }
+                        Output::Add => {
+                            for (d, &y) in
+                                std::slice::from_raw_parts_mut(dst, nr).iter_mut().zip(&*y)
+                            {
+                                *d += y;
+                            }
+                        }
                     }
                 }
             }
@@ -396,6 +489,7 @@ impl QMatrix {
             data: vec![if offset { 0x80 } else { 0 }; m * self.stride],
             scales: vec![1.0; m],
             rows: m,
+            cols: self.cols,
             stride: self.stride,
             offset,
         };
@@ -461,12 +555,13 @@ impl QMatrix {
     }
 }
 
-/// Activation rows quantised for one product.
-struct Activations {
+/// Activation rows quantised for a kernel ([`QMatrix::quantize_input`]).
+pub struct Activations {
     /// `rows × stride` bytes: `i8`, or `i8 + 128` as `u8` when `offset`.
     data: Vec<u8>,
     scales: Vec<f32>,
     rows: usize,
+    cols: usize,
     stride: usize,
     offset: bool,
 }
@@ -474,27 +569,39 @@ struct Activations {
 impl Activations {
     fn quantize(isa: Isa, x: &[f32], rows: usize, cols: usize, stride: usize) -> Self {
         let offset = isa.offset_activations();
-        let mut data = vec![if offset { 0x80u8 } else { 0 }; rows * stride];
-        let mut scales = vec![0f32; rows];
         let flip = if offset { 0x80 } else { 0 };
-        let quantize = |(dst, s): (&mut [u8], &mut f32), row: &[f32]| {
-            *s = quantize_row_bytes(row, &mut dst[..cols], flip);
+        let mut data = Vec::with_capacity(rows * stride);
+        let mut scales = vec![0f32; rows];
+        // Each row is written whole, its padding (the neutral byte) included, so the buffer is
+        // not filled first: that fill was a serial pass over every product's input.
+        let quantize = |(dst, s): (&mut [MaybeUninit<u8>], &mut f32), row: &[f32]| {
+            let (values, padding) = dst.split_at_mut(cols);
+            *s = quantize_row_bytes(row, values, flip);
+            for p in padding {
+                p.write(flip);
+            }
         };
+        let spare = &mut data.spare_capacity_mut()[..rows * stride];
         if rows * cols >= 1 << 16 {
-            data.par_chunks_mut(stride)
+            spare
+                .par_chunks_mut(stride)
                 .zip(scales.par_iter_mut())
                 .zip(x.par_chunks(cols.max(1)))
                 .for_each(|(d, row)| quantize(d, row));
         } else {
-            data.chunks_mut(stride)
+            spare
+                .chunks_mut(stride)
                 .zip(scales.iter_mut())
                 .zip(x.chunks(cols.max(1)))
                 .for_each(|(d, row)| quantize(d, row));
         }
+        // SAFETY: every one of the `rows × stride` bytes was written above.
+        unsafe { data.set_len(rows * stride) };
         Self {
             data,
             scales,
             rows,
+            cols,
             stride,
             offset,
         }
@@ -988,6 +1095,52 @@ mod tests {
     }
 
     #[test]
+    fn every_output_mode_writes_what_a_separate_pass_would() {
+        let mut rng = Rng(7);
+        for (m, n, k) in [(1, 37, 100), (16, 70, 64), (80, 33, 257)] {
+            let x: Vec<f32> = (0..m * k).map(|_| rng.f32() * 2.0).collect();
+            let residual: Vec<f32> = (0..m * n).map(|_| rng.f32()).collect();
+            let bias: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+            let w1: Vec<f32> = (0..n * k).map(|_| rng.f32()).collect();
+            let w2: Vec<f32> = (0..n * k).map(|_| rng.f32()).collect();
+            for isa in Isa::supported_all() {
+                let (q1, q2) = (
+                    QMatrix::quantize(&w1, n, k, isa),
+                    QMatrix::quantize(&w2, n, k, isa),
+                );
+                let mut plain = vec![0f32; m * n];
+                q1.matmul(&x, m, Some(&bias), &mut plain);
+                // One quantised input serves several matrices of the same width.
+                let a = q1.quantize_input(&x, m);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&q1.product_vec(&a, Some(&bias), false)), bits(&plain));
+                let mut second = vec![0f32; m * n];
+                q2.matmul(&x, m, None, &mut second);
+                assert_eq!(
+                    bits(&q2.product_vec(&a, None, false)),
+                    bits(&second),
+                    "{isa}"
+                );
+                let relu: Vec<f32> = plain.iter().map(|v| v.max(0.0)).collect();
+                assert_eq!(bits(&q1.product_vec(&a, Some(&bias), true)), bits(&relu));
+                let mut added = residual.clone();
+                q1.product(&a, Some(&bias), Output::Add, &mut added);
+                let want: Vec<f32> = residual.iter().zip(&plain).map(|(r, p)| r + p).collect();
+                assert_eq!(bits(&added), bits(&want), "{isa}: m={m} n={n} k={k}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "quantised for another kernel")]
+    fn activations_of_another_width_are_refused() {
+        let q = QMatrix::quantize(&[0.5; 8], 2, 4, Isa::Portable);
+        let other = QMatrix::quantize(&[0.5; 6], 2, 3, Isa::Portable);
+        let a = other.quantize_input(&[1.0; 3], 1);
+        q.product_vec(&a, None, false);
+    }
+
+    #[test]
     fn quantised_values_round_ties_to_even_and_clamp() {
         let want = |v: f32| v.round_ties_even().clamp(-127.0, 127.0) as i32;
         let mut v = -130.0f32;
@@ -1004,9 +1157,13 @@ mod tests {
         let mut q = [0i8; 3];
         assert_eq!(quantize_row(&[1.0, -2.0, 0.5], &mut q), 2.0 / 127.0);
         assert_eq!(q, [64, -127, 32]);
-        let mut b = [0u8; 3];
+        let mut b = [MaybeUninit::uninit(); 3];
         quantize_row_bytes(&[1.0, -2.0, 0.5], &mut b, 0x80);
-        assert_eq!(b, [64 + 128, 1, 32 + 128]);
+        // SAFETY: all three bytes were written.
+        assert_eq!(
+            b.map(|b| unsafe { b.assume_init() }),
+            [64 + 128, 1, 32 + 128]
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod error;
 pub mod gemv;
 pub mod int8;
 pub mod m2m100;
+pub mod pool;
 pub mod rowops;
 pub mod source;
 pub mod weights;

@@ -258,8 +258,8 @@ impl M2M100 {
             return Ok(Vec::new());
         }
         // On a pool worker, so the serial parts between parallel products run on a thread
-        // that takes part in those products, instead of handing each one off and sleeping.
-        rayon::scope(|_| {
+        // that takes part in those products, with the other workers kept awake between them.
+        crate::pool::run_hot(|| {
             let enc = self.model.encode(batch)?;
             generate::generate(&self.model, &enc, params)
         })

@@ -16,7 +16,7 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::config::{Activation, Config};
 use crate::gemv;
-use crate::int8::{Isa, QMatrix};
+use crate::int8::{Isa, Output, QMatrix};
 use crate::rowops::{self, KvView};
 
 type CResult<T> = candle_core::Result<T>;
@@ -195,38 +195,48 @@ impl KvCache {
         self.len += 1;
     }
 
-    /// Row `i` becomes old row `rows[i]`; rows past `rows.len()` are dropped.
-    fn select(&mut self, rows: &[u32]) {
+    /// Row `i` becomes old row `rows[i]`; rows past `rows.len()` are dropped. `aside` holds
+    /// the sources that are also overwritten meanwhile; a caller reuses it across layers and
+    /// steps, and it is filled by appending, so nothing is zeroed first.
+    fn select(&mut self, rows: &[u32], aside: &mut Vec<f32>) {
         let moved: Vec<(usize, usize)> = rows
             .iter()
             .enumerate()
             .filter(|&(i, &src)| i != src as usize)
             .map(|(i, &src)| (i, src as usize))
             .collect();
-        // Sources that are also overwritten are copied aside first; the others are read in place.
         let mut overwritten = vec![false; self.rows.max(rows.len())];
         for &(dst, _) in &moved {
             overwritten[dst] = true;
         }
-        let mut aside: Vec<usize> = moved
+        let mut saved: Vec<usize> = moved
             .iter()
             .map(|m| m.1)
             .filter(|&src| overwritten[src])
             .collect();
-        aside.sort_unstable();
-        aside.dedup();
-        let mut saved = KvCache {
-            k: vec![0f32; aside.len() * self.cap * self.dim],
-            v: vec![0f32; aside.len() * self.cap * self.dim],
-            rows: aside.len(),
-            ..*self
-        };
-        for (i, &src) in aside.iter().enumerate() {
-            saved.copy_row(i, self, src);
+        saved.sort_unstable();
+        saved.dedup();
+        // Each saved row: its key blocks head by head, then its values.
+        aside.clear();
+        for &src in &saved {
+            let (keys, (_, f, n)) = self.row_copies((src, self.cap), (src, self.cap));
+            for (_, f, n) in keys {
+                aside.extend_from_slice(&self.k[f..f + n]);
+            }
+            aside.extend_from_slice(&self.v[f..f + n]);
         }
+        let per_row = aside.len() / saved.len().max(1);
         for &(dst, src) in &moved {
-            match aside.binary_search(&src) {
-                Ok(i) => self.copy_row(dst, &saved, i),
+            match saved.binary_search(&src) {
+                Ok(i) => {
+                    let mut from = &aside[i * per_row..(i + 1) * per_row];
+                    let (keys, (t, _, n)) = self.row_copies((dst, self.cap), (src, self.cap));
+                    for (t, _, n) in keys {
+                        self.k[t..t + n].copy_from_slice(&from[..n]);
+                        from = &from[n..];
+                    }
+                    self.v[t..t + n].copy_from_slice(from);
+                }
                 Err(_) => self.move_row(dst, src),
             }
         }
@@ -398,12 +408,14 @@ impl Attention {
         kv: &KvView,
         mask: Option<&[f32]>,
         beams: usize,
-    ) -> Vec<f32> {
+        out: &mut Vec<f32>,
+    ) {
         use rayon::prelude::*;
         let dim = q.len() / rows.max(1);
         let len = kv.len;
         let scaling = self.scaling as f32;
-        let mut out = vec![0f32; rows * dim];
+        // Every value is written (`rowops::attend` overwrites its row): reused, not zeroed.
+        out.resize(rows * dim, 0.0);
         let row = |(r, o): (usize, &mut [f32])| {
             let g = r / beams;
             let mut scores = vec![0f32; len];
@@ -420,7 +432,6 @@ impl Attention {
         } else {
             out.chunks_mut(dim).enumerate().for_each(row);
         }
-        out
     }
 
     /// The view of cross-attention keys (`[groups, heads, blocks, hd, KEY_BLOCK]`) and values
@@ -464,16 +475,20 @@ impl FeedForward {
         })
     }
 
-    /// [`FeedForward::forward`] of `rows` plain rows; ReLU goes into the first product.
-    fn forward_rows(&self, h: Vec<f32>, rows: usize) -> CResult<Vec<f32>> {
+    /// `x += FeedForward::forward(h)` over `rows` plain rows; ReLU goes into the first product
+    /// and the residual addition into the second.
+    fn forward_rows_add(&self, h: &[f32], rows: usize, x: &mut [f32]) -> CResult<()> {
         if matches!(self.act, Activation::Relu) {
-            let hidden = proj_rows(&self.fc1, &h, rows, true)?;
-            return proj_rows(&self.fc2, &hidden, rows, false);
+            let hidden = proj_rows(&self.fc1, h, rows, true)?;
+            return proj_add(&self.fc2, &hidden, rows, x);
         }
         let d = h.len() / rows.max(1);
-        self.forward(&Tensor::from_vec(h, (rows, 1, d), &Device::Cpu)?)?
+        let y = self
+            .forward(&Tensor::from_slice(h, (rows, 1, d), &Device::Cpu)?)?
             .flatten_all()?
-            .to_vec1::<f32>()
+            .to_vec1::<f32>()?;
+        add_rows(x, &y);
+        Ok(())
     }
 
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
@@ -622,7 +637,13 @@ impl DecoderLayer {
                 let (rows, len, d) = x.dims3()?;
                 let mut xs = x.flatten_all()?.to_vec1::<f32>()?;
                 let mask = with_f32_slice(mask, |m| m.to_vec())?;
-                self.step_rows(&mut xs, rows, cache, cross_kv, &mask, beams)?;
+                let mut scratch = StepScratch::default();
+                let cross = Cross {
+                    kv: cross_kv,
+                    mask: &mask,
+                    beams,
+                };
+                self.step_rows(&mut xs, rows, cache, cross, &mut scratch)?;
                 return Tensor::from_vec(xs, (rows, len, d), x.device());
             }
             SelfKv::Tensors(cache) => cache,
@@ -648,46 +669,68 @@ impl DecoderLayer {
         x + self.ffn.forward(&h)?
     }
 
-    /// [`DecoderLayer::step`] on the CPU over plain rows: `x` is `rows × d`, updated in place;
-    /// `mask` is `[groups, src]`. The same arithmetic as the tensor path, without a tensor, an
-    /// allocation or a thread hand-off per layer norm and residual addition (they kept one core
-    /// idle a fifth of a batch-16 step).
+    /// [`DecoderLayer::step`] on the CPU over plain rows: `x` is `rows × d`, updated in place.
+    /// The same arithmetic as the tensor path, without a tensor, an allocation or a thread
+    /// hand-off per layer norm and residual addition (they kept one core idle a fifth of a
+    /// batch-16 step); the keys, values and queries share one quantisation of their input, and
+    /// residuals are added as the output projections write their results.
     fn step_rows(
         &self,
         x: &mut [f32],
         rows: usize,
         cache: &mut KvCache,
-        cross_kv: &(Tensor, Tensor),
-        mask: &[f32],
-        beams: usize,
+        cross: Cross,
+        scratch: &mut StepScratch,
     ) -> CResult<()> {
+        let Cross {
+            kv: cross_kv,
+            mask,
+            beams,
+        } = cross;
         let d = x.len() / rows.max(1);
+        let StepScratch { h, o } = scratch;
         let a = &self.self_attn;
-        let h = norm_rows(&self.self_attn_layer_norm, x, d)?;
-        let k = proj_rows(&a.k_proj, &h, rows, false)?;
-        let v = proj_rows(&a.v_proj, &h, rows, false)?;
+        norm_rows_into(&self.self_attn_layer_norm, x, d, h)?;
+        let [k, v, q] = proj_same_input([&a.k_proj, &a.v_proj, &a.q_proj], h, rows)?;
         cache.push(&k, &v, rows, d, a.heads);
-        let q = proj_rows(&a.q_proj, &h, rows, false)?;
-        let o = a.attend_rows(&q, rows, &cache.view(), None, 1);
-        add_rows(x, &proj_rows(&a.out_proj, &o, rows, false)?);
+        a.attend_rows(&q, rows, &cache.view(), None, 1, o);
+        proj_add(&a.out_proj, o, rows, x)?;
 
         let c = &self.encoder_attn;
-        let h = norm_rows(&self.encoder_attn_layer_norm, x, d)?;
-        let q = proj_rows(&c.q_proj, &h, rows, false)?;
+        norm_rows_into(&self.encoder_attn_layer_norm, x, d, h)?;
+        let q = proj_rows(&c.q_proj, h, rows, false)?;
         let (ck, cv) = cross_kv;
-        let o = with_f32_slice(ck, |k| {
+        with_f32_slice(ck, |k| {
             with_f32_slice(cv, |v| {
                 let view = c.cross_view(k, v, ck.dim(2)?, cv.dim(2)?);
-                Ok::<_, candle_core::Error>(c.attend_rows(&q, rows, &view, Some(mask), beams))
+                c.attend_rows(&q, rows, &view, Some(mask), beams, o);
+                Ok::<_, candle_core::Error>(())
             })
         })???;
-        add_rows(x, &proj_rows(&c.out_proj, &o, rows, false)?);
+        proj_add(&c.out_proj, o, rows, x)?;
 
-        let h = norm_rows(&self.final_layer_norm, x, d)?;
-        let y = self.ffn.forward_rows(h, rows)?;
-        add_rows(x, &y);
-        Ok(())
+        norm_rows_into(&self.final_layer_norm, x, d, h)?;
+        self.ffn.forward_rows_add(h, rows, x)
     }
+}
+
+/// What a decoding step's cross-attention reads: the sentences' keys and values, their source
+/// mask (`[groups, src]`) and the decoder rows per sentence.
+#[derive(Clone, Copy)]
+struct Cross<'a> {
+    kv: &'a (Tensor, Tensor),
+    mask: &'a [f32],
+    beams: usize,
+}
+
+/// Buffers a CPU decoding step reuses from layer to layer and step to step (written before
+/// they are read, so never zeroed again).
+#[derive(Debug, Clone, Default)]
+struct StepScratch {
+    /// Layer-normalised rows.
+    h: Vec<f32>,
+    /// Attention outputs.
+    o: Vec<f32>,
 }
 
 /// `x += y`, element by element (what candle's addition computes).
@@ -698,16 +741,18 @@ fn add_rows(x: &mut [f32], y: &[f32]) {
 }
 
 /// candle's layer norm of every `d`-long row of `x`, computed as its CPU kernel does (running
-/// sums of `v` and `v²` in order, `var = E[v²] − mean²`), so results match bit for bit, on the
-/// calling thread: at a few rows a parallel loop costs more than it saves.
-fn norm_rows(ln: &LayerNorm, x: &[f32], d: usize) -> CResult<Vec<f32>> {
+/// sums of `v` and `v²` in order, `var = E[v²] − mean²`), so results match bit for bit; rows in
+/// parallel once there are enough of them to pay for the hand-off.
+fn norm_rows_into(ln: &LayerNorm, x: &[f32], d: usize, out: &mut Vec<f32>) -> CResult<()> {
+    use rayon::prelude::*;
     let bias = ln
         .bias()
         .ok_or_else(|| candle_core::Error::Msg("layer norm without a bias".into()))?;
-    let mut out = vec![0f32; x.len()];
+    // Every value is written below: a reused buffer is not zeroed again.
+    out.resize(x.len(), 0.0);
     with_f32_slice(ln.weight(), |alpha| {
         with_f32_slice(bias, |beta| {
-            for (src, dst) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let norm = |(src, dst): (&[f32], &mut [f32])| {
                 let (mut sum, mut sum2) = (0f32, 0f32);
                 for &v in src {
                     sum += v;
@@ -720,9 +765,25 @@ fn norm_rows(ln: &LayerNorm, x: &[f32], d: usize) -> CResult<Vec<f32>> {
                 for ((o, &s), (&a, &b)) in dst.iter_mut().zip(src).zip(alpha.iter().zip(beta)) {
                     *o = (s - mean) * inv_std * a + b;
                 }
+            };
+            if x.len() >= 1 << 15 {
+                x.par_chunks_exact(d)
+                    .zip(out.par_chunks_exact_mut(d))
+                    .for_each(norm);
+            } else {
+                x.chunks_exact(d)
+                    .zip(out.chunks_exact_mut(d))
+                    .for_each(norm);
             }
         })
     })??;
+    Ok(())
+}
+
+/// [`norm_rows_into`] a new buffer.
+fn norm_rows(ln: &LayerNorm, x: &[f32], d: usize) -> CResult<Vec<f32>> {
+    let mut out = Vec::new();
+    norm_rows_into(ln, x, d, &mut out)?;
     Ok(out)
 }
 
@@ -732,9 +793,7 @@ fn proj_rows(p: &Proj, x: &[f32], rows: usize, relu: bool) -> CResult<Vec<f32>> 
     let d = x.len() / rows.max(1);
     match p {
         Proj::Int8(q) => {
-            let mut out = vec![0f32; rows * q.w.rows()];
-            q.w.matmul_then(x, rows, q.bias.as_deref(), relu, &mut out);
-            Ok(out)
+            Ok(q.w.product_vec(&q.w.quantize_input(x, rows), q.bias.as_deref(), relu))
         }
         Proj::F32(_) => {
             let t = Tensor::from_slice(x, (rows, 1, d), &Device::Cpu)?;
@@ -743,6 +802,47 @@ fn proj_rows(p: &Proj, x: &[f32], rows: usize, relu: bool) -> CResult<Vec<f32>> 
             y.flatten_all()?.to_vec1::<f32>()
         }
     }
+}
+
+/// `residual += x · Wᵀ + b`: for int8, added while the product writes its tiles.
+fn proj_add(p: &Proj, x: &[f32], rows: usize, residual: &mut [f32]) -> CResult<()> {
+    match p {
+        Proj::Int8(q) => {
+            let a = q.w.quantize_input(x, rows);
+            q.w.product(&a, q.bias.as_deref(), Output::Add, residual);
+        }
+        Proj::F32(_) => add_rows(residual, &proj_rows(p, x, rows, false)?),
+    }
+    Ok(())
+}
+
+/// The projections `ps` of the same rows `x`; int8 ones of one kernel share one quantisation of
+/// `x` (the self-attention's keys, values and queries read the same normalised rows).
+fn proj_same_input<const N: usize>(
+    ps: [&Proj; N],
+    x: &[f32],
+    rows: usize,
+) -> CResult<[Vec<f32>; N]> {
+    let first = match ps[0] {
+        Proj::Int8(q) => Some(&q.w),
+        Proj::F32(_) => None,
+    };
+    let shared = first.filter(|w| {
+        ps.iter()
+            .all(|p| matches!(p, Proj::Int8(q) if q.w.isa() == w.isa() && q.w.cols() == w.cols()))
+    });
+    let Some(w) = shared else {
+        let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+        for (o, p) in out.iter_mut().zip(ps) {
+            *o = proj_rows(p, x, rows, false)?;
+        }
+        return Ok(out);
+    };
+    let a = w.quantize_input(x, rows);
+    Ok(ps.map(|p| match p {
+        Proj::Int8(q) => q.w.product_vec(&a, q.bias.as_deref(), false),
+        Proj::F32(_) => unreachable!("checked above: every projection is int8"),
+    }))
 }
 
 /// What the encoder hands to the decoder for a batch of sentences.
@@ -769,6 +869,8 @@ pub struct DecoderState {
     beams: usize,
     /// Tokens already decoded per row.
     len: usize,
+    /// Buffers of the CPU decoding step.
+    scratch: StepScratch,
 }
 
 impl DecoderState {
@@ -799,15 +901,31 @@ impl DecoderState {
         let n_rows = self.sentences() * self.beams;
         if !identity(rows, n_rows) {
             let idx = Tensor::new(rows, self.mask.device())?;
-            for kv in self.self_kv.iter_mut() {
-                match kv {
-                    SelfKv::Tensors(Some(kv)) => {
-                        *kv = (kv.0.index_select(&idx, 0)?, kv.1.index_select(&idx, 0)?)
+            // The layers' CPU caches are independent: a share of them on each thread, one after
+            // another with one aside buffer per thread (beam reordering on the decoding thread
+            // alone was a tenth of a batch-16, 5-beam step in `memmove`).
+            let layers = self.self_kv.len();
+            let per_thread = layers.div_ceil(rayon::current_num_threads().max(1)).max(1);
+            let reorder = |share: &mut [SelfKv]| -> CResult<()> {
+                let mut aside = Vec::new();
+                for kv in share {
+                    match kv {
+                        SelfKv::Tensors(Some(kv)) => {
+                            *kv = (kv.0.index_select(&idx, 0)?, kv.1.index_select(&idx, 0)?)
+                        }
+                        SelfKv::Tensors(None) => {}
+                        SelfKv::Cpu(cache) => cache.select(rows, &mut aside),
                     }
-                    SelfKv::Tensors(None) => {}
-                    // One layer at a time: each holds a copy of its moved rows meanwhile.
-                    SelfKv::Cpu(cache) => cache.select(rows),
                 }
+                Ok(())
+            };
+            if idx.device().is_cpu() {
+                use rayon::prelude::*;
+                self.self_kv
+                    .par_chunks_mut(per_thread)
+                    .try_for_each(reorder)?;
+            } else {
+                reorder(&mut self.self_kv)?;
             }
         }
         if !identity(sentences, self.sentences()) {
@@ -1045,6 +1163,7 @@ impl M2M100Model {
             mask: enc.mask.clone(),
             beams: beams.max(1),
             len: 0,
+            scratch: StepScratch::default(),
         })
     }
 
@@ -1086,7 +1205,12 @@ impl M2M100Model {
                         "CPU decoder without its cache".into(),
                     ));
                 };
-                layer.step_rows(&mut xs, rows, cache, &state.cross_kv[i], &mask, state.beams)?;
+                let cross = Cross {
+                    kv: &state.cross_kv[i],
+                    mask: &mask,
+                    beams: state.beams,
+                };
+                layer.step_rows(&mut xs, rows, cache, cross, &mut state.scratch)?;
             }
             state.len += 1;
             let h = norm_rows(&self.decoder_norm, &xs, d)?;
