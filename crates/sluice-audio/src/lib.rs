@@ -5,19 +5,16 @@
 //! trimming, rubato resamples (FFT-based, measured against soxr), hound writes WAV and flacenc
 //! writes FLAC; the `.npy` writer is a few lines by hand.
 //!
-//! On top of the codecs, [`stages`] are pipeline-engine stages over storage locations (local disk
-//! or object storage), [`paths`] names outputs, and [`job`] is `sluice audio resample`.
+//! It depends on no pipeline or server crate: the pipeline stages, output naming and `sluice audio
+//! resample` built on it live in `sluice-stages` (`sluice_stages::audio`), and the server's
+//! classifiers decode with it directly.
 pub mod audio;
 pub mod channels;
-pub mod config;
 pub mod decode;
 mod edit_list;
 pub mod encode;
-pub mod job;
 pub mod npy;
-pub mod paths;
 pub mod resample;
-pub mod stages;
 
 pub use audio::{Audio, AudioError};
 pub use channels::ChannelOp;

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use sluice_audio::job::{JobReport, ResampleJob};
 use sluice_audio::{AudioFormat, ChannelOp};
 use sluice_core::storage::Matcher;
+use sluice_stages::audio::job::{JobReport, ResampleJob};
 
 use crate::ProgressArg;
 
@@ -123,7 +123,7 @@ pub fn run(command: AudioCommand) -> anyhow::Result<()> {
     let failures = args
         .failures
         .clone()
-        .unwrap_or_else(|| sluice_audio::job::default_failures_path(&args.target));
+        .unwrap_or_else(|| sluice_stages::audio::job::default_failures_path(&args.target));
     let options = sluice_pipeline::RunOptions {
         mode: args.mode,
         cpus: args.cpus,
@@ -151,7 +151,7 @@ pub fn run(command: AudioCommand) -> anyhow::Result<()> {
 
 fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     use sluice_pipeline::{ItemError, PartFormat, PartSink, Pipeline, StageOptions};
-    use sluice_serve::stage::{InputAs, ModelSpec, ModelStage};
+    use sluice_stages::{InputAs, ModelSpec, ModelStage};
 
     let matcher = args
         .files

@@ -2,6 +2,7 @@
 //! with their whole cause chain.
 
 mod audio;
+mod stress;
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
@@ -40,7 +41,7 @@ enum Command {
     /// Serve POST /translation (and health, readiness, metrics) over HTTP.
     Serve(ServeArgs),
     /// Load-test a running server: send translation requests and report latency and throughput.
-    Stress(sluice_serve::stress::StressArgs),
+    Stress(stress::StressArgs),
     /// Audio jobs: resample a tree of audio files between local disk and object storage.
     #[command(subcommand)]
     Audio(audio::AudioCommand),
@@ -199,7 +200,7 @@ struct RunArgs {
 
 #[derive(clap::Args, Debug)]
 struct WorkerArgs {
-    /// The pipeline file; its [source] is of kind = "nats".
+    /// The pipeline file; its `[source]` is of kind = "nats".
     pipeline: PathBuf,
     /// Overrides a setting of the file, e.g. `source.url=nats://nats:4222` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -282,7 +283,7 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     default_compute_type(args.compute_type);
     let raw = sluice_pipeline::config::RawConfig::load(&args.pipeline, &args.sets)?;
     let mut config =
-        sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &sluice_serve::stage::kinds())?;
+        sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &sluice_stages::kinds())?;
     config.options.progress = args.progress.into();
     serve_metrics(args.metrics_addr.as_deref())?;
     let options = sluice_pipeline::nats::WorkerOptions {
@@ -335,14 +336,14 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
     default_compute_type(args.compute_type);
     let raw = sluice_pipeline::config::RawConfig::load(&args.pipeline, &args.sets)?;
     serve_metrics(args.metrics_addr.as_deref())?;
-    if raw.source_kind() == Some(sluice_audio::config::SOURCE_KIND) {
-        let mut pipeline = sluice_audio::config::AudioPipeline::from_raw(raw)?;
+    if raw.source_kind() == Some(sluice_stages::audio::config::SOURCE_KIND) {
+        let mut pipeline = sluice_stages::audio::config::AudioPipeline::from_raw(raw)?;
         apply_run_args(&mut pipeline.options, &args);
         let summary = pipeline.options.summary_path.clone();
         return audio::report(pipeline.run()?, summary.as_deref());
     }
     let mut config =
-        sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &sluice_serve::stage::kinds())?;
+        sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &sluice_stages::kinds())?;
     apply_run_args(&mut config.options, &args);
     let written = config
         .options
@@ -405,9 +406,7 @@ fn main() -> std::process::ExitCode {
         Command::Healthcheck(args) => healthcheck(args),
         Command::Audio(command) => audio::run(command),
         Command::Serve(args) => serve(args),
-        Command::Stress(args) => {
-            runtime().and_then(|rt| rt.block_on(sluice_serve::stress::run(args)))
-        }
+        Command::Stress(args) => runtime().and_then(|rt| rt.block_on(stress::run(args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -11,7 +11,7 @@
 //! key = "id"
 //!
 //! [[stage]]
-//! kind = "exec"             # exec | translate | model (added by the server crate)
+//! kind = "exec"             # exec, or a kind another crate adds (sluice-stages: translate, model)
 //! name = "clean"
 //! command = ["python3", "clean.py"]
 //! batch_size = 32
@@ -30,16 +30,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Spanned, Table, Value};
 
-use crate::stages::{read_source, ExecStage, Record, SourceSpec, TranslateStage};
+use crate::stages::{read_source, ExecStage, Record, SourceSpec};
 use crate::{
     map, ItemError, Mode, PartFormat, PartSink, Pipeline, Progress, RunError, RunOptions,
     RunSummary, Shard, Stage, StageOptions, Workers,
 };
 
-/// A config that cannot be used; the message names the file, the line and the fix.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub use crate::section::{section, ConfigError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,33 +127,9 @@ struct ExecSection {
     env: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TranslateSection {
-    model: Option<String>,
-    from: String,
-    to: String,
-    #[serde(default = "default_text_field")]
-    field: String,
-    #[serde(default = "default_output_field")]
-    output: String,
-    beams: Option<usize>,
-    max_new_tokens: Option<usize>,
-    compute_type: Option<sluice_models::m2m100::ComputeType>,
-}
-
-fn default_text_field() -> String {
-    "text".into()
-}
-
-fn default_output_field() -> String {
-    "translation".into()
-}
-
 /// A built stage of a config pipeline.
 enum BuiltStage {
-    Exec(ExecStage),
-    Translate(TranslateStage),
+    Exec(Box<ExecStage>),
     Other(RecordStageFactory),
 }
 
@@ -169,8 +142,8 @@ pub type RecordStageFactory = Arc<dyn Fn() -> RecordStage + Send + Sync>;
 /// Builds a stage of one kind from its `[[stage]]` table.
 pub type StageBuilder = fn(&RawStage) -> Result<RecordStageFactory, ConfigError>;
 
-/// Stage kinds that crates above this one add to config pipelines (the server crate's `model`),
-/// which this crate cannot depend on.
+/// Stage kinds that crates above this one add to config pipelines (`sluice-stages`' `translate`
+/// and `model`): the engine depends on no model crate.
 #[derive(Default, Clone)]
 pub struct StageKinds {
     kinds: Vec<(&'static str, StageBuilder)>,
@@ -188,7 +161,7 @@ impl StageKinds {
     }
 
     fn names(&self) -> String {
-        let mut all = vec!["exec", "translate"];
+        let mut all = vec!["exec"];
         all.extend(self.kinds.iter().map(|(k, _)| *k));
         all.join(", ")
     }
@@ -327,16 +300,6 @@ fn apply_set(doc: &mut Document, assignment: &str) -> Result<(), ConfigError> {
     };
     table.insert(key.to_string(), value);
     Ok(())
-}
-
-/// Reads a section's `table` as `T`; errors start with `where_` (`file:line`) and `what`.
-pub fn section<T: for<'de> Deserialize<'de>>(
-    table: &Table,
-    what: &str,
-    where_: &str,
-) -> Result<T, ConfigError> {
-    T::deserialize(Value::Table(table.clone()))
-        .map_err(|e| ConfigError(format!("{where_}: {what}: {}", e.message())))
 }
 
 /// A section of a pipeline file with where it starts, for messages.
@@ -585,30 +548,7 @@ impl PipelineConfig {
                     }
                     let mut exec = ExecStage::new(&name, spec.command, options);
                     exec.env = spec.env.into_iter().collect();
-                    BuiltStage::Exec(exec)
-                }
-                "translate" => {
-                    let spec: TranslateSection = stage.spec()?;
-                    let model = spec
-                        .model
-                        .unwrap_or_else(|| sluice_models::source::DEFAULT_MODEL.to_string());
-                    let mut translate = TranslateStage::new(
-                        &name,
-                        &model,
-                        &spec.from,
-                        &spec.to,
-                        &spec.field,
-                        &spec.output,
-                        options,
-                    );
-                    translate.generation.num_beams = spec.beams;
-                    translate.generation.max_new_tokens = spec.max_new_tokens;
-                    translate.compute_type = match spec.compute_type {
-                        Some(c) => c,
-                        None => sluice_models::m2m100::ComputeType::from_env()
-                            .map_err(|e| ConfigError(format!("stage {name}: {e}")))?,
-                    };
-                    BuiltStage::Translate(translate)
+                    BuiltStage::Exec(Box::new(exec))
                 }
                 other => match kinds.get(other) {
                     Some(build) => BuiltStage::Other(build(&stage)?),
@@ -705,8 +645,7 @@ impl PipelineConfig {
         let mut pipeline = Pipeline::from_keyed(keyed).stage(read);
         for stage in stages {
             pipeline = match stage {
-                BuiltStage::Exec(s) => pipeline.stage(s),
-                BuiltStage::Translate(s) => pipeline.stage(s),
+                BuiltStage::Exec(s) => pipeline.stage(*s),
                 BuiltStage::Other(make) => pipeline.stage_with(move || make()),
             };
         }

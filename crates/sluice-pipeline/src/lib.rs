@@ -14,12 +14,14 @@
 mod balance;
 pub mod config;
 mod exec;
+mod keys;
 mod monitor;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "parquet")]
 mod parquet;
 mod pipeline;
+mod section;
 mod shard;
 pub mod sink;
 mod stage;

@@ -29,8 +29,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
-use crate::sink::key_text;
+use crate::keys::key_text;
+use crate::section::{section, ConfigError};
 use crate::stages::Record;
 use crate::{lock, Completed, Envelope, Failure, Sink, SinkError};
 
@@ -96,7 +96,7 @@ fn default_flush() -> u64 {
 impl NatsSource {
     /// Reads `[source]` (without its `kind`) and checks the settings fit together.
     pub fn parse(table: &toml::Table, place: &str) -> Result<Self, ConfigError> {
-        let spec: NatsSource = crate::config::section(table, "[source] (nats)", place)?;
+        let spec: NatsSource = section(table, "[source] (nats)", place)?;
         let bad = |m: String| Err(ConfigError(format!("{place}: [source] (nats): {m}")));
         if spec.fetch == 0 || spec.max_deliver == 0 || spec.max_in_flight == Some(0) {
             return bad("fetch, max_in_flight and max_deliver must be at least 1".into());
@@ -161,7 +161,7 @@ pub struct NatsSinkSpec {
 impl NatsSinkSpec {
     /// Reads `[sink]` (without its `kind`).
     pub fn parse(table: &toml::Table, place: &str) -> Result<Self, ConfigError> {
-        let spec: NatsSinkSpec = crate::config::section(table, "[sink] (nats)", place)?;
+        let spec: NatsSinkSpec = section(table, "[sink] (nats)", place)?;
         if let Some(r) = &spec.retention {
             if r != "limits" && r != "workqueue" {
                 return Err(ConfigError(format!(

@@ -44,7 +44,7 @@ pub(crate) fn encode(records: &[serde_json::Value], out: &mut Vec<u8>) -> Result
 }
 
 /// Adds the `key_field` column of the Parquet file at `path` to `done`, as text: strings as they
-/// are, numbers in their decimal form (as [`key_text`](crate::sink::key_text) renders JSON keys).
+/// are, numbers in their decimal form (as [`key_text`](crate::keys::key_text) renders JSON keys).
 pub(crate) fn read_keys(
     path: &Path,
     key_field: &str,
@@ -59,7 +59,7 @@ pub(crate) fn read_keys(
     let file = File::open(path).map_err(|e| SinkError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| unreadable(&e))?;
     if builder.schema().field_with_name(key_field).is_err() {
-        return Err(crate::sink::missing_key(path, None, key_field));
+        return Err(crate::keys::missing_key(path, None, key_field));
     }
     let mask = ProjectionMask::columns(builder.parquet_schema(), [key_field]);
     let reader = builder
@@ -75,7 +75,7 @@ pub(crate) fn read_keys(
             .downcast_ref::<StringArray>()
             .expect("a cast to Utf8 gives a StringArray");
         if keys.null_count() > 0 {
-            return Err(crate::sink::missing_key(path, None, key_field));
+            return Err(crate::keys::missing_key(path, None, key_field));
         }
         done.extend(keys.iter().flatten().map(str::to_string));
     }

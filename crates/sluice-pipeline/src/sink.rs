@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use crate::keys::key_text;
+use crate::keys::missing_key;
 use crate::{Envelope, SinkError};
 
 /// Tells whether an item's output already exists.
@@ -85,14 +87,6 @@ pub fn write_atomic(
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
-}
-
-/// The key of a JSON record as text: strings as they are, anything else as JSON.
-pub fn key_text(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// An output as a JSON record that carries its key in `key_field` (added when the record lacks it;
@@ -182,17 +176,6 @@ impl PartFormat {
             PartFormat::Parquet => crate::parquet::read_keys(path, key_field, done),
         }
     }
-}
-
-/// The error for a part whose records lack the key field, at `line` when the format has lines.
-pub(crate) fn missing_key(path: &Path, line: Option<usize>, key_field: &str) -> SinkError {
-    let at = match line {
-        Some(n) => format!("{}:{n}", path.display()),
-        None => path.display().to_string(),
-    };
-    SinkError::Encode(format!(
-        "{at}: record has no {key_field:?} field, so a rerun cannot tell which items are done"
-    ))
 }
 
 /// Records in part files (`part-<run>-<n>.<ext>`), each written whole and renamed into place.

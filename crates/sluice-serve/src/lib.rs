@@ -1,5 +1,5 @@
 //! The Sluice model server: `POST /translation` over M2M100 with dynamic batching across requests,
-//! admission control, health, metrics and graceful shutdown, plus the `stress` load client.
+//! admission control, health, metrics and graceful shutdown.
 
 pub mod api;
 pub mod batcher;
@@ -7,8 +7,6 @@ pub mod classify;
 pub mod infer;
 pub mod metrics;
 pub mod server;
-pub mod stage;
-pub mod stress;
 pub mod translation;
 
 pub use server::{serve, ModelEntry, ModelKind, ServeConfig};

@@ -2,11 +2,9 @@
 
 pub mod exec;
 pub mod source;
-pub mod translate;
 
 pub use exec::ExecStage;
 pub use source::{read_source, SourceSpec};
-pub use translate::TranslateStage;
 
 /// The item type of config-driven pipelines.
 pub type Record = serde_json::Value;

@@ -5,20 +5,30 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use crate::sink::key_text;
+use crate::keys::key_text;
 use crate::stages::Record;
 
 /// What to read.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceSpec {
     /// Each line is a record `{"line": ...}` keyed by its line number (from 1).
-    Lines { path: PathBuf },
+    Lines {
+        /// The text file.
+        path: PathBuf,
+    },
     /// Each line is a JSON object, keyed by `key` or by its line number.
-    Jsonl { path: PathBuf, key: Option<String> },
+    Jsonl {
+        /// The JSON-lines file.
+        path: PathBuf,
+        /// The field holding each record's key.
+        key: Option<String>,
+    },
     /// Each file under `path` (recursively) whose extension is listed (all when empty) is a
     /// record `{"path": ..., "relpath": ...}` keyed by its path relative to `path`.
     Files {
+        /// The directory walked.
         path: PathBuf,
+        /// Extensions kept, without the dot.
         extensions: Vec<String>,
     },
 }

@@ -14,11 +14,11 @@ use sluice_pipeline::{
     StageOptions,
 };
 
-use crate::paths::PathRule;
-use crate::stages::{
+use crate::audio::paths::PathRule;
+use crate::audio::stages::{
     completed_sources, Channels, DecodeStats, LoadAudio, Resample, WriteFiles, Written,
 };
-use crate::{AudioFormat, ChannelOp};
+use sluice_audio::{AudioFormat, ChannelOp};
 
 /// The settings of one resampling job.
 #[derive(Clone)]
@@ -231,7 +231,7 @@ pub(crate) fn run_pipeline(
     build: impl FnOnce(Vec<FileEntry>) -> Pipeline<Written>,
 ) -> Result<Result<JobReport, (String, JobReport)>, RunError> {
     let invalid = |e: sluice_core::storage::StorageError| RunError::Invalid(e.to_string());
-    let files = crate::stages::match_files(source, matcher).map_err(invalid)?;
+    let files = crate::audio::stages::match_files(source, matcher).map_err(invalid)?;
     let completed = if options.skip_completed {
         Some(
             completed_sources(&files, target, std::slice::from_ref(rule), redo_if_older)

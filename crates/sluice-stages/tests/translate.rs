@@ -3,7 +3,7 @@
 //! defaults, en → ja), and a record without the text field is a failure, not an abort.
 
 use serde_json::Value;
-use sluice_pipeline::config::PipelineConfig;
+use sluice_pipeline::config::{PipelineConfig, RawConfig};
 use sluice_pipeline::{PartFormat, PartSink, Progress};
 use std::collections::HashMap;
 
@@ -43,7 +43,11 @@ path = "{out}"
         model = sluice_testkit::fixture("tiny-m2m100").display(),
         out = out.display(),
     );
-    let mut config = PipelineConfig::parse(&dir.path().join("p.toml"), &toml, &[]).unwrap();
+    let mut config = PipelineConfig::from_raw_with(
+        RawConfig::parse(&dir.path().join("p.toml"), &toml, &[]).unwrap(),
+        &sluice_stages::kinds(),
+    )
+    .unwrap();
     config.options.progress = Progress::Off;
     let summary = config.run().unwrap();
     assert_eq!(

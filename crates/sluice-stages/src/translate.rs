@@ -1,13 +1,73 @@
 //! `translate`: the M2M100 engine in-process, translating one text field of each record into
 //! another field. Each worker loads the model once (local directory or Hugging Face cache).
+//!
+//! ```toml
+//! [[stage]]
+//! kind = "translate"
+//! model = "facebook/m2m100_418M"   # a directory or hub id (the default)
+//! from = "en"
+//! to = "ja"
+//! field = "text"                    # the record field holding the text (default)
+//! output = "translation"            # the field the translation is written to (default)
+//! beams = 5                         # optional: the model's generation config otherwise
+//! max_new_tokens = 200              # optional
+//! compute_type = "int8"             # int8 | float32 | auto (SLUICE_COMPUTE_TYPE otherwise)
+//! ```
 
 use std::sync::Arc;
 
+use serde::Deserialize;
 use sluice_models::m2m100::{ComputeType, GenerationOptions, M2M100};
-use sluice_models::source::{HubSettings, ModelSource};
+use sluice_models::source::{HubSettings, ModelSource, DEFAULT_MODEL};
+use sluice_pipeline::config::{ConfigError, RawStage, RecordStage, RecordStageFactory};
+use sluice_pipeline::stages::Record;
+use sluice_pipeline::{ItemError, Stage, StageError, StageOptions, WorkerContext};
 
-use crate::stages::Record;
-use crate::{ItemError, Stage, StageError, StageOptions, WorkerContext};
+/// The `[[stage]] kind = "translate"` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TranslateSection {
+    model: Option<String>,
+    from: String,
+    to: String,
+    #[serde(default = "default_text_field")]
+    field: String,
+    #[serde(default = "default_output_field")]
+    output: String,
+    beams: Option<usize>,
+    max_new_tokens: Option<usize>,
+    compute_type: Option<ComputeType>,
+}
+
+fn default_text_field() -> String {
+    "text".into()
+}
+
+fn default_output_field() -> String {
+    "translation".into()
+}
+
+/// Builds a `translate` stage from its `[[stage]]` table.
+pub(crate) fn build(stage: &RawStage) -> Result<RecordStageFactory, ConfigError> {
+    let spec: TranslateSection = stage.spec()?;
+    let model = spec.model.unwrap_or_else(|| DEFAULT_MODEL.to_string());
+    let mut translate = TranslateStage::new(
+        &stage.name,
+        &model,
+        &spec.from,
+        &spec.to,
+        &spec.field,
+        &spec.output,
+        stage.options.clone(),
+    );
+    translate.generation.num_beams = spec.beams;
+    translate.generation.max_new_tokens = spec.max_new_tokens;
+    translate.compute_type = match spec.compute_type {
+        Some(c) => c,
+        None => ComputeType::from_env().map_err(|e| stage.error(e))?,
+    };
+    Ok(Arc::new(move || Box::new(translate.clone()) as RecordStage))
+}
 
 /// Translates `field` into `output` with an M2M100 model.
 #[derive(Clone)]

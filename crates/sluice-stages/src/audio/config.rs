@@ -34,10 +34,10 @@ use sluice_core::storage::{local_path, Location, Matcher};
 use sluice_pipeline::config::{section, ConfigError, RawConfig};
 use sluice_pipeline::{Pipeline, RunError, RunOptions};
 
-use crate::job::{default_failures_path, run_pipeline, JobReport};
-use crate::paths::{PathRule, Suffix};
-use crate::stages::{Channels, DecodeStats, LoadAudio, LoadedAudio, Resample, WriteFiles};
-use crate::{AudioFormat, ChannelOp};
+use crate::audio::job::{default_failures_path, run_pipeline, JobReport};
+use crate::audio::paths::{PathRule, Suffix};
+use crate::audio::stages::{Channels, DecodeStats, LoadAudio, LoadedAudio, Resample, WriteFiles};
+use sluice_audio::{AudioFormat, ChannelOp};
 
 /// The source kind that makes a pipeline file an audio pipeline.
 pub const SOURCE_KIND: &str = "match_files";

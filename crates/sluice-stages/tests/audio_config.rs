@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use sluice_audio::config::AudioPipeline;
 use sluice_pipeline::config::RawConfig;
 use sluice_pipeline::Progress;
+use sluice_stages::audio::config::AudioPipeline;
 
 fn fixtures() -> PathBuf {
     sluice_testkit::fixture("audio/src")

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use sluice_audio::job::{JobReport, ResampleJob};
 use sluice_audio::{decode::decode, AudioFormat, ChannelOp, WavSample};
 use sluice_core::storage::Matcher;
 use sluice_pipeline::{Progress, RunOptions};
+use sluice_stages::audio::job::{JobReport, ResampleJob};
 
 fn fixtures() -> PathBuf {
     sluice_testkit::fixture("audio")

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use sluice_core::storage::{FileEntry, Location, Matcher, StorageError};
 use sluice_pipeline::{Completed, ItemError, Stage, StageError, StageOptions};
 
-use crate::paths::PathRule;
-use crate::{encode, npy, Audio, AudioFormat, ChannelOp, ResamplerCache};
+use crate::audio::paths::PathRule;
+use sluice_audio::{encode, npy, Audio, AudioFormat, ChannelOp, ResamplerCache};
 
 /// A decoded file on its way through the stages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,7 +120,7 @@ impl Stage for LoadAudio {
                 let extension = std::path::Path::new(&file.rel)
                     .extension()
                     .and_then(|e| e.to_str());
-                let audio = crate::decode::decode(&bytes, extension)
+                let audio = sluice_audio::decode::decode(&bytes, extension)
                     .map_err(|e| ItemError::permanent(e.to_string()))?;
                 let micros = (audio.duration_secs() * 1e6).round() as u64;
                 self.stats.micros.fetch_add(micros, Relaxed);
@@ -137,7 +137,7 @@ impl Stage for LoadAudio {
 /// Applies a conversion to each file's samples; a file it refuses fails alone.
 fn map_audio(
     batch: &[LoadedAudio],
-    mut convert: impl FnMut(&Audio) -> Result<Audio, crate::AudioError>,
+    mut convert: impl FnMut(&Audio) -> Result<Audio, sluice_audio::AudioError>,
 ) -> Vec<Result<LoadedAudio, ItemError>> {
     batch
         .iter()

@@ -2,7 +2,7 @@
 //! over `POST /v1/models/{name}/infer`.
 //!
 //! In-process, each worker loads the model once and runs the same preparation as the server
-//! ([`crate::classify::prepare`], the same windows, the same graph), so scores match the
+//! ([`sluice_serve::classify::prepare`], the same windows, the same graph), so scores match the
 //! server's. Remotely, a worker sends its batch in requests of `request_inputs` inputs, at most
 //! `concurrency` at a time. Files go as `path` when the server shares the volume (`data_root`
 //! names where the server's `--data-root` is mounted here) and as `data` otherwise. Overload and
@@ -33,11 +33,11 @@ use serde_json::{json, Map, Value};
 use sluice_core::storage::Location;
 use sluice_models::classifier::AudioClassifier;
 use sluice_models::m2m100::{GenerationOptions, M2M100};
-use sluice_pipeline::config::{ConfigError, RawStage, RecordStage, RecordStageFactory, StageKinds};
+use sluice_pipeline::config::{ConfigError, RawStage, RecordStage, RecordStageFactory};
 use sluice_pipeline::stages::Record;
 use sluice_pipeline::{ItemError, Stage, StageError, StageOptions, WorkerContext};
 
-use crate::infer::InferOutput;
+use sluice_serve::infer::InferOutput;
 
 /// What the record field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -159,12 +159,8 @@ impl ModelSpec {
     }
 }
 
-/// The stage kinds this crate adds to config pipelines.
-pub fn kinds() -> StageKinds {
-    StageKinds::default().with("model", build)
-}
-
-fn build(stage: &RawStage) -> Result<RecordStageFactory, ConfigError> {
+/// Builds a `model` stage from its `[[stage]]` table.
+pub(crate) fn build(stage: &RawStage) -> Result<RecordStageFactory, ConfigError> {
     let spec: ModelSpec = stage.spec()?;
     spec.check().map_err(|m| stage.error(&m))?;
     let model = ModelStage::new(&stage.name, spec, stage.options.clone());
@@ -289,7 +285,7 @@ fn load_local(model: &str) -> Result<Local, StageError> {
         return Ok(Local::Classifier(Arc::new(c)));
     }
     let compute = sluice_models::m2m100::ComputeType::from_env().map_err(StageError::new)?;
-    let m = sluice_pipeline::stages::translate::load_m2m100(model, compute)?;
+    let m = crate::translate::load_m2m100(model, compute)?;
     Ok(Local::Translation(Arc::new(m)))
 }
 
@@ -328,7 +324,7 @@ fn classify_local(
     classifier: &AudioClassifier,
     batch: &[Record],
 ) -> Vec<Outcome> {
-    let mut prepared: Vec<Result<crate::classify::Prepared, ItemError>> = batch
+    let mut prepared: Vec<Result<sluice_serve::classify::Prepared, ItemError>> = batch
         .iter()
         .map(|record| {
             let value = field(spec, record)?;
@@ -338,7 +334,7 @@ fn classify_local(
                 ));
             }
             let bytes = read_bytes(spec, value)?;
-            crate::classify::prepare(classifier, &bytes, Some(value))
+            sluice_serve::classify::prepare(classifier, &bytes, Some(value))
                 .map_err(|e| ItemError::permanent(format!("{value}: {e}")))
         })
         .collect();
@@ -366,7 +362,7 @@ fn classify_local(
                 .windows
                 .iter()
                 .map(|w| {
-                    crate::classify::window_scores(
+                    sluice_serve::classify::window_scores(
                         labels,
                         w.start,
                         w.end,
@@ -573,7 +569,7 @@ async fn send(
                     .map(Duration::from_secs_f64);
                 let text = resp.text().await.unwrap_or_default();
                 if status.is_success() {
-                    let parsed: crate::infer::InferResponse = serde_json::from_str(&text)
+                    let parsed: sluice_serve::infer::InferResponse = serde_json::from_str(&text)
                         .map_err(|e| Failure::Input(format!("{url}: unreadable answer: {e}")))?;
                     if parsed.outputs.len() != chunk.len() {
                         return Err(Failure::Input(format!(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::api::{Payload, RecordIn, TranslationRequest, TranslationResponse};
+use sluice_serve::api::{Payload, RecordIn, TranslationRequest, TranslationResponse};
 
 /// Sentences cycled through when no `--text` or `--input` is given.
 const SAMPLE_TEXTS: &[&str] = &[
