@@ -5,6 +5,8 @@
 //! own variant.
 
 pub mod confine;
+pub mod fs;
+pub mod signal;
 pub mod storage;
 
 use serde::{Deserialize, Serialize};

@@ -842,9 +842,9 @@ mod amx {
     /// A tile configuration (`ldtilecfg`'s 64-byte block).
     #[repr(C, align(64))]
     #[derive(Clone, Copy, PartialEq, Eq)]
-    struct Config([u8; 64]);
+    struct TileConfig([u8; 64]);
 
-    impl Config {
+    impl TileConfig {
         /// Accumulators and activation tiles for `r0` (and `r1`, maybe 0) rows; weights 16 × 64.
         fn new(r0: usize, r1: usize) -> Self {
             let mut c = [0u8; 64];
@@ -863,7 +863,7 @@ mod amx {
             set(5, r1);
             set(6, 16);
             set(7, 16);
-            Config(c)
+            TileConfig(c)
         }
     }
 
@@ -888,7 +888,7 @@ mod amx {
     ) {
         let (r0, r1) = (mr.min(16), mr.saturating_sub(16));
         if LOADED.get() != Some((r0, r1)) {
-            let cfg = Config::new(r0, r1);
+            let cfg = TileConfig::new(r0, r1);
             asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
             LOADED.set(Some((r0, r1)));
         }

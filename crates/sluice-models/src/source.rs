@@ -252,9 +252,10 @@ pub fn fetch_model(
             reason: "not a file".into(),
         })?;
         let dst = to.join(name);
-        let tmp = to.join(format!(".{}.partial", name.to_string_lossy()));
-        std::fs::copy(src, &tmp).map_err(|e| ModelError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &dst).map_err(|e| ModelError::io(&dst, e))?;
+        sluice_core::fs::write_atomic(&dst, |out| {
+            std::io::copy(&mut std::fs::File::open(src)?, out).map(|_| ())
+        })
+        .map_err(|e| ModelError::io(&dst, e))?;
         written.push(dst);
     }
     Ok(written)

@@ -18,7 +18,7 @@ use safetensors::SafeTensors;
 
 use crate::error::{ModelError, Result};
 
-struct Entry {
+struct TensorEntry {
     file: usize,
     dtype: safetensors::Dtype,
     shape: Vec<usize>,
@@ -29,7 +29,7 @@ struct Entry {
 /// Memory-mapped safetensors files whose pages are released once each tensor is copied.
 pub struct MmapSafetensors {
     maps: Vec<(PathBuf, Mmap)>,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, TensorEntry>,
 }
 
 impl MmapSafetensors {
@@ -51,7 +51,7 @@ impl MmapSafetensors {
             for (name, info) in meta.tensors() {
                 entries.insert(
                     name,
-                    Entry {
+                    TensorEntry {
                         file,
                         dtype: info.dtype,
                         shape: info.shape.clone(),

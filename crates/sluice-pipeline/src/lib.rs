@@ -13,7 +13,6 @@
 
 mod balance;
 pub mod config;
-mod exec;
 mod keys;
 mod monitor;
 #[cfg(feature = "nats")]
@@ -27,6 +26,7 @@ pub mod sink;
 mod stage;
 pub mod stages;
 mod store;
+mod workers;
 
 use std::sync::Arc;
 

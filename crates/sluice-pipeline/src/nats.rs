@@ -399,7 +399,7 @@ impl Counters {
 pub type DoneCheck = Box<dyn Fn() -> Result<Option<Completed>, SinkError> + Send + Sync>;
 
 /// The messages a worker holds, from pull to ack.
-struct Queue {
+struct Held {
     nats: Nats,
     consumer: consumer::PullConsumer,
     spec: NatsSource,
@@ -435,7 +435,7 @@ fn one_line(text: &str) -> String {
     line.chars().take(1000).collect()
 }
 
-impl Queue {
+impl Held {
     fn open(
         spec: &NatsSource,
         stop: Arc<AtomicBool>,
@@ -472,7 +472,7 @@ impl Queue {
             .await
             .map_err(|e| format!("consumer {} on stream {}: {e}", spec.consumer, spec.stream))
         })?;
-        Ok(Queue {
+        Ok(Held {
             nats,
             consumer,
             spec: spec.clone(),
@@ -732,7 +732,7 @@ impl Queue {
 
 /// The worker's source: pulls until stopped (or drained, when asked).
 pub(crate) struct Pull {
-    queue: Arc<Queue>,
+    queue: Arc<Held>,
     exit_when_drained: bool,
 }
 
@@ -785,7 +785,7 @@ impl Iterator for Pull {
 /// Wraps the pipeline's sink: acks inputs once their outputs are durable.
 struct AckingSink {
     inner: Box<dyn Sink<Record>>,
-    queue: Arc<Queue>,
+    queue: Arc<Held>,
     held: Vec<Message>,
     since: Option<Instant>,
     every: Duration,
@@ -862,7 +862,7 @@ pub(crate) fn run_worker(
     mut options: crate::RunOptions,
     worker: WorkerOptions,
 ) -> Result<(crate::RunSummary, WorkerCounts), crate::RunError> {
-    let queue = Queue::open(&plan.source, worker.stop.clone(), plan.done_check);
+    let queue = Held::open(&plan.source, worker.stop.clone(), plan.done_check);
     let queue = Arc::new(queue.map_err(crate::RunError::Invalid)?);
     let (inner, most): (Box<dyn Sink<Record>>, usize) = match plan.sink {
         WorkerSink::Parts(sink, part_items) => (sink, part_items),
@@ -922,19 +922,7 @@ pub fn stop_on_signals(flag: Arc<AtomicBool>) -> std::io::Result<()> {
         .name("sluice-signals".into())
         .spawn(move || {
             rt.block_on(async {
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!("cannot watch SIGTERM: {e}");
-                            return;
-                        }
-                    };
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+                sluice_core::signal::terminated().await;
                 tracing::info!("stopping: finishing the items held, then acknowledging them");
                 flag.store(true, Relaxed);
             })

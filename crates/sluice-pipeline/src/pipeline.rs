@@ -16,11 +16,11 @@ use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::exec::{DebugStage, Factory, Shared, StageRun};
 use crate::monitor::{
     self, Failure, Pools, Progress, Reporter, Resize, RunSummary, SourceStats, StageStats,
 };
 use crate::store::Store;
+use crate::workers::{DebugStage, Factory, Shared, StageRun};
 use crate::{lock, Completed, Envelope, Mode, RunError, Shard, Sink, Stage, StageOptions, Workers};
 
 /// What items must be to travel between stages: sendable to workers, and encodable so that batch
@@ -613,7 +613,7 @@ impl<T: Item> Pipeline<T> {
             failures,
         };
         if let Some(path) = &options.summary_path {
-            crate::sink::write_atomic(path, |out| {
+            sluice_core::fs::write_atomic(path, |out| {
                 serde_json::to_writer_pretty(&mut *out, &summary)?;
                 out.write_all(b"\n")
             })
@@ -667,7 +667,8 @@ fn collect_failures(
         }
     }
     drop(gone);
-    let error = path.and_then(|p| crate::sink::write_atomic(&p, |out| out.write_all(&lines)).err());
+    let error =
+        path.and_then(|p| sluice_core::fs::write_atomic(&p, |out| out.write_all(&lines)).err());
     (first, error)
 }
 

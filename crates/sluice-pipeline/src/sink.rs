@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use serde::Serialize;
 pub use crate::keys::key_text;
 use crate::keys::missing_key;
 use crate::{Envelope, SinkError};
+use sluice_core::fs::write_atomic;
 
 /// Tells whether an item's output already exists.
 pub type Completed = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -63,30 +64,6 @@ impl<T: Send> Sink<T> for VecSink<T> {
     fn finish(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-pub fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".sluice-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    {
-        let mut out = BufWriter::new(tmp.as_file_mut());
-        write(&mut out)?;
-        out.flush()?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// An output as a JSON record that carries its key in `key_field` (added when the record lacks it;

@@ -36,7 +36,7 @@ pub trait Backend: Send + Sync + 'static {
 
 /// Why an entry got no output.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ItemError {
+pub enum EntryError {
     /// The entry's deadline passed before it reached a batch.
     #[error("the request's deadline passed while it waited in the queue")]
     DeadlineExceeded,
@@ -46,7 +46,7 @@ pub enum ItemError {
 }
 
 /// What a handler receives for one entry.
-pub type Reply<B> = Result<<B as Backend>::Output, ItemError>;
+pub type Reply<B> = Result<<B as Backend>::Output, EntryError>;
 
 /// One item waiting for a batch.
 pub struct Entry<B: Backend> {
@@ -118,7 +118,7 @@ impl<B: Backend> State<B> {
                 dropped.disconnected += 1;
             } else if e.deadline.is_some_and(|d| d <= now) {
                 dropped.expired += 1;
-                let _ = e.reply.send(Err(ItemError::DeadlineExceeded));
+                let _ = e.reply.send(Err(EntryError::DeadlineExceeded));
             } else {
                 kept.push_back(e);
             }
@@ -546,7 +546,7 @@ fn compute_loop<B: Backend>(
                 tracing::error!(model = name, error = %e, items, "batch failed");
                 metrics::counter!("sluice_batch_failures_total", &labels).increment(1);
                 for (reply, _permit) in waiting {
-                    let _ = reply.send(Err(ItemError::Model(e.clone())));
+                    let _ = reply.send(Err(EntryError::Model(e.clone())));
                 }
             }
         }
@@ -717,7 +717,7 @@ mod tests {
         // The expired entry was told why.
         assert_eq!(
             f.receivers[0].try_recv(),
-            Ok(Err(ItemError::DeadlineExceeded))
+            Ok(Err(EntryError::DeadlineExceeded))
         );
         // Seats of dropped entries are free again: 1000 minus the one still held by the batch.
         assert_eq!(f.seats.available_permits(), 999);

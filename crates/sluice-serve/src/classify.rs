@@ -16,7 +16,7 @@ use crate::infer::WindowScores;
 
 /// Audio decoded and cut into the model's windows.
 #[derive(Debug)]
-pub struct Prepared {
+pub struct PreparedAudio {
     /// Duration of the decoded audio, in seconds.
     pub duration: f64,
     /// The windows, in time order.
@@ -29,7 +29,7 @@ pub fn prepare(
     classifier: &AudioClassifier,
     bytes: &[u8],
     name: Option<&str>,
-) -> Result<Prepared, String> {
+) -> Result<PreparedAudio, String> {
     let ext = name
         .and_then(|n| std::path::Path::new(n).extension())
         .and_then(|e| e.to_str());
@@ -45,7 +45,7 @@ pub fn prepare(
             .map_err(|e| e.to_string())?
     };
     let mono = audio.channels.into_iter().next().unwrap_or_default();
-    Ok(Prepared {
+    Ok(PreparedAudio {
         duration,
         windows: classifier.spec().windows(&mono),
     })

@@ -29,7 +29,7 @@ use crate::api::{
     parse_json, ApiError, ErrorBody, Payload, RecordIn, RecordOut, Status, TranslationRequest,
     TranslationResponse,
 };
-use crate::batcher::{self, BatchConfig, Entry, ItemError, Queue};
+use crate::batcher::{self, BatchConfig, Entry, EntryError, Queue};
 use crate::classify::Classify;
 use crate::infer::{
     bad_input, Content, InferInput, InferOutput, InferRequest, InferResponse, InputAccess,
@@ -705,7 +705,7 @@ async fn translate(
             Some(rx) => match rx.await {
                 Ok(Ok(t)) => Ok(t.text),
                 Ok(Err(e)) => Err(e),
-                Err(_) => Err(ItemError::Model("the batch was abandoned".to_owned())),
+                Err(_) => Err(EntryError::Model("the batch was abandoned".to_owned())),
             },
         }
     }));
@@ -732,10 +732,10 @@ async fn with_deadline<T>(
     }
 }
 
-fn item_error(e: ItemError) -> ApiError {
+fn item_error(e: EntryError) -> ApiError {
     match e {
-        ItemError::DeadlineExceeded => deadline_exceeded(),
-        ItemError::Model(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_error", m),
+        EntryError::DeadlineExceeded => deadline_exceeded(),
+        EntryError::Model(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_error", m),
     }
 }
 
@@ -974,11 +974,11 @@ async fn classify_inputs(
             for ((start, end), rx) in spans.into_iter().zip(rxs) {
                 let scores = match rx.await {
                     Ok(r) => r,
-                    Err(_) => Err(ItemError::Model("the batch was abandoned".to_owned())),
+                    Err(_) => Err(EntryError::Model("the batch was abandoned".to_owned())),
                 }?;
                 windows.push(crate::classify::window_scores(labels, start, end, scores));
             }
-            Ok::<_, ItemError>(InferOutput {
+            Ok::<_, EntryError>(InferOutput {
                 id,
                 duration: Some(duration),
                 windows: Some(windows),

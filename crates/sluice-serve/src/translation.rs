@@ -59,7 +59,7 @@ pub struct Translation {
 
 /// A request checked and tokenized, ready for admission.
 #[derive(Debug)]
-pub struct Prepared {
+pub struct PreparedTranslation {
     /// The records' ids, in request order.
     pub ids: Vec<String>,
     /// Encoded source per record; `None` for empty text, which is answered without the model.
@@ -92,7 +92,11 @@ impl Translator {
     }
 
     /// Checks languages, settings and lengths, and tokenizes every record.
-    pub fn prepare(&self, limits: &Limits, payload: Payload) -> Result<Prepared, ApiError> {
+    pub fn prepare(
+        &self,
+        limits: &Limits,
+        payload: Payload,
+    ) -> Result<PreparedTranslation, ApiError> {
         let tok = self.model.tokenizer();
         let lang = |field: &str, code: &str| {
             tok.lang_id(code).map_err(|e| match e {
@@ -140,7 +144,7 @@ impl Translator {
             }
             ids.push(r.id);
         }
-        Ok(Prepared { ids, items, key })
+        Ok(PreparedTranslation { ids, items, key })
     }
 
     /// Resolves generation settings against the model's defaults and the server's maxima.

@@ -174,7 +174,7 @@ enum Local {
 }
 
 /// A worker's way to the model.
-enum Backend {
+enum Access {
     Local(Local),
     Remote {
         client: reqwest::Client,
@@ -187,7 +187,7 @@ pub struct ModelStage {
     name: String,
     spec: ModelSpec,
     options: StageOptions,
-    backend: Option<Backend>,
+    backend: Option<Access>,
 }
 
 impl Clone for ModelStage {
@@ -229,8 +229,8 @@ impl Stage for ModelStage {
     fn setup(&mut self, _worker: &WorkerContext) -> Result<(), StageError> {
         self.spec.check().map_err(StageError::new)?;
         self.backend = Some(match (&self.spec.model, &self.spec.url) {
-            (Some(model), _) => Backend::Local(load_local(model)?),
-            (None, Some(_)) => Backend::Remote {
+            (Some(model), _) => Access::Local(load_local(model)?),
+            (None, Some(_)) => Access::Remote {
                 client: reqwest::Client::builder()
                     .timeout(Duration::from_secs_f64(self.spec.timeout_seconds))
                     .build()
@@ -251,8 +251,8 @@ impl Stage for ModelStage {
             .as_ref()
             .ok_or_else(|| StageError::new("model stage was not set up"))?;
         let outputs = match backend {
-            Backend::Local(local) => run_local(&self.spec, local, batch),
-            Backend::Remote { client, runtime } => {
+            Access::Local(local) => run_local(&self.spec, local, batch),
+            Access::Remote { client, runtime } => {
                 runtime.block_on(run_remote(&self.spec, client, batch))
             }
         };
@@ -324,7 +324,7 @@ fn classify_local(
     classifier: &AudioClassifier,
     batch: &[Record],
 ) -> Vec<Outcome> {
-    let mut prepared: Vec<Result<sluice_serve::classify::Prepared, ItemError>> = batch
+    let mut prepared: Vec<Result<sluice_serve::classify::PreparedAudio, ItemError>> = batch
         .iter()
         .map(|record| {
             let value = field(spec, record)?;
@@ -499,7 +499,7 @@ async fn send_narrowing(
             .map(|(i, _)| *i)
             .zip(outputs.into_iter().map(Ok))
             .collect(),
-        Err(Failure::Input(_)) if chunk.len() > 1 => {
+        Err(RequestFailure::Input(_)) if chunk.len() > 1 => {
             let mut out = Vec::with_capacity(chunk.len());
             for one in chunk {
                 let i = one.0;
@@ -522,18 +522,18 @@ async fn send_narrowing(
 }
 
 /// Why a request got no outputs.
-enum Failure {
+enum RequestFailure {
     /// The server refused the request's content (4xx): permanent.
     Input(String),
     /// Retries ran out on overload or lost connections: transient.
     Unavailable(String),
 }
 
-impl Failure {
+impl RequestFailure {
     fn item_error(self) -> ItemError {
         match self {
-            Failure::Input(m) => ItemError::permanent(m),
-            Failure::Unavailable(m) => ItemError::transient(m),
+            RequestFailure::Input(m) => ItemError::permanent(m),
+            RequestFailure::Unavailable(m) => ItemError::transient(m),
         }
     }
 }
@@ -543,7 +543,7 @@ async fn send(
     spec: &ModelSpec,
     client: &reqwest::Client,
     chunk: &[(usize, Value)],
-) -> Result<Vec<InferOutput>, Failure> {
+) -> Result<Vec<InferOutput>, RequestFailure> {
     let url = format!(
         "{}/infer",
         spec.url
@@ -570,9 +570,11 @@ async fn send(
                 let text = resp.text().await.unwrap_or_default();
                 if status.is_success() {
                     let parsed: sluice_serve::infer::InferResponse = serde_json::from_str(&text)
-                        .map_err(|e| Failure::Input(format!("{url}: unreadable answer: {e}")))?;
+                        .map_err(|e| {
+                            RequestFailure::Input(format!("{url}: unreadable answer: {e}"))
+                        })?;
                     if parsed.outputs.len() != chunk.len() {
-                        return Err(Failure::Input(format!(
+                        return Err(RequestFailure::Input(format!(
                             "{url}: {} outputs for {} inputs",
                             parsed.outputs.len(),
                             chunk.len()
@@ -588,9 +590,9 @@ async fn send(
                 let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
                 if !retryable {
                     return Err(if status.is_client_error() {
-                        Failure::Input(last)
+                        RequestFailure::Input(last)
                     } else {
-                        Failure::Unavailable(last)
+                        RequestFailure::Unavailable(last)
                     });
                 }
                 // At least what the server asks, and never a tight loop when it asks for 0 s.
@@ -608,7 +610,7 @@ async fn send(
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
-    Err(Failure::Unavailable(format!(
+    Err(RequestFailure::Unavailable(format!(
         "{last} (gave up after {} attempts)",
         spec.max_attempts
     )))

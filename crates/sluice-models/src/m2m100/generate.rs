@@ -172,7 +172,7 @@ fn greedy(model: &M2M100Model, enc: &EncoderOutput, p: &GenerateParams) -> Resul
 
 /// A finished-hypothesis slot of one sentence.
 #[derive(Debug, Clone)]
-struct Slot {
+struct FinishedSlot {
     /// Length-normalised score (or a blocked placeholder).
     score: f32,
     /// Whether this slot holds a real finished hypothesis.
@@ -189,7 +189,7 @@ struct Sentence {
     /// Accumulated log-probabilities of the running beams.
     running_scores: Vec<f32>,
     /// Best finished hypotheses, best first.
-    slots: Vec<Slot>,
+    slots: Vec<FinishedSlot>,
     /// transformers' `is_early_stop_heuristic_unsatisfied`: the search can still improve.
     improvable: bool,
 }
@@ -278,7 +278,7 @@ fn beam_search(
             running: vec![vec![p.decoder_start]; k],
             running_scores: (0..k).map(|j| if j == 0 { 0.0 } else { BLOCKED }).collect(),
             slots: vec![
-                Slot {
+                FinishedSlot {
                     score: BLOCKED,
                     finished: false,
                     tokens: Vec::new(),
@@ -353,7 +353,7 @@ fn beam_search(
                 f += if just_finished { 0.0 } else { BLOCKED };
                 merged_scores.push(f);
             }
-            let new_slots: Vec<Slot> = top_k(&merged_scores, k)
+            let new_slots: Vec<FinishedSlot> = top_k(&merged_scores, k)
                 .into_iter()
                 .map(|m| {
                     if m < k {
@@ -361,7 +361,7 @@ fn beam_search(
                     } else {
                         let c = m - k;
                         let finished = hits[c] && c < k;
-                        Slot {
+                        FinishedSlot {
                             score: merged_scores[m],
                             finished,
                             tokens: if finished {

@@ -44,7 +44,7 @@ pub const SOURCE_KIND: &str = "match_files";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SourceSection {
+struct AudioSourceSection {
     #[allow(dead_code)]
     kind: String,
     url: String,
@@ -111,7 +111,7 @@ enum WriteKind {
 impl AudioPipeline {
     /// Builds an audio pipeline from a file whose source kind is [`SOURCE_KIND`].
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
-        let src: SourceSection = section(&raw.source.table, "[source]", &raw.source.place)?;
+        let src: AudioSourceSection = section(&raw.source.table, "[source]", &raw.source.place)?;
         let matcher = match (&src.glob, src.suffix.is_empty()) {
             (Some(_), false) => {
                 return Err(ConfigError(format!(

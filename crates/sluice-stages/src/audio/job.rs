@@ -259,7 +259,7 @@ pub(crate) fn run_pipeline(
     };
     if let Some(path) = summary_path {
         let json = serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default();
-        sluice_pipeline::sink::write_atomic(&path, |out| out.write_all(&json))
+        sluice_core::fs::write_atomic(&path, |out| out.write_all(&json))
             .map_err(|e| RunError::Invalid(format!("writing {}: {e}", path.display())))?;
     }
     Ok(match aborted {
