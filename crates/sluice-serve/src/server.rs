@@ -29,7 +29,7 @@ use crate::api::{
     parse_json, ApiError, ErrorBody, Payload, RecordIn, RecordOut, Status, TranslationRequest,
     TranslationResponse,
 };
-use crate::batcher::{self, BatchConfig, Entry, EntryError, Queue};
+use crate::batcher::{self, Backend, BatchConfig, Entry, EntryError, Queue};
 use crate::classify::Classify;
 use crate::infer::{
     bad_input, Content, InferInput, InferOutput, InferRequest, InferResponse, InputAccess,
@@ -667,57 +667,79 @@ async fn translate(
         .map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })??;
-    let queued = prepared.items.iter().flatten().count();
+    // Empty texts are answered without the model.
+    let queued: Vec<bool> = prepared.items.iter().map(Option::is_some).collect();
+    let items = prepared
+        .items
+        .into_iter()
+        .flatten()
+        .map(|tokens| {
+            let cost = tokens.len();
+            (tokens, cost)
+        })
+        .collect();
+    let mut answers = submit(app, queue, prepared.key, items, deadline)
+        .await?
+        .into_iter();
+    let mut result = Vec::with_capacity(prepared.ids.len());
+    for (id, queued) in prepared.ids.into_iter().zip(queued) {
+        let text = if queued {
+            let answer = answers.next().expect("one answer per queued record");
+            answer.map_err(item_error)?.text
+        } else {
+            String::new()
+        };
+        result.push(RecordOut { id, text });
+    }
+    Ok(result)
+}
+
+/// One request's items through a model's queue, the same way for every route: admitted as a
+/// whole or refused with 503 + Retry-After, enqueued together (where they join other requests'
+/// items in batches), and awaited until each has its answer or the request's deadline passes.
+/// Items are `(input, padding cost)`; answers come back in the same order.
+async fn submit<B: Backend>(
+    app: &App,
+    queue: &Queue<B>,
+    key: B::Key,
+    items: Vec<(B::Input, usize)>,
+    deadline: Option<Instant>,
+) -> Result<Vec<batcher::Reply<B>>, ApiError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let mut seats = queue
-        .admit(queued, remaining)
+        .admit(items.len(), remaining)
         .map_err(|r| overloaded(app, r))?;
     let now = Instant::now();
-    let mut entries = Vec::with_capacity(queued);
-    let mut slots = Vec::with_capacity(prepared.items.len());
-    for input in prepared.items {
-        let Some(input) = input else {
-            slots.push(None);
-            continue;
-        };
+    let mut entries = Vec::with_capacity(items.len());
+    let mut replies = Vec::with_capacity(items.len());
+    for (input, cost) in items {
         let (reply, rx) = oneshot::channel();
         let permit = seats
             .as_mut()
             .and_then(|s| s.split(1))
-            .expect("one seat was admitted per queued record");
+            .expect("one seat was admitted per item");
         entries.push(Entry {
-            cost: input.len(),
+            cost,
             input,
-            key: prepared.key,
+            key: key.clone(),
             reply,
             queued_at: now,
             deadline,
             permit,
         });
-        slots.push(Some(rx));
+        replies.push(rx);
     }
     if !queue.push(entries) {
         return Err(shutting_down(app));
     }
-    let answers = futures::future::join_all(slots.into_iter().map(|slot| async move {
-        match slot {
-            None => Ok(String::new()),
-            Some(rx) => match rx.await {
-                Ok(Ok(t)) => Ok(t.text),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(EntryError::Model("the batch was abandoned".to_owned())),
-            },
-        }
+    let answers = futures::future::join_all(replies.into_iter().map(|rx| async move {
+        rx.await
+            .unwrap_or_else(|_| Err(EntryError::Model("the batch was abandoned".to_owned())))
     }));
-    let answers = with_deadline(deadline, answers).await?;
-    let mut result = Vec::with_capacity(answers.len());
-    for (id, answer) in prepared.ids.into_iter().zip(answers) {
-        result.push(RecordOut {
-            id,
-            text: answer.map_err(item_error)?,
-        });
-    }
-    Ok(result)
+    with_deadline(deadline, answers).await
 }
 
 async fn with_deadline<T>(
@@ -934,63 +956,33 @@ async fn classify_inputs(
             ),
         ));
     }
-    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    let mut seats = queue
-        .admit(total, remaining)
-        .map_err(|r| overloaded(app, r))?;
-    let now = Instant::now();
-    let mut entries = Vec::with_capacity(total);
+    let mut items = Vec::with_capacity(total);
     let mut pending = Vec::with_capacity(prepared.len());
     for (id, p) in prepared {
-        let mut rxs = Vec::with_capacity(p.windows.len());
-        let mut spans = Vec::with_capacity(p.windows.len());
-        for w in p.windows {
-            let (reply, rx) = oneshot::channel();
-            let permit = seats
-                .as_mut()
-                .and_then(|s| s.split(1))
-                .expect("one seat was admitted per window");
-            spans.push((w.start, w.end));
-            entries.push(Entry {
-                cost: 1,
-                input: w.samples,
-                key: (),
-                reply,
-                queued_at: now,
-                deadline,
-                permit,
-            });
-            rxs.push(rx);
-        }
-        pending.push((id, p.duration, spans, rxs));
+        let spans: Vec<(f64, f64)> = p.windows.iter().map(|w| (w.start, w.end)).collect();
+        items.extend(p.windows.into_iter().map(|w| (w.samples, 1)));
+        pending.push((id, p.duration, spans));
     }
-    if !queue.push(entries) {
-        return Err(shutting_down(app));
-    }
+    let mut answers = submit(app, queue, (), items, deadline).await?.into_iter();
     let labels = &classify.classifier().spec().labels;
-    let answers = futures::future::join_all(pending.into_iter().map(
-        |(id, duration, spans, rxs)| async move {
-            let mut windows = Vec::with_capacity(rxs.len());
-            for ((start, end), rx) in spans.into_iter().zip(rxs) {
-                let scores = match rx.await {
-                    Ok(r) => r,
-                    Err(_) => Err(EntryError::Model("the batch was abandoned".to_owned())),
-                }?;
-                windows.push(crate::classify::window_scores(labels, start, end, scores));
-            }
-            Ok::<_, EntryError>(InferOutput {
-                id,
-                duration: Some(duration),
-                windows: Some(windows),
-                ..InferOutput::default()
-            })
-        },
-    ));
-    with_deadline(deadline, answers)
-        .await?
-        .into_iter()
-        .map(|r| r.map_err(item_error))
-        .collect()
+    let mut outputs = Vec::with_capacity(pending.len());
+    for (id, duration, spans) in pending {
+        let mut windows = Vec::with_capacity(spans.len());
+        for (start, end) in spans {
+            let scores = answers
+                .next()
+                .expect("one answer per window")
+                .map_err(item_error)?;
+            windows.push(crate::classify::window_scores(labels, start, end, scores));
+        }
+        outputs.push(InferOutput {
+            id,
+            duration: Some(duration),
+            windows: Some(windows),
+            ..InferOutput::default()
+        });
+    }
+    Ok(outputs)
 }
 
 /// The models this server serves, with what each takes.
