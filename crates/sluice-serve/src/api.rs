@@ -1,12 +1,13 @@
-//! Wire types of the HTTP surface and the JSON error every route answers with.
+//! Wire types of the HTTP surface, the JSON error body every route answers with
+//! ([`crate::error::ApiError`] fills it).
 //!
 //! The translation types follow `docs/CONTRACT.md` field for field; the optional generation settings
 //! sit inside `payload` next to the contract's fields, so contract clients are unaffected.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::error::ApiError;
 
 /// `POST /translation` body.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -92,56 +93,6 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// An error answer: status, code, message and, for 503, when to retry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable machine-readable code.
-    pub code: &'static str,
-    /// Human-readable explanation.
-    pub message: String,
-    /// Seconds for the `Retry-After` header.
-    pub retry_after: Option<u64>,
-}
-
-impl ApiError {
-    /// An error with no retry hint.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// A 503 telling the client when to come back.
-    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
-        Self {
-            retry_after: Some(retry_after),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
-        };
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        if let Some(s) = self.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        resp
-    }
-}
-
 /// Parses a JSON body, naming the field at fault (`payload.records[2].id: ...`) on error.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
@@ -158,7 +109,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
         } else {
             format!("{what} at {path}: {inner}")
         };
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        ApiError::InvalidRequest(message)
     })
 }
 
@@ -172,16 +123,14 @@ mod tests {
             br#"{"payload":{"fromLang":"en","toLang":"ja","records":[{"id":1,"text":"a"}]}}"#,
         )
         .unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert!(e.message.contains("payload.records[0].id"), "{}", e.message);
+        assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+        assert_eq!(e.code(), "invalid_request");
+        let m = e.to_string();
+        assert!(m.contains("payload.records[0].id"), "{m}");
         let e = parse_json::<TranslationRequest>(br#"{"payload":{"fromLang":"en""#).unwrap_err();
-        assert!(e.message.starts_with("malformed JSON"), "{}", e.message);
+        assert!(e.to_string().starts_with("malformed JSON"), "{e}");
         let e = parse_json::<TranslationRequest>(br#"{"payload":{"fromLang":"en","toLang":"ja"}}"#)
             .unwrap_err();
-        assert!(
-            e.message.contains("missing field `records`"),
-            "{}",
-            e.message
-        );
+        assert!(e.to_string().contains("missing field `records`"), "{e}");
     }
 }

@@ -5,14 +5,13 @@
 //! or `url` in object storage under a prefix the server was told to allow. Pipelines on a shared
 //! volume send paths and so avoid shipping audio over the network; the others send data.
 
-use axum::http::StatusCode;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use sluice_core::confine::{DataRoot, PathError};
+use sluice_core::confine::DataRoot;
 use sluice_core::storage::{Location, StorageError};
 use utoipa::ToSchema;
 
-use crate::api::ApiError;
+use crate::error::{ApiError, InputProblem};
 
 /// `POST /v1/models/{name}/infer` body.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -156,32 +155,17 @@ impl InputAccess {
             .filter(|g| **g)
             .count();
             if given != 1 {
-                return Err(bad_input(
-                    i,
-                    input,
-                    StatusCode::BAD_REQUEST,
-                    "invalid_input",
-                    format!("give exactly one of text, data, path or url ({given} given)"),
-                ));
+                return Err(bad_input(i, input, InputProblem::NotOneSource(given)));
             }
             if let Some(p) = &input.path {
                 if self.data_root.is_none() {
-                    return Err(bad_input(
-                        i,
-                        input,
-                        StatusCode::BAD_REQUEST,
-                        "path_inputs_disabled",
-                        format!(
-                            "path \"{p}\" is refused: this server takes path inputs only when \
-                             started with --data-root; send the bytes as data instead"
-                        ),
-                    ));
+                    return Err(bad_input(i, input, InputProblem::PathsDisabled(p.clone())));
                 }
-                DataRoot::check(p).map_err(|e| path_error(i, input, e))?;
+                DataRoot::check(p).map_err(|e| bad_input(i, input, InputProblem::Path(e)))?;
             }
             if let Some(u) = &input.url {
                 self.check_url(u)
-                    .map_err(|m| bad_input(i, input, StatusCode::FORBIDDEN, "url_refused", m))?;
+                    .map_err(|m| bad_input(i, input, InputProblem::UrlRefused(m)))?;
             }
         }
         Ok(())
@@ -218,48 +202,40 @@ impl InputAccess {
         if let Some(d) = &input.data {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(d)
-                .map_err(|e| {
-                    bad_input(
-                        i,
-                        input,
-                        StatusCode::BAD_REQUEST,
-                        "invalid_data",
-                        format!("data is not valid base64: {e}"),
-                    )
-                })?;
+                .map_err(|e| bad_input(i, input, InputProblem::InvalidData(e.to_string())))?;
             return Ok(Content::Bytes { bytes, name: None });
         }
         if let Some(p) = &input.path {
             let root = self.data_root.as_ref().expect("checked before reading");
             let bytes = root
                 .read(p, self.max_input_bytes)
-                .map_err(|e| path_error(i, input, e))?;
+                .map_err(|e| bad_input(i, input, InputProblem::Path(e)))?;
             return Ok(Content::Bytes {
                 bytes,
                 name: Some(p.clone()),
             });
         }
         let url = input.url.as_deref().unwrap_or_default();
-        let storage = |e: StorageError| {
-            let (status, code) = match e {
-                StorageError::NotFound { .. } => (StatusCode::NOT_FOUND, "input_not_found"),
-                StorageError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_url"),
-                StorageError::Store { .. } => (StatusCode::BAD_GATEWAY, "storage_error"),
-            };
-            bad_input(i, input, status, code, format!("url \"{url}\": {e}"))
+        let storage = |error: StorageError| {
+            bad_input(
+                i,
+                input,
+                InputProblem::Storage {
+                    url: url.to_owned(),
+                    error,
+                },
+            )
         };
         let bytes = Location::read_url_blocking(url, &self.storage_options).map_err(storage)?;
         if bytes.len() as u64 > self.max_input_bytes {
             return Err(bad_input(
                 i,
                 input,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "input_too_large",
-                format!(
-                    "url \"{url}\" is {} bytes; the limit is {} bytes",
-                    bytes.len(),
-                    self.max_input_bytes
-                ),
+                InputProblem::TooLarge {
+                    url: url.to_owned(),
+                    bytes: bytes.len(),
+                    limit: self.max_input_bytes,
+                },
             ));
         }
         Ok(Content::Bytes {
@@ -269,29 +245,11 @@ impl InputAccess {
     }
 }
 
-/// An error about one input, naming it.
-pub fn bad_input(
-    i: usize,
-    input: &InferInput,
-    status: StatusCode,
-    code: &'static str,
-    message: impl std::fmt::Display,
-) -> ApiError {
-    ApiError::new(
-        status,
-        code,
-        format!("inputs[{i}] (id \"{}\"): {message}", input.id),
-    )
-}
-
-fn path_error(i: usize, input: &InferInput, e: PathError) -> ApiError {
-    let (status, code) = match &e {
-        PathError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_path"),
-        PathError::Escapes { .. } => (StatusCode::FORBIDDEN, "path_outside_data_root"),
-        PathError::NotFound { .. } => (StatusCode::NOT_FOUND, "input_not_found"),
-        PathError::NotAFile { .. } => (StatusCode::BAD_REQUEST, "not_a_file"),
-        PathError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "input_too_large"),
-        PathError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "read_failed"),
-    };
-    bad_input(i, input, status, code, e)
+/// The error of a request failing on input `i`, naming it.
+pub fn bad_input(i: usize, input: &InferInput, problem: InputProblem) -> ApiError {
+    ApiError::Input {
+        index: i,
+        id: input.id.clone(),
+        problem: Box::new(problem),
+    }
 }

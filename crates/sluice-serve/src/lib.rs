@@ -4,6 +4,7 @@
 pub mod api;
 pub mod batcher;
 pub mod classify;
+pub mod error;
 pub mod infer;
 pub mod metrics;
 pub mod server;

@@ -26,11 +26,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use utoipa::OpenApi;
 
 use crate::api::{
-    parse_json, ApiError, ErrorBody, Payload, RecordIn, RecordOut, Status, TranslationRequest,
+    parse_json, ErrorBody, Payload, RecordIn, RecordOut, Status, TranslationRequest,
     TranslationResponse,
 };
 use crate::batcher::{self, Backend, BatchConfig, Entry, EntryError, Queue};
 use crate::classify::Classify;
+use crate::error::{ApiError, InputProblem};
 use crate::infer::{
     bad_input, Content, InferInput, InferOutput, InferRequest, InferResponse, InputAccess,
     ModelInfo,
@@ -535,19 +536,11 @@ async fn track(req: Request, next: Next) -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such route; GET /openapi.json lists the routes",
-    )
+    ApiError::NoRoute
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed on this route; GET /openapi.json lists the routes",
-    )
+    ApiError::MethodNotAllowed
 }
 
 /// Translate records from one language to another.
@@ -577,11 +570,7 @@ async fn translation(
     let payload = request.payload;
     check_count(&app, payload.records.len(), "records")?;
     let Some(slot) = app.translation_slot() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_translation_model",
-            "this server serves no translation model; GET /v1/models lists what it serves",
-        ));
+        return Err(ApiError::NoTranslationModel);
     };
     let (translator, queue) = match loaded(&app, slot)? {
         Loaded::Translation { translator, queue } => (translator, queue),
@@ -593,27 +582,18 @@ async fn translation(
 
 fn body_error(app: &App, r: BytesRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "the request body is larger than {} bytes; send fewer records per request",
-                app.config.limits.max_body_bytes
-            ),
-        )
+        ApiError::BodyTooLarge {
+            limit: app.config.limits.max_body_bytes,
+        }
     } else {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", r.body_text())
+        ApiError::InvalidBody(r.body_text())
     }
 }
 
-fn check_count(app: &App, n: usize, what: &str) -> Result<(), ApiError> {
+fn check_count(app: &App, count: usize, what: &'static str) -> Result<(), ApiError> {
     let max = app.config.limits.max_records;
-    if n > max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_records",
-            format!("{n} {what} in one request; the limit is {max}: split the request"),
-        ));
+    if count > max {
+        return Err(ApiError::TooManyItems { count, what, max });
     }
     Ok(())
 }
@@ -623,29 +603,23 @@ fn loaded<'a>(app: &App, slot: &'a Slot) -> Result<&'a Loaded, ApiError> {
     if app.draining.load(Ordering::SeqCst) {
         return Err(shutting_down(app));
     }
-    slot.loaded.get().ok_or_else(|| {
-        ApiError::unavailable(
-            "model_loading",
-            format!("model {} is still loading; retry shortly", slot.entry.name),
-            app.config.retry_after,
-        )
+    slot.loaded.get().ok_or_else(|| ApiError::ModelLoading {
+        name: slot.entry.name.clone(),
+        retry_after: app.config.retry_after,
     })
 }
 
 fn overloaded(app: &App, refused: batcher::Refused) -> ApiError {
-    ApiError::unavailable(
-        "overloaded",
-        format!("{refused}; retry after the Retry-After delay"),
-        app.config.retry_after,
-    )
+    ApiError::Overloaded {
+        reason: refused.to_string(),
+        retry_after: app.config.retry_after,
+    }
 }
 
 fn shutting_down(app: &App) -> ApiError {
-    ApiError::unavailable(
-        "shutting_down",
-        "the server is shutting down; retry on another replica",
-        app.config.retry_after,
-    )
+    ApiError::ShuttingDown {
+        retry_after: app.config.retry_after,
+    }
 }
 
 /// Queues the records of one request on the translation batcher and awaits them all.
@@ -664,9 +638,7 @@ async fn translate(
     let limits = app.config.limits.clone();
     let prepared = tokio::task::spawn_blocking(move || translator.prepare(&limits, payload))
         .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
+        .map_err(ApiError::internal)??;
     // Empty texts are answered without the model.
     let queued: Vec<bool> = prepared.items.iter().map(Option::is_some).collect();
     let items = prepared
@@ -749,15 +721,15 @@ async fn with_deadline<T>(
     match deadline {
         Some(d) => tokio::time::timeout_at(d.into(), fut)
             .await
-            .map_err(|_| deadline_exceeded()),
+            .map_err(|_| ApiError::DeadlineExceeded),
         None => Ok(fut.await),
     }
 }
 
 fn item_error(e: EntryError) -> ApiError {
     match e {
-        EntryError::DeadlineExceeded => deadline_exceeded(),
-        EntryError::Model(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "model_error", m),
+        EntryError::DeadlineExceeded => ApiError::DeadlineExceeded,
+        EntryError::Model(m) => ApiError::Model(m),
     }
 }
 
@@ -803,31 +775,19 @@ async fn infer(
     let received = Instant::now();
     let deadline = deadline(&headers, app.config.deadline)?.map(|d| received + d);
     let Some(slot) = app.slot(&name) else {
-        let names: Vec<&str> = app.slots.iter().map(|s| s.entry.name.as_str()).collect();
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_model",
-            format!(
-                "no model named {name:?}; this server serves: {}",
-                names.join(", ")
-            ),
-        ));
+        return Err(ApiError::UnknownModel {
+            name,
+            served: app.slots.iter().map(|s| s.entry.name.clone()).collect(),
+        });
     };
     let request: InferRequest = parse_json(&body)?;
     check_count(&app, request.inputs.len(), "inputs")?;
     app.inputs.check(&request.inputs)?;
     let (outputs, labels) = match loaded(&app, slot)? {
         Loaded::Translation { translator, queue } => {
-            let params: TranslationParameters = serde_json::from_value(serde_json::Value::Object(
-                request.parameters,
-            ))
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_parameters",
-                    format!("parameters: {e}"),
-                )
-            })?;
+            let params: TranslationParameters =
+                serde_json::from_value(serde_json::Value::Object(request.parameters))
+                    .map_err(|e| ApiError::InvalidParameters(format!("parameters: {e}")))?;
             let inputs = request.inputs;
             let ids: Vec<String> = inputs.iter().map(|i| i.id.clone()).collect();
             let app2 = app.clone();
@@ -837,15 +797,8 @@ async fn infer(
                     .enumerate()
                     .map(|(i, input)| match app2.inputs.read(i, input)? {
                         Content::Text(t) => Ok(t),
-                        Content::Bytes { bytes, .. } => String::from_utf8(bytes).map_err(|_| {
-                            bad_input(
-                                i,
-                                input,
-                                StatusCode::UNPROCESSABLE_ENTITY,
-                                "not_utf8",
-                                "the translation model takes UTF-8 text; this input is not",
-                            )
-                        }),
+                        Content::Bytes { bytes, .. } => String::from_utf8(bytes)
+                            .map_err(|_| bad_input(i, input, InputProblem::NotUtf8)),
                     })
                     .collect::<Result<Vec<String>, ApiError>>()
             })
@@ -874,11 +827,9 @@ async fn infer(
         }
         Loaded::Classifier { classify, queue } => {
             if !request.parameters.is_empty() {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_parameters",
-                    format!("model {name:?} (an audio classifier) takes no parameters"),
-                ));
+                return Err(ApiError::InvalidParameters(format!(
+                    "model {name:?} (an audio classifier) takes no parameters"
+                )));
             }
             let outputs = classify_inputs(&app, classify, queue, request.inputs, deadline).await?;
             (outputs, Some(classify.classifier().spec().labels.clone()))
@@ -897,7 +848,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(ApiError::internal)?
 }
 
 /// Decodes every input, queues all their windows on the classifier's batcher (where they join
@@ -914,9 +865,9 @@ async fn classify_inputs(
             return Err(bad_input(
                 i,
                 input,
-                StatusCode::BAD_REQUEST,
-                "invalid_input",
-                "an audio classifier takes audio as data, path or url, not text",
+                InputProblem::WrongKind(
+                    "an audio classifier takes audio as data, path or url, not text",
+                ),
             ));
         }
     }
@@ -930,15 +881,7 @@ async fn classify_inputs(
                     unreachable!("text inputs were refused above")
                 };
                 let p = crate::classify::prepare(classify2.classifier(), &bytes, name.as_deref())
-                    .map_err(|m| {
-                    bad_input(
-                        i,
-                        input,
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid_audio",
-                        m,
-                    )
-                })?;
+                    .map_err(|m| bad_input(i, input, InputProblem::InvalidAudio(m)))?;
                 Ok((input.id.clone(), p))
             })
             .collect::<Result<Vec<_>, ApiError>>()
@@ -946,15 +889,10 @@ async fn classify_inputs(
     .await?;
     let total: usize = prepared.iter().map(|(_, p)| p.windows.len()).sum();
     if total > queue.capacity() {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_windows",
-            format!(
-                "the inputs make {total} windows; the queue holds {}: send fewer or shorter \
-                 inputs per request (or raise --window-capacity)",
-                queue.capacity()
-            ),
-        ));
+        return Err(ApiError::TooManyWindows {
+            windows: total,
+            capacity: queue.capacity(),
+        });
     }
     let mut items = Vec::with_capacity(total);
     let mut pending = Vec::with_capacity(prepared.len());
@@ -1047,14 +985,6 @@ async fn list_models(State(app): State<Arc<App>>) -> Json<Vec<ModelInfo>> {
     Json(infos)
 }
 
-fn deadline_exceeded() -> ApiError {
-    ApiError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "deadline_exceeded",
-        "the request's deadline passed before its translations were ready",
-    )
-}
-
 fn deadline(headers: &HeaderMap, default: Option<Duration>) -> Result<Option<Duration>, ApiError> {
     let Some(v) = headers.get(DEADLINE_HEADER) else {
         return Ok(default);
@@ -1064,11 +994,9 @@ fn deadline(headers: &HeaderMap, default: Option<Duration>) -> Result<Option<Dur
         .and_then(|s| s.trim().parse::<u64>().ok())
         .map(|ms| Some(Duration::from_millis(ms)))
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_header",
-                format!("{DEADLINE_HEADER} must be a whole number of milliseconds"),
-            )
+            ApiError::InvalidHeader(format!(
+                "{DEADLINE_HEADER} must be a whole number of milliseconds"
+            ))
         })
 }
 

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
 use sluice_models::m2m100::GenerationOptions;
 use sluice_models::{ModelError, M2M100};
 
-use crate::api::{ApiError, Payload};
+use crate::api::Payload;
 use crate::batcher::Backend;
+use crate::error::ApiError;
 
 /// Server-side bounds on what one request may ask for.
 #[derive(Debug, Clone)]
@@ -98,23 +98,15 @@ impl Translator {
         payload: Payload,
     ) -> Result<PreparedTranslation, ApiError> {
         let tok = self.model.tokenizer();
-        let lang = |field: &str, code: &str| {
+        let lang = |field: &'static str, code: &str| {
             tok.lang_id(code).map_err(|e| match e {
-                ModelError::UnknownLanguage { suggestion, .. } => {
-                    let hint = suggestion
-                        .map(|s| format!(" (did you mean \"{s}\"?)"))
-                        .unwrap_or_default();
-                    ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "unknown_language",
-                        format!(
-                            "unknown language code \"{code}\" in payload.{field}{hint}; the valid \
-                             codes (also in GET /openapi.json) are: {}",
-                            tok.languages().join(", ")
-                        ),
-                    )
-                }
-                other => internal(other),
+                ModelError::UnknownLanguage { suggestion, .. } => ApiError::UnknownLanguage {
+                    field,
+                    code: code.to_owned(),
+                    suggestion,
+                    valid: tok.languages().iter().map(|l| l.to_string()).collect(),
+                },
+                other => ApiError::internal(other),
             })
         };
         let src = lang("fromLang", &payload.from_lang)?;
@@ -127,18 +119,14 @@ impl Translator {
             if r.text.is_empty() {
                 items.push(None);
             } else {
-                let enc = tok.encode(&r.text, src).map_err(internal)?;
+                let enc = tok.encode(&r.text, src).map_err(ApiError::internal)?;
                 if enc.len() > max_tokens {
-                    return Err(ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "text_too_long",
-                        format!(
-                            "payload.records[{i}] (id \"{}\") is {} tokens long; the limit is \
-                             {max_tokens} tokens per record: split the text",
-                            r.id,
-                            enc.len()
-                        ),
-                    ));
+                    return Err(ApiError::TextTooLong {
+                        index: i,
+                        id: r.id.clone(),
+                        tokens: enc.len(),
+                        max: max_tokens,
+                    });
                 }
                 items.push(Some(enc));
             }
@@ -155,12 +143,8 @@ impl Translator {
         beams: Option<usize>,
         max_new_tokens: Option<usize>,
     ) -> Result<TranslateKey, ApiError> {
-        let out_of_range = |field: &str, value: usize, max: usize| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_parameter",
-                format!("payload.{field} is {value}; it must be between 1 and {max}"),
-            )
+        let out_of_range = |field: &'static str, value: usize, max: usize| {
+            ApiError::ParameterOutOfRange { field, value, max }
         };
         if let Some(b) = beams.filter(|&b| b == 0 || b > limits.max_beams) {
             return Err(out_of_range("beams", b, limits.max_beams));
@@ -195,10 +179,6 @@ impl Translator {
             .map_err(ModelError::InvalidSettings)?;
         Ok(())
     }
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
 impl Backend for Translator {
