@@ -5,6 +5,7 @@ mod audio;
 mod stress;
 
 use std::io::{BufRead, BufWriter, Write};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,10 +65,10 @@ struct ServeArgs {
     #[arg(long = "allow-url", env = "SLUICE_ALLOW_URLS", value_delimiter = ',')]
     allow_urls: Vec<String>,
     /// Audio windows an audio classifier's queue holds at most (503 beyond).
-    #[arg(long, env = "SLUICE_WINDOW_CAPACITY", default_value_t = 4096)]
-    window_capacity: usize,
+    #[arg(long, env = "SLUICE_WINDOW_CAPACITY", default_value_t = ServeConfig::default().window_capacity)]
+    window_capacity: NonZeroUsize,
     /// Largest file read for one path or url input, in bytes.
-    #[arg(long, env = "SLUICE_MAX_INPUT_BYTES", default_value_t = 512 << 20)]
+    #[arg(long, env = "SLUICE_MAX_INPUT_BYTES", default_value_t = ServeConfig::default().max_input_bytes)]
     max_input_bytes: u64,
     /// Address to listen on.
     #[arg(long, env = "SLUICE_HOST", default_value = "0.0.0.0")]
@@ -76,51 +77,51 @@ struct ServeArgs {
     #[arg(long, env = "SLUICE_PORT", default_value_t = 9527)]
     port: u16,
     /// Most records in one batch.
-    #[arg(long, env = "SLUICE_MAX_BATCH_SIZE", default_value_t = 32)]
-    max_batch_size: usize,
+    #[arg(long, env = "SLUICE_MAX_BATCH_SIZE", default_value_t = BatchConfig::default().max_items)]
+    max_batch_size: NonZeroUsize,
     /// Most padded source tokens (longest record × records) in one batch.
-    #[arg(long, env = "SLUICE_MAX_BATCH_TOKENS", default_value_t = 16384)]
+    #[arg(long, env = "SLUICE_MAX_BATCH_TOKENS", default_value_t = BatchConfig::default().max_tokens)]
     max_batch_tokens: usize,
     /// Longest wait, in milliseconds, for a batch to fill while the model is idle.
-    #[arg(long, env = "SLUICE_MAX_WAIT_MS", default_value_t = 5)]
+    #[arg(long, env = "SLUICE_MAX_WAIT_MS", default_value_t = BatchConfig::default().max_wait.as_millis() as u64)]
     max_wait_ms: u64,
     /// Records queued or being translated at most; more are refused with 503 + Retry-After.
-    #[arg(long, env = "SLUICE_QUEUE_CAPACITY", default_value_t = 1024)]
-    queue_capacity: usize,
+    #[arg(long, env = "SLUICE_QUEUE_CAPACITY", default_value_t = BatchConfig::default().queue_capacity)]
+    queue_capacity: NonZeroUsize,
     /// Compute threads, each running one batch at a time.
-    #[arg(long, env = "SLUICE_COMPUTE_WORKERS", default_value_t = 1)]
-    compute_workers: usize,
+    #[arg(long, env = "SLUICE_COMPUTE_WORKERS", default_value_t = BatchConfig::default().workers)]
+    compute_workers: NonZeroUsize,
     /// Most records in one request (at most the queue capacity).
-    #[arg(long, env = "SLUICE_MAX_RECORDS", default_value_t = 512)]
+    #[arg(long, env = "SLUICE_MAX_RECORDS", default_value_t = Limits::default().max_records)]
     max_records: usize,
     /// Largest request body in bytes.
-    #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: usize,
     /// Most source tokens per record [default: the model's max_position_embeddings].
     #[arg(long, env = "SLUICE_MAX_INPUT_TOKENS")]
     max_input_tokens: Option<usize>,
     /// Most beams a request may ask for.
-    #[arg(long, env = "SLUICE_MAX_BEAMS", default_value_t = 8)]
-    max_beams: usize,
+    #[arg(long, env = "SLUICE_MAX_BEAMS", default_value_t = Limits::default().max_beams)]
+    max_beams: NonZeroUsize,
     /// Most new tokens a request may ask for (also caps the model's default).
-    #[arg(long, env = "SLUICE_MAX_NEW_TOKENS", default_value_t = 512)]
-    max_new_tokens: usize,
+    #[arg(long, env = "SLUICE_MAX_NEW_TOKENS", default_value_t = Limits::default().max_new_tokens)]
+    max_new_tokens: NonZeroUsize,
     /// Deadline in milliseconds for requests that do not send x-sluice-deadline-ms (504 after it).
     #[arg(long, env = "SLUICE_DEADLINE_MS")]
     deadline_ms: Option<u64>,
     /// Seconds shutdown waits for in-flight requests.
-    #[arg(long, env = "SLUICE_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    #[arg(long, env = "SLUICE_SHUTDOWN_TIMEOUT", default_value_t = ServeConfig::default().shutdown_timeout.as_secs())]
     shutdown_timeout: u64,
     /// Seconds a refused client is told to wait (Retry-After).
-    #[arg(long, env = "SLUICE_RETRY_AFTER", default_value_t = 1)]
+    #[arg(long, env = "SLUICE_RETRY_AFTER", default_value_t = ServeConfig::default().retry_after)]
     retry_after: u64,
     /// Where translation models run: cpu, cuda, cuda:N, or auto (a GPU when this build has
     /// CUDA and one is present). Audio classifiers run on the CPU.
-    #[arg(long, env = "SLUICE_DEVICE", default_value = "auto")]
+    #[arg(long, env = "SLUICE_DEVICE", default_value_t = ServeConfig::default().device)]
     device: String,
     /// How translation models compute: int8 (int8 weights and activations, float32 scales),
     /// float32, or auto (int8 on the CPU, float32 on a GPU).
-    #[arg(long, env = "SLUICE_COMPUTE_TYPE", default_value = "auto")]
+    #[arg(long, env = "SLUICE_COMPUTE_TYPE", default_value_t = ServeConfig::default().compute_type)]
     compute_type: ComputeType,
 }
 
@@ -522,8 +523,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let queue_capacity = args.queue_capacity.max(1);
-    if args.max_records > queue_capacity {
+    let queue_capacity = args.queue_capacity;
+    if args.max_records > queue_capacity.get() {
         tracing::warn!(
             max_records = args.max_records,
             queue_capacity,
@@ -540,24 +541,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     sluice_models::device::select(&args.device).map_err(anyhow::Error::msg)?;
     let config = ServeConfig {
         models,
-        window_capacity: args.window_capacity.max(1),
+        window_capacity: args.window_capacity,
         data_root: args.data_root,
         allow_urls: args.allow_urls,
         max_input_bytes: args.max_input_bytes,
         storage_options: Vec::new(),
         batch: BatchConfig {
-            max_items: args.max_batch_size.max(1),
+            max_items: args.max_batch_size,
             max_tokens: args.max_batch_tokens,
             max_wait: Duration::from_millis(args.max_wait_ms),
             queue_capacity,
-            workers: args.compute_workers.max(1),
+            workers: args.compute_workers,
         },
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
-            max_records: args.max_records.min(queue_capacity),
+            max_records: args.max_records.min(queue_capacity.get()),
             max_input_tokens: args.max_input_tokens,
-            max_beams: args.max_beams.max(1),
-            max_new_tokens: args.max_new_tokens.max(1),
+            max_beams: args.max_beams,
+            max_new_tokens: args.max_new_tokens,
         },
         deadline: args.deadline_ms.map(Duration::from_millis),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),

@@ -303,3 +303,44 @@ async fn stress_against_a_tiny_queue_sees_503s_and_successes() {
     assert!(stdout.contains("3 sent, 0 succeeded (0.0%)"), "{stdout}");
     assert!(stdout.contains("connect × 3"), "{stdout}");
 }
+
+#[test]
+fn counts_that_must_be_positive_refuse_zero_before_anything_loads() {
+    for flag in [
+        "--max-batch-size",
+        "--queue-capacity",
+        "--compute-workers",
+        "--window-capacity",
+        "--max-beams",
+        "--max-new-tokens",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--model", "/nonexistent-model", flag, "0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} 0 was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(flag) && err.contains("zero"),
+            "{flag} 0: {err}"
+        );
+    }
+}
+
+#[test]
+fn help_shows_the_defaults_of_the_server_config() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let config = sluice_serve::ServeConfig::default();
+    for want in [
+        format!("[default: {}]", config.batch.max_items),
+        format!("[default: {}]", config.batch.queue_capacity),
+        format!("[default: {}]", config.limits.max_records),
+        format!("[default: {}]", config.window_capacity),
+    ] {
+        assert!(help.contains(&want), "{want} missing from: {help}");
+    }
+}

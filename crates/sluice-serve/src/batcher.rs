@@ -8,6 +8,7 @@
 //! entry is queued (a semaphore the handler tries once), so overload is answered at admission.
 
 use std::collections::VecDeque;
+use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
@@ -183,25 +184,25 @@ impl<B: Backend> State<B> {
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
     /// Most items in one batch.
-    pub max_items: usize,
+    pub max_items: NonZeroUsize,
     /// Most padded tokens (`longest × items`) in one batch.
     pub max_tokens: usize,
     /// Longest time the oldest entry waits for a batch to fill while a compute thread is free.
     pub max_wait: Duration,
     /// Items queued or being computed at most; beyond it requests are refused with 503.
-    pub queue_capacity: usize,
+    pub queue_capacity: NonZeroUsize,
     /// Compute threads, each running one batch at a time.
-    pub workers: usize,
+    pub workers: NonZeroUsize,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
-            max_items: 32,
+            max_items: NonZeroUsize::new(32).expect("non-zero"),
             max_tokens: 16_384,
             max_wait: Duration::from_millis(5),
-            queue_capacity: 1024,
-            workers: 1,
+            queue_capacity: NonZeroUsize::new(1024).expect("non-zero"),
+            workers: NonZeroUsize::MIN,
         }
     }
 }
@@ -374,16 +375,16 @@ pub struct Running<B: Backend> {
 /// Starts the batching task and its compute threads for one model; `name` labels metrics.
 pub fn start<B: Backend>(backend: Arc<B>, config: BatchConfig, name: &str) -> Running<B> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let capacity = config.queue_capacity.max(1);
+    let capacity = config.queue_capacity.get();
     let seats = Arc::new(Semaphore::new(capacity));
     let rate = Arc::new(Rate::default());
-    let workers = config.workers.max(1);
+    let workers = config.workers.get();
     let queue = Arc::new(Queue {
         tx,
         seats: seats.clone(),
         capacity,
         rate: rate.clone(),
-        cold_limit: 2 * config.max_items.max(1) * workers,
+        cold_limit: 2 * config.max_items.get() * workers,
     });
     let (job_tx, job_rx) = std_mpsc::channel::<Job<B>>();
     let job_rx = Arc::new(Mutex::new(job_rx));
@@ -422,7 +423,7 @@ async fn batch_loop<B: Backend>(
     let mut state = State::<B>::default();
     let mut in_flight = FuturesUnordered::new();
     let mut closed = false;
-    let workers = config.workers.max(1);
+    let workers = config.workers.get();
     let depth = metrics::gauge!("sluice_queue_depth", "model" => name.to_owned());
     loop {
         let free = in_flight.len() < workers;
@@ -455,12 +456,12 @@ async fn batch_loop<B: Backend>(
             }
             let Some(oldest) = state.oldest() else { break };
             let ready =
-                closed || state.len() >= config.max_items || now >= oldest + config.max_wait;
+                closed || state.len() >= config.max_items.get() || now >= oldest + config.max_wait;
             if !ready {
                 break;
             }
-            let batch = state.next_batch(config.max_items, config.max_tokens);
-            let saturated = batch.len() * 2 >= config.max_items || !state.is_empty();
+            let batch = state.next_batch(config.max_items.get(), config.max_tokens);
+            let saturated = batch.len() * 2 >= config.max_items.get() || !state.is_empty();
             let (done, finished) = oneshot::channel();
             if jobs
                 .send(Job {

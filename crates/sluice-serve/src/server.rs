@@ -5,6 +5,7 @@
 //! that window get 503 with `Retry-After` rather than a refused connection.
 
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -128,7 +129,7 @@ pub struct ServeConfig {
     /// Batching and queue capacity (translation: records; classifiers: see `window_capacity`).
     pub batch: BatchConfig,
     /// Audio windows a classifier's queue holds at most.
-    pub window_capacity: usize,
+    pub window_capacity: NonZeroUsize,
     /// The volume `path` inputs are confined to; without it path inputs are refused.
     pub data_root: Option<std::path::PathBuf>,
     /// URL prefixes `url` inputs may name; empty refuses url inputs.
@@ -161,7 +162,7 @@ impl Default for ServeConfig {
                 kind: ModelKind::Translation,
             }],
             batch: BatchConfig::default(),
-            window_capacity: 4096,
+            window_capacity: NonZeroUsize::new(4096).expect("non-zero"),
             data_root: None,
             allow_urls: Vec::new(),
             max_input_bytes: 512 << 20,
@@ -170,7 +171,7 @@ impl Default for ServeConfig {
             deadline: None,
             shutdown_timeout: Duration::from_secs(30),
             retry_after: 1,
-            device: "cpu".into(),
+            device: "auto".into(),
             compute_type: sluice_models::m2m100::ComputeType::Auto,
         }
     }

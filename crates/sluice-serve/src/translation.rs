@@ -1,6 +1,7 @@
 //! The M2M100 model behind `POST /translation`: request validation and tokenization before
 //! admission, and the batch backend run on the compute threads.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use sluice_models::m2m100::GenerationOptions;
@@ -20,9 +21,9 @@ pub struct Limits {
     /// Most source tokens in one record; `None` uses the model's `max_position_embeddings`.
     pub max_input_tokens: Option<usize>,
     /// Most beams a request may ask for.
-    pub max_beams: usize,
+    pub max_beams: NonZeroUsize,
     /// Most new tokens a request may ask for; also caps the model's default.
-    pub max_new_tokens: usize,
+    pub max_new_tokens: NonZeroUsize,
 }
 
 impl Default for Limits {
@@ -31,8 +32,8 @@ impl Default for Limits {
             max_body_bytes: 4 << 20,
             max_records: 512,
             max_input_tokens: None,
-            max_beams: 8,
-            max_new_tokens: 512,
+            max_beams: NonZeroUsize::new(8).expect("non-zero"),
+            max_new_tokens: NonZeroUsize::new(512).expect("non-zero"),
         }
     }
 }
@@ -146,22 +147,19 @@ impl Translator {
         let out_of_range = |field: &'static str, value: usize, max: usize| {
             ApiError::ParameterOutOfRange { field, value, max }
         };
-        if let Some(b) = beams.filter(|&b| b == 0 || b > limits.max_beams) {
-            return Err(out_of_range("beams", b, limits.max_beams));
+        let (max_beams, max_new) = (limits.max_beams.get(), limits.max_new_tokens.get());
+        if let Some(b) = beams.filter(|&b| b == 0 || b > max_beams) {
+            return Err(out_of_range("beams", b, max_beams));
         }
-        if let Some(n) = max_new_tokens.filter(|&n| n == 0 || n > limits.max_new_tokens) {
-            return Err(out_of_range("maxNewTokens", n, limits.max_new_tokens));
+        if let Some(n) = max_new_tokens.filter(|&n| n == 0 || n > max_new) {
+            return Err(out_of_range("maxNewTokens", n, max_new));
         }
         let defaults = self.model.params(tgt, &GenerationOptions::default());
         Ok(TranslateKey {
             tgt,
-            beams: beams.unwrap_or(defaults.num_beams.min(limits.max_beams)),
-            max_new_tokens: max_new_tokens.unwrap_or(
-                defaults
-                    .max_length
-                    .saturating_sub(1)
-                    .clamp(1, limits.max_new_tokens),
-            ),
+            beams: beams.unwrap_or(defaults.num_beams.min(max_beams)),
+            max_new_tokens: max_new_tokens
+                .unwrap_or(defaults.max_length.saturating_sub(1).clamp(1, max_new)),
         })
     }
 

@@ -1,6 +1,7 @@
 //! Overload is answered at once: a full queue gives 503 with Retry-After, a passed deadline 504,
 //! and every request that is admitted is answered.
 
+use std::num::NonZeroUsize;
 mod common;
 
 use std::time::Duration;
@@ -11,7 +12,7 @@ use serde_json::Value;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_503_with_retry_after_and_every_other_request_200() {
     let mut config = common::config();
-    config.batch.queue_capacity = 2;
+    config.batch.queue_capacity = NonZeroUsize::new(2).unwrap();
     config.limits.max_records = 2;
     config.retry_after = 3;
     let server = TestServer::start(config).await;

@@ -1,6 +1,7 @@
 //! Records of a client that has gone away are dropped from the queue and never computed.
 //! (One test in this file: the metrics it reads are process-wide.)
 
+use std::num::NonZeroUsize;
 mod common;
 
 use std::time::Duration;
@@ -10,7 +11,7 @@ use common::{metric, reference_records, request_owned, TestServer};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_of_disconnected_clients_are_dropped_before_compute() {
     let mut config = common::config();
-    config.batch.max_items = 4;
+    config.batch.max_items = NonZeroUsize::new(4).unwrap();
     let server = TestServer::start(config).await;
     let before = server.metrics().await;
     let items_before = metric(&before, "sluice_batch_size_sum").unwrap_or(0.0);

@@ -1,6 +1,7 @@
 //! Bad requests get a JSON `{"error": {"code", "message"}}` with the right status, and the server
 //! keeps serving afterwards.
 
+use std::num::NonZeroUsize;
 mod common;
 
 use common::{request, TestServer};
@@ -35,8 +36,8 @@ async fn each_bad_input_gets_its_status_code_and_message() {
     config.limits.max_records = 10;
     config.limits.max_body_bytes = 64 * 1024;
     config.limits.max_input_tokens = Some(40);
-    config.limits.max_beams = 4;
-    config.limits.max_new_tokens = 30;
+    config.limits.max_beams = NonZeroUsize::new(4).unwrap();
+    config.limits.max_new_tokens = NonZeroUsize::new(30).unwrap();
     let server = TestServer::start(config).await;
 
     let (s, v) = raw(&server, r#"{"payload": {"fromLang": "en""#).await;

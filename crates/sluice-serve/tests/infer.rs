@@ -3,6 +3,7 @@
 //! parity with onnxruntime in-process and over HTTP, inline and path inputs mixed across
 //! concurrent requests, path confinement, and clear errors.
 
+use std::num::NonZeroUsize;
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -306,7 +307,7 @@ async fn concurrent_requests_mixing_inline_and_path_inputs_come_back_in_order() 
     let mut config = classifier_config(Some(&data.root()));
     // A long fill window so windows of concurrent requests share batches.
     config.batch.max_wait = Duration::from_millis(50);
-    config.batch.max_items = 64;
+    config.batch.max_items = NonZeroUsize::new(64).unwrap();
     let server = Arc::new(TestServer::start(config).await);
     let files = [
         "audio/tone-16k-mono.wav",

@@ -1,6 +1,7 @@
 //! Shutdown waits for in-flight requests only up to its timeout, then gives up on them.
 //! (The full drain on SIGTERM is proven with the real binary in sluice-cli's tests/serve.rs.)
 
+use std::num::NonZeroUsize;
 mod common;
 
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use common::{reference_records, request_owned, TestServer};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_gives_up_on_requests_still_running_after_its_timeout() {
     let mut config = common::config();
-    config.batch.max_items = 2;
+    config.batch.max_items = NonZeroUsize::new(2).unwrap();
     config.shutdown_timeout = Duration::from_millis(200);
     let server = TestServer::start(config).await;
     let body = request_owned("en", "ja", &reference_records(512, ""));
