@@ -26,8 +26,13 @@ pub trait Backend: Send + Sync + 'static {
     /// The result of one item.
     type Output: Send + 'static;
 
-    /// Runs one batch; returns one output per input, in order.
-    fn run(&self, key: &Self::Key, inputs: Vec<Self::Input>) -> Result<Vec<Self::Output>, String>;
+    /// Runs one batch; returns one result per input, in order (an input that fails alone gets
+    /// its own error), or one error for the whole batch.
+    fn run(
+        &self,
+        key: &Self::Key,
+        inputs: Vec<Self::Input>,
+    ) -> Result<Vec<Result<Self::Output, String>>, String>;
 
     /// Work units produced by one output (generated tokens), counted in the metrics.
     fn output_units(&self, _output: &Self::Output) -> usize {
@@ -537,10 +542,18 @@ fn compute_loop<B: Backend>(
         metrics::histogram!("sluice_batch_duration_seconds", &labels).record(seconds);
         match outputs {
             Ok(outputs) => {
-                let units: usize = outputs.iter().map(|o| backend.output_units(o)).sum();
+                let units: usize = outputs
+                    .iter()
+                    .flatten()
+                    .map(|o| backend.output_units(o))
+                    .sum();
                 metrics::counter!("sluice_generated_tokens_total", &labels).increment(units as u64);
                 for ((reply, _permit), out) in waiting.into_iter().zip(outputs) {
-                    let _ = reply.send(Ok(out));
+                    if let Err(e) = &out {
+                        tracing::warn!(model = name, error = %e, "an item failed alone");
+                        metrics::counter!("sluice_item_failures_total", &labels).increment(1);
+                    }
+                    let _ = reply.send(out.map_err(EntryError::Model));
                 }
             }
             Err(e) => {
@@ -564,8 +577,8 @@ mod tests {
         type Input = usize;
         type Key = u8;
         type Output = usize;
-        fn run(&self, _key: &u8, inputs: Vec<usize>) -> Result<Vec<usize>, String> {
-            Ok(inputs)
+        fn run(&self, _key: &u8, inputs: Vec<usize>) -> Result<Vec<Result<usize, String>>, String> {
+            Ok(inputs.into_iter().map(Ok).collect())
         }
     }
 

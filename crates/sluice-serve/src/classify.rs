@@ -79,8 +79,13 @@ impl Backend for Classify {
     type Key = ();
     type Output = Vec<f32>;
 
-    fn run(&self, _key: &(), inputs: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, String> {
-        self.classifier.run(&inputs).map_err(|e| e.to_string())
+    fn run(
+        &self,
+        _key: &(),
+        inputs: Vec<Vec<f32>>,
+    ) -> Result<Vec<Result<Vec<f32>, String>>, String> {
+        let scores = self.classifier.run(&inputs).map_err(|e| e.to_string())?;
+        Ok(scores.into_iter().map(Ok).collect())
     }
 }
 

@@ -184,31 +184,35 @@ impl Backend for Translator {
     type Key = TranslateKey;
     type Output = Translation;
 
-    fn run(&self, key: &TranslateKey, inputs: Vec<Vec<u32>>) -> Result<Vec<Translation>, String> {
+    /// Under the translation service's failure policy ([`M2M100::generate_each`]): a record
+    /// the model cannot take fails alone; the rest of the batch is answered.
+    fn run(
+        &self,
+        key: &TranslateKey,
+        inputs: Vec<Vec<u32>>,
+    ) -> Result<Vec<Result<Translation, String>>, String> {
         let opts = GenerationOptions {
             num_beams: Some(key.beams),
             max_new_tokens: Some(key.max_new_tokens),
             ..GenerationOptions::default()
         };
         let params = self.model.params(key.tgt, &opts);
-        let generated = self
+        let translate = |ids: Vec<u32>| {
+            let text = self.model.tokenizer().decode(&ids)?;
+            Ok(Translation {
+                text,
+                tokens: ids.len().saturating_sub(1),
+            })
+        };
+        Ok(self
             .model
-            .generate_ids(&inputs, &params)
-            .map_err(|e| e.to_string())?;
-        generated
+            .generate_each(&inputs, &params)
             .into_iter()
             .map(|ids| {
-                let text = self
-                    .model
-                    .tokenizer()
-                    .decode(&ids)
-                    .map_err(|e| e.to_string())?;
-                Ok(Translation {
-                    text,
-                    tokens: ids.len().saturating_sub(1),
-                })
+                ids.and_then(translate)
+                    .map_err(|e: ModelError| e.to_string())
             })
-            .collect()
+            .collect())
     }
 
     fn output_units(&self, output: &Translation) -> usize {

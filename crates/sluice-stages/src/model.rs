@@ -226,10 +226,10 @@ impl Stage for ModelStage {
         self.options.clone()
     }
 
-    fn setup(&mut self, _worker: &WorkerContext) -> Result<(), StageError> {
+    fn setup(&mut self, worker: &WorkerContext) -> Result<(), StageError> {
         self.spec.check().map_err(StageError::new)?;
         self.backend = Some(match (&self.spec.model, &self.spec.url) {
-            (Some(model), _) => Access::Local(load_local(model)?),
+            (Some(model), _) => Access::Local(load_local(model, worker)?),
             (None, Some(_)) => Access::Remote {
                 client: reqwest::Client::builder()
                     .timeout(Duration::from_secs_f64(self.spec.timeout_seconds))
@@ -278,14 +278,16 @@ impl Stage for ModelStage {
     }
 }
 
-fn load_local(model: &str) -> Result<Local, StageError> {
+/// Audio classifiers run on the CPU (as in the server); translation models on the worker's
+/// device ([`crate::translate::worker_device`]).
+fn load_local(model: &str, worker: &WorkerContext) -> Result<Local, StageError> {
     let dir = Path::new(model);
     if AudioClassifier::is_classifier_dir(dir) {
         let c = AudioClassifier::load(dir).map_err(|e| StageError::new(e.to_string()))?;
         return Ok(Local::Classifier(Arc::new(c)));
     }
     let compute = sluice_models::m2m100::ComputeType::from_env().map_err(StageError::new)?;
-    let m = crate::translate::load_m2m100(model, compute)?;
+    let m = crate::translate::load_m2m100(model, compute, worker)?;
     Ok(Local::Translation(Arc::new(m)))
 }
 
@@ -418,7 +420,8 @@ fn translate_local(spec: &ModelSpec, model: &M2M100, batch: &[Record]) -> Vec<Ou
             .map(|b| b as usize),
         ..GenerationOptions::default()
     };
-    let translated = match model.translate(&ok, from, to, &opts, ok.len().max(1)) {
+    // The failure policy of every translation path: a text the model cannot take fails alone.
+    let translated = match model.translate_each(&ok, from, to, &opts, ok.len().max(1)) {
         Ok(t) => t,
         Err(e) => return all_failed(batch, e),
     };
@@ -427,8 +430,12 @@ fn translate_local(spec: &ModelSpec, model: &M2M100, batch: &[Record]) -> Vec<Ou
         .into_iter()
         .map(|t| {
             t?;
+            let text = translated
+                .next()
+                .unwrap_or_else(|| Ok(String::new()))
+                .map_err(|e| ItemError::permanent(format!("translating: {e}")))?;
             Ok(InferOutput {
-                text: Some(translated.next().unwrap_or_default()),
+                text: Some(text),
                 ..InferOutput::default()
             })
         })

@@ -119,14 +119,35 @@ impl TranslateStage {
     }
 }
 
-/// Loads an M2M100 model for a stage worker: `model` is a directory or a hub id.
-pub fn load_m2m100(model: &str, compute: ComputeType) -> Result<M2M100, StageError> {
+/// Loads an M2M100 model for a stage worker: `model` is a directory or a hub id, loaded on the
+/// GPU the engine gave the worker (a stage with `gpus` set) or on the CPU, chosen the way
+/// `sluice serve --device` chooses.
+pub fn load_m2m100(
+    model: &str,
+    compute: ComputeType,
+    worker: &WorkerContext,
+) -> Result<M2M100, StageError> {
+    let device = worker_device(worker)?;
     let source = ModelSource::parse(model);
     let dir = source
         .resolve(&HubSettings::from_env())
         .map_err(|e| StageError::new(e.to_string()))?;
-    M2M100::load(&dir, &candle_core::Device::Cpu, compute)
+    M2M100::load(&dir, &device, compute)
         .map_err(|e| StageError::new(format!("loading model {source}: {e}")))
+}
+
+/// The device of a stage worker: `cuda:N` for the GPU the engine reserved for it, else the CPU.
+pub fn worker_device(worker: &WorkerContext) -> Result<candle_core::Device, StageError> {
+    let spec = match worker.gpu {
+        Some(n) => format!("cuda:{n}"),
+        None => "cpu".to_owned(),
+    };
+    sluice_models::device::select(&spec).map_err(|e| {
+        StageError::new(format!(
+            "stage {} worker {}: {e}",
+            worker.stage, worker.worker
+        ))
+    })
 }
 
 impl Stage for TranslateStage {
@@ -141,8 +162,8 @@ impl Stage for TranslateStage {
         self.options.clone()
     }
 
-    fn setup(&mut self, _worker: &WorkerContext) -> Result<(), StageError> {
-        let model = load_m2m100(&self.model, self.compute_type)?;
+    fn setup(&mut self, worker: &WorkerContext) -> Result<(), StageError> {
+        let model = load_m2m100(&self.model, self.compute_type, worker)?;
         for code in [&self.from, &self.to] {
             model
                 .tokenizer()
@@ -172,8 +193,10 @@ impl Stage for TranslateStage {
                 )))),
             }
         }
+        // One result per text: a text the model cannot take fails alone (the failure policy of
+        // every translation path, `M2M100::translate_each`).
         let translated = model
-            .translate(
+            .translate_each(
                 &texts,
                 &self.from,
                 &self.to,
@@ -183,13 +206,47 @@ impl Stage for TranslateStage {
             .map_err(|e| StageError::new(format!("translating: {e}")))?;
         let mut translated = translated.into_iter();
         for result in results.iter_mut() {
-            if let Ok(Record::Object(map)) = result {
-                map.insert(
-                    self.output.clone(),
-                    translated.next().unwrap_or_default().into(),
-                );
+            if result.is_err() {
+                continue;
+            }
+            match translated.next() {
+                Some(Ok(text)) => {
+                    if let Ok(Record::Object(map)) = result {
+                        map.insert(self.output.clone(), text.into());
+                    }
+                }
+                Some(Err(e)) => *result = Err(ItemError::permanent(format!("translating: {e}"))),
+                None => *result = Err(ItemError::permanent("no translation for this record")),
             }
         }
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(gpu: Option<usize>) -> WorkerContext {
+        WorkerContext {
+            stage: "translate-0".into(),
+            worker: 3,
+            gpu,
+        }
+    }
+
+    #[test]
+    fn a_worker_runs_on_the_gpu_it_was_given_or_says_why_it_cannot() {
+        assert!(matches!(
+            worker_device(&worker(None)),
+            Ok(candle_core::Device::Cpu)
+        ));
+        // Without CUDA in the build, a GPU worker fails at setup instead of running on the CPU.
+        #[cfg(not(feature = "cuda"))]
+        {
+            let err = worker_device(&worker(Some(1))).unwrap_err().to_string();
+            assert!(err.contains("translate-0 worker 3"), "{err}");
+            assert!(err.contains("cuda:1") && err.contains("--features cuda"), "{err}");
+        }
     }
 }

@@ -265,6 +265,69 @@ impl M2M100 {
         })
     }
 
+    /// Generated ids for each sentence of `batch` under the failure policy every translation
+    /// path shares (the server's batcher, the `translate` stage, the `model` stage): the batch is
+    /// generated together, and when that fails each sentence is generated alone, so a sentence
+    /// the model cannot take fails alone and the rest of its batch still gets translated.
+    pub fn generate_each(
+        &self,
+        batch: &[Vec<u32>],
+        params: &GenerateParams,
+    ) -> Vec<Result<Vec<u32>>> {
+        match self.generate_ids(batch, params) {
+            Ok(all) => all.into_iter().map(Ok).collect(),
+            Err(e) if batch.len() <= 1 => vec![Err(e)],
+            Err(e) => {
+                tracing::warn!(error = %e, sentences = batch.len(), "batch failed; generating its sentences one by one");
+                batch
+                    .iter()
+                    .map(|one| {
+                        let mut ids = self.generate_ids(std::slice::from_ref(one), params)?;
+                        Ok(ids.pop().unwrap_or_default())
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// As [`M2M100::translate`], with one result per text under [`M2M100::generate_each`]'s
+    /// policy: a text that cannot be tokenized, generated or decoded fails alone. Only what
+    /// affects every text (an unknown language) fails the call.
+    pub fn translate_each<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        from: &str,
+        to: &str,
+        opts: &GenerationOptions,
+        batch_size: usize,
+    ) -> Result<Vec<Result<String>>> {
+        let src = self.tokenizer.lang_id(from)?;
+        let tgt = self.tokenizer.lang_id(to)?;
+        let params = self.params(tgt, opts);
+        let mut out: Vec<Result<String>> = Vec::with_capacity(texts.len());
+        let mut encoded = Vec::with_capacity(texts.len());
+        for (i, t) in texts.iter().enumerate() {
+            let t = t.as_ref();
+            out.push(Ok(String::new()));
+            if t.is_empty() {
+                continue;
+            }
+            match self.tokenizer.encode(t, src) {
+                Ok(ids) => encoded.push((i, ids)),
+                Err(e) => out[i] = Err(e),
+            }
+        }
+        // Sorted by length so each batch pads little.
+        encoded.sort_by_key(|(_, ids)| ids.len());
+        for chunk in encoded.chunks(batch_size.max(1)) {
+            let batch: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
+            for ((i, _), ids) in chunk.iter().zip(self.generate_each(&batch, &params)) {
+                out[*i] = ids.and_then(|ids| self.tokenizer.decode(&ids));
+            }
+        }
+        Ok(out)
+    }
+
     /// Translates texts from one language to another, `batch_size` sentences at a time.
     ///
     /// Sentences are grouped by token length to limit padding; results come back in input order.
