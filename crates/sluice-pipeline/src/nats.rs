@@ -17,7 +17,7 @@
 //!
 //! The pipeline engine is synchronous; this module owns a small tokio runtime for the client.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -29,7 +29,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::key_text;
+use crate::nats_state::{intake, on_failure, ByKey, Delivery, Intake, OnFailure, Rules};
 use crate::section::{section, ConfigError};
 use crate::stages::Record;
 use crate::{lock, Completed, Envelope, Failure, Sink, SinkError};
@@ -407,7 +407,9 @@ struct Held {
     /// Pulled, not yet handed to the pipeline.
     waiting: Mutex<VecDeque<Message>>,
     /// In the pipeline, by key (several messages may share a key).
-    pending: Mutex<HashMap<String, VecDeque<Message>>>,
+    pending: Mutex<ByKey<Message>>,
+    /// What the decisions about messages read from the source settings.
+    rules: Rules,
     /// Messages admitted to the pipeline and not yet settled (acked, handed back or dead).
     in_flight: AtomicU64,
     counts: Counters,
@@ -478,7 +480,13 @@ impl Held {
             spec: spec.clone(),
             dead_subject,
             waiting: Mutex::new(VecDeque::new()),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(ByKey::default()),
+            rules: Rules {
+                stream: spec.stream.clone(),
+                key: spec.key.clone(),
+                max_deliver: spec.max_deliver,
+                retry_delay: Duration::from_millis(spec.retry_delay_ms),
+            },
             in_flight: AtomicU64::new(0),
             counts: Counters::default(),
             stop,
@@ -525,59 +533,44 @@ impl Held {
         })
     }
 
-    /// Turns a pulled message into a pipeline item, or settles it at once.
+    /// Turns a pulled message into a pipeline item, or settles it at once ([`intake`] decides).
     fn admit(&self, message: Message) -> Option<(String, Record)> {
         let (delivered, sequence) = delivery(&message);
         self.counts.received.fetch_add(1, Relaxed);
         if delivered > 1 {
             self.counts.redelivered.fetch_add(1, Relaxed);
         }
-        if delivered > u64::from(self.spec.max_deliver) {
-            let error = format!(
-                "delivered {} times without an acknowledgement: the workers holding it stopped",
-                delivered - 1
-            );
-            self.dead_letter(message, &error, "worker", None);
-            return None;
-        }
-        let record: Record = match serde_json::from_slice(&message.payload) {
-            Ok(r @ serde_json::Value::Object(_)) => r,
-            Ok(_) => {
-                self.dead_letter(message, "not a JSON object", "read", None);
-                return None;
-            }
-            Err(e) => {
-                self.dead_letter(message, &format!("not JSON: {e}"), "read", None);
-                return None;
-            }
-        };
-        let key = match &self.spec.key {
-            Some(field) => match record.get(field) {
-                Some(k) => key_text(k),
-                None => {
-                    let error = format!("the record has no {field:?} field (the source's key)");
-                    self.dead_letter(message, &error, "read", None);
-                    return None;
-                }
+        let msg_id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_owned());
+        let decision = intake(
+            &self.rules,
+            Delivery {
+                payload: &message.payload,
+                msg_id: msg_id.as_deref(),
+                delivered,
+                sequence,
             },
-            None => message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Nats-Msg-Id"))
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_else(|| format!("{}:{sequence}", self.spec.stream)),
-        };
-        if delivered > 1 && lock(&self.done).as_ref().is_some_and(|done| done(&key)) {
-            self.counts.already_done.fetch_add(1, Relaxed);
-            self.ack(vec![message]);
-            return None;
+            lock(&self.done).as_ref(),
+        );
+        match decision {
+            Intake::Admit { key, record } => {
+                self.in_flight.fetch_add(1, Relaxed);
+                lock(&self.pending).hold(key.clone(), message);
+                Some((key, record))
+            }
+            Intake::DeadLetter { error, stage } => {
+                self.dead_letter(message, &error, stage, None);
+                None
+            }
+            Intake::AlreadyDone => {
+                self.counts.already_done.fetch_add(1, Relaxed);
+                self.ack(vec![message]);
+                None
+            }
         }
-        self.in_flight.fetch_add(1, Relaxed);
-        lock(&self.pending)
-            .entry(key.clone())
-            .or_default()
-            .push_back(message);
-        Some((key, record))
     }
 
     /// Reads which keys the outputs hold, once per pull that brought redelivered messages: they
@@ -600,13 +593,7 @@ impl Held {
     }
 
     fn take(&self, key: &str) -> Option<Message> {
-        let mut pending = lock(&self.pending);
-        let queue = pending.get_mut(key)?;
-        let message = queue.pop_front();
-        if queue.is_empty() {
-            pending.remove(key);
-        }
-        message
+        lock(&self.pending).take(key)
     }
 
     /// Acks admitted messages whose outputs are durable.
@@ -644,18 +631,18 @@ impl Held {
         };
         self.in_flight.fetch_sub(1, Relaxed);
         let (delivered, _) = delivery(&message);
-        if delivered >= u64::from(self.spec.max_deliver) {
-            self.dead_letter(
-                message,
-                &failure.error,
-                &failure.stage,
-                Some(failure.attempts),
-            );
-            return;
-        }
-        let delay = Duration::from_millis(self.spec.retry_delay_ms)
-            .saturating_mul(1 << (delivered - 1).min(16))
-            .min(Duration::from_secs(60));
+        let delay = match on_failure(&self.rules, delivered) {
+            OnFailure::RetryAfter(delay) => delay,
+            OnFailure::DeadLetter => {
+                self.dead_letter(
+                    message,
+                    &failure.error,
+                    &failure.stage,
+                    Some(failure.attempts),
+                );
+                return;
+            }
+        };
         let result = self
             .nats
             .rt
@@ -715,11 +702,7 @@ impl Held {
             let held: Vec<Message> = {
                 let waiting = lock(&self.waiting);
                 let pending = lock(&self.pending);
-                waiting
-                    .iter()
-                    .chain(pending.values().flatten())
-                    .cloned()
-                    .collect()
+                waiting.iter().chain(pending.iter()).cloned().collect()
             };
             for message in held {
                 if let Err(e) = message.ack_with(AckKind::Progress).await {

@@ -246,7 +246,10 @@ mod tests {
         {
             let err = worker_device(&worker(Some(1))).unwrap_err().to_string();
             assert!(err.contains("translate-0 worker 3"), "{err}");
-            assert!(err.contains("cuda:1") && err.contains("--features cuda"), "{err}");
+            assert!(
+                err.contains("cuda:1") && err.contains("--features cuda"),
+                "{err}"
+            );
         }
     }
 }

@@ -1,0 +1,277 @@
+//! The bookkeeping of a NATS worker, without I/O: what a pulled message becomes, which message
+//! settles which finished item, and how a failed item is retried. `nats.rs` does the talking
+//! (pull, ack, nak, dead-letter publish) and asks this module what to do, so the decisions are
+//! unit-tested here without a server.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use crate::keys::key_text;
+use crate::sink::Completed;
+use crate::stages::Record;
+
+/// A pulled message as the decisions need it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Delivery<'a> {
+    /// The message body.
+    pub payload: &'a [u8],
+    /// Its `Nats-Msg-Id` header, when it has one.
+    pub msg_id: Option<&'a str>,
+    /// How many times the server has delivered it (1 the first time).
+    pub delivered: u64,
+    /// Its sequence in the stream.
+    pub sequence: u64,
+}
+
+/// The source settings the decisions read.
+#[derive(Debug, Clone)]
+pub(crate) struct Rules {
+    /// The stream, naming keyless items `stream:sequence`.
+    pub stream: String,
+    /// The record field holding each item's key.
+    pub key: Option<String>,
+    /// Deliveries before an item is dead-lettered.
+    pub max_deliver: u32,
+    /// First redelivery delay of a failed item, doubled at each delivery.
+    pub retry_delay: Duration,
+}
+
+/// What to do with a pulled message.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Intake {
+    /// Hand it to the pipeline as this keyed record.
+    Admit {
+        /// The item's key.
+        key: String,
+        /// The record.
+        record: Record,
+    },
+    /// Publish it to the dead-letter subject with why, and ack it.
+    DeadLetter {
+        /// Why.
+        error: String,
+        /// Where it failed: `read` or `worker`.
+        stage: &'static str,
+    },
+    /// A redelivered item whose output is already written: ack it only.
+    AlreadyDone,
+}
+
+/// What to do with the message of an item that failed in the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnFailure {
+    /// Hand it back for redelivery after this delay.
+    RetryAfter(Duration),
+    /// It has had its deliveries: dead-letter it.
+    DeadLetter,
+}
+
+/// Decides what a pulled message becomes; `done` tells which keys the outputs already hold
+/// (read for pulls that brought redelivered messages).
+pub(crate) fn intake(rules: &Rules, m: Delivery, done: Option<&Completed>) -> Intake {
+    if m.delivered > u64::from(rules.max_deliver) {
+        return Intake::DeadLetter {
+            error: format!(
+                "delivered {} times without an acknowledgement: the workers holding it stopped",
+                m.delivered - 1
+            ),
+            stage: "worker",
+        };
+    }
+    let dead = |error: String| Intake::DeadLetter {
+        error,
+        stage: "read",
+    };
+    let record: Record = match serde_json::from_slice(m.payload) {
+        Ok(r @ serde_json::Value::Object(_)) => r,
+        Ok(_) => return dead("not a JSON object".into()),
+        Err(e) => return dead(format!("not JSON: {e}")),
+    };
+    let key = match &rules.key {
+        Some(field) => match record.get(field) {
+            Some(k) => key_text(k),
+            None => {
+                return dead(format!(
+                    "the record has no {field:?} field (the source's key)"
+                ))
+            }
+        },
+        None => m
+            .msg_id
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{}:{}", rules.stream, m.sequence)),
+    };
+    if m.delivered > 1 && done.is_some_and(|done| done(&key)) {
+        return Intake::AlreadyDone;
+    }
+    Intake::Admit { key, record }
+}
+
+/// Decides what happens to the message of a failed item delivered `delivered` times.
+pub(crate) fn on_failure(rules: &Rules, delivered: u64) -> OnFailure {
+    if delivered >= u64::from(rules.max_deliver) {
+        return OnFailure::DeadLetter;
+    }
+    OnFailure::RetryAfter(
+        rules
+            .retry_delay
+            .saturating_mul(1 << delivered.saturating_sub(1).min(16))
+            .min(Duration::from_secs(60)),
+    )
+}
+
+/// Messages admitted to the pipeline, by key: several messages may carry the same key, and a
+/// finished item settles the oldest of its key's messages.
+#[derive(Debug)]
+pub(crate) struct ByKey<M> {
+    messages: HashMap<String, VecDeque<M>>,
+}
+
+impl<M> Default for ByKey<M> {
+    fn default() -> Self {
+        Self {
+            messages: HashMap::new(),
+        }
+    }
+}
+
+impl<M> ByKey<M> {
+    /// Holds `message` until its item under `key` finishes.
+    pub fn hold(&mut self, key: String, message: M) {
+        self.messages.entry(key).or_default().push_back(message);
+    }
+
+    /// The oldest message held under `key`, no longer held.
+    pub fn take(&mut self, key: &str) -> Option<M> {
+        let queue = self.messages.get_mut(key)?;
+        let message = queue.pop_front();
+        if queue.is_empty() {
+            self.messages.remove(key);
+        }
+        message
+    }
+
+    /// Every message held.
+    pub fn iter(&self) -> impl Iterator<Item = &M> {
+        self.messages.values().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn rules(key: Option<&str>) -> Rules {
+        Rules {
+            stream: "work".into(),
+            key: key.map(str::to_owned),
+            max_deliver: 3,
+            retry_delay: Duration::from_millis(1000),
+        }
+    }
+
+    fn msg(payload: &[u8], delivered: u64) -> Delivery<'_> {
+        Delivery {
+            payload,
+            msg_id: None,
+            delivered,
+            sequence: 42,
+        }
+    }
+
+    #[test]
+    fn records_are_keyed_by_field_then_message_id_then_stream_sequence() {
+        let body = br#"{"id": 7, "text": "a"}"#;
+        let admitted = |i: Intake| match i {
+            Intake::Admit { key, .. } => key,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            admitted(intake(&rules(Some("id")), msg(body, 1), None)),
+            "7"
+        );
+        let with_id = Delivery {
+            msg_id: Some("m-1"),
+            ..msg(body, 1)
+        };
+        assert_eq!(admitted(intake(&rules(None), with_id, None)), "m-1");
+        assert_eq!(
+            admitted(intake(&rules(None), msg(body, 1), None)),
+            "work:42"
+        );
+    }
+
+    #[test]
+    fn unreadable_messages_are_dead_lettered_with_why() {
+        let dead = |i: Intake| match i {
+            Intake::DeadLetter { error, stage } => (error, stage),
+            other => panic!("{other:?}"),
+        };
+        let (e, stage) = dead(intake(&rules(None), msg(b"[1, 2]", 1), None));
+        assert_eq!((e.as_str(), stage), ("not a JSON object", "read"));
+        let (e, _) = dead(intake(&rules(None), msg(b"{oops", 1), None));
+        assert!(e.starts_with("not JSON: "), "{e}");
+        let (e, _) = dead(intake(&rules(Some("id")), msg(br#"{"x": 1}"#, 1), None));
+        assert!(e.contains("no \"id\" field"), "{e}");
+        // Past max_deliver: its workers kept stopping before acking it.
+        let (e, stage) = dead(intake(&rules(None), msg(br#"{"x": 1}"#, 4), None));
+        assert_eq!(stage, "worker");
+        assert!(e.contains("delivered 3 times"), "{e}");
+    }
+
+    #[test]
+    fn only_a_redelivered_item_with_its_output_written_is_skipped() {
+        let done: Completed = Arc::new(|k: &str| k == "7");
+        let body = br#"{"id": 7}"#;
+        let r = rules(Some("id"));
+        assert_eq!(intake(&r, msg(body, 2), Some(&done)), Intake::AlreadyDone);
+        // A first delivery is processed even if an output with its key exists.
+        assert!(matches!(
+            intake(&r, msg(body, 1), Some(&done)),
+            Intake::Admit { .. }
+        ));
+        assert!(matches!(
+            intake(&r, msg(br#"{"id": 8}"#, 2), Some(&done)),
+            Intake::Admit { .. }
+        ));
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_then_go_to_the_dead_letter_subject() {
+        let r = Rules {
+            max_deliver: 12,
+            ..rules(None)
+        };
+        let delays: Vec<_> = (1..=8).map(|d| on_failure(&r, d)).collect();
+        let secs = |s| OnFailure::RetryAfter(Duration::from_secs(s));
+        assert_eq!(
+            delays,
+            [
+                secs(1),
+                secs(2),
+                secs(4),
+                secs(8),
+                secs(16),
+                secs(32),
+                secs(60),
+                secs(60)
+            ]
+        );
+        assert_eq!(on_failure(&r, 12), OnFailure::DeadLetter);
+        assert_eq!(on_failure(&rules(None), 3), OnFailure::DeadLetter);
+    }
+
+    #[test]
+    fn messages_of_one_key_settle_oldest_first() {
+        let mut held = ByKey::default();
+        held.hold("a".into(), 1);
+        held.hold("b".into(), 2);
+        held.hold("a".into(), 3);
+        assert_eq!(held.take("a"), Some(1));
+        assert_eq!(held.take("a"), Some(3));
+        assert_eq!(held.take("a"), None);
+        assert_eq!(held.take("zzz"), None);
+        assert_eq!(held.iter().copied().collect::<Vec<_>>(), [2]);
+    }
+}
