@@ -351,8 +351,24 @@ impl<T: Item> Pipeline<T> {
         }
     }
 
-    /// Runs the pipeline to the end, writing outputs to `sink`.
+    /// Runs the pipeline to the end, writing outputs to `sink`: [`Pipeline::start`] checks the
+    /// resources and starts the bookkeeping, the plan starts the stages, their outputs go to the
+    /// sink ([`drive`]), and [`Started::finish`] stops everything and writes the summary.
     pub fn run(self, options: &RunOptions, sink: &mut dyn Sink<T>) -> Result<RunSummary, RunError> {
+        let started = self.start(options, sink)?;
+        let last_batch = self
+            .stages
+            .last()
+            .map(|(_, o)| o.batch_size.max(1))
+            .unwrap_or(64);
+        let flow = (self.plan)(&started.run, last_batch);
+        let written = drive(flow, &started, sink);
+        started.finish(options, sink, written)
+    }
+
+    /// Checks the stages against the run's resources, decides the mode, reads which items are
+    /// done, and starts the failures writer and the monitor.
+    fn start(&self, options: &RunOptions, sink: &mut dyn Sink<T>) -> Result<Started, RunError> {
         let started = Instant::now();
         let gpus = options.gpus.unwrap_or_else(|| detect_gpus() as f64);
         let cpus = options.cpus.unwrap_or_else(|| {
@@ -474,103 +490,60 @@ impl<T: Item> Pipeline<T> {
                 lock(&reporter).tick(&stats, &source);
             })
         };
+        Ok(Started {
+            started,
+            run,
+            ordered,
+            gone_rx,
+            failure_thread,
+            stop,
+            monitor,
+            reporter,
+        })
+    }
+}
 
-        let last_batch = self
-            .stages
-            .last()
-            .map(|(_, o)| o.batch_size.max(1))
-            .unwrap_or(64);
-        let mut written = 0u64;
-        // `None` gives the sink a tick: no output came for a while.
-        let mut emit = |item: Option<Envelope<T>>| {
-            let result = match item {
-                Some(item) => sink.write(item).map(|()| written += 1),
-                None => sink.tick(),
-            };
-            result
-                .map_err(|e| shared.abort(format!("writing output: {e}")))
-                .is_ok()
-        };
-        let mut write = |item: Envelope<T>| emit(Some(item));
-        let close_failures = || drop(lock(&shared.failures).take());
-        match (self.plan)(&run, last_batch) {
-            Err(e) => shared.abort(e.to_string()),
-            Ok(Flow::Stream(rx)) if ordered => {
-                let mut order = Reorder::default();
-                let mut outputs_open = true;
-                let never = crossbeam_channel::never();
-                loop {
-                    let outputs = if outputs_open { &rx } else { &never };
-                    crossbeam_channel::select! {
-                        recv(outputs) -> item => match item {
-                            Ok(item) => if !order.item(item, &mut write) { break },
-                            Err(_) => { outputs_open = false; close_failures(); }
-                        },
-                        recv(gone_rx) -> seq => match seq {
-                            Ok(seq) => if !order.gone(seq, &mut write) { break },
-                            Err(_) => if !outputs_open { break },
-                        },
-                    }
-                }
-                drop(rx);
-                order.flush(&mut write);
-            }
-            Ok(Flow::Stream(rx)) => loop {
-                // Sinks that hold outputs (the NATS worker's) flush on time even when none come.
-                let ok = match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(item) => emit(Some(item)),
-                    Err(RecvTimeoutError::Timeout) => emit(None),
-                    Err(RecvTimeoutError::Disconnected) => break,
-                };
-                if !ok {
-                    break;
-                }
-            },
-            Ok(Flow::Debug(items)) => {
-                for item in items {
-                    if !write(item) {
-                        break;
-                    }
-                }
-            }
-            Ok(Flow::Stored(store)) => {
-                run.spilled.fetch_add(store.spilled_chunks(), Relaxed);
-                let mut order = Reorder::default();
-                if ordered {
-                    close_failures();
-                    for seq in gone_rx.iter() {
-                        order.gone(seq, &mut |_| true);
-                    }
-                }
-                for item in store.drain() {
-                    let ok = match item {
-                        Ok(item) if ordered => order.item(item, &mut write),
-                        Ok(item) => write(item),
-                        Err(e) => {
-                            shared.abort(format!("reading spilled items back: {e}"));
-                            false
-                        }
-                    };
-                    if !ok {
-                        break;
-                    }
-                }
-                order.flush(&mut write);
-            }
-        }
+/// A run whose bookkeeping is going: what [`drive`] and [`Started::finish`] share.
+struct Started {
+    started: Instant,
+    run: Run,
+    /// Outputs are written in input order.
+    ordered: bool,
+    /// Positions of failed items, for putting outputs in order.
+    gone_rx: Receiver<u64>,
+    failure_thread: std::thread::JoinHandle<(Vec<Failure>, Option<std::io::Error>)>,
+    stop: Arc<AtomicBool>,
+    monitor: std::thread::JoinHandle<()>,
+    reporter: Arc<Mutex<Reporter>>,
+}
+
+impl Started {
+    fn close_failures(&self) {
+        drop(lock(&self.run.shared.failures).take());
+    }
+
+    /// Finishes the sink, stops the monitor, joins every worker and the failures writer, and
+    /// writes the summary.
+    fn finish<T>(
+        self,
+        options: &RunOptions,
+        sink: &mut dyn Sink<T>,
+        written: u64,
+    ) -> Result<RunSummary, RunError> {
+        let shared = &self.run.shared;
         if let Err(e) = sink.finish() {
             shared.abort(format!("finishing output: {e}"));
         }
         // Stop the monitor before joining so that it cannot start workers we would miss.
-        stop.store(true, Relaxed);
-        monitor.thread().unpark();
-        let _ = monitor.join();
+        self.stop.store(true, Relaxed);
+        self.monitor.thread().unpark();
+        let _ = self.monitor.join();
         std::mem::replace(
-            &mut *lock(&reporter),
+            &mut *lock(&self.reporter),
             Reporter::new(Progress::Off, &[], None),
         )
         .finish();
-        close_failures();
+        drop(lock(&shared.failures).take());
         loop {
             let handles = std::mem::take(&mut *lock(&shared.threads));
             if handles.is_empty() {
@@ -580,8 +553,10 @@ impl<T: Item> Pipeline<T> {
                 let _ = handle.join();
             }
         }
-        let (failures, failures_error) =
-            failure_thread.join().unwrap_or_else(|_| (Vec::new(), None));
+        let (failures, failures_error) = self
+            .failure_thread
+            .join()
+            .unwrap_or_else(|_| (Vec::new(), None));
         if let Some(e) = failures_error {
             shared.abort(format!("writing failures: {e}"));
         }
@@ -591,6 +566,7 @@ impl<T: Item> Pipeline<T> {
             .map(|(s, _)| monitor::stage_summary(s))
             .collect();
         let reason = lock(&shared.abort_reason).clone();
+        let source = &self.run.source;
         let summary = RunSummary {
             status: if reason.is_some() {
                 "aborted"
@@ -599,7 +575,7 @@ impl<T: Item> Pipeline<T> {
             }
             .into(),
             error: reason.clone(),
-            mode,
+            mode: self.run.mode,
             shard: options.shard.to_string(),
             items_read: source.read.load(Relaxed),
             other_shards: source.other_shards.load(Relaxed),
@@ -607,9 +583,9 @@ impl<T: Item> Pipeline<T> {
             items_in: source.emitted.load(Relaxed),
             items_out: written,
             failed: stages.iter().map(|s| s.failed).sum(),
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: self.started.elapsed().as_secs_f64(),
             stages,
-            spilled_chunks: run.spilled.load(Relaxed),
+            spilled_chunks: self.run.spilled.load(Relaxed),
             failures,
         };
         if let Some(path) = &options.summary_path {
@@ -629,6 +605,98 @@ impl<T: Item> Pipeline<T> {
             None => Ok(summary),
         }
     }
+}
+
+/// Writes the last stage's outputs to the sink as they come (in input order when asked),
+/// stopping at the first sink error; returns how many were written.
+fn drive<T: Item>(
+    flow: Result<Flow<T>, RunError>,
+    started: &Started,
+    sink: &mut dyn Sink<T>,
+) -> u64 {
+    let (shared, ordered, gone_rx) = (&started.run.shared, started.ordered, &started.gone_rx);
+    let mut written = 0u64;
+    // `None` gives the sink a tick: no output came for a while.
+    let mut emit = |item: Option<Envelope<T>>| {
+        let result = match item {
+            Some(item) => sink.write(item).map(|()| written += 1),
+            None => sink.tick(),
+        };
+        result
+            .map_err(|e| shared.abort(format!("writing output: {e}")))
+            .is_ok()
+    };
+    match flow {
+        Err(e) => shared.abort(e.to_string()),
+        Ok(Flow::Stream(rx)) if ordered => {
+            let mut write = |item: Envelope<T>| emit(Some(item));
+            let mut order = Reorder::default();
+            let mut outputs_open = true;
+            let never = crossbeam_channel::never();
+            loop {
+                let outputs = if outputs_open { &rx } else { &never };
+                crossbeam_channel::select! {
+                    recv(outputs) -> item => match item {
+                        Ok(item) => if !order.item(item, &mut write) { break },
+                        Err(_) => { outputs_open = false; started.close_failures(); }
+                    },
+                    recv(gone_rx) -> seq => match seq {
+                        Ok(seq) => if !order.gone(seq, &mut write) { break },
+                        Err(_) => if !outputs_open { break },
+                    },
+                }
+            }
+            drop(rx);
+            order.flush(&mut write);
+        }
+        Ok(Flow::Stream(rx)) => loop {
+            // Sinks that hold outputs (the NATS worker's) flush on time even when none come.
+            let ok = match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(item) => emit(Some(item)),
+                Err(RecvTimeoutError::Timeout) => emit(None),
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if !ok {
+                break;
+            }
+        },
+        Ok(Flow::Debug(items)) => {
+            for item in items {
+                if !emit(Some(item)) {
+                    break;
+                }
+            }
+        }
+        Ok(Flow::Stored(store)) => {
+            let mut write = |item: Envelope<T>| emit(Some(item));
+            started
+                .run
+                .spilled
+                .fetch_add(store.spilled_chunks(), Relaxed);
+            let mut order = Reorder::default();
+            if ordered {
+                started.close_failures();
+                for seq in gone_rx.iter() {
+                    order.gone(seq, &mut |_| true);
+                }
+            }
+            for item in store.drain() {
+                let ok = match item {
+                    Ok(item) if ordered => order.item(item, &mut write),
+                    Ok(item) => write(item),
+                    Err(e) => {
+                        shared.abort(format!("reading spilled items back: {e}"));
+                        false
+                    }
+                };
+                if !ok {
+                    break;
+                }
+            }
+            order.flush(&mut write);
+        }
+    }
+    written
 }
 
 fn exact_len<I: Iterator>(iter: &I) -> Option<u64> {

@@ -124,7 +124,9 @@ impl<B: Backend> State<B> {
                 dropped.disconnected += 1;
             } else if e.deadline.is_some_and(|d| d <= now) {
                 dropped.expired += 1;
-                let _ = e.reply.send(Err(EntryError::DeadlineExceeded));
+                let Entry { reply, permit, .. } = e;
+                drop(permit);
+                let _ = reply.send(Err(EntryError::DeadlineExceeded));
             } else {
                 kept.push_back(e);
             }
@@ -548,7 +550,10 @@ fn compute_loop<B: Backend>(
                     .map(|o| backend.output_units(o))
                     .sum();
                 metrics::counter!("sluice_generated_tokens_total", &labels).increment(units as u64);
-                for ((reply, _permit), out) in waiting.into_iter().zip(outputs) {
+                for ((reply, permit), out) in waiting.into_iter().zip(outputs) {
+                    // The seat is free before the answer leaves, so a client that has its
+                    // answer never sees its items still counted in the queue depth.
+                    drop(permit);
                     if let Err(e) = &out {
                         tracing::warn!(model = name, error = %e, "an item failed alone");
                         metrics::counter!("sluice_item_failures_total", &labels).increment(1);
@@ -559,7 +564,8 @@ fn compute_loop<B: Backend>(
             Err(e) => {
                 tracing::error!(model = name, error = %e, items, "batch failed");
                 metrics::counter!("sluice_batch_failures_total", &labels).increment(1);
-                for (reply, _permit) in waiting {
+                for (reply, permit) in waiting {
+                    drop(permit);
                     let _ = reply.send(Err(EntryError::Model(e.clone())));
                 }
             }
