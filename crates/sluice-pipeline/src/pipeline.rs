@@ -351,9 +351,11 @@ impl<T: Item> Pipeline<T> {
         }
     }
 
-    /// Runs the pipeline to the end, writing outputs to `sink`: [`Pipeline::start`] checks the
-    /// resources and starts the bookkeeping, the plan starts the stages, their outputs go to the
-    /// sink ([`drive`]), and [`Started::finish`] stops everything and writes the summary.
+    /// Runs the pipeline to the end, writing outputs to `sink`.
+    //
+    // `start` checks the resources and starts the bookkeeping, the plan starts the stages, their
+    // outputs go to the sink (`drive`), and `Started::finish` stops everything and writes the
+    // summary.
     pub fn run(self, options: &RunOptions, sink: &mut dyn Sink<T>) -> Result<RunSummary, RunError> {
         let started = self.start(options, sink)?;
         let last_batch = self
