@@ -1,0 +1,141 @@
+//! What every route shares between parsing a request and answering it: limits on what one
+//! request may hold, the model's readiness, one submission path through a model's queue
+//! (admit, enqueue, await, deadline), and blocking work off the async threads.
+
+use super::*;
+
+pub(super) fn body_error(app: &App, r: BytesRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::BodyTooLarge {
+            limit: app.config.limits.max_body_bytes,
+        }
+    } else {
+        ApiError::InvalidBody(r.body_text())
+    }
+}
+
+pub(super) fn check_count(app: &App, count: usize, what: &'static str) -> Result<(), ApiError> {
+    let max = app.config.limits.max_records;
+    if count > max {
+        return Err(ApiError::TooManyItems { count, what, max });
+    }
+    Ok(())
+}
+
+/// The slot's model once loaded, or the 503 that tells the client to come back.
+pub(super) fn loaded<'a>(app: &App, slot: &'a Slot) -> Result<&'a Loaded, ApiError> {
+    if app.draining.load(Ordering::SeqCst) {
+        return Err(shutting_down(app));
+    }
+    slot.loaded.get().ok_or_else(|| ApiError::ModelLoading {
+        name: slot.entry.name.clone(),
+        retry_after: app.config.retry_after,
+    })
+}
+
+pub(super) fn overloaded(app: &App, refused: batcher::Refused) -> ApiError {
+    ApiError::Overloaded {
+        reason: refused.to_string(),
+        retry_after: app.config.retry_after,
+    }
+}
+
+pub(super) fn shutting_down(app: &App) -> ApiError {
+    ApiError::ShuttingDown {
+        retry_after: app.config.retry_after,
+    }
+}
+
+/// One request's items through a model's queue, the same way for every route: admitted as a
+/// whole or refused with 503 + Retry-After, enqueued together (where they join other requests'
+/// items in batches), and awaited until each has its answer or the request's deadline passes.
+/// Items are `(input, padding cost)`; answers come back in the same order.
+pub(super) async fn submit<B: Backend>(
+    app: &App,
+    queue: &Queue<B>,
+    key: B::Key,
+    items: Vec<(B::Input, usize)>,
+    deadline: Option<Instant>,
+) -> Result<Vec<batcher::Reply<B>>, ApiError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let mut seats = queue
+        .admit(items.len(), remaining)
+        .map_err(|r| overloaded(app, r))?;
+    let now = Instant::now();
+    let mut entries = Vec::with_capacity(items.len());
+    let mut replies = Vec::with_capacity(items.len());
+    for (input, cost) in items {
+        let (reply, rx) = oneshot::channel();
+        let permit = seats
+            .as_mut()
+            .and_then(|s| s.split(1))
+            .expect("one seat was admitted per item");
+        entries.push(Entry {
+            cost,
+            input,
+            key: key.clone(),
+            reply,
+            queued_at: now,
+            deadline,
+            permit,
+        });
+        replies.push(rx);
+    }
+    if !queue.push(entries) {
+        return Err(shutting_down(app));
+    }
+    let answers = futures::future::join_all(replies.into_iter().map(|rx| async move {
+        rx.await
+            .unwrap_or_else(|_| Err(EntryError::Model("the batch was abandoned".to_owned())))
+    }));
+    with_deadline(deadline, answers).await
+}
+
+pub(super) async fn with_deadline<T>(
+    deadline: Option<Instant>,
+    fut: impl Future<Output = T>,
+) -> Result<T, ApiError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), fut)
+            .await
+            .map_err(|_| ApiError::DeadlineExceeded),
+        None => Ok(fut.await),
+    }
+}
+
+pub(super) fn item_error(e: EntryError) -> ApiError {
+    match e {
+        EntryError::DeadlineExceeded => ApiError::DeadlineExceeded,
+        EntryError::Model(m) => ApiError::Model(m),
+    }
+}
+
+/// Runs blocking work (file reads, decoding) off the async threads.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+pub(super) fn deadline(
+    headers: &HeaderMap,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ApiError> {
+    let Some(v) = headers.get(DEADLINE_HEADER) else {
+        return Ok(default);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|ms| Some(Duration::from_millis(ms)))
+        .ok_or_else(|| {
+            ApiError::InvalidHeader(format!(
+                "{DEADLINE_HEADER} must be a whole number of milliseconds"
+            ))
+        })
+}
