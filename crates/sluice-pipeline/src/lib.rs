@@ -17,8 +17,6 @@ mod keys;
 mod monitor;
 #[cfg(feature = "nats")]
 pub mod nats;
-#[cfg(feature = "nats")]
-mod nats_state;
 #[cfg(feature = "parquet")]
 mod parquet;
 mod pipeline;

@@ -308,6 +308,11 @@ async fn concurrent_requests_mixing_inline_and_path_inputs_come_back_in_order() 
     // A long fill window so windows of concurrent requests share batches.
     config.batch.max_wait = Duration::from_millis(50);
     config.batch.max_items = NonZeroUsize::new(64).unwrap();
+    // Its own model name: the metrics recorder is global to the test process, and other tests
+    // classify with "tone" at the same time.
+    config
+        .models
+        .push(model("tone-batching", &onnx("tone-detector")));
     let server = Arc::new(TestServer::start(config).await);
     let files = [
         "audio/tone-16k-mono.wav",
@@ -333,7 +338,7 @@ async fn concurrent_requests_mixing_inline_and_path_inputs_come_back_in_order() 
                         }
                     })
                     .collect();
-                let (s, v) = infer(&server, "tone", &json!({"inputs": inputs})).await;
+                let (s, v) = infer(&server, "tone-batching", &json!({"inputs": inputs})).await;
                 assert_eq!(s, 200, "{v}");
                 for ((id, f), out) in picks.iter().zip(v["outputs"].as_array().unwrap()) {
                     assert_eq!(out["id"].as_str(), Some(id.as_str()));
@@ -351,8 +356,10 @@ async fn concurrent_requests_mixing_inline_and_path_inputs_come_back_in_order() 
     }
     // 12 requests × 4 files: windows of different requests were scored in shared batches.
     let metrics = server.metrics().await;
-    let batches = common::metric(&metrics, "sluice_batch_size_count{model=\"tone\"}").unwrap();
-    let windows = common::metric(&metrics, "sluice_batch_size_sum{model=\"tone\"}").unwrap();
+    let batches =
+        common::metric(&metrics, "sluice_batch_size_count{model=\"tone-batching\"}").unwrap();
+    let windows =
+        common::metric(&metrics, "sluice_batch_size_sum{model=\"tone-batching\"}").unwrap();
     let expected: usize = (0..12)
         .flat_map(|r| (0..4).map(move |k| files[(r + k) % files.len()]))
         .map(|f| reference_windows("tone-detector", f).len())

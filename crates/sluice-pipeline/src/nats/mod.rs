@@ -1,0 +1,130 @@
+//! NATS JetStream between pipeline parts on many machines: a `nats` sink that publishes records
+//! to a stream (deduplicated by key), and the `nats` source that `sluice worker` reads: a durable
+//! pull consumer shared by every worker, acknowledged only once an item's output is durable.
+//!
+//! Delivery follows JetStream's rules rather than inventing new ones:
+//! - a worker pulls `fetch` messages at a time and tells the server it is still working on the
+//!   ones it holds (`+WPI`) every third of `ack_wait`, so only a worker that stops (killed, lost)
+//!   has its messages redelivered, `ack_wait` after its last sign of life;
+//! - an item is acked after its output is durable: a part file renamed into place, or a publish
+//!   the results stream acknowledged. Outputs are idempotent by key (results carry the key as
+//!   `Nats-Msg-Id`; a redelivered item whose key a part file already holds is acked, not redone),
+//!   so a worker killed between writing and acking leaves no duplicate;
+//! - a failed item is handed back (`-NAK` with a growing delay) until it has been delivered
+//!   `max_deliver` times, then published to the dead-letter subject with the error in headers and
+//!   acked. The consumer allows one delivery more than `max_deliver`, used only to dead-letter an
+//!   item whose workers died every time (it never reached a failure report).
+//!
+//! The pipeline engine is synchronous; this module owns a small tokio runtime for the client.
+
+mod publish;
+mod spec;
+mod state;
+mod worker;
+
+pub use publish::NatsSink;
+use publish::PUBLISH_ROUND;
+pub use spec::{NatsSinkSpec, NatsSource};
+pub(crate) use worker::{run_worker, WorkerPlan, WorkerSink};
+pub use worker::{DoneCheck, WorkerCounts, WorkerOptions};
+
+use async_nats::jetstream::{self, stream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The server used when a config names none and `NATS_URL` is unset.
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// A connection with the runtime that drives it.
+#[derive(Clone)]
+struct Nats {
+    rt: Arc<tokio::runtime::Runtime>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Nats {
+    fn connect(
+        url: Option<&str>,
+        credentials: Option<&PathBuf>,
+        name: &str,
+    ) -> Result<Self, String> {
+        let url = url
+            .map(str::to_owned)
+            .or_else(|| std::env::var("NATS_URL").ok())
+            .unwrap_or_else(|| DEFAULT_URL.into());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-nats")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the NATS client runtime: {e}"))?;
+        let client = rt.block_on(async {
+            let mut options = async_nats::ConnectOptions::new()
+                .name(name)
+                .connection_timeout(Duration::from_secs(10));
+            if let Some(path) = credentials {
+                options = options
+                    .credentials_file(path)
+                    .await
+                    .map_err(|e| format!("reading NATS credentials {}: {e}", path.display()))?;
+            }
+            options
+                .connect(url.as_str())
+                .await
+                .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))
+        })?;
+        // The context spawns its acknowledgement task, so it needs the runtime entered.
+        let js = {
+            let _entered = rt.enter();
+            jetstream::new(client.clone())
+        };
+        Ok(Nats {
+            rt: Arc::new(rt),
+            client,
+            js,
+        })
+    }
+
+    /// The stream `name` keeping `subject`, created with these settings if missing.
+    fn ensure_stream(
+        &self,
+        name: &str,
+        subject: &str,
+        retention: stream::RetentionPolicy,
+        duplicate_window: Duration,
+    ) -> Result<stream::Stream, String> {
+        self.rt.block_on(async {
+            self.js
+                .get_or_create_stream(stream::Config {
+                    name: name.into(),
+                    subjects: vec![subject.into()],
+                    retention,
+                    storage: stream::StorageType::File,
+                    duplicate_window,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("stream {name} (subject {subject}): {e}"))
+        })
+    }
+}
+
+/// Stops `flag`'s worker on SIGTERM or Ctrl-C (what Kubernetes sends before killing a pod).
+pub fn stop_on_signals(flag: Arc<AtomicBool>) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("sluice-signals".into())
+        .spawn(move || {
+            rt.block_on(async {
+                sluice_core::signal::terminated().await;
+                tracing::info!("stopping: finishing the items held, then acknowledging them");
+                flag.store(true, Relaxed);
+            })
+        })?;
+    Ok(())
+}
