@@ -301,31 +301,15 @@ impl M2M100 {
         opts: &GenerationOptions,
         batch_size: usize,
     ) -> Result<Vec<Result<String>>> {
-        let src = self.tokenizer.lang_id(from)?;
-        let tgt = self.tokenizer.lang_id(to)?;
-        let params = self.params(tgt, opts);
-        let mut out: Vec<Result<String>> = Vec::with_capacity(texts.len());
-        let mut encoded = Vec::with_capacity(texts.len());
-        for (i, t) in texts.iter().enumerate() {
-            let t = t.as_ref();
-            out.push(Ok(String::new()));
-            if t.is_empty() {
-                continue;
-            }
-            match self.tokenizer.encode(t, src) {
-                Ok(ids) => encoded.push((i, ids)),
-                Err(e) => out[i] = Err(e),
-            }
-        }
-        // Sorted by length so each batch pads little.
-        encoded.sort_by_key(|(_, ids)| ids.len());
-        for chunk in encoded.chunks(batch_size.max(1)) {
-            let batch: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
-            for ((i, _), ids) in chunk.iter().zip(self.generate_each(&batch, &params)) {
-                out[*i] = ids.and_then(|ids| self.tokenizer.decode(&ids));
-            }
-        }
-        Ok(out)
+        Ok(self
+            .generate_texts(texts, from, to, opts, batch_size)?
+            .into_iter()
+            .map(|ids| match ids {
+                Ok(ids) if ids.is_empty() => Ok(String::new()),
+                Ok(ids) => self.tokenizer.decode(&ids),
+                Err(e) => Err(e),
+            })
+            .collect())
     }
 
     /// Translates texts from one language to another, `batch_size` sentences at a time.
@@ -340,15 +324,8 @@ impl M2M100 {
         opts: &GenerationOptions,
         batch_size: usize,
     ) -> Result<Vec<String>> {
-        self.translate_ids(texts, from, to, opts, batch_size)?
-            .iter()
-            .map(|ids| {
-                if ids.is_empty() {
-                    Ok(String::new())
-                } else {
-                    self.tokenizer.decode(ids)
-                }
-            })
+        self.translate_each(texts, from, to, opts, batch_size)?
+            .into_iter()
             .collect()
     }
 
@@ -362,21 +339,42 @@ impl M2M100 {
         opts: &GenerationOptions,
         batch_size: usize,
     ) -> Result<Vec<Vec<u32>>> {
+        self.generate_texts(texts, from, to, opts, batch_size)?
+            .into_iter()
+            .collect()
+    }
+
+    /// Generated ids per text (empty for an empty text), in input order: texts tokenized,
+    /// grouped by token length to limit padding, `batch_size` at a time, each group under
+    /// [`M2M100::generate_each`]'s policy.
+    fn generate_texts<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        from: &str,
+        to: &str,
+        opts: &GenerationOptions,
+        batch_size: usize,
+    ) -> Result<Vec<Result<Vec<u32>>>> {
         let src = self.tokenizer.lang_id(from)?;
         let tgt = self.tokenizer.lang_id(to)?;
         let params = self.params(tgt, opts);
+        let mut out: Vec<Result<Vec<u32>>> = Vec::with_capacity(texts.len());
         let mut encoded = Vec::with_capacity(texts.len());
         for (i, t) in texts.iter().enumerate() {
-            if !t.as_ref().is_empty() {
-                encoded.push((i, self.tokenizer.encode(t.as_ref(), src)?));
+            let t = t.as_ref();
+            out.push(Ok(Vec::new()));
+            if t.is_empty() {
+                continue;
+            }
+            match self.tokenizer.encode(t, src) {
+                Ok(ids) => encoded.push((i, ids)),
+                Err(e) => out[i] = Err(e),
             }
         }
         encoded.sort_by_key(|(_, ids)| ids.len());
-        let mut out = vec![Vec::new(); texts.len()];
         for chunk in encoded.chunks(batch_size.max(1)) {
             let batch: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
-            let generated = self.generate_ids(&batch, &params)?;
-            for ((i, _), ids) in chunk.iter().zip(generated) {
+            for ((i, _), ids) in chunk.iter().zip(self.generate_each(&batch, &params)) {
                 out[*i] = ids;
             }
         }
