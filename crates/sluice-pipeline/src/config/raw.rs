@@ -1,0 +1,372 @@
+//! A pipeline file read for what every kind of pipeline shares: sections with their `file:line`
+//! places, `--set` overrides, `[run]` and the stage settings every kind takes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Spanned, Table, Value};
+
+use crate::section::{section, ConfigError};
+use crate::{Mode, Progress, RunOptions, Shard, StageOptions, Workers};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    run: Option<Spanned<Table>>,
+    source: Spanned<Table>,
+    #[serde(default)]
+    stage: Vec<Spanned<Table>>,
+    sink: Option<Spanned<Table>>,
+}
+
+#[derive(Deserialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RunSection {
+    pub(super) mode: Option<Mode>,
+    pub(super) cpus: Option<f64>,
+    pub(super) gpus: Option<f64>,
+    #[serde(default)]
+    pub(super) preserve_order: bool,
+    pub(super) skip_completed: Option<bool>,
+    pub(super) failures: Option<PathBuf>,
+    pub(super) summary: Option<PathBuf>,
+    pub(super) spill_dir: Option<PathBuf>,
+    pub(super) memory_budget_mb: Option<u64>,
+    pub(super) balance_interval_ms: Option<u64>,
+    pub(super) batch_wait_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SourceSection {
+    pub(super) kind: String,
+    pub(super) path: PathBuf,
+    pub(super) key: Option<String>,
+    #[serde(default)]
+    pub(super) extensions: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SinkSection {
+    pub(super) kind: String,
+    pub(super) path: PathBuf,
+    pub(super) key_field: Option<String>,
+    pub(super) part_items: Option<usize>,
+    pub(super) explode: Option<String>,
+}
+
+/// Settings every stage kind accepts.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Common {
+    name: Option<String>,
+    batch_size: Option<usize>,
+    workers: Option<WorkersValue>,
+    workers_per_node: Option<usize>,
+    cpus: Option<f64>,
+    gpus: Option<f64>,
+    max_retries: Option<u32>,
+    retry_backoff_ms: Option<u64>,
+    max_restarts: Option<u32>,
+}
+
+const COMMON_KEYS: [&str; 9] = [
+    "name",
+    "batch_size",
+    "workers",
+    "workers_per_node",
+    "cpus",
+    "gpus",
+    "max_retries",
+    "retry_backoff_ms",
+    "max_restarts",
+];
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WorkersValue {
+    Count(usize),
+    Word(String),
+}
+
+/// Where a byte offset of `text` is, as `file:line`.
+fn at(file: &Path, text: &str, offset: usize) -> String {
+    let line = text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1;
+    format!("{}:{line}", file.display())
+}
+
+/// Applies `--set a.b.c=value` to the parsed document. `stage.N` (from 0) or `stage.NAME` picks a
+/// stage; the value is read as TOML (`8`, `true`, `"x"`, `[1, 2]`) or else taken as a string.
+fn apply_set(doc: &mut Document, assignment: &str) -> Result<(), ConfigError> {
+    let (path, raw) = assignment.split_once('=').ok_or_else(|| {
+        ConfigError(format!(
+            "--set {assignment:?}: expected KEY=VALUE, e.g. stage.0.batch_size=8"
+        ))
+    })?;
+    let value: Value = toml::from_str::<Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_string()));
+    let parts: Vec<&str> = path.trim().split('.').collect();
+    let bad = || {
+        ConfigError(format!(
+            "--set {path}: expected run.KEY, source.KEY, sink.KEY or stage.N.KEY / stage.NAME.KEY"
+        ))
+    };
+    let (table, key) = match parts.as_slice() {
+        ["run", key] => {
+            let run = doc
+                .run
+                .get_or_insert_with(|| Spanned::new(0..0, Table::new()));
+            (run.get_mut(), *key)
+        }
+        ["source", key] => (doc.source.get_mut(), *key),
+        ["sink", key] => {
+            let sink = doc
+                .sink
+                .get_or_insert_with(|| Spanned::new(0..0, Table::new()));
+            (sink.get_mut(), *key)
+        }
+        ["stage", which, key] => {
+            let index = match which.parse::<usize>() {
+                Ok(i) => i,
+                Err(_) => doc
+                    .stage
+                    .iter()
+                    .position(|s| s.get_ref().get("name").and_then(|n| n.as_str()) == Some(*which))
+                    .ok_or_else(|| {
+                        ConfigError(format!("--set {path}: no stage is named {which:?}"))
+                    })?,
+            };
+            let count = doc.stage.len();
+            let stage = doc.stage.get_mut(index).ok_or_else(|| {
+                ConfigError(format!(
+                    "--set {path}: there are {count} stages, numbered from 0"
+                ))
+            })?;
+            (stage.get_mut(), *key)
+        }
+        _ => return Err(bad()),
+    };
+    table.insert(key.to_string(), value);
+    Ok(())
+}
+
+/// A section of a pipeline file with where it starts, for messages.
+#[derive(Debug, Clone)]
+pub struct RawSection {
+    /// `file:line` (or `--set` for a section only overrides created).
+    pub place: String,
+    /// Its keys.
+    pub table: Table,
+}
+
+/// A `[[stage]]` with the settings every kind shares already checked.
+#[derive(Debug, Clone)]
+pub struct RawStage {
+    /// `file:line` of the stage.
+    pub place: String,
+    /// Its position among the stages, from 0.
+    pub index: usize,
+    /// Its `kind`.
+    pub kind: String,
+    /// Its `name` (default `KIND-INDEX`), unique in the file.
+    pub name: String,
+    /// Batch size, workers, resources, retries.
+    pub options: StageOptions,
+    /// The kind's own keys (the shared ones removed).
+    pub table: Table,
+}
+
+impl RawStage {
+    /// How messages name the stage: `[[stage]] INDEX (KIND)`.
+    pub fn what(&self) -> String {
+        format!("[[stage]] {} ({})", self.index, self.kind)
+    }
+
+    /// An error about this stage, starting with its place and name.
+    pub fn error(&self, message: impl std::fmt::Display) -> ConfigError {
+        ConfigError(format!("{}: {}: {message}", self.place, self.what()))
+    }
+
+    /// The kind's own keys read as `T` (unknown keys refused with the stage's place).
+    pub fn spec<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ConfigError> {
+        section(&self.table, &self.what(), &self.place)
+    }
+}
+
+/// A pipeline file read for what every kind of pipeline shares: `[run]`, the shared stage
+/// settings, `--set` overrides and `file:line` places. Crates with their own stage kinds (audio)
+/// build their pipelines from it, so every pipeline file reads and fails the same way.
+#[derive(Debug, Clone)]
+pub struct RawConfig {
+    /// The file, for messages.
+    pub file: String,
+    /// `[source]`.
+    pub source: RawSection,
+    /// `[[stage]]` tables in order.
+    pub stages: Vec<RawStage>,
+    /// `[sink]`, when present.
+    pub sink: Option<RawSection>,
+    pub(super) run: RunSection,
+}
+
+impl RawConfig {
+    /// Reads and checks a pipeline file, applying `--set` overrides first.
+    pub fn load(file: &Path, sets: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError(format!("cannot read pipeline {}: {e}", file.display())))?;
+        Self::parse(file, &text, sets)
+    }
+
+    /// Checks config text; `file` is only used in messages.
+    pub fn parse(file: &Path, text: &str, sets: &[String]) -> Result<Self, ConfigError> {
+        let mut doc: Document = toml::from_str(text).map_err(|e| {
+            let place = e
+                .span()
+                .map(|s| at(file, text, s.start))
+                .unwrap_or_else(|| file.display().to_string());
+            ConfigError(format!("{place}: {}", e.message().trim_end()))
+        })?;
+        for set in sets {
+            apply_set(&mut doc, set)?;
+        }
+        let where_of = |span: std::ops::Range<usize>| {
+            if span.is_empty() {
+                "--set".to_string()
+            } else {
+                at(file, text, span.start)
+            }
+        };
+        let run: RunSection = match &doc.run {
+            Some(run) => section(run.get_ref(), "[run]", &where_of(run.span()))?,
+            None => RunSection::default(),
+        };
+        let mut stages = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, spanned) in doc.stage.iter().enumerate() {
+            let place = where_of(spanned.span());
+            let mut table = spanned.get_ref().clone();
+            let kind = match table.remove("kind") {
+                Some(Value::String(kind)) => kind,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "{place}: [[stage]] {i}: needs a kind, e.g. kind = \"exec\""
+                    )))
+                }
+            };
+            let mut common_table = Table::new();
+            for key in COMMON_KEYS {
+                if let Some(v) = table.remove(key) {
+                    common_table.insert(key.into(), v);
+                }
+            }
+            let what = format!("[[stage]] {i} ({kind})");
+            let common: Common = section(&common_table, &what, &place)?;
+            let options =
+                stage_options(&common).map_err(|e| ConfigError(format!("{place}: {what}: {e}")))?;
+            let name = common.name.unwrap_or_else(|| format!("{kind}-{i}"));
+            if !names.insert(name.clone()) {
+                return Err(ConfigError(format!(
+                    "{place}: {what}: another stage is already named {name:?}"
+                )));
+            }
+            stages.push(RawStage {
+                place,
+                index: i,
+                kind,
+                name,
+                options,
+                table,
+            });
+        }
+        Ok(RawConfig {
+            file: file.display().to_string(),
+            source: RawSection {
+                place: where_of(doc.source.span()),
+                table: doc.source.get_ref().clone(),
+            },
+            stages,
+            sink: doc.sink.map(|sink| RawSection {
+                place: where_of(sink.span()),
+                table: sink.get_ref().clone(),
+            }),
+            run,
+        })
+    }
+
+    /// The `[source]`'s kind, if it names one.
+    pub fn source_kind(&self) -> Option<&str> {
+        self.source.table.get("kind").and_then(|k| k.as_str())
+    }
+
+    /// The run options `[run]` sets; the failures and summary files default to `default_dir`.
+    pub fn run_options(&self, default_dir: Option<&Path>) -> RunOptions {
+        let run = &self.run;
+        let default = |name: &str| default_dir.map(|d| d.join(name));
+        RunOptions {
+            mode: run.mode,
+            cpus: run.cpus,
+            gpus: run.gpus,
+            preserve_order: run.preserve_order,
+            shard: Shard::ALL,
+            skip_completed: run.skip_completed.unwrap_or(true),
+            failures_path: run.failures.clone().or_else(|| default("_failures.jsonl")),
+            summary_path: run.summary.clone().or_else(|| default("_summary.json")),
+            spill_dir: run.spill_dir.clone(),
+            memory_budget: run.memory_budget_mb.map(|mb| mb << 20).unwrap_or(1 << 30),
+            balance_interval: Duration::from_millis(run.balance_interval_ms.unwrap_or(2000)),
+            progress: Progress::Auto,
+            on_failure: None,
+            batch_wait: run.batch_wait_ms.map(Duration::from_millis),
+        }
+    }
+}
+
+fn stage_options(common: &Common) -> Result<StageOptions, String> {
+    let mut options = StageOptions::default();
+    if let Some(n) = common.batch_size {
+        if n == 0 {
+            return Err("batch_size must be at least 1".into());
+        }
+        options.batch_size = n;
+    }
+    options.workers = match (&common.workers, common.workers_per_node) {
+        (Some(_), Some(_)) => return Err("set workers or workers_per_node, not both".into()),
+        (None, Some(0)) | (Some(WorkersValue::Count(0)), None) => {
+            return Err("workers must be at least 1".into())
+        }
+        (None, Some(n)) => Workers::PerNode(n),
+        (Some(WorkersValue::Count(n)), None) => Workers::Fixed(*n),
+        (Some(WorkersValue::Word(w)), None) if w == "auto" => Workers::Auto,
+        (Some(WorkersValue::Word(w)), None) => {
+            return Err(format!("workers = {w:?}: expected a number or \"auto\""))
+        }
+        (None, None) => Workers::Auto,
+    };
+    if let Some(c) = common.cpus {
+        options.cpus = c;
+    }
+    if let Some(g) = common.gpus {
+        options.gpus = g;
+    }
+    if options.cpus < 0.0 || options.gpus < 0.0 {
+        return Err("cpus and gpus cannot be negative".into());
+    }
+    if let Some(r) = common.max_retries {
+        options.max_retries = r;
+    }
+    if let Some(ms) = common.retry_backoff_ms {
+        options.retry_backoff = Duration::from_millis(ms);
+    }
+    if let Some(r) = common.max_restarts {
+        options.max_restarts = r;
+    }
+    Ok(options)
+}
