@@ -7,6 +7,7 @@
 //! cannot stall accepting connections, health checks or metrics. Capacity is enforced before an
 //! entry is queued (a semaphore the handler tries once), so overload is answered at admission.
 
+use sluice_models::ModelError;
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
@@ -32,7 +33,7 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         key: &Self::Key,
         inputs: Vec<Self::Input>,
-    ) -> Result<Vec<Result<Self::Output, String>>, String>;
+    ) -> Result<Vec<Result<Self::Output, BackendError>>, BackendError>;
 
     /// Work units produced by one output (generated tokens), counted in the metrics.
     fn output_units(&self, _output: &Self::Output) -> usize {
@@ -40,15 +41,43 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// Why a model produced no output for a batch, or for one item of it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The model's own error.
+    #[error("the model failed: {0}")]
+    Model(Arc<ModelError>),
+    /// The model panicked on the batch.
+    #[error("the model panicked")]
+    Panicked,
+    /// The model returned another number of outputs than it was given inputs.
+    #[error("the model returned {got} outputs for {want} inputs")]
+    WrongCount {
+        /// Outputs returned.
+        got: usize,
+        /// Inputs given.
+        want: usize,
+    },
+    /// The batch was dropped before it was answered (the server is stopping).
+    #[error("the batch was abandoned")]
+    Abandoned,
+}
+
+impl From<ModelError> for BackendError {
+    fn from(e: ModelError) -> Self {
+        BackendError::Model(Arc::new(e))
+    }
+}
+
 /// Why an entry got no output.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EntryError {
     /// The entry's deadline passed before it reached a batch.
     #[error("the request's deadline passed while it waited in the queue")]
     DeadlineExceeded,
-    /// The model failed on the batch holding the entry.
-    #[error("the model failed: {0}")]
-    Model(String),
+    /// The model gave no output for it.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
 /// What a handler receives for one entry.
@@ -527,13 +556,13 @@ fn compute_loop<B: Backend>(
         let items = inputs.len();
         // A panic in the model fails this batch, not the thread: later batches still run.
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| backend.run(&key, inputs)))
-            .unwrap_or_else(|_| Err("the model panicked".to_owned()));
+            .unwrap_or(Err(BackendError::Panicked));
         let outputs = match result {
             Ok(o) if o.len() == items => Ok(o),
-            Ok(o) => Err(format!(
-                "the model returned {} outputs for {items} inputs",
-                o.len()
-            )),
+            Ok(o) => Err(BackendError::WrongCount {
+                got: o.len(),
+                want: items,
+            }),
             Err(e) => Err(e),
         };
         let seconds = started.elapsed().as_secs_f64();
@@ -558,7 +587,7 @@ fn compute_loop<B: Backend>(
                         tracing::warn!(model = name, error = %e, "an item failed alone");
                         metrics::counter!("sluice_item_failures_total", &labels).increment(1);
                     }
-                    let _ = reply.send(out.map_err(EntryError::Model));
+                    let _ = reply.send(out.map_err(EntryError::Backend));
                 }
             }
             Err(e) => {
@@ -566,7 +595,7 @@ fn compute_loop<B: Backend>(
                 metrics::counter!("sluice_batch_failures_total", &labels).increment(1);
                 for (reply, permit) in waiting {
                     drop(permit);
-                    let _ = reply.send(Err(EntryError::Model(e.clone())));
+                    let _ = reply.send(Err(EntryError::Backend(e.clone())));
                 }
             }
         }
@@ -583,9 +612,89 @@ mod tests {
         type Input = usize;
         type Key = u8;
         type Output = usize;
-        fn run(&self, _key: &u8, inputs: Vec<usize>) -> Result<Vec<Result<usize, String>>, String> {
+        fn run(
+            &self,
+            _key: &u8,
+            inputs: Vec<usize>,
+        ) -> Result<Vec<Result<usize, BackendError>>, BackendError> {
             Ok(inputs.into_iter().map(Ok).collect())
         }
+    }
+
+    /// Fails input 13 alone, and panics on any batch holding input 99.
+    struct Picky;
+    impl Backend for Picky {
+        type Input = usize;
+        type Key = u8;
+        type Output = usize;
+        fn run(
+            &self,
+            _key: &u8,
+            inputs: Vec<usize>,
+        ) -> Result<Vec<Result<usize, BackendError>>, BackendError> {
+            assert!(!inputs.contains(&99), "input 99");
+            Ok(inputs
+                .into_iter()
+                .map(|i| match i {
+                    13 => Err(BackendError::Model(Arc::new(ModelError::InvalidSettings(
+                        "thirteen".into(),
+                    )))),
+                    i => Ok(i * 2),
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_item_that_fails_alone_leaves_its_batch_answered_and_a_panic_fails_only_its_batch() {
+        let config = BatchConfig {
+            max_wait: Duration::from_millis(20),
+            ..BatchConfig::default()
+        };
+        let running = start(Arc::new(Picky), config, "picky");
+        let submit = |inputs: Vec<usize>| {
+            let seats = running.queue.admit(inputs.len(), None).unwrap();
+            let mut seats = seats.unwrap();
+            let mut rxs = Vec::new();
+            let entries = inputs
+                .into_iter()
+                .map(|input| {
+                    let (reply, rx) = oneshot::channel();
+                    rxs.push(rx);
+                    Entry {
+                        input,
+                        key: 0u8,
+                        cost: 1,
+                        reply,
+                        queued_at: Instant::now(),
+                        deadline: None,
+                        permit: seats.split(1).unwrap(),
+                    }
+                })
+                .collect();
+            assert!(running.queue.push(entries));
+            rxs
+        };
+        let mut answers = Vec::new();
+        for rx in submit(vec![1, 13, 2]) {
+            answers.push(rx.await.unwrap());
+        }
+        assert!(matches!(answers[0], Ok(2)));
+        assert!(matches!(
+            &answers[1],
+            Err(EntryError::Backend(BackendError::Model(e))) if e.to_string().contains("thirteen")
+        ));
+        assert!(matches!(answers[2], Ok(4)));
+        for rx in submit(vec![99, 3]) {
+            assert!(matches!(
+                rx.await.unwrap(),
+                Err(EntryError::Backend(BackendError::Panicked))
+            ));
+        }
+        // The compute thread survived the panic.
+        let rx = submit(vec![5]).pop().unwrap();
+        assert!(matches!(rx.await.unwrap(), Ok(10)));
+        assert_eq!(running.queue.depth(), 0);
     }
 
     struct Fixture {
@@ -735,10 +844,10 @@ mod tests {
         let batch = s.next_batch(10, 100);
         assert_eq!(inputs(&batch), vec![2]);
         // The expired entry was told why.
-        assert_eq!(
+        assert!(matches!(
             f.receivers[0].try_recv(),
             Ok(Err(EntryError::DeadlineExceeded))
-        );
+        ));
         // Seats of dropped entries are free again: 1000 minus the one still held by the batch.
         assert_eq!(f.seats.available_permits(), 999);
     }

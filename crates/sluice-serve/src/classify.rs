@@ -11,7 +11,7 @@ use std::sync::Arc;
 use sluice_audio::{ChannelOp, ResamplerCache};
 use sluice_models::classifier::{AudioClassifier, Window};
 
-use crate::batcher::Backend;
+use crate::batcher::{Backend, BackendError};
 use crate::infer::WindowScores;
 
 /// Audio decoded and cut into the model's windows.
@@ -83,8 +83,8 @@ impl Backend for Classify {
         &self,
         _key: &(),
         inputs: Vec<Vec<f32>>,
-    ) -> Result<Vec<Result<Vec<f32>, String>>, String> {
-        let scores = self.classifier.run(&inputs).map_err(|e| e.to_string())?;
+    ) -> Result<Vec<Result<Vec<f32>, BackendError>>, BackendError> {
+        let scores = self.classifier.run(&inputs)?;
         Ok(scores.into_iter().map(Ok).collect())
     }
 }

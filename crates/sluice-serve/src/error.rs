@@ -11,6 +11,7 @@ use sluice_core::confine::PathError;
 use sluice_core::storage::StorageError;
 
 use crate::api::{ErrorBody, ErrorDetail};
+use crate::batcher::BackendError;
 
 /// Why a request got no result.
 #[derive(Debug, thiserror::Error)]
@@ -148,9 +149,9 @@ pub enum ApiError {
     /// The request's deadline passed.
     #[error("the request's deadline passed before its translations were ready")]
     DeadlineExceeded,
-    /// The model failed on the batch holding the request's items.
+    /// The model gave no output for one of the request's items.
     #[error("{0}")]
-    Model(String),
+    Model(BackendError),
     /// Something that should not happen (a task that panicked, a tokenizer failure).
     #[error("{0}")]
     Internal(String),
@@ -368,7 +369,7 @@ mod tests {
             ApiError::ShuttingDown { retry_after: 3 },
             ApiError::DeadlineExceeded,
             ApiError::NoRoute,
-            ApiError::Model("boom".into()),
+            ApiError::Model(BackendError::Panicked),
         ];
         for e in cases {
             let unavailable = e.status() == StatusCode::SERVICE_UNAVAILABLE;

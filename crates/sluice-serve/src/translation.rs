@@ -8,7 +8,7 @@ use sluice_models::m2m100::GenerationOptions;
 use sluice_models::{ModelError, M2M100};
 
 use crate::api::Payload;
-use crate::batcher::Backend;
+use crate::batcher::{Backend, BackendError};
 use crate::error::ApiError;
 
 /// Server-side bounds on what one request may ask for.
@@ -173,8 +173,10 @@ impl Translator {
             max_new_tokens: 4,
         };
         let input = tok.encode("Hello, world.", en)?;
-        self.run(&key, vec![input])
-            .map_err(ModelError::InvalidSettings)?;
+        let failed = |e: BackendError| ModelError::InvalidSettings(e.to_string());
+        for translated in self.run(&key, vec![input]).map_err(failed)? {
+            translated.map_err(failed)?;
+        }
         Ok(())
     }
 }
@@ -190,7 +192,7 @@ impl Backend for Translator {
         &self,
         key: &TranslateKey,
         inputs: Vec<Vec<u32>>,
-    ) -> Result<Vec<Result<Translation, String>>, String> {
+    ) -> Result<Vec<Result<Translation, BackendError>>, BackendError> {
         let opts = GenerationOptions {
             num_beams: Some(key.beams),
             max_new_tokens: Some(key.max_new_tokens),
@@ -208,10 +210,7 @@ impl Backend for Translator {
             .model
             .generate_each(&inputs, &params)
             .into_iter()
-            .map(|ids| {
-                ids.and_then(translate)
-                    .map_err(|e: ModelError| e.to_string())
-            })
+            .map(|ids| ids.and_then(translate).map_err(BackendError::from))
             .collect())
     }
 

@@ -38,7 +38,7 @@ use crate::api::{
     parse_json, ErrorBody, Payload, RecordIn, RecordOut, Status, TranslationRequest,
     TranslationResponse,
 };
-use crate::batcher::{self, Backend, BatchConfig, Entry, EntryError, Queue};
+use crate::batcher::{self, Backend, BackendError, BatchConfig, Entry, EntryError, Queue};
 use crate::classify::Classify;
 use crate::error::{ApiError, InputProblem};
 use crate::infer::{

@@ -89,7 +89,7 @@ pub(super) async fn submit<B: Backend>(
     }
     let answers = futures::future::join_all(replies.into_iter().map(|rx| async move {
         rx.await
-            .unwrap_or_else(|_| Err(EntryError::Model("the batch was abandoned".to_owned())))
+            .unwrap_or(Err(EntryError::Backend(BackendError::Abandoned)))
     }));
     with_deadline(deadline, answers).await
 }
@@ -109,7 +109,7 @@ pub(super) async fn with_deadline<T>(
 pub(super) fn item_error(e: EntryError) -> ApiError {
     match e {
         EntryError::DeadlineExceeded => ApiError::DeadlineExceeded,
-        EntryError::Model(m) => ApiError::Model(m),
+        EntryError::Backend(e) => ApiError::Model(e),
     }
 }
 
