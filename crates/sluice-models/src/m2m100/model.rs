@@ -112,21 +112,20 @@ struct KvCache {
 }
 
 impl KvCache {
-    /// The copies `(to, from, count)` of keys and of values that move the first `len` positions
-    /// of row `src` (buffers of capacity `from_cap`) to row `dst` (capacity `to_cap`).
+    /// The copies `(to, from, count)` of keys (one per head) and of values that move the first
+    /// `len` positions of row `src` (buffers of capacity `from_cap`) to row `dst` (capacity
+    /// `to_cap`). An iterator: beam reordering asks for these for every moved row of every layer.
     fn row_copies(
         &self,
         (dst, to_cap): (usize, usize),
         (src, from_cap): (usize, usize),
-    ) -> (Vec<RowCopy>, RowCopy) {
+    ) -> (impl Iterator<Item = RowCopy>, RowCopy) {
         let (dim, len) = (self.dim, self.len);
         let hd = dim / self.heads.max(1);
         let (t, f) = (dst * to_cap * dim, src * from_cap * dim);
         // Keys: per head, the blocks in use (a block's layout does not depend on the capacity).
         let used = len.div_ceil(rowops::KEY_BLOCK) * rowops::KEY_BLOCK * hd;
-        let keys = (0..self.heads)
-            .map(|h| (t + h * to_cap * hd, f + h * from_cap * hd, used))
-            .collect();
+        let keys = (0..self.heads).map(move |h| (t + h * to_cap * hd, f + h * from_cap * hd, used));
         (keys, (t, f, len * dim))
     }
 
@@ -633,17 +632,18 @@ impl DecoderLayer {
         beams: usize,
     ) -> CResult<Tensor> {
         let cache = match self_kv {
+            // One layer at a time over plain rows (the per-layer fidelity test takes this way;
+            // `decode_step_into` calls `step_rows` for every layer without the tensors).
             SelfKv::Cpu(cache) => {
                 let (rows, len, d) = x.dims3()?;
                 let mut xs = x.flatten_all()?.to_vec1::<f32>()?;
                 let mask = with_f32_slice(mask, |m| m.to_vec())?;
-                let mut scratch = StepScratch::default();
                 let cross = Cross {
                     kv: cross_kv,
                     mask: &mask,
                     beams,
                 };
-                self.step_rows(&mut xs, rows, cache, cross, &mut scratch)?;
+                self.step_rows(&mut xs, rows, cache, cross, &mut StepScratch::default())?;
                 return Tensor::from_vec(xs, (rows, len, d), x.device());
             }
             SelfKv::Tensors(cache) => cache,
@@ -1214,14 +1214,7 @@ impl M2M100Model {
             }
             state.len += 1;
             let h = norm_rows(&self.decoder_norm, &xs, d)?;
-            return match &self.lm_head {
-                Head::Int8(q) => {
-                    out.resize(rows * self.vocab, 0.0);
-                    q.w.matmul(&h, rows, None, out);
-                    Ok(())
-                }
-                Head::F32(_) => self.head(&Tensor::from_vec(h, (rows, d), &self.device)?, out),
-            };
+            return self.head(&Tensor::from_vec(h, (rows, d), &self.device)?, out);
         }
         for (i, layer) in self.decoder_layers.iter().enumerate() {
             x = layer.step(
