@@ -83,6 +83,17 @@ pub enum EntryError {
 /// What a handler receives for one entry.
 pub type Reply<B> = Result<<B as Backend>::Output, EntryError>;
 
+/// Answers one entry, its queue seat freed first: a client that has its answer never sees its
+/// item still counted in the queue depth. A client that went away is not an error.
+fn answer<T>(
+    reply: oneshot::Sender<Result<T, EntryError>>,
+    permit: OwnedSemaphorePermit,
+    out: Result<T, EntryError>,
+) {
+    drop(permit);
+    let _ = reply.send(out);
+}
+
 /// One item waiting for a batch.
 pub struct Entry<B: Backend> {
     /// The prepared input handed to the backend.
@@ -153,9 +164,7 @@ impl<B: Backend> State<B> {
                 dropped.disconnected += 1;
             } else if e.deadline.is_some_and(|d| d <= now) {
                 dropped.expired += 1;
-                let Entry { reply, permit, .. } = e;
-                drop(permit);
-                let _ = reply.send(Err(EntryError::DeadlineExceeded));
+                answer(e.reply, e.permit, Err(EntryError::DeadlineExceeded));
             } else {
                 kept.push_back(e);
             }
@@ -580,22 +589,18 @@ fn compute_loop<B: Backend>(
                     .sum();
                 metrics::counter!("sluice_generated_tokens_total", &labels).increment(units as u64);
                 for ((reply, permit), out) in waiting.into_iter().zip(outputs) {
-                    // The seat is free before the answer leaves, so a client that has its
-                    // answer never sees its items still counted in the queue depth.
-                    drop(permit);
                     if let Err(e) = &out {
                         tracing::warn!(model = name, error = %e, "an item failed alone");
                         metrics::counter!("sluice_item_failures_total", &labels).increment(1);
                     }
-                    let _ = reply.send(out.map_err(EntryError::Backend));
+                    answer(reply, permit, out.map_err(EntryError::Backend));
                 }
             }
             Err(e) => {
                 tracing::error!(model = name, error = %e, items, "batch failed");
                 metrics::counter!("sluice_batch_failures_total", &labels).increment(1);
                 for (reply, permit) in waiting {
-                    drop(permit);
-                    let _ = reply.send(Err(EntryError::Backend(e.clone())));
+                    answer(reply, permit, Err(EntryError::Backend(e.clone())));
                 }
             }
         }

@@ -122,10 +122,20 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)?
 }
 
-pub(super) fn deadline(
+/// A request's body, and the instant its deadline passes (its header's, else the server's
+/// default), counted from when it was received: how every route starts.
+pub(super) fn accept(
+    app: &App,
     headers: &HeaderMap,
-    default: Option<Duration>,
-) -> Result<Option<Duration>, ApiError> {
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Bytes, Option<Instant>), ApiError> {
+    let body = body.map_err(|r| body_error(app, r))?;
+    let received = Instant::now();
+    let deadline = deadline(headers, app.config.deadline)?.map(|d| received + d);
+    Ok((body, deadline))
+}
+
+fn deadline(headers: &HeaderMap, default: Option<Duration>) -> Result<Option<Duration>, ApiError> {
     let Some(v) = headers.get(DEADLINE_HEADER) else {
         return Ok(default);
     };

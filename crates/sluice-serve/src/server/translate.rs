@@ -22,9 +22,7 @@ pub(super) async fn translation(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<TranslationResponse>, ApiError> {
-    let body = body.map_err(|r| body_error(&app, r))?;
-    let received = Instant::now();
-    let deadline = deadline(&headers, app.config.deadline)?.map(|d| received + d);
+    let (body, deadline) = accept(&app, &headers, body)?;
     let request: TranslationRequest = parse_json(&body)?;
     let payload = request.payload;
     check_count(&app, payload.records.len(), "records")?;
@@ -53,9 +51,7 @@ pub(super) async fn translate(
     // Tokenizing hundreds of records is real work: keep it off the async threads.
     let translator = translator.clone();
     let limits = app.config.limits.clone();
-    let prepared = tokio::task::spawn_blocking(move || translator.prepare(&limits, payload))
-        .await
-        .map_err(ApiError::internal)??;
+    let prepared = blocking(move || translator.prepare(&limits, payload)).await?;
     // Empty texts are answered without the model.
     let queued: Vec<bool> = prepared.items.iter().map(Option::is_some).collect();
     let items = prepared

@@ -41,9 +41,7 @@ pub(super) async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<InferResponse>, ApiError> {
-    let body = body.map_err(|r| body_error(&app, r))?;
-    let received = Instant::now();
-    let deadline = deadline(&headers, app.config.deadline)?.map(|d| received + d);
+    let (body, deadline) = accept(&app, &headers, body)?;
     let Some(slot) = app.slot(&name) else {
         return Err(ApiError::UnknownModel {
             name,
