@@ -520,10 +520,6 @@ struct Started {
 }
 
 impl Started {
-    fn close_failures(&self) {
-        drop(lock(&self.run.shared.failures).take());
-    }
-
     /// Finishes the sink, stops the monitor, joins every worker and the failures writer, and
     /// writes the summary.
     fn finish<T>(
@@ -545,7 +541,7 @@ impl Started {
             Reporter::new(Progress::Off, &[], None),
         )
         .finish();
-        drop(lock(&shared.failures).take());
+        shared.close_failures();
         loop {
             let handles = std::mem::take(&mut *lock(&shared.threads));
             if handles.is_empty() {
@@ -640,7 +636,7 @@ fn drive<T: Item>(
                 crossbeam_channel::select! {
                     recv(outputs) -> item => match item {
                         Ok(item) => if !order.item(item, &mut write) { break },
-                        Err(_) => { outputs_open = false; started.close_failures(); }
+                        Err(_) => { outputs_open = false; shared.close_failures(); }
                     },
                     recv(gone_rx) -> seq => match seq {
                         Ok(seq) => if !order.gone(seq, &mut write) { break },
@@ -677,7 +673,7 @@ fn drive<T: Item>(
                 .fetch_add(store.spilled_chunks(), Relaxed);
             let mut order = Reorder::default();
             if ordered {
-                started.close_failures();
+                shared.close_failures();
                 for seq in gone_rx.iter() {
                     order.gone(seq, &mut |_| true);
                 }

@@ -60,6 +60,11 @@ impl Shared {
         }
     }
 
+    /// Closes the failures channel: the failures writer finishes once the workers' copies go.
+    pub fn close_failures(&self) {
+        drop(lock(&self.failures).take());
+    }
+
     /// Starts a thread that the end of the run joins.
     pub fn spawn_named(&self, name: String, f: impl FnOnce() + Send + 'static) {
         let handle = std::thread::Builder::new()

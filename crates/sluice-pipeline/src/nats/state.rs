@@ -1,5 +1,5 @@
 //! The bookkeeping of a NATS worker, without I/O: what a pulled message becomes, which message
-//! settles which finished item, and how a failed item is retried. `nats.rs` does the talking
+//! settles which finished item, and how a failed item is retried. `worker.rs` does the talking
 //! (pull, ack, nak, dead-letter publish) and asks this module what to do, so the decisions are
 //! unit-tested here without a server.
 
@@ -9,6 +9,8 @@ use std::time::Duration;
 use crate::keys::key_text;
 use crate::sink::Completed;
 use crate::stages::Record;
+
+use super::NatsSource;
 
 /// A pulled message as the decisions need it.
 #[derive(Debug, Clone, Copy)]
@@ -21,19 +23,6 @@ pub(crate) struct Delivery<'a> {
     pub delivered: u64,
     /// Its sequence in the stream.
     pub sequence: u64,
-}
-
-/// The source settings the decisions read.
-#[derive(Debug, Clone)]
-pub(crate) struct Rules {
-    /// The stream, naming keyless items `stream:sequence`.
-    pub stream: String,
-    /// The record field holding each item's key.
-    pub key: Option<String>,
-    /// Deliveries before an item is dead-lettered.
-    pub max_deliver: u32,
-    /// First redelivery delay of a failed item, doubled at each delivery.
-    pub retry_delay: Duration,
 }
 
 /// What to do with a pulled message.
@@ -68,8 +57,8 @@ pub(crate) enum OnFailure {
 
 /// Decides what a pulled message becomes; `done` tells which keys the outputs already hold
 /// (read for pulls that brought redelivered messages).
-pub(crate) fn intake(rules: &Rules, m: Delivery, done: Option<&Completed>) -> Intake {
-    if m.delivered > u64::from(rules.max_deliver) {
+pub(crate) fn intake(source: &NatsSource, m: Delivery, done: Option<&Completed>) -> Intake {
+    if m.delivered > u64::from(source.max_deliver) {
         return Intake::DeadLetter {
             error: format!(
                 "delivered {} times without an acknowledgement: the workers holding it stopped",
@@ -87,7 +76,7 @@ pub(crate) fn intake(rules: &Rules, m: Delivery, done: Option<&Completed>) -> In
         Ok(_) => return dead("not a JSON object".into()),
         Err(e) => return dead(format!("not JSON: {e}")),
     };
-    let key = match &rules.key {
+    let key = match &source.key {
         Some(field) => match record.get(field) {
             Some(k) => key_text(k),
             None => {
@@ -99,7 +88,7 @@ pub(crate) fn intake(rules: &Rules, m: Delivery, done: Option<&Completed>) -> In
         None => m
             .msg_id
             .map(str::to_owned)
-            .unwrap_or_else(|| format!("{}:{}", rules.stream, m.sequence)),
+            .unwrap_or_else(|| format!("{}:{}", source.stream, m.sequence)),
     };
     if m.delivered > 1 && done.is_some_and(|done| done(&key)) {
         return Intake::AlreadyDone;
@@ -108,13 +97,12 @@ pub(crate) fn intake(rules: &Rules, m: Delivery, done: Option<&Completed>) -> In
 }
 
 /// Decides what happens to the message of a failed item delivered `delivered` times.
-pub(crate) fn on_failure(rules: &Rules, delivered: u64) -> OnFailure {
-    if delivered >= u64::from(rules.max_deliver) {
+pub(crate) fn on_failure(source: &NatsSource, delivered: u64) -> OnFailure {
+    if delivered >= u64::from(source.max_deliver) {
         return OnFailure::DeadLetter;
     }
     OnFailure::RetryAfter(
-        rules
-            .retry_delay
+        Duration::from_millis(source.retry_delay_ms)
             .saturating_mul(1 << delivered.saturating_sub(1).min(16))
             .min(Duration::from_secs(60)),
     )
@@ -162,13 +150,20 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn rules(key: Option<&str>) -> Rules {
-        Rules {
-            stream: "work".into(),
-            key: key.map(str::to_owned),
-            max_deliver: 3,
-            retry_delay: Duration::from_millis(1000),
+    fn source(key: Option<&str>, max_deliver: u32) -> NatsSource {
+        let mut table: toml::Table = toml::from_str(&format!(
+            "stream = \"work\"\nsubject = \"work.items\"\nconsumer = \"w\"\n\
+             max_deliver = {max_deliver}\nretry_delay_ms = 1000"
+        ))
+        .unwrap();
+        if let Some(k) = key {
+            table.insert("key".into(), k.into());
         }
+        NatsSource::parse(&table, "test").unwrap()
+    }
+
+    fn rules(key: Option<&str>) -> NatsSource {
+        source(key, 3)
     }
 
     fn msg(payload: &[u8], delivered: u64) -> Delivery<'_> {
@@ -239,10 +234,7 @@ mod tests {
 
     #[test]
     fn failures_back_off_exponentially_then_go_to_the_dead_letter_subject() {
-        let r = Rules {
-            max_deliver: 12,
-            ..rules(None)
-        };
+        let r = source(None, 12);
         let delays: Vec<_> = (1..=8).map(|d| on_failure(&r, d)).collect();
         let secs = |s| OnFailure::RetryAfter(Duration::from_secs(s));
         assert_eq!(

@@ -1,7 +1,7 @@
 //! `sluice worker`: a pipeline fed by a durable pull consumer, each item acked once its output is
 //! durable, failures handed back or dead-lettered (the decisions are in [`super::state`]).
 
-use super::state::{intake, on_failure, ByKey, Delivery, Intake, OnFailure, Rules};
+use super::state::{intake, on_failure, ByKey, Delivery, Intake, OnFailure};
 use super::*;
 use crate::stages::Record;
 use crate::{lock, Completed, Envelope, Failure, Sink, SinkError};
@@ -67,8 +67,6 @@ struct Held {
     waiting: Mutex<VecDeque<Message>>,
     /// In the pipeline, by key (several messages may share a key).
     pending: Mutex<ByKey<Message>>,
-    /// What the decisions about messages read from the source settings.
-    rules: Rules,
     /// Messages admitted to the pipeline and not yet settled (acked, handed back or dead).
     in_flight: AtomicU64,
     counts: Counters,
@@ -140,12 +138,6 @@ impl Held {
             dead_subject,
             waiting: Mutex::new(VecDeque::new()),
             pending: Mutex::new(ByKey::default()),
-            rules: Rules {
-                stream: spec.stream.clone(),
-                key: spec.key.clone(),
-                max_deliver: spec.max_deliver,
-                retry_delay: Duration::from_millis(spec.retry_delay_ms),
-            },
             in_flight: AtomicU64::new(0),
             counts: Counters::default(),
             stop,
@@ -205,7 +197,7 @@ impl Held {
             .and_then(|h| h.get("Nats-Msg-Id"))
             .map(|v| v.as_str().to_owned());
         let decision = intake(
-            &self.rules,
+            &self.spec,
             Delivery {
                 payload: &message.payload,
                 msg_id: msg_id.as_deref(),
@@ -290,7 +282,7 @@ impl Held {
         };
         self.in_flight.fetch_sub(1, Relaxed);
         let (delivered, _) = delivery(&message);
-        let delay = match on_failure(&self.rules, delivered) {
+        let delay = match on_failure(&self.spec, delivered) {
             OnFailure::RetryAfter(delay) => delay,
             OnFailure::DeadLetter => {
                 self.dead_letter(
