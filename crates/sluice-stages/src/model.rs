@@ -406,7 +406,6 @@ fn translate_local(spec: &ModelSpec, model: &M2M100, batch: &[Record]) -> Vec<Ou
                 .map_err(|_| ItemError::permanent(format!("{value} is not UTF-8 text")))
         })
         .collect();
-    let ok: Vec<&str> = texts.iter().flatten().map(String::as_str).collect();
     let opts = GenerationOptions {
         num_beams: spec
             .parameters
@@ -420,26 +419,19 @@ fn translate_local(spec: &ModelSpec, model: &M2M100, batch: &[Record]) -> Vec<Ou
             .map(|b| b as usize),
         ..GenerationOptions::default()
     };
-    // The failure policy of every translation path: a text the model cannot take fails alone.
-    let translated = match model.translate_each(&ok, from, to, &opts, ok.len().max(1)) {
-        Ok(t) => t,
-        Err(e) => return all_failed(batch, e),
-    };
-    let mut translated = translated.into_iter();
-    texts
-        .into_iter()
-        .map(|t| {
-            t?;
-            let text = translated
-                .next()
-                .unwrap_or_else(|| Ok(String::new()))
-                .map_err(|e| ItemError::permanent(format!("translating: {e}")))?;
-            Ok(InferOutput {
-                text: Some(text),
-                ..InferOutput::default()
+    let batch_size = texts.len().max(1);
+    match crate::translate::translate_read(model, &texts, (from, to), &opts, batch_size) {
+        Ok(translated) => translated
+            .into_iter()
+            .map(|text| {
+                Ok(InferOutput {
+                    text: Some(text?),
+                    ..InferOutput::default()
+                })
             })
-        })
-        .collect()
+            .collect(),
+        Err(e) => all_failed(batch, e),
+    }
 }
 
 /// Builds the request input for one record: a path under `data_root`, else the data or text.

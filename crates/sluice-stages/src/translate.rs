@@ -19,6 +19,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sluice_models::m2m100::{ComputeType, GenerationOptions, M2M100};
 use sluice_models::source::{HubSettings, ModelSource, DEFAULT_MODEL};
+use sluice_models::ModelError;
 use sluice_pipeline::config::{ConfigError, RawStage, RecordStage, RecordStageFactory};
 use sluice_pipeline::stages::Record;
 use sluice_pipeline::{ItemError, Stage, StageError, StageOptions, WorkerContext};
@@ -150,6 +151,33 @@ pub fn worker_device(worker: &WorkerContext) -> Result<candle_core::Device, Stag
     })
 }
 
+/// One translation per record of a batch whose texts were read (a record whose text could not
+/// be read keeps its error), under the failure policy of every translation path
+/// ([`M2M100::translate_each`]): a text the model cannot take fails alone. Only what affects
+/// every text (an unknown language) fails the call.
+pub(crate) fn translate_read<S: AsRef<str>>(
+    model: &M2M100,
+    texts: &[Result<S, ItemError>],
+    (from, to): (&str, &str),
+    opts: &GenerationOptions,
+    batch_size: usize,
+) -> Result<Vec<Result<String, ItemError>>, ModelError> {
+    let read: Vec<&str> = texts.iter().flatten().map(AsRef::as_ref).collect();
+    let mut translated = model
+        .translate_each(&read, from, to, opts, batch_size)?
+        .into_iter();
+    Ok(texts
+        .iter()
+        .map(|text| {
+            text.as_ref().map_err(Clone::clone)?;
+            translated
+                .next()
+                .expect("one translation per text read")
+                .map_err(|e| ItemError::permanent(format!("translating: {e}")))
+        })
+        .collect())
+}
+
 impl Stage for TranslateStage {
     type In = Record;
     type Out = Record;
@@ -179,47 +207,36 @@ impl Stage for TranslateStage {
             .loaded
             .as_ref()
             .ok_or_else(|| StageError::new("translate stage was not set up"))?;
-        let mut texts = Vec::with_capacity(batch.len());
-        let mut results: Vec<Result<Record, ItemError>> = Vec::with_capacity(batch.len());
-        for record in batch {
-            match record.get(&self.field).and_then(|t| t.as_str()) {
-                Some(text) => {
-                    texts.push(text);
-                    results.push(Ok(record.clone()));
+        let texts: Vec<Result<&str, ItemError>> = batch
+            .iter()
+            .map(|record| {
+                record
+                    .get(&self.field)
+                    .and_then(|t| t.as_str())
+                    .ok_or_else(|| {
+                        ItemError::permanent(format!("record has no text field {:?}", self.field))
+                    })
+            })
+            .collect();
+        let translated = translate_read(
+            model,
+            &texts,
+            (&self.from, &self.to),
+            &self.generation,
+            self.options.batch_size,
+        )
+        .map_err(|e| StageError::new(format!("translating: {e}")))?;
+        Ok(batch
+            .iter()
+            .zip(translated)
+            .map(|(record, text)| {
+                let mut record = record.clone();
+                if let Record::Object(map) = &mut record {
+                    map.insert(self.output.clone(), text?.into());
                 }
-                None => results.push(Err(ItemError::permanent(format!(
-                    "record has no text field {:?}",
-                    self.field
-                )))),
-            }
-        }
-        // One result per text: a text the model cannot take fails alone (the failure policy of
-        // every translation path, `M2M100::translate_each`).
-        let translated = model
-            .translate_each(
-                &texts,
-                &self.from,
-                &self.to,
-                &self.generation,
-                self.options.batch_size,
-            )
-            .map_err(|e| StageError::new(format!("translating: {e}")))?;
-        let mut translated = translated.into_iter();
-        for result in results.iter_mut() {
-            if result.is_err() {
-                continue;
-            }
-            match translated.next() {
-                Some(Ok(text)) => {
-                    if let Ok(Record::Object(map)) = result {
-                        map.insert(self.output.clone(), text.into());
-                    }
-                }
-                Some(Err(e)) => *result = Err(ItemError::permanent(format!("translating: {e}"))),
-                None => *result = Err(ItemError::permanent("no translation for this record")),
-            }
-        }
-        Ok(results)
+                Ok(record)
+            })
+            .collect())
     }
 }
 
