@@ -372,10 +372,11 @@ impl M2M100 {
             }
         }
         encoded.sort_by_key(|(_, ids)| ids.len());
-        for chunk in encoded.chunks(batch_size.max(1)) {
-            let batch: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
-            for ((i, _), ids) in chunk.iter().zip(self.generate_each(&batch, &params)) {
-                out[*i] = ids;
+        let (at, sources): (Vec<usize>, Vec<Vec<u32>>) = encoded.into_iter().unzip();
+        let size = batch_size.max(1);
+        for (at, batch) in at.chunks(size).zip(sources.chunks(size)) {
+            for (&i, ids) in at.iter().zip(self.generate_each(batch, &params)) {
+                out[i] = ids;
             }
         }
         Ok(out)
