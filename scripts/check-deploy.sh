@@ -14,7 +14,7 @@
 #    that kubernetes-validate bundles. Custom resources (KEDA ScaledObject) are checked against
 #    schemas kept below; a kind with no schema is an error, never a silent pass.
 # 4. Checks what the schemas cannot: sluice containers run the sluice binary (no shell in the
-#    image; that it accepts their arguments is crates/sluice-cli/tests/deploy.rs's job), security contexts, probes and shutdown timing of the server, the read-only data
+#    image; that it accepts their arguments is crates/sluice-cli/tests/it/deploy.rs's job), security contexts, probes and shutdown timing of the server, the read-only data
 #    volume at --data-root, Indexed Jobs' --shard N against completions, $(VAR) references,
 #    selectors, autoscaler targets, ConfigMap files (TOML parsed) and the KEDA trigger against the
 #    worker pipeline and the NATS Service; the Docker build context against .dockerignore.
@@ -464,7 +464,7 @@ for label, docs in sources:
             expect(not cmd or os.path.basename(cmd[0]) == "sluice", what,
                    f"command {cmd[:1]}: the sluice image has only the sluice binary (no shell)")
             # Whether the binary accepts the subcommand and its flags is checked against the binary
-            # itself by crates/sluice-cli/tests/deploy.rs, so no list of subcommands is kept here.
+            # itself by crates/sluice-cli/tests/it/deploy.rs, so no list of subcommands is kept here.
             sub = argv[1] if len(argv) > 1 else "serve"
             for hname, handler in [("preStop", ((c.get("lifecycle") or {}).get("preStop") or {})),
                                    ("postStart", ((c.get("lifecycle") or {}).get("postStart") or {}))] + \

@@ -1,6 +1,7 @@
 //! Concurrent requests are batched together and get the same answers as one at a time.
 //! (One test in this file: the metrics it reads are process-wide.)
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::{metric, reference_en_ja, request, TestServer};

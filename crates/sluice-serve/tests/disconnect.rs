@@ -2,6 +2,7 @@
 //! (One test in this file: the metrics it reads are process-wide.)
 
 use std::num::NonZeroUsize;
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

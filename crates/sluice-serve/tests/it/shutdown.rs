@@ -1,8 +1,8 @@
 //! Shutdown waits for in-flight requests only up to its timeout, then gives up on them.
 //! (The full drain on SIGTERM is proven with the real binary in sluice-cli's tests/serve.rs.)
 
+use crate::common;
 use std::num::NonZeroUsize;
-mod common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! The balancer gives each auto-sized stage workers in proportion to its time per item.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

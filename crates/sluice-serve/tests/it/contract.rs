@@ -1,6 +1,6 @@
 //! `POST /translation` answers exactly per docs/CONTRACT.md, with transformers' translations.
 
-mod common;
+use crate::common;
 
 use common::{reference_en_ja, request, TestServer};
 use serde_json::{json, Value};

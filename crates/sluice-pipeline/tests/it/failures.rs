@@ -1,7 +1,7 @@
 //! A failing item is reported and the rest complete; transient errors are retried; a panicking
 //! worker is replaced, and a stage that keeps breaking stops the run with the reason.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::SeqCst;

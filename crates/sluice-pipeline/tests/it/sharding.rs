@@ -1,6 +1,6 @@
 //! `--shard i/n` runs split the input so that every item is processed by exactly one shard.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

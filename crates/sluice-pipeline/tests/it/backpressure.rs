@@ -1,7 +1,7 @@
 //! Streaming mode holds a bounded number of items: behind a stalled stage, the source stops after
 //! exactly as many items as the channels and the workers' batches can hold.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};

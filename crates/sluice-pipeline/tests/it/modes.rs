@@ -1,7 +1,7 @@
 //! Batch and debug modes give the same outputs and failures as streaming, and `preserve_order`
 //! delivers outputs in input order.
 
-mod common;
+use crate::common;
 
 use common::Probe;
 use sluice_pipeline::{ItemError, Mode, Pipeline, RunOptions, StageOptions, VecSink};

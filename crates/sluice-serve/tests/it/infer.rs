@@ -3,8 +3,8 @@
 //! parity with onnxruntime in-process and over HTTP, inline and path inputs mixed across
 //! concurrent requests, path confinement, and clear errors.
 
+use crate::common;
 use std::num::NonZeroUsize;
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

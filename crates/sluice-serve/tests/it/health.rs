@@ -1,6 +1,6 @@
 //! Health, readiness, metrics and the OpenAPI document.
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 use serde_json::Value;

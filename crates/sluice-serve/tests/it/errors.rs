@@ -1,8 +1,8 @@
 //! Bad requests get a JSON `{"error": {"code", "message"}}` with the right status, and the server
 //! keeps serving afterwards.
 
+use crate::common;
 use std::num::NonZeroUsize;
-mod common;
 
 use common::{request, TestServer};
 use serde_json::{json, Value};

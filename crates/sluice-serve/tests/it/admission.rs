@@ -1,8 +1,8 @@
 //! Overload is answered at once: a full queue gives 503 with Retry-After, a passed deadline 504,
 //! and every request that is admitted is answered.
 
+use crate::common;
 use std::num::NonZeroUsize;
-mod common;
 
 use std::time::Duration;
 

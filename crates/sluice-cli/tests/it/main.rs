@@ -1,0 +1,9 @@
+//! sluice-cli's integration tests, one binary (one link,
+//! one file on disk) instead of one per file.
+mod audio;
+mod classify;
+mod deploy;
+mod run;
+mod serve;
+mod translate;
+mod worker;

@@ -1,0 +1,5 @@
+//! sluice-models's integration tests, one binary (one link,
+//! one file on disk) instead of one per file.
+mod failure_policy;
+mod load_errors;
+mod m2m100_parity;
