@@ -284,7 +284,7 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     default_compute_type(args.compute_type);
     let raw = sluice_pipeline::config::RawConfig::load(&args.pipeline, &args.sets)?;
     let mut config =
-        sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &sluice_stages::kinds())?;
+        sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &sluice_stages::registry())?;
     config.options.progress = args.progress.into();
     serve_metrics(args.metrics_addr.as_deref())?;
     let options = sluice_pipeline::nats::WorkerOptions {
@@ -337,15 +337,15 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
     default_compute_type(args.compute_type);
     let raw = sluice_pipeline::config::RawConfig::load(&args.pipeline, &args.sets)?;
     serve_metrics(args.metrics_addr.as_deref())?;
-    if raw.source_kind() == Some(sluice_stages::audio::config::SOURCE_KIND) {
-        let mut pipeline = sluice_stages::audio::config::AudioPipeline::from_raw(raw)?;
-        apply_run_args(&mut pipeline.options, &args);
-        let summary = pipeline.options.summary_path.clone();
-        return audio::report(pipeline.run()?, summary.as_deref());
-    }
-    let mut config =
-        sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &sluice_stages::kinds())?;
-    apply_run_args(&mut config.options, &args);
+    let mut pipeline = sluice_stages::load(raw)?;
+    apply_run_args(pipeline.options_mut(), &args);
+    let config = match pipeline {
+        sluice_stages::AnyPipeline::Audio(pipeline) => {
+            let summary = pipeline.options.summary_path.clone();
+            return audio::report(pipeline.run()?, summary.as_deref());
+        }
+        sluice_stages::AnyPipeline::Records(config) => config,
+    };
     let written = config
         .options
         .summary_path

@@ -82,6 +82,12 @@ pub enum ModelError {
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 impl ModelError {
+    /// Whether trying again cannot help: the model, its files, its settings or the hub's answer
+    /// would be the same next time. I/O and tensor errors (a full disk, device memory) may pass.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, ModelError::Candle(_) | ModelError::Io { .. })
+    }
+
     /// Wraps an I/O error with the path it concerned.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {

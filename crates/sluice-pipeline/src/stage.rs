@@ -173,15 +173,43 @@ impl ItemError {
     }
 }
 
-/// A worker that cannot go on (setup failed, its subprocess died); the engine replaces it.
+/// A worker that cannot go on. What the engine does next depends on whether another worker
+/// could do better.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct StageError(pub String);
+pub enum StageError {
+    /// This worker broke (its subprocess died, a device or I/O error): the engine replaces it, up
+    /// to the stage's `max_restarts`.
+    #[error("{0}")]
+    Broken(String),
+    /// Every worker would fail the same way (a model or program that does not exist, a bad
+    /// setting, no network to fetch from): restarting cannot help, so the run stops at once with
+    /// this error.
+    #[error("{0}")]
+    Fatal(String),
+}
 
 impl StageError {
-    /// Builds an error from anything printable.
+    /// A broken worker, worth replacing.
     pub fn new(message: impl Into<String>) -> Self {
-        StageError(message.into())
+        StageError::Broken(message.into())
+    }
+
+    /// A failure no other worker can avoid: the run stops.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        StageError::Fatal(message.into())
+    }
+
+    /// Whether restarting the worker cannot help.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, StageError::Fatal(_))
+    }
+
+    /// The same error with `context` before its message (`context: message`), fatal or not.
+    pub fn context(self, context: impl std::fmt::Display) -> Self {
+        match self {
+            StageError::Broken(m) => StageError::Broken(format!("{context}: {m}")),
+            StageError::Fatal(m) => StageError::Fatal(format!("{context}: {m}")),
+        }
     }
 }
 

@@ -134,6 +134,14 @@ impl<S: Stage> WorkerCore<S> {
                     self.instance = Some(stage);
                     break;
                 }
+                Ok(Err(e)) if e.is_fatal() => {
+                    self.shared.abort(format!(
+                        "stage {}: setup failed: {e} (not retried: every worker would fail \
+                         the same way)",
+                        self.stats.name
+                    ));
+                    return false;
+                }
                 Ok(Err(e)) => format!("setup failed: {e}"),
                 Err(p) => format!("setup panicked: {}", panic_message(&*p)),
             };
@@ -247,6 +255,17 @@ impl<S: Stage> WorkerCore<S> {
                         self.fail(meta, message.clone(), attempt);
                     }
                     return true;
+                }
+                Ok(Err(e)) if e.is_fatal() => {
+                    let message = format!("worker failed: {e}");
+                    for meta in metas {
+                        self.fail(meta, message.clone(), attempt);
+                    }
+                    self.shared.abort(format!(
+                        "stage {}: {message} (not retried: every worker would fail the same way)",
+                        self.stats.name
+                    ));
+                    return false;
                 }
                 Ok(Err(e)) => format!("worker failed: {e}"),
                 Err(p) => format!("worker panicked: {}", panic_message(&*p)),

@@ -227,7 +227,7 @@ impl Stage for ModelStage {
     }
 
     fn setup(&mut self, worker: &WorkerContext) -> Result<(), StageError> {
-        self.spec.check().map_err(StageError::new)?;
+        self.spec.check().map_err(StageError::fatal)?;
         self.backend = Some(match (&self.spec.model, &self.spec.url) {
             (Some(model), _) => Access::Local(load_local(model, worker)?),
             (None, Some(_)) => Access::Remote {
@@ -283,10 +283,10 @@ impl Stage for ModelStage {
 fn load_local(model: &str, worker: &WorkerContext) -> Result<Local, StageError> {
     let dir = Path::new(model);
     if AudioClassifier::is_classifier_dir(dir) {
-        let c = AudioClassifier::load(dir).map_err(|e| StageError::new(e.to_string()))?;
+        let c = AudioClassifier::load(dir).map_err(|e| crate::translate::model_error(&e))?;
         return Ok(Local::Classifier(Arc::new(c)));
     }
-    let compute = sluice_models::m2m100::ComputeType::from_env().map_err(StageError::new)?;
+    let compute = sluice_models::m2m100::ComputeType::from_env().map_err(StageError::fatal)?;
     let m = crate::translate::load_m2m100(model, compute, worker)?;
     Ok(Local::Translation(Arc::new(m)))
 }

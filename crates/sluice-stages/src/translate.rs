@@ -132,9 +132,18 @@ pub fn load_m2m100(
     let source = ModelSource::parse(model);
     let dir = source
         .resolve(&HubSettings::from_env())
-        .map_err(|e| StageError::new(e.to_string()))?;
+        .map_err(|e| model_error(&e))?;
     M2M100::load(&dir, &device, compute)
-        .map_err(|e| StageError::new(format!("loading model {source}: {e}")))
+        .map_err(|e| model_error(&e).context(format!("loading model {source}")))
+}
+
+/// A model that failed to load: fatal to the run when no worker could do better.
+pub(crate) fn model_error(e: &sluice_models::ModelError) -> StageError {
+    if e.is_permanent() {
+        StageError::fatal(e.to_string())
+    } else {
+        StageError::new(e.to_string())
+    }
 }
 
 /// The device of a stage worker: `cuda:N` for the GPU the engine reserved for it, else the CPU.
@@ -144,7 +153,7 @@ pub fn worker_device(worker: &WorkerContext) -> Result<candle_core::Device, Stag
         None => "cpu".to_owned(),
     };
     sluice_models::device::select(&spec).map_err(|e| {
-        StageError::new(format!(
+        StageError::fatal(format!(
             "stage {} worker {}: {e}",
             worker.stage, worker.worker
         ))
@@ -196,7 +205,7 @@ impl Stage for TranslateStage {
             model
                 .tokenizer()
                 .lang_id(code)
-                .map_err(|e| StageError::new(e.to_string()))?;
+                .map_err(|e| model_error(&e))?;
         }
         self.loaded = Some(Arc::new(model));
         Ok(())
@@ -225,7 +234,7 @@ impl Stage for TranslateStage {
             &self.generation,
             self.options.batch_size,
         )
-        .map_err(|e| StageError::new(format!("translating: {e}")))?;
+        .map_err(|e| model_error(&e).context("translating"))?;
         Ok(batch
             .iter()
             .zip(translated)

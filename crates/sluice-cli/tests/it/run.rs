@@ -246,10 +246,7 @@ fn the_audio_example_pipeline_runs_as_documented() {
                 "--progress",
                 "off",
             ])
-            .args([
-                "--set",
-                &format!("stage.write.target={}", out.path().display()),
-            ])
+            .args(["--set", &format!("sink.path={}", out.path().display())])
             .args(extra)
             .output()
             .unwrap();

@@ -6,7 +6,7 @@
 //! mode = "streaming"        # streaming | batch | debug (default: streaming; batch with one GPU)
 //!
 //! [source]
-//! kind = "jsonl"            # lines | jsonl | files
+//! kind = "jsonl"            # lines | jsonl | files | nats
 //! path = "input.jsonl"
 //! key = "id"
 //!
@@ -22,78 +22,30 @@
 //! path = "out"
 //! explode = "windows"       # optional: one row per element of this array field
 //! ```
+//!
+//! Every source, stage and sink kind is built by the builder a [`Registry`] holds for it.
 
-mod kinds;
 mod raw;
+mod registry;
 
-pub use kinds::{RecordStage, RecordStageFactory, StageBuilder, StageKinds};
-use raw::*;
 pub use raw::{RawConfig, RawSection, RawStage};
-
-use std::path::{Path, PathBuf};
-
-use serde::Deserialize;
-
-use crate::stages::{read_source, ExecStage, Record, SourceSpec};
-use crate::{
-    map, ItemError, PartFormat, PartSink, Pipeline, RunError, RunOptions, RunSummary, StageOptions,
+pub use registry::{
+    Parts, RecordStage, RecordStageFactory, Registry, SinkBuilder, SinkPlan, SourceBuilder,
+    SourcePlan, StageBuilder,
 };
+
+use std::path::Path;
+
+use crate::stages::{read_source, Record};
+use crate::{map, ItemError, PartSink, Pipeline, RunError, RunOptions, RunSummary, StageOptions};
 
 pub use crate::section::{section, ConfigError};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExecSection {
-    command: Vec<String>,
-    #[serde(default)]
-    env: std::collections::BTreeMap<String, String>,
-}
-
-/// A built stage of a config pipeline.
-enum BuiltStage {
-    Exec(Box<ExecStage>),
-    Other(RecordStageFactory),
-}
-
-/// Where a config pipeline reads.
-enum ConfigSource {
-    Items(SourceSpec),
-    #[cfg(feature = "nats")]
-    Nats(crate::nats::NatsSource),
-}
-
-/// Part files: `[sink] kind = "jsonl" | "parquet"`.
-#[derive(Clone)]
-struct Parts {
-    dir: PathBuf,
-    format: PartFormat,
-    part_items: usize,
-    explode: Option<String>,
-}
-
-impl Parts {
-    /// A writer of parts whose names carry `tag`.
-    fn open(&self, key_field: &str, tag: &str) -> Result<PartSink, crate::SinkError> {
-        let sink = PartSink::new(self.format, &self.dir, key_field, self.part_items, tag)?;
-        Ok(match &self.explode {
-            Some(field) => sink.explode(field),
-            None => sink,
-        })
-    }
-}
-
-/// Where a config pipeline writes.
-enum ConfigSink {
-    Parts(Parts),
-    #[cfg(feature = "nats")]
-    Nats(crate::nats::NatsSinkSpec),
-}
-
 /// A validated config, ready to run.
 pub struct PipelineConfig {
-    source: ConfigSource,
-    stages: Vec<BuiltStage>,
-    sink: ConfigSink,
+    source: SourcePlan,
+    stages: Vec<RecordStageFactory>,
+    sink: SinkPlan,
     key_field: String,
     /// The run options the config sets (command-line flags may change them before running).
     pub options: RunOptions,
@@ -110,146 +62,54 @@ impl PipelineConfig {
         Self::from_raw(RawConfig::parse(file, text, sets)?)
     }
 
-    /// Builds the JSON-records pipeline from a file read by [`RawConfig::parse`].
+    /// Builds the JSON-records pipeline from a file read by [`RawConfig::parse`], with the
+    /// engine's own kinds.
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
-        Self::from_raw_with(raw, &StageKinds::default())
+        Self::from_raw_with(raw, &Registry::default())
     }
 
-    /// As [`PipelineConfig::from_raw`], with stage kinds defined by other crates.
-    pub fn from_raw_with(raw: RawConfig, kinds: &StageKinds) -> Result<Self, ConfigError> {
-        let src_at = raw.source.place.clone();
-        #[cfg(feature = "nats")]
-        if raw.source_kind() == Some("nats") {
-            let mut table = raw.source.table.clone();
-            table.remove("kind");
-            let source = crate::nats::NatsSource::parse(&table, &src_at)?;
-            let key = source.key.clone();
-            return Self::finish_with(raw, kinds, ConfigSource::Nats(source), key);
-        }
-        let src: SourceSection = section(&raw.source.table, "[source]", &src_at)?;
-        let source = match src.kind.as_str() {
-            "lines" => SourceSpec::Lines { path: src.path },
-            "jsonl" => SourceSpec::Jsonl {
-                path: src.path,
-                key: src.key,
-            },
-            "files" => SourceSpec::Files {
-                path: src.path,
-                extensions: src.extensions,
-            },
-            other => {
-                return Err(ConfigError(format!(
-                    "{src_at}: [source]: unknown kind {other:?}: expected lines, jsonl, files, \
-                     nats or match_files (audio)"
-                )))
-            }
-        };
-        if !matches!(source, SourceSpec::Jsonl { .. }) && raw.source.table.contains_key("key") {
-            return Err(ConfigError(format!(
-                "{src_at}: [source]: key only applies to kind = \"jsonl\" or \"nats\""
-            )));
-        }
-        let key = match &source {
-            SourceSpec::Jsonl { key, .. } => key.clone(),
-            _ => None,
-        };
-        Self::finish_with(raw, kinds, ConfigSource::Items(source), key)
-    }
-
-    /// Builds the stages and the sink of a config whose source is read.
-    fn finish_with(
-        mut raw: RawConfig,
-        kinds: &StageKinds,
-        source: ConfigSource,
-        source_key: Option<String>,
-    ) -> Result<Self, ConfigError> {
-        let mut stages = Vec::new();
-        for stage in std::mem::take(&mut raw.stages) {
-            let (name, options) = (stage.name.clone(), stage.options.clone());
-            stages.push(match stage.kind.as_str() {
-                "exec" => {
-                    let spec: ExecSection = stage.spec()?;
-                    if spec.command.is_empty() {
-                        return Err(stage.error("command is empty"));
-                    }
-                    let mut exec = ExecStage::new(&name, spec.command, options);
-                    exec.env = spec.env.into_iter().collect();
-                    BuiltStage::Exec(Box::new(exec))
-                }
-                other => match kinds.get(other) {
-                    Some(build) => BuiltStage::Other(build(&stage)?),
-                    None => {
-                        return Err(ConfigError(format!(
-                            "{}: [[stage]] {}: unknown kind {other:?}: expected one of {}",
-                            stage.place,
-                            stage.index,
-                            kinds.names()
-                        )))
-                    }
-                },
-            });
-        }
-
+    /// As [`PipelineConfig::from_raw`], with the kinds `registry` holds (crates above the engine
+    /// add theirs to it).
+    pub fn from_raw_with(mut raw: RawConfig, registry: &Registry) -> Result<Self, ConfigError> {
+        let source = registry.build_source(&raw.source)?;
+        let stages = std::mem::take(&mut raw.stages)
+            .iter()
+            .map(|stage| registry.build_stage(stage))
+            .collect::<Result<Vec<_>, _>>()?;
         let Some(sink_section) = raw.sink.take() else {
             return Err(ConfigError(format!(
-                "{}: needs a [sink] (kind = \"jsonl\" or \"parquet\", path = ...)",
-                raw.file
+                "{}: needs a [sink] (kind = one of {}, path = ...)",
+                raw.file,
+                registry.sink_names().join(", ")
             )));
         };
-        let sink_at = sink_section.place;
-        #[cfg(feature = "nats")]
-        if sink_section.table.get("kind").and_then(|k| k.as_str()) == Some("nats") {
-            let mut table = sink_section.table.clone();
-            table.remove("kind");
-            let spec = crate::nats::NatsSinkSpec::parse(&table, &sink_at)?;
-            if raw.run.skip_completed == Some(true) {
-                return Err(ConfigError(format!(
-                    "{sink_at}: [sink] (nats): a stream cannot tell which items are done, so \
-                     skip_completed cannot apply; JetStream drops a key published again within \
-                     the stream's duplicate window instead"
-                )));
-            }
-            let key_field = spec
-                .key_field
-                .clone()
-                .or(source_key)
-                .unwrap_or_else(|| "key".into());
-            let mut options = raw.run_options(None);
-            options.skip_completed = false;
-            return Ok(PipelineConfig {
-                source,
-                stages,
-                sink: ConfigSink::Nats(spec),
-                key_field,
-                options,
-            });
-        }
-        let sink: SinkSection = section(&sink_section.table, "[sink]", &sink_at)?;
-        let sink_format = match sink.kind.as_str() {
-            "jsonl" => PartFormat::Jsonl,
-            #[cfg(feature = "parquet")]
-            "parquet" => PartFormat::Parquet,
-            other => {
-                return Err(ConfigError(format!(
-                    "{sink_at}: [sink]: unknown kind {other:?}: expected {}",
-                    SINK_KINDS.join(" or ")
-                )))
+        let sink = registry.build_sink(&sink_section)?;
+        let key_field = sink
+            .key_field()
+            .or(source.key())
+            .unwrap_or("key")
+            .to_string();
+        let options = match &sink {
+            SinkPlan::Parts(parts) => raw.run_options(Some(&parts.dir)),
+            #[cfg(feature = "nats")]
+            SinkPlan::Nats(_) => {
+                if raw.run.skip_completed == Some(true) {
+                    return Err(ConfigError(format!(
+                        "{}: [sink] (nats): a stream cannot tell which items are done, so \
+                         skip_completed cannot apply; JetStream drops a key published again \
+                         within the stream's duplicate window instead",
+                        sink_section.place
+                    )));
+                }
+                let mut options = raw.run_options(None);
+                options.skip_completed = false;
+                options
             }
         };
-        let key_field = sink
-            .key_field
-            .or(source_key)
-            .unwrap_or_else(|| "key".into());
-        let options = raw.run_options(Some(&sink.path));
         Ok(PipelineConfig {
             source,
             stages,
-            sink: ConfigSink::Parts(Parts {
-                dir: sink.path,
-                format: sink_format,
-                part_items: sink.part_items.unwrap_or(10_000),
-                explode: sink.explode,
-            }),
+            sink,
             key_field,
             options,
         })
@@ -257,7 +117,7 @@ impl PipelineConfig {
 
     /// The source's items behind a first `read` stage, then the config's stages.
     fn pipeline(
-        stages: Vec<BuiltStage>,
+        stages: Vec<RecordStageFactory>,
         keyed: impl Iterator<Item = (String, Record)> + Send + 'static,
     ) -> Pipeline<Record> {
         let read = map(
@@ -269,11 +129,8 @@ impl PipelineConfig {
             },
         );
         let mut pipeline = Pipeline::from_keyed(keyed).stage(read);
-        for stage in stages {
-            pipeline = match stage {
-                BuiltStage::Exec(s) => pipeline.stage(*s),
-                BuiltStage::Other(make) => pipeline.stage_with(move || make()),
-            };
+        for make in stages {
+            pipeline = pipeline.stage_with(move || make());
         }
         pipeline
     }
@@ -287,7 +144,7 @@ impl PipelineConfig {
         worker: crate::nats::WorkerOptions,
     ) -> Result<(RunSummary, crate::nats::WorkerCounts), RunError> {
         use crate::nats::{WorkerPlan, WorkerSink};
-        let ConfigSource::Nats(source) = &self.source else {
+        let SourcePlan::Nats(source) = &self.source else {
             return Err(RunError::Invalid(
                 "sluice worker reads a [source] of kind = \"nats\"; run other pipelines with \
                  sluice run"
@@ -297,7 +154,7 @@ impl PipelineConfig {
         let source = source.clone();
         let mut done_check: Option<crate::nats::DoneCheck> = None;
         let sink = match &self.sink {
-            ConfigSink::Parts(parts) => {
+            SinkPlan::Parts(parts) => {
                 // Workers share output directories, across machines too: names must not meet.
                 let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
                 let tag: String = format!("{host}-{}-", std::process::id())
@@ -317,7 +174,7 @@ impl PipelineConfig {
                 }));
                 WorkerSink::Parts(Box::new(sink), parts.part_items)
             }
-            ConfigSink::Nats(spec) => WorkerSink::Nats(spec.clone(), self.key_field.clone()),
+            SinkPlan::Nats(spec) => WorkerSink::Nats(spec.clone(), self.key_field.clone()),
         };
         let stages = self.stages;
         let plan = WorkerPlan {
@@ -334,9 +191,9 @@ impl PipelineConfig {
     /// Builds the pipeline and runs it to the end.
     pub fn run(self) -> Result<RunSummary, RunError> {
         let spec = match &self.source {
-            ConfigSource::Items(spec) => spec,
+            SourcePlan::Items(spec) => spec,
             #[cfg(feature = "nats")]
-            ConfigSource::Nats(_) => {
+            SourcePlan::Nats(_) => {
                 return Err(RunError::Invalid(
                     "a [source] of kind = \"nats\" is read by workers that run until stopped: \
                      use `sluice worker FILE` (with --exit-when-drained to stop once the stream \
@@ -357,11 +214,11 @@ impl PipelineConfig {
             ),
         });
         let mut sink: Box<dyn crate::Sink<Record>> = match &self.sink {
-            ConfigSink::Parts(parts) => {
+            SinkPlan::Parts(parts) => {
                 Box::new(parts.open(&self.key_field, &self.options.shard.part_tag())?)
             }
             #[cfg(feature = "nats")]
-            ConfigSink::Nats(spec) => {
+            SinkPlan::Nats(spec) => {
                 Box::new(crate::nats::NatsSink::connect(spec, &self.key_field)?)
             }
         };
@@ -369,12 +226,5 @@ impl PipelineConfig {
         Self::pipeline(self.stages, keyed).run(&options, sink.as_mut())
     }
 }
-
-/// The sink kinds this build offers.
-const SINK_KINDS: &[&str] = &[
-    "jsonl",
-    #[cfg(feature = "parquet")]
-    "parquet",
-];
 
 const READ_ERROR: &str = "sluice_read_error";

@@ -37,26 +37,6 @@ pub(super) struct RunSection {
     pub(super) batch_wait_ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct SourceSection {
-    pub(super) kind: String,
-    pub(super) path: PathBuf,
-    pub(super) key: Option<String>,
-    #[serde(default)]
-    pub(super) extensions: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct SinkSection {
-    pub(super) kind: String,
-    pub(super) path: PathBuf,
-    pub(super) key_field: Option<String>,
-    pub(super) part_items: Option<usize>,
-    pub(super) explode: Option<String>,
-}
-
 /// Settings every stage kind accepts.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -98,7 +98,7 @@ impl Stage for ExecStage {
         let (program, args) = self
             .command
             .split_first()
-            .ok_or_else(|| StageError::new("exec stage has an empty command"))?;
+            .ok_or_else(|| StageError::fatal("exec stage has an empty command"))?;
         let mut command = Command::new(program);
         command
             .args(args)
@@ -111,9 +111,16 @@ impl Stage for ExecStage {
         if let Some(gpu) = worker.gpu {
             command.env("CUDA_VISIBLE_DEVICES", gpu.to_string());
         }
-        let mut child = command
-            .spawn()
-            .map_err(|e| StageError::new(format!("cannot start {program:?}: {e}")))?;
+        let mut child = command.spawn().map_err(|e| {
+            let message = format!("cannot start {program:?}: {e}");
+            // A program that is not there or not executable is missing for every worker.
+            match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                    StageError::fatal(message)
+                }
+                _ => StageError::new(message),
+            }
+        })?;
         let stdin = BufWriter::new(child.stdin.take().expect("stdin is piped"));
         let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
         self.process = Some(Process {

@@ -1,15 +1,19 @@
 //! A failing item is reported and the rest complete; transient errors are retried; a panicking
-//! worker is replaced, and a stage that keeps breaking stops the run with the reason.
+//! worker is replaced, a stage that keeps breaking stops the run with the reason, and one that
+//! fails in a way no worker can avoid stops it at once.
 
 use crate::common;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{fixed, Probe};
-use sluice_pipeline::{Failure, ItemError, Mode, Pipeline, RunError, RunOptions, VecSink};
+use sluice_pipeline::{
+    Failure, ItemError, Mode, Pipeline, RunError, RunOptions, Stage, StageError, StageOptions,
+    VecSink, WorkerContext,
+};
 
 fn run_opts(dir: &std::path::Path) -> RunOptions {
     RunOptions {
@@ -150,5 +154,90 @@ fn a_stage_that_keeps_panicking_aborts_the_run_with_the_reason() {
         read_failures(dir.path()).len(),
         8,
         "the failures file is written even when aborted"
+    );
+}
+
+/// A stage whose setup fails with `error`, counting its attempts.
+#[derive(Clone)]
+struct FailsSetup {
+    error: StageError,
+    setups: Arc<AtomicUsize>,
+}
+
+impl Stage for FailsSetup {
+    type In = u64;
+    type Out = u64;
+
+    fn name(&self) -> String {
+        "load".into()
+    }
+
+    fn options(&self) -> StageOptions {
+        fixed(4, 2).max_restarts(5)
+    }
+
+    fn setup(&mut self, _: &WorkerContext) -> Result<(), StageError> {
+        self.setups.fetch_add(1, SeqCst);
+        Err(self.error.clone())
+    }
+
+    fn process(&mut self, batch: &[u64]) -> Result<Vec<Result<u64, ItemError>>, StageError> {
+        Ok(batch.iter().map(|&x| Ok(x)).collect())
+    }
+}
+
+fn run_failing_setup(error: StageError) -> (String, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let setups = Arc::new(AtomicUsize::new(0));
+    let stage = FailsSetup {
+        error,
+        setups: setups.clone(),
+    };
+    let err = Pipeline::from_items(0..100u64)
+        .stage(stage)
+        .run(&run_opts(dir.path()), &mut VecSink::default())
+        .unwrap_err();
+    let RunError::Aborted { reason, .. } = err else {
+        panic!("expected an aborted run, got {err}")
+    };
+    (reason, setups.load(SeqCst))
+}
+
+#[test]
+fn a_fatal_setup_failure_stops_the_run_at_once_and_a_broken_one_is_retried() {
+    let (reason, setups) = run_failing_setup(StageError::fatal("no model at /models/m"));
+    assert!(
+        reason.contains("stage load: setup failed: no model at /models/m (not retried"),
+        "{reason}"
+    );
+    // Both workers may have tried before the first one stopped the run, never more.
+    assert!(setups <= 2, "{setups} setups of a fatal failure");
+
+    let (reason, setups) = run_failing_setup(StageError::new("device busy"));
+    assert!(
+        reason.contains("stage load: 6 workers broke, more than its limit of 5"),
+        "{reason}"
+    );
+    assert!(reason.contains("device busy"), "{reason}");
+    assert!(setups >= 6, "{setups} setups of a broken worker");
+}
+
+#[test]
+fn an_exec_stage_whose_program_is_missing_stops_the_run_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = sluice_pipeline::stages::ExecStage::new(
+        "clean",
+        vec!["sluice-no-such-program".into()],
+        fixed(2, 1),
+    );
+    let err = Pipeline::from_items((0..10).map(|i| serde_json::json!({ "i": i })))
+        .stage(stage)
+        .run(&run_opts(dir.path()), &mut VecSink::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("stage clean: setup failed: cannot start \"sluice-no-such-program\"")
+            && err.contains("not retried"),
+        "{err}"
     );
 }

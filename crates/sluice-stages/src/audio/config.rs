@@ -1,7 +1,7 @@
 //! Audio pipelines in TOML for `sluice run`: a `match_files` source, then `load_audio`, any
-//! `channels` / `resample` stages, and a `write_audio` or `write_features` stage last. The file is
-//! read by the engine's [`RawConfig`], so `[run]`, shared stage settings, `--set` and `file:line`
-//! errors work as in every pipeline file.
+//! `channels` / `resample` stages, and an `audio` or `features` sink. The file is read by the
+//! engine's [`RawConfig`] and has the shape of every pipeline file, so `[run]`, shared stage
+//! settings, `--set` (`sink.path=...` included) and `file:line` errors work as everywhere.
 //!
 //! ```toml
 //! [source]
@@ -20,9 +20,9 @@
 //! kind = "resample"
 //! sample_rate = 16000
 //!
-//! [[stage]]
-//! kind = "write_audio"         # or write_features (.npy)
-//! target = "out/16k"
+//! [sink]
+//! kind = "audio"               # or features (.npy arrays)
+//! path = "out/16k"             # or s3://, gs://, az:// URLs
 //! format = "wav"               # wav, wav24, wav32, wavf32, flac, flac24
 //! redo_if_older = false
 //! ```
@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use sluice_core::storage::{local_path, Location, Matcher};
-use sluice_pipeline::config::{section, ConfigError, RawConfig};
+use sluice_pipeline::config::{section, ConfigError, RawConfig, RawSection};
 use sluice_pipeline::{Pipeline, RunError, RunOptions};
 
 use crate::audio::job::{default_failures_path, run_pipeline, JobReport};
@@ -67,8 +67,8 @@ struct ResampleSection {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WriteSection {
-    target: String,
+struct SinkSection {
+    path: String,
     format: Option<String>,
     #[serde(default)]
     from_prefix: String,
@@ -78,6 +78,8 @@ struct WriteSection {
     suffix: Option<String>,
     #[serde(default)]
     redo_if_older: bool,
+    /// Files per batch of the writing stage.
+    batch_size: Option<usize>,
 }
 
 /// One conversion between loading and writing.
@@ -108,6 +110,67 @@ enum WriteKind {
     Features,
 }
 
+/// What an audio sink writes, where, and how the writing stage runs.
+type SinkPlan = (
+    WriteKind,
+    String,
+    PathRule,
+    bool,
+    sluice_pipeline::StageOptions,
+);
+
+/// Builds `[sink] kind = "audio" | "features"`.
+fn build_sink(sink: &RawSection) -> Result<SinkPlan, ConfigError> {
+    let place = &sink.place;
+    let mut table = sink.table.clone();
+    let kind = match table.remove("kind").as_ref().and_then(|k| k.as_str()) {
+        Some(kind) => kind.to_string(),
+        None => {
+            return Err(ConfigError(format!(
+                "{place}: [sink]: needs a kind: \"audio\" or \"features\""
+            )))
+        }
+    };
+    let what = format!("[sink] ({kind})");
+    let bad = |e: String| ConfigError(format!("{place}: {what}: {e}"));
+    if kind != "audio" && kind != "features" {
+        return Err(bad(format!(
+            "unknown kind {kind:?}: an audio pipeline writes \"audio\" or \"features\""
+        )));
+    }
+    let spec: SinkSection = section(&table, &what, place)?;
+    let (write, default_suffix) = match kind.as_str() {
+        "audio" => {
+            let format: AudioFormat = spec
+                .format
+                .as_deref()
+                .unwrap_or("wav")
+                .parse()
+                .map_err(|e: sluice_audio::AudioError| bad(e.to_string()))?;
+            (
+                WriteKind::Audio(format),
+                Suffix::Replace(format!(".{}", format.extension())),
+            )
+        }
+        _ if spec.format.is_some() => {
+            return Err(bad("format only applies to kind = \"audio\"".into()));
+        }
+        _ => (WriteKind::Features, Suffix::Add(".npy".into())),
+    };
+    let mut options = sluice_pipeline::StageOptions::default();
+    match spec.batch_size {
+        Some(0) => return Err(bad("batch_size must be at least 1".into())),
+        Some(n) => options.batch_size = n,
+        None => {}
+    }
+    let rule = PathRule {
+        from_prefix: spec.from_prefix,
+        to_prefix: spec.to_prefix,
+        suffix: spec.suffix.map(Suffix::Replace).unwrap_or(default_suffix),
+    };
+    Ok((write, spec.path, rule, spec.redo_if_older, options))
+}
+
 impl AudioPipeline {
     /// Builds an audio pipeline from a file whose source kind is [`SOURCE_KIND`].
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
@@ -124,13 +187,6 @@ impl AudioPipeline {
             (None, false) => Matcher::suffixes(&src.suffix),
             (None, true) => Matcher::All,
         };
-        if let Some(sink) = &raw.sink {
-            return Err(ConfigError(format!(
-                "{}: [sink]: audio pipelines write in their last stage (write_audio or \
-                 write_features), not a [sink]",
-                sink.place
-            )));
-        }
         let mut stages = raw.stages.iter();
         let load = stages
             .next()
@@ -145,11 +201,7 @@ impl AudioPipeline {
             return Err(load.error("takes only the shared stage settings"));
         }
         let mut converts = Vec::new();
-        let mut writer = None;
         for stage in stages {
-            if writer.is_some() {
-                return Err(stage.error("comes after the write stage, which must be last"));
-            }
             match stage.kind.as_str() {
                 "channels" => {
                     let spec: ChannelsSection = stage.spec()?;
@@ -167,54 +219,27 @@ impl AudioPipeline {
                     )));
                 }
                 "write_audio" | "write_features" => {
-                    let spec: WriteSection = stage.spec()?;
-                    let (kind, default_suffix) = if stage.kind == "write_audio" {
-                        let format: AudioFormat = spec
-                            .format
-                            .as_deref()
-                            .unwrap_or("wav")
-                            .parse()
-                            .map_err(|e| stage.error(e))?;
-                        (
-                            WriteKind::Audio(format),
-                            Suffix::Replace(format!(".{}", format.extension())),
-                        )
-                    } else {
-                        if spec.format.is_some() {
-                            return Err(stage.error("format only applies to write_audio"));
-                        }
-                        (WriteKind::Features, Suffix::Add(".npy".into()))
-                    };
-                    let suffix = match spec.suffix {
-                        Some(s) => Suffix::Replace(s),
-                        None => default_suffix,
-                    };
-                    writer = Some((
-                        kind,
-                        spec.target,
-                        PathRule {
-                            from_prefix: spec.from_prefix,
-                            to_prefix: spec.to_prefix,
-                            suffix,
-                        },
-                        spec.redo_if_older,
-                        stage.options.clone(),
-                    ));
+                    let kind = stage.kind.trim_start_matches("write_");
+                    return Err(stage.error(format!(
+                        "audio is written by the sink now: replace this stage with [sink] \
+                         kind = \"{kind}\" (its target becomes path)"
+                    )));
                 }
                 other => {
                     return Err(stage.error(format!(
-                        "unknown kind {other:?}: expected channels, resample, write_audio or \
-                             write_features"
+                        "unknown kind {other:?}: expected channels or resample"
                     )))
                 }
             }
         }
-        let Some((write, target, rule, redo_if_older, write_options)) = writer else {
+        let Some(sink) = &raw.sink else {
             return Err(ConfigError(format!(
-                "{}: an audio pipeline ends with a write_audio or write_features stage",
+                "{}: an audio pipeline needs a [sink] of kind = \"audio\" or \"features\" \
+                 (path = ...)",
                 raw.file
             )));
         };
+        let (write, target, rule, redo_if_older, write_options) = build_sink(sink)?;
         let mut options = raw.run_options(local_path(&target).as_deref());
         options
             .failures_path

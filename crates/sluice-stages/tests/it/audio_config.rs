@@ -1,5 +1,6 @@
-//! Audio pipeline files: `write_features` writes `.npy` arrays named by the path rule, and a file
-//! that cannot make an audio pipeline says where and why.
+//! Audio pipeline files: a `features` sink writes `.npy` arrays named by the path rule, `--set
+//! sink.path=` moves the output as in every pipeline, and a file that cannot make an audio
+//! pipeline says where and why.
 
 use std::path::{Path, PathBuf};
 
@@ -12,12 +13,16 @@ fn fixtures() -> PathBuf {
 }
 
 fn build(text: &str) -> Result<AudioPipeline, String> {
-    let raw = RawConfig::parse(Path::new("audio.toml"), text, &[]).map_err(|e| e.0)?;
+    build_with(text, &[])
+}
+
+fn build_with(text: &str, sets: &[String]) -> Result<AudioPipeline, String> {
+    let raw = RawConfig::parse(Path::new("audio.toml"), text, sets).map_err(|e| e.0)?;
     AudioPipeline::from_raw(raw).map_err(|e| e.0)
 }
 
 #[test]
-fn write_features_writes_npy_arrays_under_moved_prefixes() {
+fn features_sink_writes_npy_arrays_under_moved_prefixes_at_the_path_set_on_the_command_line() {
     let out = tempfile::tempdir().unwrap();
     let text = format!(
         r#"
@@ -33,16 +38,16 @@ kind = "load_audio"
 kind = "resample"
 sample_rate = 8000
 
-[[stage]]
-kind = "write_features"
-target = "{out}"
+[sink]
+kind = "features"
+path = "not-here"
 from_prefix = "music/"
 to_prefix = "features/v1/"
 "#,
         src = fixtures().display(),
-        out = out.path().display()
     );
-    let mut pipeline = build(&text).unwrap();
+    let set = format!("sink.path={}", out.path().display());
+    let mut pipeline = build_with(&text, &[set]).unwrap();
     pipeline.options.progress = Progress::Off;
     let report = pipeline.run().unwrap().unwrap();
     assert_eq!(report.run.items_out, 3, "{}", report.render());
@@ -86,14 +91,15 @@ fn malformed_audio_pipelines_name_the_place_and_the_problem() {
         ),
         (
             format!("{head}\n[[stage]]\nkind = \"load_audio\"\n"),
-            "ends with a write_audio or write_features stage",
+            "audio.toml: an audio pipeline needs a [sink] of kind = \"audio\" or \"features\"",
         ),
         (
             format!(
                 "{head}\n[[stage]]\nkind = \"load_audio\"\n\n[[stage]]\nkind = \"write_audio\"\n\
-                 target = \"o\"\n\n[[stage]]\nkind = \"resample\"\nsample_rate = 8000\n"
+                 target = \"o\"\n"
             ),
-            "audio.toml:12: [[stage]] 2 (resample): comes after the write stage",
+            "audio.toml:8: [[stage]] 1 (write_audio): audio is written by the sink now: replace \
+             this stage with [sink] kind = \"audio\"",
         ),
         (
             format!(
@@ -104,17 +110,31 @@ fn malformed_audio_pipelines_name_the_place_and_the_problem() {
         ),
         (
             format!(
-                "{head}\n[[stage]]\nkind = \"load_audio\"\n\n[[stage]]\nkind = \"write_audio\"\n\
-                 target = \"o\"\nformat = \"mp3\"\n"
+                "{head}\n[[stage]]\nkind = \"load_audio\"\n\n[sink]\nkind = \"audio\"\n\
+                 path = \"o\"\nformat = \"mp3\"\n"
             ),
-            "audio.toml:8: [[stage]] 1 (write_audio):",
+            "audio.toml:8: [sink] (audio):",
         ),
         (
             format!(
-                "{head}\n[[stage]]\nkind = \"load_audio\"\n\n[[stage]]\nkind = \"write_audio\"\n\
-                 target = \"o\"\n\n[sink]\nkind = \"jsonl\"\npath = \"o\"\n"
+                "{head}\n[[stage]]\nkind = \"load_audio\"\n\n[sink]\nkind = \"features\"\n\
+                 path = \"o\"\nformat = \"wav\"\n"
             ),
-            "audio.toml:12: [sink]: audio pipelines write in their last stage",
+            "audio.toml:8: [sink] (features): format only applies to kind = \"audio\"",
+        ),
+        (
+            format!(
+                "{head}\n[[stage]]\nkind = \"load_audio\"\n\n[sink]\nkind = \"jsonl\"\n\
+                 path = \"o\"\n"
+            ),
+            "audio.toml:8: [sink] (jsonl): unknown kind \"jsonl\"",
+        ),
+        (
+            format!(
+                "{head}\n[[stage]]\nkind = \"load_audio\"\n\n[sink]\nkind = \"audio\"\n\
+                 target = \"o\"\n"
+            ),
+            "audio.toml:8: [sink] (audio): unknown field `target`",
         ),
         (
             format!("{head}glob = \"[\"\n\n[[stage]]\nkind = \"load_audio\"\n"),

@@ -45,7 +45,7 @@ path = "{out}"
     );
     let mut config = PipelineConfig::from_raw_with(
         RawConfig::parse(&dir.path().join("p.toml"), &toml, &[]).unwrap(),
-        &sluice_stages::kinds(),
+        &sluice_stages::registry(),
     )
     .unwrap();
     config.options.progress = Progress::Off;
@@ -79,4 +79,48 @@ path = "{out}"
         failures.contains("no-text") && failures.contains("no text field \\\"text\\\""),
         "{failures}"
     );
+}
+
+/// A model that is not there, or a language it does not know, is the same for every worker: the
+/// run stops after the first setup with that error instead of restarting workers (9 attempts of
+/// the same failure before).
+#[test]
+fn a_model_that_cannot_load_stops_the_run_at_once_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"id\": \"a\", \"text\": \"hi\"}\n",
+    )
+    .unwrap();
+    let tiny = sluice_testkit::fixture("tiny-m2m100");
+    let missing = dir.path().join("no-such-model");
+    let cases = [
+        (missing.display().to_string(), "en", "does not exist"),
+        (
+            tiny.display().to_string(),
+            "xx",
+            "unknown language code \"xx\"",
+        ),
+    ];
+    for (model, from, want) in cases {
+        let toml = format!(
+            "[source]\nkind = \"jsonl\"\npath = \"{input}\"\nkey = \"id\"\n\n[[stage]]\n\
+             kind = \"translate\"\nmodel = \"{model}\"\nfrom = \"{from}\"\nto = \"ja\"\n\
+             workers = 1\n\n[sink]\nkind = \"jsonl\"\npath = \"{out}\"\n",
+            input = dir.path().join("in.jsonl").display(),
+            out = dir.path().join("out").display(),
+        );
+        let mut config = PipelineConfig::from_raw_with(
+            RawConfig::parse(&dir.path().join("p.toml"), &toml, &[]).unwrap(),
+            &sluice_stages::registry(),
+        )
+        .unwrap();
+        config.options.progress = Progress::Off;
+        let err = config.run().unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+        assert!(
+            err.contains("setup failed") && err.contains("not retried"),
+            "{err}"
+        );
+    }
 }
