@@ -7,7 +7,7 @@
 //! Samples are converted with symphonia's own sample conversion (integer PCM divided by
 //! 2^(bits-1)), so lossless sources decode bit-exactly to the values other tools report.
 
-use std::io::{Cursor, ErrorKind};
+use std::io::{Cursor, ErrorKind, Read, Seek, SeekFrom};
 
 use symphonia::core::audio::{AudioBuffer, AudioBufferRef, Signal};
 use symphonia::core::codecs::{
@@ -15,7 +15,7 @@ use symphonia::core::codecs::{
 };
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::{FormatOptions, FormatReader};
-use symphonia::core::io::{MediaSourceStream, MediaSourceStreamOptions};
+use symphonia::core::io::{MediaSource, MediaSourceStream, MediaSourceStreamOptions};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
@@ -26,28 +26,293 @@ use crate::edit_list;
 /// final-packet lengths loosely, so a shortfall below one typical packet is not damage.
 const MIN_TRUNCATION_TOLERANCE: u64 = 2048;
 
+/// Frames per chunk a [`Decoder`] yields unless told otherwise: 64k frames is 0.5 MiB per channel
+/// of `f32`, large enough that per-chunk overheads vanish and small enough that memory does not
+/// depend on the file's length.
+pub const DEFAULT_CHUNK_FRAMES: usize = 1 << 16;
+
 /// Decodes a whole file held in memory; `extension` (without the dot) only hints the prober.
 pub fn decode(bytes: &[u8], extension: Option<&str>) -> Result<Audio, AudioError> {
-    if bytes.is_empty() {
-        return Err(AudioError::Empty);
-    }
-    let mut hint = Hint::new();
-    if let Some(ext) = extension {
-        hint.with_extension(ext.trim_start_matches('.'));
-    }
     // symphonia's media source must be 'static, hence the copy; it is small next to decoding.
-    let source = MediaSourceStream::new(
-        Box::new(Cursor::new(bytes.to_vec())),
-        MediaSourceStreamOptions::default(),
-    );
-    let format_opts = FormatOptions {
-        enable_gapless: true,
-        ..FormatOptions::default()
-    };
-    let probed = symphonia::default::get_probe()
-        .format(&hint, source, &format_opts, &MetadataOptions::default())
-        .map_err(|e| probe_error(e, bytes, extension))?;
-    decode_first_audio_track(probed.format, bytes)
+    let mut decoder = Decoder::new(Cursor::new(bytes.to_vec()), extension, usize::MAX)?;
+    let mut audio = decoder.next_chunk()?.unwrap_or(Audio {
+        sample_rate: 0,
+        channels: Vec::new(),
+    });
+    while let Some(chunk) = decoder.next_chunk()? {
+        for (all, part) in audio.channels.iter_mut().zip(chunk.channels) {
+            all.extend(part);
+        }
+    }
+    Ok(audio)
+}
+
+/// A file decoded in chunks of at most `chunk_frames` frames, so that memory does not grow with
+/// its length. Every check and trim of [`decode`] applies (it is this decoder read to the end):
+/// damage is an error at the chunk where it is found, a truncation at the end of the stream, so
+/// a caller that writes chunks as they come must keep its output staged until the end.
+pub struct Decoder {
+    format: Box<dyn FormatReader>,
+    decoder: Box<dyn symphonia::core::codecs::Decoder>,
+    track_id: u32,
+    params: CodecParameters,
+    out: PlanarSink,
+    chunk_frames: usize,
+    /// A packet that failed: only damage if more packets follow.
+    pending: Option<(u64, SymError)>,
+    check_gaps: bool,
+    next_ts: u64,
+    /// Frames still to drop from the start (the MP4 edit list's priming).
+    skip: u64,
+    /// Frames still to give out after the skip, when the container states the length.
+    keep: Option<u64>,
+    /// Whether any chunk was given out yet (an empty stream still yields one empty chunk).
+    yielded: bool,
+    ended: bool,
+}
+
+impl Decoder {
+    /// Opens `source` (read from where it is, at the start of the file); `extension` (without
+    /// the dot) only hints the prober.
+    pub fn new<R>(
+        mut source: R,
+        extension: Option<&str>,
+        chunk_frames: usize,
+    ) -> Result<Self, AudioError>
+    where
+        R: std::io::Read + std::io::Seek + Send + Sync + 'static,
+    {
+        let io = |e: std::io::Error| AudioError::Corrupt(format!("cannot read the file: {e}"));
+        let mut head = Vec::with_capacity(16);
+        std::io::Read::by_ref(&mut source)
+            .take(16)
+            .read_to_end(&mut head)
+            .map_err(io)?;
+        if head.is_empty() {
+            return Err(AudioError::Empty);
+        }
+        // MP4 keeps its trims in the edit list, which symphonia does not apply (see the module doc).
+        let edit = if head.get(4..8) == Some(b"ftyp") {
+            Some(edit_list::read_moov(&mut source).map_err(io)?)
+        } else {
+            None
+        };
+        source.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut hint = Hint::new();
+        if let Some(ext) = extension {
+            hint.with_extension(ext.trim_start_matches('.'));
+        }
+        let stream = MediaSourceStream::new(
+            Box::new(Seekable::new(source).map_err(io)?),
+            MediaSourceStreamOptions::default(),
+        );
+        let format_opts = FormatOptions {
+            enable_gapless: true,
+            ..FormatOptions::default()
+        };
+        let probed = symphonia::default::get_probe()
+            .format(&hint, stream, &format_opts, &MetadataOptions::default())
+            .map_err(|e| probe_error(e, &head, extension))?;
+        let format = probed.format;
+        let track = format
+            .tracks()
+            .iter()
+            .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+            .ok_or_else(|| AudioError::Unsupported("the container holds no audio track".into()))?;
+        let track_id = track.id;
+        let params = track.codec_params.clone();
+        let decoder = symphonia::default::get_codecs()
+            .make(&params, &DecoderOptions::default())
+            .map_err(|e| match e {
+                SymError::Unsupported(_) => AudioError::Unsupported(format!(
+                    "the audio codec (symphonia codec id {}) is not supported",
+                    params.codec
+                )),
+                other => AudioError::Corrupt(format!("cannot set up the decoder: {other}")),
+            })?;
+        let (mut skip, mut keep) = (0, None);
+        // Ogg Vorbis: symphonia reads the last granule position into `n_frames` but does not
+        // trim the final packet to it (Symphonia issue #418); the granule position is the end.
+        if params.codec == CODEC_TYPE_VORBIS {
+            keep = params.n_frames;
+        }
+        // MP4: the edit list skips the encoder's priming and cuts the last frame's padding.
+        if let (Some(Some(moov)), Some(rate)) = (&edit, params.sample_rate) {
+            if let Some(edit) = edit_list::audio_edit(moov, track_id as usize, rate) {
+                (skip, keep) = (edit.skip, edit.keep);
+            }
+        }
+        Ok(Decoder {
+            format,
+            decoder,
+            track_id,
+            check_gaps: params.codec == CODEC_TYPE_FLAC,
+            params,
+            out: PlanarSink::default(),
+            chunk_frames: chunk_frames.max(1),
+            pending: None,
+            next_ts: 0,
+            skip,
+            keep,
+            yielded: false,
+            ended: false,
+        })
+    }
+
+    /// Frames decoded so far (before trims).
+    pub fn frames_decoded(&self) -> u64 {
+        self.out.frames
+    }
+
+    /// The next chunk, `None` at the end. A stream with no audio yields one empty chunk first,
+    /// so that its rate and channels are known.
+    pub fn next_chunk(&mut self) -> Result<Option<Audio>, AudioError> {
+        while !self.ended && self.out.buffered() < self.chunk_frames {
+            if !self.read_packet()? {
+                self.ended = true;
+                self.check_end()?;
+            }
+        }
+        let take = self.out.buffered().min(self.chunk_frames);
+        if take == 0 && self.ended && self.yielded {
+            return Ok(None);
+        }
+        let mut chunk = self.out.take(take, &self.params)?;
+        self.trim(&mut chunk);
+        self.yielded = true;
+        Ok(Some(chunk))
+    }
+
+    /// Reads and decodes one packet; false at the end of the stream.
+    fn read_packet(&mut self) -> Result<bool, AudioError> {
+        let packet = match self.format.next_packet() {
+            Ok(packet) => packet,
+            Err(SymError::IoError(e)) if e.kind() == ErrorKind::UnexpectedEof => return Ok(false),
+            Err(SymError::ResetRequired) => {
+                return Err(AudioError::Unsupported(
+                    "the stream changes its parameters mid-way (chained stream)".into(),
+                ))
+            }
+            Err(e) => {
+                if self.out.frames == 0 && self.pending.is_none() {
+                    return Err(AudioError::Corrupt(format!(
+                        "cannot read the first packet: {e}"
+                    )));
+                }
+                self.pending.get_or_insert((self.out.frames, e));
+                return Ok(false);
+            }
+        };
+        if packet.track_id() != self.track_id {
+            return Ok(true);
+        }
+        // A packet that fails to decode is only damage if more packets follow: a cut-off file's
+        // partial last packet fails too, and the truncation check then names the real problem.
+        if let Some((at, err)) = self.pending.take() {
+            return Err(corrupt_at(at, self.out.rate(&self.params), &err));
+        }
+        // symphonia's FLAC reader skips a frame it cannot read and resynchronises; the frame
+        // headers' sample numbers reveal the hole.
+        if self.check_gaps {
+            if packet.ts() > self.next_ts {
+                return Err(AudioError::Corrupt(format!(
+                    "a damaged FLAC frame was skipped: {} frames missing at {}",
+                    packet.ts() - self.next_ts,
+                    position(self.next_ts, self.out.rate(&self.params)),
+                )));
+            }
+            self.next_ts = packet.ts() + packet.dur();
+        }
+        match self.decoder.decode(&packet) {
+            Ok(buf) => self.out.push(buf)?,
+            Err(e @ (SymError::DecodeError(_) | SymError::IoError(_))) => {
+                self.pending = Some((self.out.frames, e));
+            }
+            Err(SymError::ResetRequired) => {
+                return Err(AudioError::Unsupported(
+                    "the stream changes its parameters mid-way".into(),
+                ))
+            }
+            Err(e) => return Err(corrupt_at(self.out.frames, self.out.rate(&self.params), &e)),
+        }
+        Ok(true)
+    }
+
+    /// The checks that need the whole stream read: the length the header states, and a failed
+    /// packet with nothing after it.
+    fn check_end(&mut self) -> Result<(), AudioError> {
+        let decoded = self.out.frames;
+        if let Some(expected) = stated_frames(&self.params, self.out.rate(&self.params)) {
+            let tolerance = self
+                .params
+                .max_frames_per_packet
+                .unwrap_or(0)
+                .max(MIN_TRUNCATION_TOLERANCE);
+            if decoded.saturating_add(tolerance) < expected {
+                return Err(AudioError::Truncated { expected, decoded });
+            }
+        }
+        if let Some((at, err)) = self.pending.take() {
+            return Err(corrupt_at(at, self.out.rate(&self.params), &err));
+        }
+        Ok(())
+    }
+
+    /// Drops what is left of the start trim and cuts what is past the stated end.
+    fn trim(&mut self, chunk: &mut Audio) {
+        let frames = chunk.frames() as u64;
+        let skip = self.skip.min(frames);
+        self.skip -= skip;
+        let mut end = frames;
+        if let Some(keep) = &mut self.keep {
+            let left = (frames - skip).min(*keep);
+            *keep -= left;
+            end = skip + left;
+        }
+        if skip > 0 || end < frames {
+            for c in &mut chunk.channels {
+                c.truncate(end as usize);
+                c.drain(..skip as usize);
+            }
+        }
+    }
+}
+
+/// Any seekable reader as symphonia's media source (it implements one only for files and
+/// cursors): Ogg and MP4 readers seek to find the stream's length and index.
+struct Seekable<R> {
+    inner: R,
+    len: u64,
+}
+
+impl<R: Read + Seek> Seekable<R> {
+    fn new(mut inner: R) -> std::io::Result<Self> {
+        let len = inner.seek(SeekFrom::End(0))?;
+        inner.seek(SeekFrom::Start(0))?;
+        Ok(Seekable { inner, len })
+    }
+}
+
+impl<R: Read> Read for Seekable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<R: Seek> Seek for Seekable<R> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+impl<R: Read + Seek + Send + Sync> MediaSource for Seekable<R> {
+    fn is_seekable(&self) -> bool {
+        true
+    }
+
+    fn byte_len(&self) -> Option<u64> {
+        Some(self.len)
+    }
 }
 
 /// Maps a probe failure: "nothing recognised" is `NotAudio`; a recognised container whose
@@ -81,126 +346,6 @@ fn container_magic(bytes: &[u8]) -> Option<&'static str> {
         [b'I', b'D', b'3', ..] => Some("MP3"),
         [_, _, _, _, b'f', b't', b'y', b'p', ..] => Some("MP4"),
         _ => None,
-    }
-}
-
-fn decode_first_audio_track(
-    mut format: Box<dyn FormatReader>,
-    bytes: &[u8],
-) -> Result<Audio, AudioError> {
-    let track = format
-        .tracks()
-        .iter()
-        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-        .ok_or_else(|| AudioError::Unsupported("the container holds no audio track".into()))?;
-    let track_id = track.id;
-    let params = track.codec_params.clone();
-    let mut decoder = symphonia::default::get_codecs()
-        .make(&params, &DecoderOptions::default())
-        .map_err(|e| match e {
-            SymError::Unsupported(_) => AudioError::Unsupported(format!(
-                "the audio codec (symphonia codec id {}) is not supported",
-                params.codec
-            )),
-            other => AudioError::Corrupt(format!("cannot set up the decoder: {other}")),
-        })?;
-
-    let mut out = PlanarSink::default();
-    // A packet that fails to decode is only damage if more packets follow: a cut-off file's
-    // partial last packet fails too, and the truncation check then names the real problem.
-    let mut pending: Option<(u64, SymError)> = None;
-    // symphonia's FLAC reader skips a frame it cannot read and resynchronises; the frame
-    // headers' sample numbers reveal the hole.
-    let check_gaps = params.codec == CODEC_TYPE_FLAC;
-    let mut next_ts = 0u64;
-    loop {
-        let packet = match format.next_packet() {
-            Ok(packet) => packet,
-            Err(SymError::IoError(e)) if e.kind() == ErrorKind::UnexpectedEof => break,
-            Err(SymError::ResetRequired) => {
-                return Err(AudioError::Unsupported(
-                    "the stream changes its parameters mid-way (chained stream)".into(),
-                ))
-            }
-            Err(e) => {
-                if out.frames == 0 && pending.is_none() {
-                    return Err(AudioError::Corrupt(format!(
-                        "cannot read the first packet: {e}"
-                    )));
-                }
-                pending.get_or_insert((out.frames, e));
-                break;
-            }
-        };
-        if packet.track_id() != track_id {
-            continue;
-        }
-        if let Some((at, err)) = pending.take() {
-            return Err(corrupt_at(at, out.rate(&params), &err));
-        }
-        if check_gaps {
-            if packet.ts() > next_ts {
-                return Err(AudioError::Corrupt(format!(
-                    "a damaged FLAC frame was skipped: {} frames missing at {}",
-                    packet.ts() - next_ts,
-                    position(next_ts, out.rate(&params)),
-                )));
-            }
-            next_ts = packet.ts() + packet.dur();
-        }
-        match decoder.decode(&packet) {
-            Ok(buf) => out.push(buf)?,
-            Err(e @ (SymError::DecodeError(_) | SymError::IoError(_))) => {
-                pending = Some((out.frames, e));
-            }
-            Err(SymError::ResetRequired) => {
-                return Err(AudioError::Unsupported(
-                    "the stream changes its parameters mid-way".into(),
-                ))
-            }
-            Err(e) => return Err(corrupt_at(out.frames, out.rate(&params), &e)),
-        }
-    }
-
-    let decoded = out.frames;
-    if let Some(expected) = stated_frames(&params, out.rate(&params)) {
-        let tolerance = params
-            .max_frames_per_packet
-            .unwrap_or(0)
-            .max(MIN_TRUNCATION_TOLERANCE);
-        if decoded.saturating_add(tolerance) < expected {
-            return Err(AudioError::Truncated { expected, decoded });
-        }
-    }
-    if let Some((at, err)) = pending {
-        return Err(corrupt_at(at, out.rate(&params), &err));
-    }
-    let mut audio = out.finish(&params)?;
-    trim_to_stated_length(&mut audio, &params, bytes, track_id);
-    Ok(audio)
-}
-
-/// Applies the end (and start) trims symphonia 0.5 leaves undone, so lossy files decode to the
-/// length the encoder was given.
-fn trim_to_stated_length(audio: &mut Audio, params: &CodecParameters, bytes: &[u8], track: u32) {
-    // Ogg Vorbis: symphonia reads the last granule position into `n_frames` but does not trim
-    // the final packet to it (Symphonia issue #418); the granule position is the exact end.
-    if params.codec == CODEC_TYPE_VORBIS {
-        if let Some(n) = params.n_frames.and_then(|n| usize::try_from(n).ok()) {
-            audio.channels.iter_mut().for_each(|c| c.truncate(n));
-        }
-    }
-    // MP4: the edit list skips the encoder's priming and cuts the last frame's padding.
-    if bytes.get(4..8) == Some(b"ftyp") {
-        if let Some(edit) = edit_list::audio_edit(bytes, track as usize, audio.sample_rate) {
-            let skip = usize::try_from(edit.skip).unwrap_or(usize::MAX);
-            for c in &mut audio.channels {
-                c.drain(..skip.min(c.len()));
-                if let Some(keep) = edit.keep.and_then(|k| usize::try_from(k).ok()) {
-                    c.truncate(keep);
-                }
-            }
-        }
     }
 }
 
@@ -281,7 +426,14 @@ impl PlanarSink {
         Ok(())
     }
 
-    fn finish(self, params: &CodecParameters) -> Result<Audio, AudioError> {
+    /// Frames decoded and not yet taken.
+    fn buffered(&self) -> usize {
+        self.channels.first().map_or(0, Vec::len)
+    }
+
+    /// Takes the first `frames` frames decoded as a chunk (the rate checked; a stream with no
+    /// audio gets the channel count its header states).
+    fn take(&mut self, frames: usize, params: &CodecParameters) -> Result<Audio, AudioError> {
         let sample_rate = self.sample_rate.or(params.sample_rate).ok_or_else(|| {
             AudioError::Corrupt("the stream declares no sample rate and holds no audio".into())
         })?;
@@ -292,8 +444,20 @@ impl PlanarSink {
         }
         let channels = if self.channels.is_empty() {
             vec![Vec::new(); params.channels.map_or(0, |c| c.count())]
+        } else if frames == self.buffered() {
+            // The common case of a whole buffer: hand it over, keep the capacity's size.
+            self.channels
+                .iter_mut()
+                .map(|c| {
+                    let cap = c.capacity();
+                    std::mem::replace(c, Vec::with_capacity(cap))
+                })
+                .collect()
         } else {
             self.channels
+                .iter_mut()
+                .map(|c| c.drain(..frames).collect())
+                .collect()
         };
         Ok(Audio {
             sample_rate,

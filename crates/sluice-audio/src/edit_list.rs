@@ -49,6 +49,53 @@ pub(crate) fn audio_edit(file: &[u8], track: usize, sample_rate: u32) -> Option<
     })
 }
 
+/// Largest `moov` read: the sample tables of a day of AAC fit many times over.
+const MAX_MOOV: u64 = 256 << 20;
+
+/// The `moov` box of an MP4 file (header and body, as [`audio_edit`] takes it), found by walking
+/// the top-level boxes with seeks, so a long file's media data is never read; `None` when there
+/// is none or the layout is not understood.
+pub(crate) fn read_moov<R: std::io::Read + std::io::Seek>(
+    file: &mut R,
+) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::SeekFrom;
+    let mut at = file.seek(SeekFrom::Start(0))?;
+    let end = file.seek(SeekFrom::End(0))?;
+    while at + 8 <= end {
+        file.seek(SeekFrom::Start(at))?;
+        let mut header = [0u8; 16];
+        file.read_exact(&mut header[..8])?;
+        let kind: [u8; 4] = header[4..8].try_into().expect("four bytes");
+        let (header_len, size) = match u64::from(u32::from_be_bytes(
+            header[..4].try_into().expect("four bytes"),
+        )) {
+            0 => (8, end - at),
+            1 => {
+                file.read_exact(&mut header[8..16])?;
+                (
+                    16,
+                    u64::from_be_bytes(header[8..16].try_into().expect("eight bytes")),
+                )
+            }
+            n => (8, n),
+        };
+        if size < header_len || at + size > end {
+            return Ok(None);
+        }
+        if &kind == b"moov" {
+            if size > MAX_MOOV {
+                return Ok(None);
+            }
+            let mut moov = vec![0u8; size as usize];
+            file.seek(SeekFrom::Start(at))?;
+            file.read_exact(&mut moov)?;
+            return Ok(Some(moov));
+        }
+        at += size;
+    }
+    Ok(None)
+}
+
 /// `value * to / from`, rounded to nearest.
 fn scale(value: u64, to: u64, from: u64) -> u64 {
     let (v, t, f) = (u128::from(value), u128::from(to), u128::from(from));

@@ -6,7 +6,7 @@
 //! instead of overflowing and any integer sample decoded by [`crate::decode`] re-encodes to
 //! itself at the same or a larger bit depth.
 
-use std::io::Cursor;
+use std::io::{Cursor, Seek, Write};
 use std::str::FromStr;
 
 use flacenc::component::BitRepr;
@@ -87,14 +87,20 @@ impl std::fmt::Display for AudioFormat {
 
 /// Encodes `audio` as a complete file in `format`.
 pub fn encode(audio: &Audio, format: AudioFormat) -> Result<Vec<u8>, AudioError> {
-    if audio.channel_count() == 0 {
-        return Err(AudioError::Invalid(
-            "cannot encode audio with no channels".into(),
-        ));
-    }
-    if audio.sample_rate == 0 {
-        return Err(AudioError::Invalid("cannot encode audio at 0 Hz".into()));
-    }
+    check_layout(audio)?;
+    let mut bytes = Vec::with_capacity(64 + audio.frames() * audio.channel_count() * 4);
+    let mut writer = StreamWriter::new(
+        Cursor::new(&mut bytes),
+        Output::Audio(format),
+        audio.sample_rate,
+        audio.channel_count(),
+    )?;
+    writer.write(audio)?;
+    writer.finish()?;
+    Ok(bytes)
+}
+
+fn check_layout(audio: &Audio) -> Result<(), AudioError> {
     if let Some((i, c)) = audio
         .channels
         .iter()
@@ -107,14 +113,115 @@ pub fn encode(audio: &Audio, format: AudioFormat) -> Result<Vec<u8>, AudioError>
             audio.frames()
         )));
     }
-    match format {
-        AudioFormat::Wav(sample) => encode_wav(audio, sample),
-        AudioFormat::Flac {
-            bits: bits @ (16 | 24),
-        } => encode_flac(audio, bits),
-        AudioFormat::Flac { bits } => Err(AudioError::Invalid(format!(
-            "FLAC output supports 16 or 24 bits per sample, not {bits}"
-        ))),
+    Ok(())
+}
+
+/// What a [`StreamWriter`] writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Output {
+    /// An audio file.
+    Audio(AudioFormat),
+    /// A `.npy` array of shape (frames, channels).
+    Npy,
+}
+
+/// A file written chunk by chunk: the header first, with the lengths it needs patched in at
+/// [`StreamWriter::finish`] (hence `Seek`), so memory is one chunk whatever the length. Pass a
+/// buffered writer (`&mut BufWriter<File>`): samples are written one at a time.
+pub struct StreamWriter<W: Write + Seek> {
+    kind: Kind<W>,
+    sample_rate: u32,
+    channels: usize,
+}
+
+enum Kind<W: Write + Seek> {
+    Wav(hound::WavWriter<W>, WavSample),
+    Flac(Box<FlacStream<W>>),
+    Npy(crate::npy::NpyStream<W>),
+}
+
+impl<W: Write + Seek> StreamWriter<W> {
+    /// Starts a file of `channels` channels at `sample_rate` in `out`.
+    pub fn new(
+        out: W,
+        output: Output,
+        sample_rate: u32,
+        channels: usize,
+    ) -> Result<Self, AudioError> {
+        if channels == 0 {
+            return Err(AudioError::Invalid(
+                "cannot encode audio with no channels".into(),
+            ));
+        }
+        if sample_rate == 0 {
+            return Err(AudioError::Invalid("cannot encode audio at 0 Hz".into()));
+        }
+        let kind = match output {
+            Output::Audio(AudioFormat::Wav(sample)) => {
+                Kind::Wav(wav_writer(out, sample, sample_rate, channels)?, sample)
+            }
+            Output::Audio(AudioFormat::Flac {
+                bits: bits @ (16 | 24),
+            }) => Kind::Flac(Box::new(FlacStream::new(out, bits, sample_rate, channels)?)),
+            Output::Audio(AudioFormat::Flac { bits }) => {
+                return Err(AudioError::Invalid(format!(
+                    "FLAC output supports 16 or 24 bits per sample, not {bits}"
+                )))
+            }
+            Output::Npy => Kind::Npy(crate::npy::NpyStream::new(out, channels)?),
+        };
+        Ok(StreamWriter {
+            kind,
+            sample_rate,
+            channels,
+        })
+    }
+
+    /// Appends a chunk (same rate and channels as the file).
+    pub fn write(&mut self, chunk: &Audio) -> Result<(), AudioError> {
+        check_layout(chunk)?;
+        if chunk.sample_rate != self.sample_rate || chunk.channel_count() != self.channels {
+            return Err(AudioError::Invalid(format!(
+                "a chunk of {} channels at {} Hz written to a file of {} channels at {} Hz",
+                chunk.channel_count(),
+                chunk.sample_rate,
+                self.channels,
+                self.sample_rate
+            )));
+        }
+        let wav = |e: hound::Error| AudioError::Encode(format!("WAV: {e}"));
+        match &mut self.kind {
+            Kind::Wav(w, WavSample::F32) => {
+                for x in interleaved(chunk) {
+                    w.write_sample(x).map_err(wav)?;
+                }
+            }
+            Kind::Wav(w, WavSample::I16) => {
+                for x in interleaved(chunk) {
+                    w.write_sample(to_int(x, 16) as i16).map_err(wav)?;
+                }
+            }
+            Kind::Wav(w, sample) => {
+                let bits = if *sample == WavSample::I24 { 24 } else { 32 };
+                for x in interleaved(chunk) {
+                    w.write_sample(to_int(x, bits)).map_err(wav)?;
+                }
+            }
+            Kind::Flac(f) => f.write(chunk)?,
+            Kind::Npy(n) => n.write(chunk)?,
+        }
+        Ok(())
+    }
+
+    /// Completes the file (lengths, checksums written into its header) and flushes it.
+    pub fn finish(self) -> Result<(), AudioError> {
+        match self.kind {
+            Kind::Wav(w, _) => w
+                .finalize()
+                .map_err(|e| AudioError::Encode(format!("WAV: {e}"))),
+            Kind::Flac(f) => f.finish(),
+            Kind::Npy(n) => n.finish(),
+        }
     }
 }
 
@@ -134,13 +241,14 @@ fn interleaved(audio: &Audio) -> impl Iterator<Item = f32> + '_ {
     (0..audio.frames()).flat_map(move |t| audio.channels.iter().map(move |c| c[t]))
 }
 
-fn encode_wav(audio: &Audio, sample: WavSample) -> Result<Vec<u8>, AudioError> {
-    let channels = u16::try_from(audio.channel_count()).map_err(|_| {
-        AudioError::Invalid(format!(
-            "WAV cannot hold {} channels",
-            audio.channel_count()
-        ))
-    })?;
+fn wav_writer<W: Write + Seek>(
+    out: W,
+    sample: WavSample,
+    sample_rate: u32,
+    channels: usize,
+) -> Result<hound::WavWriter<W>, AudioError> {
+    let channels = u16::try_from(channels)
+        .map_err(|_| AudioError::Invalid(format!("WAV cannot hold {channels} channels")))?;
     let (bits, sample_format) = match sample {
         WavSample::I16 => (16, hound::SampleFormat::Int),
         WavSample::I24 => (24, hound::SampleFormat::Int),
@@ -149,64 +257,119 @@ fn encode_wav(audio: &Audio, sample: WavSample) -> Result<Vec<u8>, AudioError> {
     };
     let spec = hound::WavSpec {
         channels,
-        sample_rate: audio.sample_rate,
+        sample_rate,
         bits_per_sample: bits,
         sample_format,
     };
-    let fail = |e: hound::Error| AudioError::Encode(format!("WAV: {e}"));
-    let mut bytes = Vec::with_capacity(64 + audio.frames() * audio.channel_count() * 4);
-    let mut writer = hound::WavWriter::new(Cursor::new(&mut bytes), spec).map_err(fail)?;
-    match sample {
-        WavSample::F32 => {
-            for x in interleaved(audio) {
-                writer.write_sample(x).map_err(fail)?;
-            }
-        }
-        WavSample::I16 => {
-            for x in interleaved(audio) {
-                writer.write_sample(to_int(x, 16) as i16).map_err(fail)?;
-            }
-        }
-        WavSample::I24 | WavSample::I32 => {
-            for x in interleaved(audio) {
-                writer
-                    .write_sample(to_int(x, u32::from(bits)))
-                    .map_err(fail)?;
-            }
-        }
-    }
-    writer.finalize().map_err(fail)?;
-    Ok(bytes)
+    hound::WavWriter::new(out, spec).map_err(|e| AudioError::Encode(format!("WAV: {e}")))
 }
 
-fn encode_flac(audio: &Audio, bits: u8) -> Result<Vec<u8>, AudioError> {
-    let fail =
-        |what: &str, e: &dyn std::fmt::Display| AudioError::Encode(format!("FLAC {what}: {e}"));
-    let mut config = flacenc::config::Encoder::default();
-    // Pipelines run one file per worker already; nested encoder threads would oversubscribe.
-    config.multithread = false;
-    let config = config
-        .into_verified()
-        .map_err(|(_, e)| fail("config", &e))?;
-    let samples: Vec<i32> = interleaved(audio)
-        .map(|x| to_int(x, u32::from(bits)))
-        .collect();
-    let source = flacenc::source::MemSource::from_samples(
-        &samples,
-        audio.channel_count(),
-        usize::from(bits),
-        audio.sample_rate as usize,
-    );
-    let mut stream = flacenc::encode_with_fixed_block_size(&config, source, config.block_size)
-        .map_err(|e| fail("encoder", &e))?;
-    // flacenc counts the short last block in STREAMINFO's minimum block size, which FLAC
-    // excludes and symphonia rejects below 16; a fixed-size stream states its one size, as
-    // libFLAC writes it.
-    stream
-        .stream_info_mut()
-        .set_block_sizes(config.block_size, config.block_size)
-        .map_err(|e| fail("stream info", &e))?;
-    let mut sink = flacenc::bitsink::ByteSink::new();
-    stream.write(&mut sink).map_err(|e| fail("output", &e))?;
-    Ok(sink.into_inner())
+/// FLAC written frame by frame: a STREAMINFO with placeholder totals first, each frame as soon as
+/// its block is full, and the real STREAMINFO (length, MD5, frame sizes) written over the first
+/// one at the end, as libFLAC does.
+struct FlacStream<W: Write + Seek> {
+    out: W,
+    config: flacenc::error::Verified<flacenc::config::Encoder>,
+    stream: flacenc::component::Stream,
+    buf: (flacenc::source::FrameBuf, flacenc::source::Context),
+    /// Interleaved integer samples of the block being filled.
+    block: Vec<i32>,
+    block_size: usize,
+    channels: usize,
+    bits: u32,
+    frames: usize,
+}
+
+fn flac_error(what: &str, e: &dyn std::fmt::Display) -> AudioError {
+    AudioError::Encode(format!("FLAC {what}: {e}"))
+}
+
+impl<W: Write + Seek> FlacStream<W> {
+    fn new(mut out: W, bits: u8, sample_rate: u32, channels: usize) -> Result<Self, AudioError> {
+        let mut config = flacenc::config::Encoder::default();
+        // Pipelines run one file per worker already; nested encoder threads would oversubscribe.
+        config.multithread = false;
+        let config = config
+            .into_verified()
+            .map_err(|(_, e)| flac_error("config", &e))?;
+        let block_size = config.block_size;
+        let stream =
+            flacenc::component::Stream::new(sample_rate as usize, channels, usize::from(bits))
+                .map_err(|e| flac_error("stream", &e))?;
+        let buf = (
+            flacenc::source::FrameBuf::with_size(channels, block_size)
+                .map_err(|e| flac_error("buffer", &e))?,
+            flacenc::source::Context::new(usize::from(bits), channels),
+        );
+        write_bits(&mut out, &stream)?;
+        Ok(FlacStream {
+            out,
+            config,
+            stream,
+            buf,
+            block: Vec::with_capacity(block_size * channels),
+            block_size,
+            channels,
+            bits: u32::from(bits),
+            frames: 0,
+        })
+    }
+
+    fn write(&mut self, chunk: &Audio) -> Result<(), AudioError> {
+        for x in interleaved(chunk) {
+            self.block.push(to_int(x, self.bits));
+            if self.block.len() == self.block_size * self.channels {
+                self.flush_block()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_block(&mut self) -> Result<(), AudioError> {
+        use flacenc::source::Fill;
+        self.buf
+            .fill_interleaved(&self.block)
+            .map_err(|e| flac_error("input", &e))?;
+        let number = self.buf.1.current_frame_number().unwrap_or(0);
+        let frame = flacenc::encode_fixed_size_frame(
+            &self.config,
+            &self.buf.0,
+            number,
+            self.stream.stream_info(),
+        )
+        .map_err(|e| flac_error("encoder", &e))?;
+        self.stream.stream_info_mut().update_frame_info(&frame);
+        write_bits(&mut self.out, &frame)?;
+        self.frames += self.block.len() / self.channels;
+        self.block.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), AudioError> {
+        if !self.block.is_empty() {
+            self.flush_block()?;
+        }
+        let info = self.stream.stream_info_mut();
+        info.set_md5_digest(&self.buf.1.md5_digest());
+        info.set_total_samples(self.frames);
+        // flacenc counts the short last block in STREAMINFO's minimum block size, which FLAC
+        // excludes and symphonia rejects below 16; a fixed-size stream states its one size, as
+        // libFLAC writes it.
+        info.set_block_sizes(self.block_size, self.block_size)
+            .map_err(|e| flac_error("stream info", &e))?;
+        let io = |e: std::io::Error| AudioError::Encode(format!("FLAC output: {e}"));
+        self.out.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+        write_bits(&mut self.out, &self.stream)?;
+        self.out.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+        self.out.flush().map_err(io)
+    }
+}
+
+/// Writes a FLAC component (a frame, or a stream with no frames: `fLaC` and its STREAMINFO).
+fn write_bits<W: Write>(out: &mut W, part: &impl BitRepr) -> Result<(), AudioError> {
+    let mut sink = flacenc::bitsink::ByteSink::with_capacity(part.count_bits());
+    part.write(&mut sink)
+        .map_err(|e| flac_error("output", &e))?;
+    out.write_all(sink.as_slice())
+        .map_err(|e| AudioError::Encode(format!("FLAC output: {e}")))
 }

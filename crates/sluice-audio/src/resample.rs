@@ -54,46 +54,182 @@ impl ResamplerCache {
     /// Converts `audio` to `to_rate`, returning exactly `round(frames * to_rate / from_rate)`
     /// frames, time-aligned with the input (the filter delay is removed).
     pub fn resample(&mut self, audio: &Audio, to_rate: u32) -> Result<Audio, AudioError> {
-        let from_rate = audio.sample_rate;
+        let mut stream = self.stream(audio.sample_rate, to_rate, audio.channel_count())?;
+        let mut out = stream.push(audio)?;
+        let tail = stream.finish()?;
+        for (all, part) in out.channels.iter_mut().zip(tail.channels) {
+            all.extend(part);
+        }
+        Ok(out)
+    }
+
+    /// A conversion of one stream from `from_rate` to `to_rate` fed in chunks, with this cache's
+    /// resampler for the rates (reset first). Its output is the same as [`Self::resample`] of
+    /// the whole stream, sample for sample, however the input is cut.
+    pub fn stream(
+        &mut self,
+        from_rate: u32,
+        to_rate: u32,
+        channels: usize,
+    ) -> Result<StreamResampler<'_>, AudioError> {
         if from_rate == 0 || to_rate == 0 {
             return Err(AudioError::Invalid(format!(
                 "cannot resample from {from_rate} Hz to {to_rate} Hz: sample rates must be positive"
             )));
         }
-        if from_rate == to_rate {
-            return Ok(audio.clone());
-        }
-        let channels = audio.channel_count();
-        let out_frames = output_frames(audio.frames(), from_rate, to_rate);
-        if channels == 0 || audio.frames() == 0 {
-            return Ok(Audio {
-                sample_rate: to_rate,
-                channels: vec![Vec::new(); channels],
-            });
-        }
-        let resampler = match self.resamplers.entry((from_rate, to_rate, channels)) {
-            std::collections::hash_map::Entry::Occupied(slot) => {
-                let r = slot.into_mut();
-                r.reset();
-                r
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(build_fft(from_rate, to_rate, channels)?)
-            }
+        let resampler = if from_rate == to_rate || channels == 0 {
+            None
+        } else {
+            Some(
+                match self.resamplers.entry((from_rate, to_rate, channels)) {
+                    std::collections::hash_map::Entry::Occupied(slot) => {
+                        let r = slot.into_mut();
+                        r.reset();
+                        r
+                    }
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(build_fft(from_rate, to_rate, channels)?)
+                    }
+                },
+            )
         };
-        let channels = run(resampler, &audio.channels, out_frames)?;
-        Ok(Audio {
-            sample_rate: to_rate,
+        let delay = resampler.as_ref().map_or(0, |r| r.output_delay());
+        let block = resampler
+            .as_ref()
+            .map_or_else(Vec::new, |r| r.output_buffer_allocate(true));
+        Ok(StreamResampler {
+            resampler,
+            from_rate,
+            to_rate,
             channels,
+            pending: vec![Vec::new(); channels],
+            block,
+            total_in: 0,
+            to_skip: delay,
+            emitted: 0,
         })
     }
 }
 
+/// One stream being resampled in chunks ([`ResamplerCache::stream`]): input frames are kept only
+/// until a block of the resampler's size is complete, so memory is one block and one chunk.
+pub struct StreamResampler<'a> {
+    /// `None` when the rates are equal: chunks pass through.
+    resampler: Option<&'a mut FftFixedIn<f32>>,
+    from_rate: u32,
+    to_rate: u32,
+    channels: usize,
+    /// Input not yet given to the resampler (less than one block).
+    pending: Vec<Vec<f32>>,
+    block: Vec<Vec<f32>>,
+    total_in: u64,
+    /// Output frames still to drop: the filter's delay.
+    to_skip: usize,
+    /// Output frames given out so far.
+    emitted: u64,
+}
+
+impl StreamResampler<'_> {
+    /// Takes the next chunk of input (at the input rate, with the stream's channels) and returns
+    /// the output frames it completes.
+    pub fn push(&mut self, input: &Audio) -> Result<Audio, AudioError> {
+        if input.sample_rate != self.from_rate || input.channel_count() != self.channels {
+            return Err(AudioError::Invalid(format!(
+                "a chunk of {} channels at {} Hz fed to a resampler of {} channels at {} Hz",
+                input.channel_count(),
+                input.sample_rate,
+                self.channels,
+                self.from_rate
+            )));
+        }
+        self.total_in += input.frames() as u64;
+        let Some(resampler) = self.resampler.as_deref_mut() else {
+            self.emitted += input.frames() as u64;
+            return Ok(Audio {
+                sample_rate: self.to_rate,
+                channels: input.channels.clone(),
+            });
+        };
+        for (p, c) in self.pending.iter_mut().zip(&input.channels) {
+            p.extend_from_slice(c);
+        }
+        let mut out = vec![Vec::new(); self.channels];
+        let need = resampler.input_frames_next();
+        let mut pos = 0;
+        while pos + need <= self.pending[0].len() {
+            let slices: Vec<&[f32]> = self.pending.iter().map(|c| &c[pos..pos + need]).collect();
+            let (used, produced) = resampler
+                .process_into_buffer(&slices, &mut self.block, None)
+                .map_err(fail)?;
+            pos += used;
+            append(&mut out, &self.block, produced, &mut self.to_skip);
+        }
+        for p in &mut self.pending {
+            p.drain(..pos);
+        }
+        self.emitted += out[0].len() as u64;
+        Ok(Audio {
+            sample_rate: self.to_rate,
+            channels: out,
+        })
+    }
+
+    /// Flushes the resampler and returns the last frames, so that the whole output is exactly
+    /// `round(frames in * to / from)` frames.
+    pub fn finish(mut self) -> Result<Audio, AudioError> {
+        let wanted = output_frames(self.total_in, self.from_rate, self.to_rate);
+        let mut out = vec![Vec::new(); self.channels];
+        if let Some(resampler) = self.resampler.as_deref_mut() {
+            let mut emitted = self.emitted;
+            let mut first = true;
+            while emitted < wanted {
+                let produced = if first && !self.pending[0].is_empty() {
+                    let slices: Vec<&[f32]> = self.pending.iter().map(Vec::as_slice).collect();
+                    resampler
+                        .process_partial_into_buffer(Some(&slices), &mut self.block, None)
+                        .map_err(fail)?
+                        .1
+                } else {
+                    resampler
+                        .process_partial_into_buffer(None::<&[&[f32]]>, &mut self.block, None)
+                        .map_err(fail)?
+                        .1
+                };
+                first = false;
+                let before = out[0].len();
+                append(&mut out, &self.block, produced, &mut self.to_skip);
+                emitted += (out[0].len() - before) as u64;
+            }
+            let excess = (emitted - wanted) as usize;
+            for c in &mut out {
+                c.truncate(c.len() - excess);
+            }
+        }
+        Ok(Audio {
+            sample_rate: self.to_rate,
+            channels: out,
+        })
+    }
+}
+
+fn fail(e: rubato::ResampleError) -> AudioError {
+    AudioError::Invalid(format!("resampling failed: {e}"))
+}
+
+/// Appends `produced` frames of `block` to `out`, dropping what is left of the delay first.
+fn append(out: &mut [Vec<f32>], block: &[Vec<f32>], produced: usize, to_skip: &mut usize) {
+    let skip = (*to_skip).min(produced);
+    *to_skip -= skip;
+    for (dest, src) in out.iter_mut().zip(block) {
+        dest.extend_from_slice(&src[skip..produced]);
+    }
+}
+
 /// `round(frames * to / from)`, in integers so long files do not lose precision.
-fn output_frames(frames: usize, from: u32, to: u32) -> usize {
-    let num = frames as u128 * u128::from(to);
+fn output_frames(frames: u64, from: u32, to: u32) -> u64 {
+    let num = u128::from(frames) * u128::from(to);
     let den = u128::from(from);
-    ((2 * num + den) / (2 * den)) as usize
+    ((2 * num + den) / (2 * den)) as u64
 }
 
 fn build_fft(from: u32, to: u32, channels: usize) -> Result<FftFixedIn<f32>, AudioError> {
@@ -113,48 +249,4 @@ fn gcd(mut a: usize, mut b: usize) -> usize {
         (a, b) = (b, a % b);
     }
     a
-}
-
-/// Streams `input` through `resampler`, flushing with zeros, and returns `out_frames` frames
-/// starting after the resampler's delay.
-fn run<R: Resampler<f32>>(
-    resampler: &mut R,
-    input: &[Vec<f32>],
-    out_frames: usize,
-) -> Result<Vec<Vec<f32>>, AudioError> {
-    let fail = |e: rubato::ResampleError| AudioError::Invalid(format!("resampling failed: {e}"));
-    let delay = resampler.output_delay();
-    let wanted = delay + out_frames;
-    let total_in = input.first().map_or(0, Vec::len);
-    let mut out: Vec<Vec<f32>> = vec![Vec::with_capacity(wanted); input.len()];
-    let mut block = resampler.output_buffer_allocate(true);
-    let mut pos = 0;
-    while out[0].len() < wanted {
-        let need = resampler.input_frames_next();
-        let (used, produced) = if pos + need <= total_in {
-            let slices: Vec<&[f32]> = input.iter().map(|c| &c[pos..pos + need]).collect();
-            resampler
-                .process_into_buffer(&slices, &mut block, None)
-                .map_err(fail)?
-        } else if pos < total_in {
-            let slices: Vec<&[f32]> = input.iter().map(|c| &c[pos..]).collect();
-            let (_, produced) = resampler
-                .process_partial_into_buffer(Some(&slices), &mut block, None)
-                .map_err(fail)?;
-            (total_in - pos, produced)
-        } else {
-            resampler
-                .process_partial_into_buffer(None::<&[&[f32]]>, &mut block, None)
-                .map_err(fail)?
-        };
-        pos += used;
-        for (dest, src) in out.iter_mut().zip(&block) {
-            dest.extend_from_slice(&src[..produced]);
-        }
-    }
-    for channel in &mut out {
-        channel.truncate(wanted);
-        channel.drain(..delay);
-    }
-    Ok(out)
 }

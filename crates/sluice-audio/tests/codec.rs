@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use sluice_audio::decode::decode;
+use sluice_audio::decode::{decode, Decoder};
 use sluice_audio::encode::encode;
 use sluice_audio::{npy, Audio, AudioError, AudioFormat, ChannelOp, ResamplerCache, WavSample};
 
@@ -596,4 +596,146 @@ fn npy_output_parses_and_round_trips() {
 
     let err = npy::encode_f32(&[2, 2], &[0.0; 3]).unwrap_err();
     assert!(matches!(err, AudioError::Invalid(_)), "{err:?}");
+}
+
+/// Joins chunks into one [`Audio`].
+fn concat(chunks: Vec<Audio>) -> Audio {
+    let mut all = chunks[0].clone();
+    for chunk in &chunks[1..] {
+        assert_eq!(chunk.sample_rate, all.sample_rate);
+        assert_eq!(chunk.channel_count(), all.channel_count());
+        for (a, c) in all.channels.iter_mut().zip(&chunk.channels) {
+            a.extend_from_slice(c);
+        }
+    }
+    all
+}
+
+/// Every decodable fixture read in chunks of a few hundred frames (so trims and packet
+/// boundaries fall inside and across chunks) is the whole-file decode, bit for bit; a broken
+/// file fails the same way chunked, at the latest when its end is read.
+#[test]
+fn chunked_decoding_is_the_whole_file_decoding_and_fails_the_same_way() {
+    for file in manifest()["files"].as_array().unwrap() {
+        let rel = file["path"].as_str().unwrap();
+        let ext = rel.rsplit_once('.').map(|(_, e)| e);
+        let whole = decode_fixture(rel);
+        for chunk_frames in [1, 333, 4096] {
+            let source = std::fs::File::open(fixtures().join(rel)).unwrap();
+            let chunked = Decoder::new(source, ext, chunk_frames).and_then(|mut d| {
+                let mut chunks = Vec::new();
+                while let Some(c) = d.next_chunk()? {
+                    assert!(c.frames() <= chunk_frames, "{rel}: chunk of {}", c.frames());
+                    chunks.push(c);
+                }
+                Ok(concat(chunks))
+            });
+            match (&whole, chunked) {
+                (Ok(w), Ok(c)) => {
+                    assert_eq!(c.sample_rate, w.sample_rate, "{rel}");
+                    assert_bitwise_eq(rel, &c.channels, &w.channels);
+                }
+                (Err(w), Err(c)) => assert_eq!(c.to_string(), w.to_string(), "{rel}"),
+                (w, c) => panic!("{rel} in chunks of {chunk_frames}: {w:?} vs {c:?}"),
+            }
+            if chunk_frames == 1 && rel.contains("long") {
+                break;
+            }
+        }
+    }
+}
+
+/// A resampled stream is the whole-file resampling, sample for sample, whatever the chunking:
+/// chunks shorter than one resampler block, chunk edges inside the sweep, and one sample.
+#[test]
+fn chunked_resampling_is_the_whole_file_resampling() {
+    let mut cache = ResamplerCache::default();
+    for (rel, to_rate) in [
+        ("src/music/sweep_48k_stereo_pcm16.wav", 16000),
+        ("src/music/sweep_44k1_mono_pcm24.flac", 48000),
+        ("src/music/sweep_44k1_mono_pcm24.flac", 16000),
+    ] {
+        let source = decode_fixture(rel).unwrap();
+        let whole = cache.resample(&source, to_rate).unwrap();
+        for chunk in [1usize, 97, 1000, 7919, source.frames()] {
+            let mut stream = cache
+                .stream(source.sample_rate, to_rate, source.channel_count())
+                .unwrap();
+            let mut parts = Vec::new();
+            for start in (0..source.frames()).step_by(chunk) {
+                let end = (start + chunk).min(source.frames());
+                let piece = Audio {
+                    sample_rate: source.sample_rate,
+                    channels: source
+                        .channels
+                        .iter()
+                        .map(|c| c[start..end].to_vec())
+                        .collect(),
+                };
+                parts.push(stream.push(&piece).unwrap());
+            }
+            parts.push(stream.finish().unwrap());
+            let chunked = concat(parts);
+            assert_eq!(
+                chunked.frames(),
+                whole.frames(),
+                "{rel} in chunks of {chunk}"
+            );
+            assert_bitwise_eq(
+                &format!("{rel} in chunks of {chunk}"),
+                &chunked.channels,
+                &whole.channels,
+            );
+        }
+    }
+}
+
+/// A file written in chunks is byte for byte the file written at once, in every format: the
+/// header's lengths (and FLAC's MD5 and frame sizes) are patched in at the end.
+#[test]
+fn chunked_writing_is_the_whole_file_writing() {
+    use sluice_audio::encode::{Output, StreamWriter};
+    let source = decode_fixture("src/music/sweep_48k_stereo_pcm16.wav").unwrap();
+    let formats = ["wav", "wav24", "wav32", "wavf32", "flac", "flac24"]
+        .map(|f| Output::Audio(f.parse().unwrap()))
+        .into_iter()
+        .chain([Output::Npy]);
+    for output in formats {
+        let write = |chunk: usize| {
+            let mut bytes = Vec::new();
+            let mut cursor = std::io::Cursor::new(&mut bytes);
+            let mut w = StreamWriter::new(&mut cursor, output, source.sample_rate, 2).unwrap();
+            for start in (0..source.frames()).step_by(chunk) {
+                let end = (start + chunk).min(source.frames());
+                w.write(&Audio {
+                    sample_rate: source.sample_rate,
+                    channels: source
+                        .channels
+                        .iter()
+                        .map(|c| c[start..end].to_vec())
+                        .collect(),
+                })
+                .unwrap();
+            }
+            w.finish().unwrap();
+            bytes
+        };
+        let whole = write(source.frames());
+        for chunk in [1, 1000, 4097] {
+            assert!(write(chunk) == whole, "{output:?} in chunks of {chunk}");
+        }
+        match output {
+            Output::Audio(format) => {
+                assert_eq!(whole, encode(&source, format).unwrap(), "{output:?}");
+                let back = decode(&whole, Some(format.extension())).unwrap();
+                assert_eq!(back.frames(), source.frames(), "{output:?}");
+            }
+            Output::Npy => {
+                let (descr, shape, data) = read_npy(&whole);
+                assert!(descr.contains("'descr': '<f4'"), "{descr}");
+                assert_eq!(shape, vec![source.frames(), 2]);
+                assert_eq!(data[2 * 100 + 1], source.channels[1][100]);
+            }
+        }
+    }
 }
