@@ -159,6 +159,17 @@ impl Decoder {
         })
     }
 
+    /// The channel count the stream's header states, when it states one.
+    pub fn channel_count(&self) -> Option<usize> {
+        self.params.channels.map(|c| c.count())
+    }
+
+    /// The same decoder yielding chunks of at most `chunk_frames` frames from now on.
+    pub fn with_chunk_frames(mut self, chunk_frames: usize) -> Self {
+        self.chunk_frames = chunk_frames.max(1);
+        self
+    }
+
     /// Frames decoded so far (before trims).
     pub fn frames_decoded(&self) -> u64 {
         self.out.frames
@@ -454,9 +465,13 @@ impl PlanarSink {
                 })
                 .collect()
         } else {
+            // The rest is at most one packet: moving it is cheaper than copying the chunk out.
             self.channels
                 .iter_mut()
-                .map(|c| c.drain(..frames).collect())
+                .map(|c| {
+                    let rest = c.split_off(frames);
+                    std::mem::replace(c, rest)
+                })
                 .collect()
         };
         Ok(Audio {

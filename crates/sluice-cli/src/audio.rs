@@ -92,11 +92,14 @@ pub struct ResampleArgs {
     /// in the working directory).
     #[arg(long)]
     failures: Option<PathBuf>,
-    /// Files per batch in every stage. Decoded files are large, and each stage holds up to
-    /// 2 × workers × batch of them, so small batches bound memory (2: ~130 MB for 30 s stereo
-    /// files at 48 kHz on 2 cores).
+    /// Files per batch. Memory does not depend on it: files stream in chunks (see
+    /// --memory-budget).
     #[arg(long, default_value_t = 2)]
     batch_size: usize,
+    /// Decoded audio held at once across the workers, e.g. 16MiB (default) or 64M; files of any
+    /// length stream through in chunks sized to fit it.
+    #[arg(long, value_parser = parse_bytes, value_name = "BYTES")]
+    memory_budget: Option<usize>,
     /// streaming, batch or debug.
     #[arg(long, env = "SLUICE_MODE")]
     mode: Option<sluice_pipeline::Mode>,
@@ -109,6 +112,27 @@ pub struct ResampleArgs {
     /// Progress display: auto, bars, log, off.
     #[arg(long, default_value = "auto")]
     progress: ProgressArg,
+}
+
+/// A size in bytes: a number with an optional K, M or G (powers of 1024; `KiB`, `MB` and the
+/// like read the same).
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let number: usize = t[..digits]
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 64MiB or 1048576"))?;
+    let shift = match t[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("{text:?}: unknown unit {other:?}: use K, M or G")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{text:?}: must be above 0 and fit in memory"))
 }
 
 /// Runs an audio command.
@@ -144,6 +168,7 @@ pub fn run(command: AudioCommand) -> anyhow::Result<()> {
         redo_if_older: args.redo_if_older,
         options,
         batch_size: args.batch_size,
+        memory_budget: args.memory_budget,
     };
     eprintln!("failures go to {}", failures.display());
     report(job.run()?, args.summary.as_deref())

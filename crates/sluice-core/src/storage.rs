@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -411,6 +411,85 @@ impl Location {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(StorageError::store(self.url_of(rel), e)),
         }
+    }
+
+    /// The file `rel` names on this machine when the location is a local directory, so that it
+    /// can be read and written in place; `None` for object storage.
+    pub fn local_file(&self, rel: &str) -> Result<Option<std::path::PathBuf>, StorageError> {
+        self.path(rel)?;
+        Ok(local_path(&self.base).map(|dir| dir.join(rel.trim_start_matches('/'))))
+    }
+
+    /// Copies `rel` into `file` as it arrives, so memory holds one network chunk, not the object.
+    pub async fn download(&self, rel: &str, file: &mut std::fs::File) -> Result<u64, StorageError> {
+        use std::io::Write;
+        let path = self.path(rel)?;
+        let url = self.url_of(rel);
+        let got = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| StorageError::store(url.clone(), e))?;
+        let mut stream = got.into_stream();
+        let mut copied = 0u64;
+        while let Some(part) = stream.next().await {
+            let part = part.map_err(|e| StorageError::store(url.clone(), e))?;
+            file.write_all(&part)
+                .map_err(|e| invalid(&url, format!("writing a local copy: {e}")))?;
+            copied += part.len() as u64;
+        }
+        Ok(copied)
+    }
+
+    /// Uploads the local file `from` as `rel` in parts (a multipart upload on object storage),
+    /// holding at most a few parts in memory; the object appears whole when the upload
+    /// completes, never in part.
+    pub async fn upload(&self, rel: &str, from: &std::path::Path) -> Result<u64, StorageError> {
+        use std::io::Read;
+        const PART: usize = 8 << 20;
+        let path = self.path(rel)?;
+        let url = self.url_of(rel);
+        let local = |e: std::io::Error| invalid(&url, format!("reading {}: {e}", from.display()));
+        let mut file = std::fs::File::open(from).map_err(local)?;
+        let upload = self
+            .store
+            .put_multipart(&path)
+            .await
+            .map_err(|e| StorageError::store(url.clone(), e))?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut buf = vec![0u8; PART];
+        let mut sent = 0u64;
+        loop {
+            let n = file.read(&mut buf).map_err(local)?;
+            if n == 0 {
+                break;
+            }
+            writer
+                .wait_for_capacity(2)
+                .await
+                .map_err(|e| StorageError::store(url.clone(), e))?;
+            writer.write(&buf[..n]);
+            sent += n as u64;
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| StorageError::store(url.clone(), e))?;
+        Ok(sent)
+    }
+
+    /// [`Location::download`] from a plain thread.
+    pub fn download_blocking(
+        &self,
+        rel: &str,
+        file: &mut std::fs::File,
+    ) -> Result<u64, StorageError> {
+        runtime().block_on(self.download(rel, file))
+    }
+
+    /// [`Location::upload`] from a plain thread.
+    pub fn upload_blocking(&self, rel: &str, from: &std::path::Path) -> Result<u64, StorageError> {
+        runtime().block_on(self.upload(rel, from))
     }
 
     /// [`Location::list`] from a plain thread.

@@ -163,9 +163,9 @@ fn a_killed_job_leaves_whole_outputs_and_the_rerun_does_the_rest() {
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();
                 if p.is_dir() {
                     stack.push(p);
-                } else if !name.contains('#') {
-                    // `name#N` is the local store's staging file for an upload cut short by the
-                    // kill: never an output's name, and hidden from every listing.
+                } else if !name.starts_with(".sluice-") {
+                    // `.sluice-*.part` is the staging file of an output cut short by the kill:
+                    // never an output's name.
                     found.push(p);
                 }
             }
@@ -206,4 +206,162 @@ fn a_killed_job_leaves_whole_outputs_and_the_rerun_does_the_rest() {
     assert_eq!(rerun["items_out"], FILES - before.len());
     let after = outputs(&out.path().join("t"));
     assert_eq!(after.len(), FILES);
+}
+
+/// Writes `seconds` of 48 kHz stereo 16-bit WAV to `path` as it generates it (a sweep on the left,
+/// a tone on the right), so the test itself holds no more than the file's header in memory.
+fn write_long_wav(path: &Path, seconds: u32) {
+    use std::io::Write;
+    const RATE: u32 = 48_000;
+    let frames = RATE * seconds;
+    let data = frames * 4;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    out.write_all(b"RIFF").unwrap();
+    out.write_all(&(36 + data).to_le_bytes()).unwrap();
+    out.write_all(b"WAVEfmt ").unwrap();
+    for field in [
+        16u32.to_le_bytes().as_slice(),
+        &1u16.to_le_bytes(),
+        &2u16.to_le_bytes(),
+    ] {
+        out.write_all(field).unwrap();
+    }
+    out.write_all(&RATE.to_le_bytes()).unwrap();
+    out.write_all(&(RATE * 4).to_le_bytes()).unwrap();
+    out.write_all(&4u16.to_le_bytes()).unwrap();
+    out.write_all(&16u16.to_le_bytes()).unwrap();
+    out.write_all(b"data").unwrap();
+    out.write_all(&data.to_le_bytes()).unwrap();
+    let mut phase = 0.0f64;
+    for t in 0..frames {
+        let secs = f64::from(t) / f64::from(RATE);
+        // 100 Hz to 7 kHz and back every 10 s, across every chunk boundary.
+        let freq = 100.0 + 6900.0 * (1.0 - ((secs % 10.0) / 5.0 - 1.0).abs());
+        phase += std::f64::consts::TAU * freq / f64::from(RATE);
+        let left = (0.3 * phase.sin() * 32767.0) as i16;
+        let right = (0.2 * (std::f64::consts::TAU * 440.0 * secs).sin() * 32767.0) as i16;
+        out.write_all(&left.to_le_bytes()).unwrap();
+        out.write_all(&right.to_le_bytes()).unwrap();
+    }
+    out.flush().unwrap();
+}
+
+/// Runs the binary and returns its summary and peak resident memory in KiB: the child's own
+/// high-water mark (`VmHWM`, which only grows) read from /proc until it exits. (`wait4`'s
+/// `ru_maxrss` would not do: a child spawned with a shared address space before `exec` is
+/// charged the parent's peak.)
+fn run_measured(args: &[String]) -> (serde_json::Value, u64) {
+    let mut child = Command::new(SLUICE)
+        .args(args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            if let Some(kib) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak_kib = peak_kib.max(kib);
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert!(status.success(), "{status}");
+    let summary_at = args.iter().position(|a| a == "--summary").unwrap() + 1;
+    let summary = std::fs::read_to_string(&args[summary_at]).unwrap();
+    (serde_json::from_str(&summary).unwrap(), peak_kib)
+}
+
+/// Long files stream: converting 16 minutes takes no more memory than 2 minutes (tiny chunks,
+/// so a growing buffer would show at once), the output is the whole length, the summary's
+/// duration is exact and its peak of decoded audio stays inside the budget.
+#[test]
+fn memory_does_not_grow_with_the_length_of_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut peaks = Vec::new();
+    for minutes in [2u32, 16] {
+        let src = dir.path().join(format!("src{minutes}"));
+        std::fs::create_dir_all(&src).unwrap();
+        write_long_wav(&src.join("long.wav"), minutes * 60);
+        let out = dir.path().join(format!("out{minutes}"));
+        let summary = dir.path().join(format!("s{minutes}.json"));
+        let mut args = resample_args(src.to_str().unwrap(), out.to_str().unwrap(), &summary);
+        args.extend(["--memory-budget", "256K"].map(String::from));
+        let (summary, peak_kib) = run_measured(&args);
+        let seconds = f64::from(minutes * 60);
+        assert_eq!(summary["audio"]["decoded_seconds"], seconds, "{summary}");
+        let held = summary["audio"]["peak_decoded_bytes"].as_u64().unwrap();
+        assert!(
+            held > 0 && held <= 256 << 10,
+            "{held} bytes decoded at once"
+        );
+        let flac = std::fs::read(out.join("long.flac")).unwrap();
+        let audio = sluice_audio::decode::decode(&flac, Some("flac")).unwrap();
+        assert_eq!(audio.frames(), 16_000 * minutes as usize * 60);
+        eprintln!("{minutes} min: peak RSS {peak_kib} KiB, {held} bytes decoded at once");
+        peaks.push(peak_kib);
+    }
+    // 8x the audio (90 MB more decoded samples than the short file) within a few MiB: the
+    // allocator's and the kernel's noise, not the file.
+    assert!(
+        peaks[1] <= peaks[0] + 8 * 1024,
+        "peak RSS {} KiB for 16 min vs {} KiB for 2 min",
+        peaks[1],
+        peaks[0]
+    );
+}
+
+/// A run killed in the middle of a long file leaves nothing under the output's name (the file is
+/// staged beside it), and the rerun converts it whole.
+#[test]
+fn a_kill_in_the_middle_of_a_file_leaves_no_output_and_the_rerun_redoes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    write_long_wav(&src.join("long.wav"), 8 * 60);
+    let out = dir.path().join("out");
+    let summary = dir.path().join("s.json");
+    let mut args = resample_args(src.to_str().unwrap(), out.to_str().unwrap(), &summary);
+    args.extend(["--memory-budget", "256K"].map(String::from));
+    let mut child = Command::new(SLUICE)
+        .args(&args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the staged output has data: the file is half-way.
+    let staged = || -> Option<u64> {
+        std::fs::read_dir(&out)
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(".sluice-"))
+            .and_then(|e| e.metadata().ok())
+            .map(|m| m.len())
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while staged().unwrap_or(0) < 100_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        staged().unwrap_or(0) >= 100_000,
+        "the run was not caught mid-file"
+    );
+    assert!(
+        !out.join("long.flac").exists(),
+        "a partial output has the final name"
+    );
+
+    let rerun = run_ok(&args, &[]);
+    assert_eq!(rerun["items_out"], 1, "{rerun}");
+    let flac = std::fs::read(out.join("long.flac")).unwrap();
+    let audio = sluice_audio::decode::decode(&flac, Some("flac")).unwrap();
+    assert_eq!(audio.frames(), 16_000 * 8 * 60);
 }

@@ -281,6 +281,11 @@ impl RawConfig {
         })
     }
 
+    /// `[run] memory_budget_mb`, when the file sets it.
+    pub fn memory_budget_mb(&self) -> Option<u64> {
+        self.run.memory_budget_mb
+    }
+
     /// The `[source]`'s kind, if it names one.
     pub fn source_kind(&self) -> Option<&str> {
         self.source.table.get("kind").and_then(|k| k.as_str())

@@ -34,9 +34,12 @@ use sluice_core::storage::{local_path, Location, Matcher};
 use sluice_pipeline::config::{section, ConfigError, RawConfig, RawSection};
 use sluice_pipeline::{Pipeline, RunError, RunOptions};
 
+use crate::audio::convert::{ConvertFiles, Step};
 use crate::audio::job::{default_failures_path, run_pipeline, JobReport};
+use crate::audio::job::{file_budget, DEFAULT_MEMORY_BUDGET};
 use crate::audio::paths::{PathRule, Suffix};
-use crate::audio::stages::{Channels, DecodeStats, LoadAudio, LoadedAudio, Resample, WriteFiles};
+use crate::audio::stages::DecodeStats;
+use sluice_audio::encode::Output;
 use sluice_audio::{AudioFormat, ChannelOp};
 
 /// The source kind that makes a pipeline file an audio pipeline.
@@ -78,15 +81,6 @@ struct SinkSection {
     suffix: Option<String>,
     #[serde(default)]
     redo_if_older: bool,
-    /// Files per batch of the writing stage.
-    batch_size: Option<usize>,
-}
-
-/// One conversion between loading and writing.
-#[derive(Clone)]
-enum Convert {
-    Channels(Channels),
-    Resample(Resample),
 }
 
 /// A checked audio pipeline, ready to run.
@@ -94,30 +88,18 @@ pub struct AudioPipeline {
     source: String,
     matcher: Matcher,
     load_options: sluice_pipeline::StageOptions,
-    converts: Vec<Convert>,
+    steps: Vec<Step>,
+    memory_budget: Option<usize>,
     target: String,
-    write: WriteKind,
+    write: Output,
     rule: PathRule,
     redo_if_older: bool,
-    write_options: sluice_pipeline::StageOptions,
     /// The run options the file sets (command-line flags may change them before running).
     pub options: RunOptions,
 }
 
-#[derive(Clone, Copy)]
-enum WriteKind {
-    Audio(AudioFormat),
-    Features,
-}
-
-/// What an audio sink writes, where, and how the writing stage runs.
-type SinkPlan = (
-    WriteKind,
-    String,
-    PathRule,
-    bool,
-    sluice_pipeline::StageOptions,
-);
+/// What an audio sink writes, where, and whether it redoes outputs older than their source.
+type SinkPlan = (Output, String, PathRule, bool);
 
 /// Builds `[sink] kind = "audio" | "features"`.
 fn build_sink(sink: &RawSection) -> Result<SinkPlan, ConfigError> {
@@ -148,27 +130,21 @@ fn build_sink(sink: &RawSection) -> Result<SinkPlan, ConfigError> {
                 .parse()
                 .map_err(|e: sluice_audio::AudioError| bad(e.to_string()))?;
             (
-                WriteKind::Audio(format),
+                Output::Audio(format),
                 Suffix::Replace(format!(".{}", format.extension())),
             )
         }
         _ if spec.format.is_some() => {
             return Err(bad("format only applies to kind = \"audio\"".into()));
         }
-        _ => (WriteKind::Features, Suffix::Add(".npy".into())),
+        _ => (Output::Npy, Suffix::Add(".npy".into())),
     };
-    let mut options = sluice_pipeline::StageOptions::default();
-    match spec.batch_size {
-        Some(0) => return Err(bad("batch_size must be at least 1".into())),
-        Some(n) => options.batch_size = n,
-        None => {}
-    }
     let rule = PathRule {
         from_prefix: spec.from_prefix,
         to_prefix: spec.to_prefix,
         suffix: spec.suffix.map(Suffix::Replace).unwrap_or(default_suffix),
     };
-    Ok((write, spec.path, rule, spec.redo_if_older, options))
+    Ok((write, spec.path, rule, spec.redo_if_older))
 }
 
 impl AudioPipeline {
@@ -200,23 +176,20 @@ impl AudioPipeline {
         if !load.table.is_empty() {
             return Err(load.error("takes only the shared stage settings"));
         }
-        let mut converts = Vec::new();
+        let mut steps = Vec::new();
         for stage in stages {
             match stage.kind.as_str() {
                 "channels" => {
                     let spec: ChannelsSection = stage.spec()?;
                     let op: ChannelOp = spec.to.parse().map_err(|e| stage.error(e))?;
-                    converts.push(Convert::Channels(Channels::new(op, stage.options.clone())));
+                    steps.push(Step::Channels(op));
                 }
                 "resample" => {
                     let spec: ResampleSection = stage.spec()?;
                     if spec.sample_rate == 0 {
                         return Err(stage.error("sample_rate must be above 0"));
                     }
-                    converts.push(Convert::Resample(Resample::new(
-                        spec.sample_rate,
-                        stage.options.clone(),
-                    )));
+                    steps.push(Step::Resample(spec.sample_rate));
                 }
                 "write_audio" | "write_features" => {
                     let kind = stage.kind.trim_start_matches("write_");
@@ -239,7 +212,7 @@ impl AudioPipeline {
                 raw.file
             )));
         };
-        let (write, target, rule, redo_if_older, write_options) = build_sink(sink)?;
+        let (write, target, rule, redo_if_older) = build_sink(sink)?;
         let mut options = raw.run_options(local_path(&target).as_deref());
         options
             .failures_path
@@ -248,12 +221,12 @@ impl AudioPipeline {
             source: src.url,
             matcher,
             load_options: load.options.clone(),
-            converts,
+            steps,
+            memory_budget: raw.memory_budget_mb().map(|mb| (mb as usize) << 20),
             target,
             write,
             rule,
             redo_if_older,
-            write_options,
             options,
         })
     }
@@ -264,31 +237,20 @@ impl AudioPipeline {
         let source = Location::parse_source(&self.source).map_err(invalid)?;
         let target = Location::parse(&self.target).map_err(invalid)?;
         let stats = Arc::new(DecodeStats::default());
-        let writer = match self.write {
-            WriteKind::Audio(format) => WriteFiles::audio(
-                target.clone(),
-                self.rule.clone(),
-                format,
-                self.write_options,
-            ),
-            WriteKind::Features => {
-                WriteFiles::features(target.clone(), self.rule.clone(), self.write_options)
-            }
-        };
-        let (converts, load_options, load_stats) =
-            (self.converts, self.load_options, stats.clone());
-        let loader = source.clone();
+        let budget = self.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET);
+        let convert = ConvertFiles::new(
+            "convert",
+            source.clone(),
+            target.clone(),
+            self.rule.clone(),
+            self.steps,
+            self.write,
+            file_budget(budget, &self.load_options),
+            self.load_options,
+            stats.clone(),
+        );
         let build = move |files: Vec<sluice_core::storage::FileEntry>| {
-            let mut pipeline: Pipeline<LoadedAudio> =
-                Pipeline::from_keyed(files.into_iter().map(|f| (f.rel.clone(), f)))
-                    .stage(LoadAudio::new(loader, load_options, load_stats));
-            for convert in converts {
-                pipeline = match convert {
-                    Convert::Channels(s) => pipeline.stage(s),
-                    Convert::Resample(s) => pipeline.stage(s),
-                };
-            }
-            pipeline.stage(writer)
+            Pipeline::from_keyed(files.into_iter().map(|f| (f.rel.clone(), f))).stage(convert)
         };
         run_pipeline(
             &source,

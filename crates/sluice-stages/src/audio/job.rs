@@ -1,8 +1,6 @@
-//! `sluice audio resample`: match → skip completed → load → channels → resample → write, mirroring
-//! the source tree under the target, with an audio summary (decoded duration, failed files).
-//!
-//! Channels are changed before resampling, not after: both are linear, so the result is the same,
-//! and a downmix first resamples one channel instead of several.
+//! `sluice audio resample`: match → skip completed → convert (decode, channels, resample, encode,
+//! streamed in chunks: [`crate::audio::convert`]), mirroring the source tree under the target,
+//! with an audio summary (decoded duration, peak decoded audio in flight, failed files).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,10 +12,10 @@ use sluice_pipeline::{
     StageOptions,
 };
 
+use crate::audio::convert::{ConvertFiles, Step};
 use crate::audio::paths::PathRule;
-use crate::audio::stages::{
-    completed_sources, Channels, DecodeStats, LoadAudio, Resample, WriteFiles, Written,
-};
+use crate::audio::stages::{completed_sources, DecodeStats, Written};
+use sluice_audio::encode::Output;
 use sluice_audio::{AudioFormat, ChannelOp};
 
 /// The settings of one resampling job.
@@ -41,8 +39,24 @@ pub struct ResampleJob {
     pub redo_if_older: bool,
     /// Engine settings (mode, shard, progress, failures and summary paths).
     pub options: RunOptions,
-    /// Files per batch in every stage.
+    /// Files per batch.
     pub batch_size: usize,
+    /// Bytes of decoded audio the whole job may hold at once (default
+    /// [`DEFAULT_MEMORY_BUDGET`]); files stream in chunks sized to fit it.
+    pub memory_budget: Option<usize>,
+}
+
+/// Decoded audio a job holds at most by default: 16 MiB, chunks of 256k frames of stereo on two
+/// workers (5 s at 48 kHz), far past the size where per-chunk costs matter.
+pub const DEFAULT_MEMORY_BUDGET: usize = 16 << 20;
+
+/// The part of `budget` one file in flight may hold: the budget shared by the stage's workers.
+pub fn file_budget(budget: usize, options: &StageOptions) -> usize {
+    let workers = options
+        .workers
+        .fixed()
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    budget / workers.max(1)
 }
 
 /// Where failed files are listed when not said: `_failures.jsonl` in a local target, else in the
@@ -77,6 +91,8 @@ pub struct AudioSummary {
     pub decoded_minutes: f64,
     /// The same in hours.
     pub decoded_hours: f64,
+    /// The most bytes of decoded samples held at once.
+    pub peak_decoded_bytes: u64,
     /// Files that failed.
     pub files_failed: usize,
     /// Each failed file with its stage and reason.
@@ -93,6 +109,7 @@ impl AudioSummary {
             decoded_seconds: seconds,
             decoded_minutes: seconds / 60.0,
             decoded_hours: seconds / 3600.0,
+            peak_decoded_bytes: stats.peak_bytes(),
             files_failed: failures.len(),
             failed: failures
                 .iter()
@@ -108,11 +125,13 @@ impl AudioSummary {
     /// Human-readable lines for the end of a run.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "audio: {} files decoded, {:.3} s ({:.2} min, {:.4} h); {} written; {} failed\n",
+            "audio: {} files decoded, {:.3} s ({:.2} min, {:.4} h), at most {:.1} MiB decoded at \
+             once; {} written; {} failed\n",
             self.files_decoded,
             self.decoded_seconds,
             self.decoded_minutes,
             self.decoded_hours,
+            self.peak_decoded_bytes as f64 / f64::from(1 << 20),
             self.files_written,
             self.files_failed
         );
@@ -194,15 +213,25 @@ impl ResampleJob {
         options.skip_completed = !self.overwrite;
         let stats = Arc::new(DecodeStats::default());
         let stage = StageOptions::default().batch_size(self.batch_size.max(1));
-        let (loader, writer, load_stats) = (source.clone(), target.clone(), stats.clone());
-        let (channels, sample_rate, format, write_rule) =
-            (self.channels, self.sample_rate, self.format, rule.clone());
+        let budget = self.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET);
+        let convert = ConvertFiles::new(
+            "convert",
+            source.clone(),
+            target.clone(),
+            rule.clone(),
+            // Channels first: both steps are linear, so the result is the same, and a downmix
+            // then resamples one channel instead of several.
+            vec![
+                Step::Channels(self.channels),
+                Step::Resample(self.sample_rate),
+            ],
+            Output::Audio(self.format),
+            file_budget(budget, &stage),
+            stage,
+            stats.clone(),
+        );
         let build = move |files: Vec<FileEntry>| {
-            Pipeline::from_keyed(files.into_iter().map(|f| (f.rel.clone(), f)))
-                .stage(LoadAudio::new(loader, stage.clone(), load_stats))
-                .stage(Channels::new(channels, stage.clone()))
-                .stage(Resample::new(sample_rate, stage.clone()))
-                .stage(WriteFiles::audio(writer, write_rule, format, stage))
+            Pipeline::from_keyed(files.into_iter().map(|f| (f.rel.clone(), f))).stage(convert)
         };
         run_pipeline(
             &source,

@@ -3,6 +3,7 @@
 //! resample` ([`job`]) and audio pipeline files ([`config`]).
 
 pub mod config;
+pub mod convert;
 pub mod job;
 pub mod paths;
 pub mod stages;
