@@ -209,6 +209,24 @@ impl Location {
         Self::parse_source_with(dir, options)?.read_blocking(file)
     }
 
+    /// Opens the one object a URL names for reading from its start, without holding it in
+    /// memory: a local file in place, an object copied to a temporary file as it downloads.
+    pub fn open_url_blocking<K: AsRef<str>, V: AsRef<str>>(
+        url: &str,
+        options: &[(K, V)],
+    ) -> Result<std::fs::File, StorageError> {
+        let (dir, file) = url.rsplit_once('/').unwrap_or(("", url));
+        let location = Self::parse_source_with(dir, options)?;
+        let local = |e: std::io::Error| invalid(url, e.to_string());
+        if let Some(path) = location.local_file(file)? {
+            return std::fs::File::open(path).map_err(local);
+        }
+        let mut copy = tempfile::tempfile().map_err(local)?;
+        location.download_blocking(file, &mut copy)?;
+        std::io::Seek::rewind(&mut copy).map_err(local)?;
+        Ok(copy)
+    }
+
     /// Opens `url`; `options` (e.g. `("aws_endpoint", "http://127.0.0.1:9000")`) win over the
     /// environment. Keys are the `object_store` builders' config keys.
     pub fn parse_with<K: AsRef<str>, V: AsRef<str>>(

@@ -151,6 +151,77 @@ impl ClassifierSpec {
     }
 }
 
+/// The windows of [`ClassifierSpec::windows`] cut from samples that arrive in pieces: each full
+/// window as soon as its last sample is in, the padded last one at [`WindowCutter::finish`].
+/// Holds less than one window of samples between calls, whatever the stream's length.
+#[derive(Debug, Clone)]
+pub struct WindowCutter {
+    window: usize,
+    hop: usize,
+    rate: f64,
+    /// Samples from `buf_start` on.
+    buf: Vec<f32>,
+    buf_start: usize,
+    /// Where the next window starts.
+    next: usize,
+    total: usize,
+}
+
+impl ClassifierSpec {
+    /// A cutter of this spec's windows for one stream of samples at its rate.
+    pub fn cutter(&self) -> WindowCutter {
+        WindowCutter {
+            window: self.window_samples(),
+            hop: self.hop_samples(),
+            rate: f64::from(self.sample_rate),
+            buf: Vec::new(),
+            buf_start: 0,
+            next: 0,
+            total: 0,
+        }
+    }
+}
+
+impl WindowCutter {
+    /// Takes the next samples; returns the windows they complete.
+    pub fn push(&mut self, samples: &[f32]) -> Vec<Window> {
+        self.buf.extend_from_slice(samples);
+        self.total += samples.len();
+        let mut out = Vec::new();
+        while self.next + self.window <= self.total {
+            out.push(self.cut(self.next));
+            self.next += self.hop;
+        }
+        let drop = self.next.min(self.total) - self.buf_start;
+        self.buf.drain(..drop);
+        self.buf_start += drop;
+        out
+    }
+
+    /// The last window, when the stream does not end on a full one (see
+    /// [`ClassifierSpec::window_starts`]).
+    pub fn finish(self) -> Option<Window> {
+        let n = self.total;
+        if n < self.window {
+            return Some(self.cut(0));
+        }
+        // `next` is the start after the last full window.
+        (self.next - self.hop + self.window < n).then(|| self.cut(self.next))
+    }
+
+    fn cut(&self, start: usize) -> Window {
+        let end = (start + self.window).min(self.total);
+        let from = start.min(end) - self.buf_start;
+        let mut data = self.buf[from..end - self.buf_start].to_vec();
+        data.resize(self.window, 0.0);
+        Window {
+            start: start as f64 / self.rate,
+            end: end as f64 / self.rate,
+            samples: data,
+        }
+    }
+}
+
 fn invalid(path: &Path, reason: String) -> ModelError {
     ModelError::InvalidFile {
         path: path.to_owned(),
@@ -330,6 +401,29 @@ mod tests {
             hop_seconds: hop,
             labels: vec!["a".to_owned()],
             output: OutputKind::Scores,
+        }
+    }
+
+    #[test]
+    fn cut_in_pieces_is_cut_whole() {
+        for (window, hop) in [(1.0, 0.5), (1.0, 1.0), (0.5, 0.3), (1.0, 2.0)] {
+            let s = spec(window, hop);
+            for n in [0usize, 1, 7, 9, 10, 11, 15, 16, 23, 40, 41] {
+                let samples: Vec<f32> = (0..n).map(|i| i as f32).collect();
+                let whole = s.windows(&samples);
+                for piece in [1usize, 3, 10, 64] {
+                    let mut cutter = s.cutter();
+                    let mut got = Vec::new();
+                    for part in samples.chunks(piece) {
+                        got.extend(cutter.push(part));
+                    }
+                    got.extend(cutter.finish());
+                    assert_eq!(
+                        got, whole,
+                        "window {window}, hop {hop}, n {n}, piece {piece}"
+                    );
+                }
+            }
         }
     }
 

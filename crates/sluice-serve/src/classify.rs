@@ -2,8 +2,10 @@
 //! to mono and resampled to the model's rate, cut into windows, and the windows of every request
 //! share the model's batcher, so a burst of short clips runs as a few large graph runs.
 //!
-//! The same preparation runs in-process in pipelines ([`prepare`] and [`AudioClassifier::run`]),
-//! so a pipeline and the server give the same scores for the same file.
+//! The same preparation runs in-process in pipelines ([`prepare_stream`] and
+//! [`AudioClassifier::run`]), so a pipeline and the server give the same scores for the same file;
+//! [`prepare_stream`] cuts windows from the decoded chunks, so a file of any length is classified
+//! in bounded memory.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -30,24 +32,74 @@ pub fn prepare(
     bytes: &[u8],
     name: Option<&str>,
 ) -> Result<PreparedAudio, String> {
+    let mut windows = Vec::new();
+    let duration = prepare_stream(
+        classifier,
+        std::io::Cursor::new(bytes.to_vec()),
+        name,
+        sluice_audio::decode::DEFAULT_CHUNK_FRAMES,
+        |mut cut| {
+            windows.append(&mut cut);
+            Ok(())
+        },
+    )?;
+    Ok(PreparedAudio { duration, windows })
+}
+
+/// [`prepare`] of a file of any length: decoded, mixed, resampled and cut in chunks of
+/// `chunk_frames`, each chunk's windows handed to `windows` as soon as they are complete, so that
+/// memory holds one chunk and what `windows` keeps. Returns the decoded duration in seconds. The
+/// windows are those of [`prepare`] on the whole file, sample for sample.
+pub fn prepare_stream<R>(
+    classifier: &AudioClassifier,
+    source: R,
+    name: Option<&str>,
+    chunk_frames: usize,
+    mut windows: impl FnMut(Vec<Window>) -> Result<(), String>,
+) -> Result<f64, String>
+where
+    R: std::io::Read + std::io::Seek + Send + Sync + 'static,
+{
     let ext = name
         .and_then(|n| std::path::Path::new(n).extension())
         .and_then(|e| e.to_str());
-    let audio = sluice_audio::decode::decode(bytes, ext).map_err(|e| e.to_string())?;
-    let duration = audio.duration_secs();
-    let audio = ChannelOp::Mono.apply(audio).map_err(|e| e.to_string())?;
+    let mut decoder =
+        sluice_audio::decode::Decoder::new(source, ext, chunk_frames).map_err(|e| e.to_string())?;
     let rate = classifier.spec().sample_rate;
-    let audio = if audio.sample_rate == rate {
-        audio
+    let mut cutter = classifier.spec().cutter();
+    let (mut frames, mut from_rate) = (0u64, 0u32);
+    RESAMPLERS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let mut resampler = None;
+        while let Some(chunk) = decoder.next_chunk().map_err(|e| e.to_string())? {
+            frames += chunk.frames() as u64;
+            from_rate = chunk.sample_rate;
+            let mono = ChannelOp::Mono.apply(chunk).map_err(|e| e.to_string())?;
+            let mono = if mono.sample_rate == rate {
+                mono
+            } else {
+                if resampler.is_none() {
+                    resampler = Some(
+                        cache
+                            .stream(mono.sample_rate, rate, 1)
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                let r = resampler.as_mut().expect("made above");
+                r.push(&mono).map_err(|e| e.to_string())?
+            };
+            windows(cutter.push(mono.channels.first().map_or(&[][..], Vec::as_slice)))?;
+        }
+        if let Some(r) = resampler {
+            let tail = r.finish().map_err(|e| e.to_string())?;
+            windows(cutter.push(tail.channels.first().map_or(&[][..], Vec::as_slice)))?;
+        }
+        windows(cutter.finish().into_iter().collect())
+    })?;
+    Ok(if from_rate == 0 {
+        0.0
     } else {
-        RESAMPLERS
-            .with(|cache| cache.borrow_mut().resample(&audio, rate))
-            .map_err(|e| e.to_string())?
-    };
-    let mono = audio.channels.into_iter().next().unwrap_or_default();
-    Ok(PreparedAudio {
-        duration,
-        windows: classifier.spec().windows(&mono),
+        frames as f64 / f64::from(from_rate)
     })
 }
 

@@ -37,7 +37,7 @@ use sluice_pipeline::config::{ConfigError, RawStage, RecordStage, RecordStageFac
 use sluice_pipeline::stages::Record;
 use sluice_pipeline::{ItemError, Stage, StageError, StageOptions, WorkerContext};
 
-use sluice_serve::infer::InferOutput;
+use sluice_serve::infer::{InferOutput, WindowScores};
 
 /// What the record field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -321,65 +321,111 @@ fn run_local(spec: &ModelSpec, local: &Local, batch: &[Record]) -> Vec<Outcome> 
     }
 }
 
+/// Windows run through the graph together, across the files of a batch, as the server batches
+/// them across requests; also the most windows held at once, whatever the files' lengths.
+const WINDOW_RUN: usize = 64;
+
+/// Classifies each record's file streaming ([`sluice_serve::classify::prepare_stream`]): windows
+/// are scored in runs of [`WINDOW_RUN`] as they are cut, so a day-long recording holds one
+/// decoded chunk and one run of windows, not the file.
 fn classify_local(
     spec: &ModelSpec,
     classifier: &AudioClassifier,
     batch: &[Record],
 ) -> Vec<Outcome> {
-    let mut prepared: Vec<Result<sluice_serve::classify::PreparedAudio, ItemError>> = batch
-        .iter()
-        .map(|record| {
-            let value = field(spec, record)?;
-            if spec.input == InputAs::Text {
-                return Err(ItemError::permanent(
-                    "an audio classifier takes files or URLs, not text",
-                ));
+    type Scored = (f64, Vec<WindowScores>);
+    let labels = &classifier.spec().labels;
+    let mut results: Vec<Result<Scored, ItemError>> = Vec::with_capacity(batch.len());
+    // Windows cut but not yet scored: (record, start, end, samples).
+    let mut pending: Vec<(usize, f64, f64, Vec<f32>)> = Vec::new();
+    let mut graph_error: Option<String> = None;
+    let score = |pending: &mut Vec<(usize, f64, f64, Vec<f32>)>,
+                 results: &mut Vec<Result<Scored, ItemError>>|
+     -> Result<(), String> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let samples: Vec<Vec<f32>> = pending
+            .iter_mut()
+            .map(|w| std::mem::take(&mut w.3))
+            .collect();
+        let scores = classifier.run(&samples).map_err(|e| e.to_string())?;
+        for ((item, start, end, _), s) in pending.drain(..).zip(scores) {
+            if let Some(Ok((_, windows))) = results.get_mut(item) {
+                windows.push(sluice_serve::classify::window_scores(labels, start, end, s));
             }
-            let bytes = read_bytes(spec, value)?;
-            sluice_serve::classify::prepare(classifier, &bytes, Some(value))
-                .map_err(|e| ItemError::permanent(format!("{value}: {e}")))
-        })
-        .collect();
-    // Every window of the batch in runs of a bounded size, across files, as the server does.
-    // The samples move into the graph's input; the windows keep their start and end.
-    let windows: Vec<Vec<f32>> = prepared
-        .iter_mut()
-        .flatten()
-        .flat_map(|p| p.windows.iter_mut().map(|w| std::mem::take(&mut w.samples)))
-        .collect();
-    let mut scores = Vec::with_capacity(windows.len());
-    for chunk in windows.chunks(64) {
-        match classifier.run(chunk) {
-            Ok(s) => scores.extend(s),
-            Err(e) => return all_failed(batch, e),
+        }
+        Ok(())
+    };
+    for (i, record) in batch.iter().enumerate() {
+        results.push(Ok((0.0, Vec::new())));
+        let prepared = (|| {
+            let value = field(spec, record)?;
+            let source = match spec.input {
+                InputAs::File => std::fs::File::open(value)
+                    .map_err(|e| ItemError::permanent(format!("reading {value}: {e}")))?,
+                InputAs::Url => Location::open_url_blocking::<&str, &str>(value, &[])
+                    .map_err(|e| ItemError::permanent(e.to_string()))?,
+                InputAs::Text => {
+                    return Err(ItemError::permanent(
+                        "an audio classifier takes files or URLs, not text",
+                    ))
+                }
+            };
+            sluice_serve::classify::prepare_stream(
+                classifier,
+                source,
+                Some(value),
+                sluice_audio::decode::DEFAULT_CHUNK_FRAMES,
+                |windows| {
+                    pending.extend(windows.into_iter().map(|w| (i, w.start, w.end, w.samples)));
+                    if pending.len() >= WINDOW_RUN {
+                        score(&mut pending, &mut results)
+                            .map_err(|e| format!("{GRAPH_FAILED}{e}"))?;
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| match e.strip_prefix(GRAPH_FAILED) {
+                Some(graph) => {
+                    graph_error = Some(graph.to_string());
+                    ItemError::permanent(graph.to_string())
+                }
+                None => ItemError::permanent(format!("{value}: {e}")),
+            })
+        })();
+        if let Some(e) = graph_error {
+            return all_failed(batch, e);
+        }
+        match prepared {
+            Ok(duration) => {
+                if let Some(Ok((d, _))) = results.get_mut(i) {
+                    *d = duration;
+                }
+            }
+            Err(e) => {
+                pending.retain(|w| w.0 != i);
+                results[i] = Err(e);
+            }
         }
     }
-    let labels = &classifier.spec().labels;
-    let mut scores = scores.into_iter();
-    prepared
+    if let Err(e) = score(&mut pending, &mut results) {
+        return all_failed(batch, e);
+    }
+    results
         .into_iter()
-        .map(|p| {
-            let p = p?;
-            let windows = p
-                .windows
-                .iter()
-                .map(|w| {
-                    sluice_serve::classify::window_scores(
-                        labels,
-                        w.start,
-                        w.end,
-                        scores.next().unwrap_or_default(),
-                    )
-                })
-                .collect();
-            Ok(InferOutput {
-                duration: Some(p.duration),
+        .map(|r| {
+            r.map(|(duration, windows)| InferOutput {
+                duration: Some(duration),
                 windows: Some(windows),
                 ..InferOutput::default()
             })
         })
         .collect()
 }
+
+/// Marks a graph failure inside a file's preparation, which fails the whole batch.
+const GRAPH_FAILED: &str = "\u{0}graph: ";
 
 /// The same failure for every item of a batch (the model failed on the batch as a whole).
 fn all_failed(batch: &[Record], e: impl std::fmt::Display) -> Vec<Outcome> {

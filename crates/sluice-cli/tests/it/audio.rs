@@ -365,3 +365,64 @@ fn a_kill_in_the_middle_of_a_file_leaves_no_output_and_the_rerun_redoes_it() {
     let audio = sluice_audio::decode::decode(&flac, Some("flac")).unwrap();
     assert_eq!(audio.frames(), 16_000 * 8 * 60);
 }
+
+/// Classification streams too: the test classifier over 16 minutes takes no more memory than
+/// over 2 (windows are scored in runs as they are cut from the decoded chunks), and every window
+/// of the file is scored.
+#[test]
+fn classifying_a_long_file_takes_no_more_memory_than_a_short_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = sluice_testkit::fixture("onnx").join("tone-detector");
+    let mut peaks = Vec::new();
+    for minutes in [2u32, 16] {
+        let src = dir.path().join(format!("src{minutes}"));
+        std::fs::create_dir_all(&src).unwrap();
+        write_long_wav(&src.join("long.wav"), minutes * 60);
+        let output = dir.path().join(format!("scores{minutes}"));
+        let summary = dir.path().join(format!("s{minutes}.json"));
+        let args: Vec<String> = [
+            "audio",
+            "classify",
+            "--progress",
+            "off",
+            "--source",
+            src.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--summary",
+            summary.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec();
+        let (summary, peak_kib) = run_measured(&args);
+        assert_eq!(summary["items_out"], 1, "{summary}");
+        // One table row per window.
+        let windows: i64 =
+            sluice_pipeline::PartSink::part_files(&output, sluice_pipeline::PartFormat::Parquet)
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    use parquet::file::reader::FileReader;
+                    let file = std::fs::File::open(p).unwrap();
+                    let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+                    reader.metadata().file_metadata().num_rows()
+                })
+                .sum();
+        eprintln!("{minutes} min: peak RSS {peak_kib} KiB, {windows} windows");
+        assert!(
+            windows as u32 >= minutes * 60,
+            "{windows} windows for {minutes} min"
+        );
+        peaks.push(peak_kib);
+    }
+    // The scores of 1,680 more windows are kept for the output table (a few KiB each); the
+    // audio is not: 16 minutes decoded would be 368 MB, at the model's rate 61 MB.
+    assert!(
+        peaks[1] <= peaks[0] + 16 * 1024,
+        "peak RSS {} KiB for 16 min vs {} KiB for 2 min",
+        peaks[1],
+        peaks[0]
+    );
+}
