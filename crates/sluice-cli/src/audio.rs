@@ -96,7 +96,7 @@ pub struct ResampleArgs {
     /// --memory-budget).
     #[arg(long, default_value_t = 2)]
     batch_size: usize,
-    /// Decoded audio held at once across the workers, e.g. 16MiB (default) or 64M; files of any
+    /// Decoded audio held at once across the workers, e.g. 8MiB (default) or 64M; files of any
     /// length stream through in chunks sized to fit it.
     #[arg(long, value_parser = parse_bytes, value_name = "BYTES")]
     memory_budget: Option<usize>,

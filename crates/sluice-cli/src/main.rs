@@ -67,7 +67,8 @@ struct ServeArgs {
     /// Audio windows an audio classifier's queue holds at most (503 beyond).
     #[arg(long, env = "SLUICE_WINDOW_CAPACITY", default_value_t = ServeConfig::default().window_capacity)]
     window_capacity: NonZeroUsize,
-    /// Largest file read for one path or url input, in bytes.
+    /// Largest file read whole for one path or url input of a translation model, in bytes (audio
+    /// inputs stream at any length).
     #[arg(long, env = "SLUICE_MAX_INPUT_BYTES", default_value_t = ServeConfig::default().max_input_bytes)]
     max_input_bytes: u64,
     /// Address to listen on.

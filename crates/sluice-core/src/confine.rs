@@ -114,6 +114,21 @@ impl DataRoot {
         Ok(path)
     }
 
+    /// Opens a regular file beneath the root for reading, whatever its size (for readers that
+    /// stream it).
+    pub fn open_file(&self, rel: &str) -> Result<std::fs::File, PathError> {
+        let path = Self::check(rel)?;
+        let err = |e: std::io::Error| self.classify(rel, e);
+        // Look before opening: opening a FIFO for reading would block until a writer appears.
+        let meta = self.dir.metadata(path).map_err(err)?;
+        not_a_file(rel, &meta)?;
+        let mut opts = OpenOptions::new();
+        opts.read(true).custom_flags(nonblocking());
+        let file = self.dir.open_with(path, &opts).map_err(err)?;
+        not_a_file(rel, &file.metadata().map_err(err)?)?;
+        Ok(file.into_std())
+    }
+
     /// Reads a regular file beneath the root, refusing files larger than `limit` bytes.
     pub fn read(&self, rel: &str, limit: u64) -> Result<Vec<u8>, PathError> {
         let path = Self::check(rel)?;

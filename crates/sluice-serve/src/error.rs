@@ -41,17 +41,6 @@ pub enum ApiError {
         /// The limit.
         max: usize,
     },
-    /// The inputs make more classifier windows than the queue holds.
-    #[error(
-        "the inputs make {windows} windows; the queue holds {capacity}: send fewer or shorter \
-         inputs per request (or raise --window-capacity)"
-    )]
-    TooManyWindows {
-        /// Windows the request makes.
-        windows: usize,
-        /// The queue's capacity.
-        capacity: usize,
-    },
     /// No route at this path.
     #[error("no such route; GET /openapi.json lists the routes")]
     NoRoute,
@@ -215,9 +204,9 @@ impl ApiError {
             | ApiError::InvalidRequest(_)
             | ApiError::InvalidHeader(_)
             | ApiError::InvalidParameters(_) => StatusCode::BAD_REQUEST,
-            ApiError::BodyTooLarge { .. }
-            | ApiError::TooManyItems { .. }
-            | ApiError::TooManyWindows { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTooLarge { .. } | ApiError::TooManyItems { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::NoRoute | ApiError::NoTranslationModel | ApiError::UnknownModel { .. } => {
                 StatusCode::NOT_FOUND
             }
@@ -242,7 +231,6 @@ impl ApiError {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::InvalidHeader(_) => "invalid_header",
             ApiError::TooManyItems { .. } => "too_many_records",
-            ApiError::TooManyWindows { .. } => "too_many_windows",
             ApiError::NoRoute => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::NoTranslationModel => "no_translation_model",

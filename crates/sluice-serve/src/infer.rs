@@ -141,6 +141,33 @@ pub enum Content {
     },
 }
 
+/// Audio an input names, readable from its start: inline bytes, or a file.
+#[derive(Debug)]
+pub enum AudioSource {
+    /// Inline data.
+    Memory(std::io::Cursor<Vec<u8>>),
+    /// A file under the data root, or a local copy of an object.
+    File(std::fs::File),
+}
+
+impl std::io::Read for AudioSource {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            AudioSource::Memory(c) => c.read(buf),
+            AudioSource::File(f) => f.read(buf),
+        }
+    }
+}
+
+impl std::io::Seek for AudioSource {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        match self {
+            AudioSource::Memory(c) => c.seek(pos),
+            AudioSource::File(f) => f.seek(pos),
+        }
+    }
+}
+
 impl InputAccess {
     /// Checks that each input names exactly one source, before any is read.
     pub fn check(&self, inputs: &[InferInput]) -> Result<(), ApiError> {
@@ -192,6 +219,49 @@ impl InputAccess {
             ));
         }
         Ok(())
+    }
+
+    /// Opens one audio input for reading in chunks (blocking): inline data decoded (and held,
+    /// under its byte limit), a path under the data root or a URL opened without a size limit,
+    /// an object copied to a temporary file as it downloads. Returns it with its name.
+    pub fn open_audio(
+        &self,
+        i: usize,
+        input: &InferInput,
+    ) -> Result<(AudioSource, Option<String>), ApiError> {
+        if let Some(p) = &input.path {
+            let root = self.data_root.as_ref().expect("checked before reading");
+            let file = root
+                .open_file(p)
+                .map_err(|e| bad_input(i, input, InputProblem::Path(e)))?;
+            return Ok((AudioSource::File(file), Some(p.clone())));
+        }
+        if let Some(url) = &input.url {
+            let file =
+                Location::open_url_blocking(url, &self.storage_options).map_err(|error| {
+                    bad_input(
+                        i,
+                        input,
+                        InputProblem::Storage {
+                            url: url.to_owned(),
+                            error,
+                        },
+                    )
+                })?;
+            return Ok((AudioSource::File(file), Some(url.clone())));
+        }
+        match self.read(i, input)? {
+            Content::Bytes { bytes, name } => {
+                Ok((AudioSource::Memory(std::io::Cursor::new(bytes)), name))
+            }
+            Content::Text(_) => Err(bad_input(
+                i,
+                input,
+                InputProblem::WrongKind(
+                    "an audio classifier takes audio as data, path or url, not text",
+                ),
+            )),
+        }
     }
 
     /// Reads one input's content (blocking: files and object storage are read here).

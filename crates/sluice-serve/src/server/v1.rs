@@ -2,6 +2,7 @@
 //! data, paths confined to the data volume, or object-storage URLs).
 
 use super::*;
+use sluice_models::classifier::Window;
 
 /// Parameters of the translation model on `/v1/models/{name}/infer`.
 #[derive(Debug, serde::Deserialize)]
@@ -110,8 +111,16 @@ pub(super) async fn infer(
     }))
 }
 
-/// Decodes every input, queues all their windows on the classifier's batcher (where they join
-/// other requests' windows) and reassembles the scores per input.
+/// What the decoding task hands the request: windows of input `i` as they are cut, or its end.
+enum Cut {
+    Windows(usize, Vec<Window>),
+    Done(usize, f64),
+}
+
+/// Decodes the inputs one after another in chunks, queues their windows on the classifier's
+/// batcher in groups as they are cut (where they join other requests' windows) and reassembles
+/// the scores per input. A group is at most half the queue, and the decoder waits while one is
+/// being scored, so a request holds a bounded number of windows whatever its files' lengths.
 pub(super) async fn classify_inputs(
     app: &Arc<App>,
     classify: &Arc<Classify>,
@@ -130,56 +139,95 @@ pub(super) async fn classify_inputs(
             ));
         }
     }
+    let group = (queue.capacity() / 2).clamp(1, 256);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Cut, ApiError>>(1);
+    let ids: Vec<String> = inputs.iter().map(|input| input.id.clone()).collect();
     let (app2, classify2) = (app.clone(), classify.clone());
-    let prepared = blocking(move || {
-        inputs
-            .iter()
-            .enumerate()
-            .map(|(i, input)| {
-                let Content::Bytes { bytes, name } = app2.inputs.read(i, input)? else {
-                    unreachable!("text inputs were refused above")
-                };
-                let p = crate::classify::prepare(classify2.classifier(), &bytes, name.as_deref())
-                    .map_err(|m| bad_input(i, input, InputProblem::InvalidAudio(m)))?;
-                Ok((input.id.clone(), p))
-            })
-            .collect::<Result<Vec<_>, ApiError>>()
-    })
-    .await?;
-    let total: usize = prepared.iter().map(|(_, p)| p.windows.len()).sum();
-    if total > queue.capacity() {
-        return Err(ApiError::TooManyWindows {
-            windows: total,
-            capacity: queue.capacity(),
-        });
-    }
-    let mut items = Vec::with_capacity(total);
-    let mut pending = Vec::with_capacity(prepared.len());
-    for (id, p) in prepared {
-        let spans: Vec<(f64, f64)> = p.windows.iter().map(|w| (w.start, w.end)).collect();
-        items.extend(p.windows.into_iter().map(|w| (w.samples, 1)));
-        pending.push((id, p.duration, spans));
-    }
-    let mut answers = submit(app, queue, (), items, deadline).await?.into_iter();
+    let decoding = tokio::task::spawn_blocking(move || {
+        for (i, input) in inputs.iter().enumerate() {
+            let opened = app2.inputs.open_audio(i, input);
+            let prepared = opened.and_then(|(source, name)| {
+                crate::classify::prepare_stream(
+                    classify2.classifier(),
+                    source,
+                    name.as_deref(),
+                    sluice_audio::decode::DEFAULT_CHUNK_FRAMES,
+                    |windows| {
+                        if windows.is_empty() {
+                            return Ok(());
+                        }
+                        tx.blocking_send(Ok(Cut::Windows(i, windows)))
+                            .map_err(|_| "the request ended".to_string())
+                    },
+                )
+                .map_err(|m| bad_input(i, input, InputProblem::InvalidAudio(m)))
+            });
+            let sent = match prepared {
+                Ok(duration) => tx.blocking_send(Ok(Cut::Done(i, duration))),
+                Err(e) => tx.blocking_send(Err(e)),
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
     let labels = &classify.classifier().spec().labels;
-    let mut outputs = Vec::with_capacity(pending.len());
-    for (id, duration, spans) in pending {
-        let mut windows = Vec::with_capacity(spans.len());
-        for (start, end) in spans {
-            let scores = answers
-                .next()
-                .expect("one answer per window")
-                .map_err(item_error)?;
+    let mut outputs: Vec<InferOutput> = ids
+        .into_iter()
+        .map(|id| InferOutput {
+            id,
+            windows: Some(Vec::new()),
+            ..InferOutput::default()
+        })
+        .collect();
+    // Windows cut and not yet scored, with the input each belongs to.
+    let mut pending: Vec<(usize, Window)> = Vec::new();
+    while let Some(cut) = rx.recv().await {
+        match cut? {
+            Cut::Windows(i, windows) => {
+                pending.extend(windows.into_iter().map(|w| (i, w)));
+                while pending.len() >= group {
+                    let rest = pending.split_off(group);
+                    let ready = std::mem::replace(&mut pending, rest);
+                    score(app, queue, labels, deadline, ready, &mut outputs).await?;
+                }
+            }
+            Cut::Done(i, duration) => outputs[i].duration = Some(duration),
+        }
+    }
+    score(app, queue, labels, deadline, pending, &mut outputs).await?;
+    decoding
+        .await
+        .map_err(|e| ApiError::Internal(format!("decoding task: {e}")))?;
+    Ok(outputs)
+}
+
+/// Scores a group of windows on the batcher and appends each score to its input's output.
+async fn score(
+    app: &Arc<App>,
+    queue: &Arc<Queue<Classify>>,
+    labels: &[String],
+    deadline: Option<Instant>,
+    pending: Vec<(usize, Window)>,
+    outputs: &mut [InferOutput],
+) -> Result<(), ApiError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut owners = Vec::with_capacity(pending.len());
+    let mut items = Vec::with_capacity(pending.len());
+    for (i, w) in pending {
+        owners.push((i, w.start, w.end));
+        items.push((w.samples, 1));
+    }
+    let answers = submit(app, queue, (), items, deadline).await?;
+    for ((i, start, end), answer) in owners.into_iter().zip(answers) {
+        let scores = answer.map_err(item_error)?;
+        if let Some(windows) = outputs[i].windows.as_mut() {
             windows.push(crate::classify::window_scores(labels, start, end, scores));
         }
-        outputs.push(InferOutput {
-            id,
-            duration: Some(duration),
-            windows: Some(windows),
-            ..InferOutput::default()
-        });
     }
-    Ok(outputs)
+    Ok(())
 }
 
 /// The models this server serves, with what each takes.

@@ -589,3 +589,38 @@ async fn bad_inputs_get_clear_errors() {
     );
     server.stop().await.unwrap();
 }
+
+/// A request's windows go to the batcher in groups as its files are decoded, so a request may
+/// make many more windows than the queue holds (long recordings by path or URL): with room for
+/// four windows, eight inputs of several windows each all come back, each window scored as
+/// onnxruntime scores it.
+#[tokio::test]
+async fn a_request_with_more_windows_than_the_queue_holds_is_scored_in_groups() {
+    let data = DataRoot::new();
+    let mut config = classifier_config(Some(&data.root()));
+    config.window_capacity = std::num::NonZeroUsize::new(4).unwrap();
+    let server = TestServer::start(config).await;
+    let &(name, dir, file) = &CASES[0];
+    let want = reference_windows(dir, file);
+    let inputs: Vec<Value> = (0..8)
+        .map(|i| {
+            if i % 2 == 0 {
+                by_path(&format!("in-{i}"), file)
+            } else {
+                inline(&format!("in-{i}"), file)
+            }
+        })
+        .collect();
+    assert!(
+        want.len() * inputs.len() > 4,
+        "the request must not fit the queue"
+    );
+    let (s, v) = infer(&server, name, &json!({ "inputs": inputs })).await;
+    assert_eq!(s, 200, "{v}");
+    for i in 0..8 {
+        let out = &v["outputs"][i];
+        assert_eq!(out["id"], format!("in-{i}"));
+        assert_windows_match(&output_windows(out), &want, file);
+    }
+    server.stop().await.unwrap();
+}
