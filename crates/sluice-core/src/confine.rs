@@ -122,6 +122,7 @@ impl DataRoot {
         // Look before opening: opening a FIFO for reading would block until a writer appears.
         let meta = self.dir.metadata(path).map_err(err)?;
         not_a_file(rel, &meta)?;
+        // Non-blocking, in case a FIFO was swapped in after the look; checked again on the handle.
         let mut opts = OpenOptions::new();
         opts.read(true).custom_flags(nonblocking());
         let file = self.dir.open_with(path, &opts).map_err(err)?;
@@ -131,17 +132,9 @@ impl DataRoot {
 
     /// Reads a regular file beneath the root, refusing files larger than `limit` bytes.
     pub fn read(&self, rel: &str, limit: u64) -> Result<Vec<u8>, PathError> {
-        let path = Self::check(rel)?;
         let err = |e: std::io::Error| self.classify(rel, e);
-        // Look before opening: opening a FIFO for reading would block until a writer appears.
-        let meta = self.dir.metadata(path).map_err(err)?;
-        not_a_file(rel, &meta)?;
-        // Non-blocking, in case a FIFO was swapped in after the look; checked again on the handle.
-        let mut opts = OpenOptions::new();
-        opts.read(true).custom_flags(nonblocking());
-        let file = self.dir.open_with(path, &opts).map_err(err)?;
+        let file = self.open_file(rel)?;
         let meta = file.metadata().map_err(err)?;
-        not_a_file(rel, &meta)?;
         if meta.len() > limit {
             return Err(PathError::TooLarge {
                 path: rel.to_owned(),
@@ -151,8 +144,7 @@ impl DataRoot {
         }
         let mut bytes = Vec::with_capacity(meta.len() as usize);
         // The file may grow after the size check: read one byte past the limit to notice.
-        file.into_std()
-            .take(limit + 1)
+        file.take(limit + 1)
             .read_to_end(&mut bytes)
             .map_err(err)?;
         if bytes.len() as u64 > limit {
