@@ -144,9 +144,7 @@ impl DataRoot {
         }
         let mut bytes = Vec::with_capacity(meta.len() as usize);
         // The file may grow after the size check: read one byte past the limit to notice.
-        file.take(limit + 1)
-            .read_to_end(&mut bytes)
-            .map_err(err)?;
+        file.take(limit + 1).read_to_end(&mut bytes).map_err(err)?;
         if bytes.len() as u64 > limit {
             return Err(PathError::TooLarge {
                 path: rel.to_owned(),
