@@ -73,7 +73,7 @@ impl Workers {
 }
 
 /// Per-stage settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StageOptions {
     /// Items per `process` call; the last batch of a run may be smaller.
     pub batch_size: usize,

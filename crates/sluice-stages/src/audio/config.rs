@@ -10,7 +10,8 @@
 //! suffix = [".mp3", ".wav"]    # or glob = "**/*.flac"
 //!
 //! [[stage]]
-//! kind = "load_audio"
+//! kind = "load_audio"          # takes the shared settings (workers, batch_size, ...): the
+//!                              # steps below run inside each file's streaming conversion
 //!
 //! [[stage]]
 //! kind = "channels"
@@ -178,6 +179,16 @@ impl AudioPipeline {
         }
         let mut steps = Vec::new();
         for stage in stages {
+            // The steps run inside each file's streaming conversion, on load_audio's workers:
+            // settings of their own would silently do nothing.
+            if matches!(stage.kind.as_str(), "channels" | "resample")
+                && stage.options != sluice_pipeline::StageOptions::default()
+            {
+                return Err(stage.error(
+                    "runs inside each file's streaming conversion: set batch_size, workers, \
+                     cpus and retries on the load_audio stage",
+                ));
+            }
             match stage.kind.as_str() {
                 "channels" => {
                     let spec: ChannelsSection = stage.spec()?;

@@ -137,6 +137,13 @@ fn malformed_audio_pipelines_name_the_place_and_the_problem() {
             "audio.toml:8: [sink] (audio): unknown field `target`",
         ),
         (
+            format!(
+                "{head}\n[[stage]]\nkind = \"load_audio\"\n\n[[stage]]\nkind = \"resample\"\n\
+                 sample_rate = 8000\nworkers = 4\n\n[sink]\nkind = \"audio\"\npath = \"o\"\n"
+            ),
+            "audio.toml:8: [[stage]] 1 (resample): runs inside each file's streaming conversion",
+        ),
+        (
             format!("{head}glob = \"[\"\n\n[[stage]]\nkind = \"load_audio\"\n"),
             "audio.toml:1: [source]:",
         ),
