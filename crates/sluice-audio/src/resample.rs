@@ -181,21 +181,13 @@ impl StreamResampler<'_> {
         let mut out = vec![Vec::new(); self.channels];
         if let Some(resampler) = self.resampler.as_deref_mut() {
             let mut emitted = self.emitted;
-            let mut first = true;
+            // What is left of the input goes in the first partial block, zeros after it.
+            let rest: Vec<&[f32]> = self.pending.iter().map(Vec::as_slice).collect();
+            let mut rest = (!self.pending[0].is_empty()).then_some(rest);
             while emitted < wanted {
-                let produced = if first && !self.pending[0].is_empty() {
-                    let slices: Vec<&[f32]> = self.pending.iter().map(Vec::as_slice).collect();
-                    resampler
-                        .process_partial_into_buffer(Some(&slices), &mut self.block, None)
-                        .map_err(fail)?
-                        .1
-                } else {
-                    resampler
-                        .process_partial_into_buffer(None::<&[&[f32]]>, &mut self.block, None)
-                        .map_err(fail)?
-                        .1
-                };
-                first = false;
+                let (_, produced) = resampler
+                    .process_partial_into_buffer(rest.take().as_deref(), &mut self.block, None)
+                    .map_err(fail)?;
                 let before = out[0].len();
                 append(&mut out, &self.block, produced, &mut self.to_skip);
                 emitted += (out[0].len() - before) as u64;

@@ -210,21 +210,13 @@ impl Location {
     }
 
     /// Opens the one object a URL names for reading from its start, without holding it in
-    /// memory: a local file in place, an object copied to a temporary file as it downloads.
+    /// memory ([`Location::open_blocking`] in its parent).
     pub fn open_url_blocking<K: AsRef<str>, V: AsRef<str>>(
         url: &str,
         options: &[(K, V)],
     ) -> Result<std::fs::File, StorageError> {
         let (dir, file) = url.rsplit_once('/').unwrap_or(("", url));
-        let location = Self::parse_source_with(dir, options)?;
-        let local = |e: std::io::Error| invalid(url, e.to_string());
-        if let Some(path) = location.local_file(file)? {
-            return std::fs::File::open(path).map_err(local);
-        }
-        let mut copy = tempfile::tempfile().map_err(local)?;
-        location.download_blocking(file, &mut copy)?;
-        std::io::Seek::rewind(&mut copy).map_err(local)?;
-        Ok(copy)
+        Self::parse_source_with(dir, options)?.open_blocking(file)
     }
 
     /// Opens `url`; `options` (e.g. `("aws_endpoint", "http://127.0.0.1:9000")`) win over the
@@ -436,6 +428,30 @@ impl Location {
     pub fn local_file(&self, rel: &str) -> Result<Option<std::path::PathBuf>, StorageError> {
         self.path(rel)?;
         Ok(local_path(&self.base).map(|dir| dir.join(rel.trim_start_matches('/'))))
+    }
+
+    /// Opens `rel` for reading from its start without holding it in memory: a local file in
+    /// place, an object copied to a temporary file as it downloads. A local file's I/O errors
+    /// read as the store's would (missing: [`StorageError::NotFound`]).
+    pub fn open_blocking(&self, rel: &str) -> Result<std::fs::File, StorageError> {
+        let url = self.url_of(rel);
+        let local = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => StorageError::NotFound { url: url.clone() },
+            _ => StorageError::Store {
+                url: url.clone(),
+                source: object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                },
+            },
+        };
+        if let Some(path) = self.local_file(rel)? {
+            return std::fs::File::open(path).map_err(local);
+        }
+        let mut copy = tempfile::tempfile().map_err(local)?;
+        self.download_blocking(rel, &mut copy)?;
+        std::io::Seek::rewind(&mut copy).map_err(local)?;
+        Ok(copy)
     }
 
     /// Copies `rel` into `file` as it arrives, so memory holds one network chunk, not the object.

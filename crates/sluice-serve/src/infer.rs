@@ -229,6 +229,7 @@ impl InputAccess {
         i: usize,
         input: &InferInput,
     ) -> Result<(AudioSource, Option<String>), ApiError> {
+        refuse_text_for_audio(i, input)?;
         if let Some(p) = &input.path {
             let root = self.data_root.as_ref().expect("checked before reading");
             let file = root
@@ -254,13 +255,7 @@ impl InputAccess {
             Content::Bytes { bytes, name } => {
                 Ok((AudioSource::Memory(std::io::Cursor::new(bytes)), name))
             }
-            Content::Text(_) => Err(bad_input(
-                i,
-                input,
-                InputProblem::WrongKind(
-                    "an audio classifier takes audio as data, path or url, not text",
-                ),
-            )),
+            Content::Text(_) => unreachable!("text was refused above"),
         }
     }
 
@@ -312,6 +307,20 @@ impl InputAccess {
             bytes: bytes.to_vec(),
             name: Some(url.to_owned()),
         })
+    }
+}
+
+/// Refuses a text input to an audio classifier.
+pub fn refuse_text_for_audio(i: usize, input: &InferInput) -> Result<(), ApiError> {
+    match input.text {
+        Some(_) => Err(bad_input(
+            i,
+            input,
+            InputProblem::WrongKind(
+                "an audio classifier takes audio as data, path or url, not text",
+            ),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -359,19 +359,7 @@ fn classify_local(
     };
     for (i, record) in batch.iter().enumerate() {
         results.push(Ok((0.0, Vec::new())));
-        let prepared = (|| {
-            let value = field(spec, record)?;
-            let source = match spec.input {
-                InputAs::File => std::fs::File::open(value)
-                    .map_err(|e| ItemError::permanent(format!("reading {value}: {e}")))?,
-                InputAs::Url => Location::open_url_blocking::<&str, &str>(value, &[])
-                    .map_err(|e| ItemError::permanent(e.to_string()))?,
-                InputAs::Text => {
-                    return Err(ItemError::permanent(
-                        "an audio classifier takes files or URLs, not text",
-                    ))
-                }
-            };
+        let prepared = open_audio(spec, record).and_then(|(source, value)| {
             sluice_serve::classify::prepare_stream(
                 classifier,
                 source,
@@ -380,20 +368,17 @@ fn classify_local(
                 |windows| {
                     pending.extend(windows.into_iter().map(|w| (i, w.start, w.end, w.samples)));
                     if pending.len() >= WINDOW_RUN {
-                        score(&mut pending, &mut results)
-                            .map_err(|e| format!("{GRAPH_FAILED}{e}"))?;
+                        // The graph failing fails the whole batch, not this file: noted here,
+                        // acted on below.
+                        score(&mut pending, &mut results).inspect_err(|e| {
+                            graph_error = Some(e.clone());
+                        })?;
                     }
                     Ok(())
                 },
             )
-            .map_err(|e| match e.strip_prefix(GRAPH_FAILED) {
-                Some(graph) => {
-                    graph_error = Some(graph.to_string());
-                    ItemError::permanent(graph.to_string())
-                }
-                None => ItemError::permanent(format!("{value}: {e}")),
-            })
-        })();
+            .map_err(|e| ItemError::permanent(format!("{value}: {e}")))
+        });
         if let Some(e) = graph_error {
             return all_failed(batch, e);
         }
@@ -424,8 +409,25 @@ fn classify_local(
         .collect()
 }
 
-/// Marks a graph failure inside a file's preparation, which fails the whole batch.
-const GRAPH_FAILED: &str = "\u{0}graph: ";
+/// The file a record names, opened for reading in chunks, with the name it was given.
+fn open_audio<'a>(
+    spec: &ModelSpec,
+    record: &'a Record,
+) -> Result<(std::fs::File, &'a str), ItemError> {
+    let value = field(spec, record)?;
+    let source = match spec.input {
+        InputAs::File => std::fs::File::open(value)
+            .map_err(|e| ItemError::permanent(format!("reading {value}: {e}")))?,
+        InputAs::Url => Location::open_url_blocking::<&str, &str>(value, &[])
+            .map_err(|e| ItemError::permanent(e.to_string()))?,
+        InputAs::Text => {
+            return Err(ItemError::permanent(
+                "an audio classifier takes files or URLs, not text",
+            ))
+        }
+    };
+    Ok((source, value))
+}
 
 /// The same failure for every item of a batch (the model failed on the batch as a whole).
 fn all_failed(batch: &[Record], e: impl std::fmt::Display) -> Vec<Outcome> {

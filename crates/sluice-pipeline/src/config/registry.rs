@@ -160,6 +160,14 @@ impl Registry {
 
     /// Builds `[source]` with the builder its `kind` names.
     pub fn build_source(&self, section: &RawSection) -> Result<SourcePlan, ConfigError> {
+        let kind = section.table.get("kind").and_then(|k| k.as_str());
+        if let Some(other) = kind.filter(|k| self.elsewhere.contains(k)) {
+            return Err(ConfigError(format!(
+                "{}: [source]: kind {other:?} makes another kind of pipeline than this command \
+                 runs (run it with `sluice run`)",
+                section.place
+            )));
+        }
         let mut names: Vec<&str> = self.sources.iter().map(|(k, _)| *k).collect();
         names.extend(&self.elsewhere);
         let (build, section) = pick(&self.sources, section, "[source]", &names)?;

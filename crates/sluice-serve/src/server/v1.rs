@@ -30,7 +30,7 @@ pub(super) struct TranslationParameters {
         (status = 400, description = "Malformed JSON, an input with not exactly one source, a malformed path", body = ErrorBody),
         (status = 403, description = "A path resolving outside the data root, a URL outside the allowed prefixes", body = ErrorBody),
         (status = 404, description = "Unknown model, or an input file that does not exist", body = ErrorBody),
-        (status = 413, description = "Body, input file or window count too large", body = ErrorBody),
+        (status = 413, description = "Body or input file too large", body = ErrorBody),
         (status = 422, description = "Undecodable audio, unknown language, text that is not UTF-8", body = ErrorBody),
         (status = 503, description = "Queue full, model loading or shutting down; see Retry-After", body = ErrorBody),
         (status = 504, description = "Deadline passed", body = ErrorBody),
@@ -128,16 +128,9 @@ pub(super) async fn classify_inputs(
     inputs: Vec<InferInput>,
     deadline: Option<Instant>,
 ) -> Result<Vec<InferOutput>, ApiError> {
+    // All refused before any is decoded.
     for (i, input) in inputs.iter().enumerate() {
-        if input.text.is_some() {
-            return Err(bad_input(
-                i,
-                input,
-                InputProblem::WrongKind(
-                    "an audio classifier takes audio as data, path or url, not text",
-                ),
-            ));
-        }
+        crate::infer::refuse_text_for_audio(i, input)?;
     }
     let group = (queue.capacity() / 2).clamp(1, 256);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Cut, ApiError>>(1);

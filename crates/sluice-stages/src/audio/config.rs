@@ -28,18 +28,14 @@
 //! redo_if_older = false
 //! ```
 
-use std::sync::Arc;
-
 use serde::Deserialize;
-use sluice_core::storage::{local_path, Location, Matcher};
+use sluice_core::storage::{local_path, Matcher};
 use sluice_pipeline::config::{section, ConfigError, RawConfig, RawSection};
-use sluice_pipeline::{Pipeline, RunError, RunOptions};
+use sluice_pipeline::{RunError, RunOptions};
 
-use crate::audio::convert::{ConvertFiles, Step};
-use crate::audio::job::{default_failures_path, run_pipeline, JobReport};
-use crate::audio::job::{file_budget, DEFAULT_MEMORY_BUDGET};
+use crate::audio::convert::Step;
+use crate::audio::job::{default_failures_path, Conversion, JobReport};
 use crate::audio::paths::{PathRule, Suffix};
-use crate::audio::stages::DecodeStats;
 use sluice_audio::encode::Output;
 use sluice_audio::{AudioFormat, ChannelOp};
 
@@ -244,34 +240,18 @@ impl AudioPipeline {
 
     /// Runs the pipeline; an aborted run still reports, with the reason.
     pub fn run(self) -> Result<Result<JobReport, (String, JobReport)>, RunError> {
-        let invalid = |e: sluice_core::storage::StorageError| RunError::Invalid(e.to_string());
-        let source = Location::parse_source(&self.source).map_err(invalid)?;
-        let target = Location::parse(&self.target).map_err(invalid)?;
-        let stats = Arc::new(DecodeStats::default());
-        let budget = self.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET);
-        let convert = ConvertFiles::new(
-            "convert",
-            source.clone(),
-            target.clone(),
-            self.rule.clone(),
-            self.steps,
-            self.write,
-            file_budget(budget, &self.load_options),
-            self.load_options,
-            stats.clone(),
-        );
-        let build = move |files: Vec<sluice_core::storage::FileEntry>| {
-            Pipeline::from_keyed(files.into_iter().map(|f| (f.rel.clone(), f))).stage(convert)
-        };
-        run_pipeline(
-            &source,
-            &self.matcher,
-            &target,
-            &self.rule,
-            self.redo_if_older,
-            self.options,
-            stats,
-            build,
-        )
+        Conversion {
+            source: self.source,
+            matcher: self.matcher,
+            target: self.target,
+            rule: self.rule,
+            redo_if_older: self.redo_if_older,
+            steps: self.steps,
+            output: self.write,
+            memory_budget: self.memory_budget,
+            stage: self.load_options,
+            options: self.options,
+        }
+        .run()
     }
 }

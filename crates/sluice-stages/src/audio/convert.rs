@@ -9,7 +9,7 @@
 //! the upload completes). A run killed mid-file leaves nothing under the final name, so a rerun
 //! redoes that file.
 
-use std::io::{BufWriter, Seek, SeekFrom};
+use std::io::{BufWriter, Seek};
 use std::sync::Arc;
 
 use sluice_audio::decode::Decoder;
@@ -96,31 +96,12 @@ impl ConvertFiles {
         }
     }
 
-    /// Opens the source: in place on disk, else copied to a temporary file as it downloads.
-    fn open(&self, rel: &str) -> Result<std::fs::File, ItemError> {
-        match self.source.local_file(rel).map_err(storage_error)? {
-            Some(path) => std::fs::File::open(&path).map_err(|e| {
-                let message = format!("{}: {e}", path.display());
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    ItemError::permanent(message)
-                } else {
-                    ItemError::transient(message)
-                }
-            }),
-            None => {
-                let mut copy = tempfile::tempfile().map_err(local_io)?;
-                self.source
-                    .download_blocking(rel, &mut copy)
-                    .map_err(storage_error)?;
-                copy.seek(SeekFrom::Start(0)).map_err(local_io)?;
-                Ok(copy)
-            }
-        }
-    }
-
     fn convert_one(&mut self, file: &FileEntry) -> Result<Written, ItemError> {
         let out_rel = self.rule.apply(&file.rel).map_err(ItemError::permanent)?;
-        let input = self.open(&file.rel)?;
+        let input = self
+            .source
+            .open_blocking(&file.rel)
+            .map_err(storage_error)?;
         let extension = std::path::Path::new(&file.rel)
             .extension()
             .and_then(|e| e.to_str());

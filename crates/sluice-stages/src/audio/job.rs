@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sluice_core::storage::{FileEntry, Location, Matcher};
+use sluice_core::storage::{Location, Matcher};
 use sluice_pipeline::{
     Completed, Envelope, Failure, Pipeline, RunError, RunOptions, RunSummary, Sink, SinkError,
     StageOptions,
@@ -206,94 +206,107 @@ fn read_failures(path: &Option<PathBuf>, fallback: &[Failure]) -> Vec<Failure> {
 impl ResampleJob {
     /// Runs the job; `Err` only when it could not start. An aborted run still reports.
     pub fn run(self) -> Result<Result<JobReport, (String, JobReport)>, RunError> {
+        let mut options = self.options;
+        options.skip_completed = !self.overwrite;
+        Conversion {
+            source: self.source,
+            matcher: self.matcher,
+            target: self.target,
+            rule: PathRule::mirror_with_extension(self.format.extension()),
+            redo_if_older: self.redo_if_older,
+            // Channels first: both steps are linear, so the result is the same, and a downmix
+            // then resamples one channel instead of several.
+            steps: vec![
+                Step::Channels(self.channels),
+                Step::Resample(self.sample_rate),
+            ],
+            output: Output::Audio(self.format),
+            memory_budget: self.memory_budget,
+            stage: StageOptions::default().batch_size(self.batch_size.max(1)),
+            options,
+        }
+        .run()
+    }
+}
+
+/// One streaming conversion job, what `sluice audio resample` and audio pipeline files both run:
+/// list the sources, work out which are done, convert the rest ([`ConvertFiles`]) and report.
+pub(crate) struct Conversion {
+    pub source: String,
+    pub matcher: Matcher,
+    pub target: String,
+    pub rule: PathRule,
+    pub redo_if_older: bool,
+    pub steps: Vec<Step>,
+    pub output: Output,
+    /// Bytes of decoded audio in flight (default [`DEFAULT_MEMORY_BUDGET`]).
+    pub memory_budget: Option<usize>,
+    /// The conversion stage's batch size, workers and retries.
+    pub stage: StageOptions,
+    pub options: RunOptions,
+}
+
+impl Conversion {
+    /// Runs the job; `Err` only when it could not start. An aborted run still reports.
+    pub fn run(self) -> Result<Result<JobReport, (String, JobReport)>, RunError> {
         let invalid = |e: sluice_core::storage::StorageError| RunError::Invalid(e.to_string());
         let source = Location::parse_source(&self.source).map_err(invalid)?;
         let target = Location::parse(&self.target).map_err(invalid)?;
-        let rule = PathRule::mirror_with_extension(self.format.extension());
-        let mut options = self.options.clone();
-        options.skip_completed = !self.overwrite;
         let stats = Arc::new(DecodeStats::default());
-        let stage = StageOptions::default().batch_size(self.batch_size.max(1));
         let budget = self.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET);
         let convert = ConvertFiles::new(
             "convert",
             source.clone(),
             target.clone(),
-            rule.clone(),
-            // Channels first: both steps are linear, so the result is the same, and a downmix
-            // then resamples one channel instead of several.
-            vec![
-                Step::Channels(self.channels),
-                Step::Resample(self.sample_rate),
-            ],
-            Output::Audio(self.format),
-            file_budget(budget, &stage),
-            stage,
+            self.rule.clone(),
+            self.steps,
+            self.output,
+            file_budget(budget, &self.stage),
+            self.stage,
             stats.clone(),
         );
-        let build = move |files: Vec<FileEntry>| {
-            Pipeline::from_keyed(files.into_iter().map(|f| (f.rel.clone(), f))).stage(convert)
-        };
-        run_pipeline(
-            &source,
-            &self.matcher,
-            &target,
-            &rule,
-            self.redo_if_older,
-            options,
-            stats,
-            build,
-        )
-    }
-}
-
-/// Lists the sources, works out which are done, runs the pipeline `build` makes from the rest,
-/// and reports: the part every audio pipeline shares (the `resample` job and TOML pipelines).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run_pipeline(
-    source: &Location,
-    matcher: &Matcher,
-    target: &Location,
-    rule: &PathRule,
-    redo_if_older: bool,
-    mut options: RunOptions,
-    stats: Arc<DecodeStats>,
-    build: impl FnOnce(Vec<FileEntry>) -> Pipeline<Written>,
-) -> Result<Result<JobReport, (String, JobReport)>, RunError> {
-    let invalid = |e: sluice_core::storage::StorageError| RunError::Invalid(e.to_string());
-    let files = crate::audio::stages::match_files(source, matcher).map_err(invalid)?;
-    let completed = if options.skip_completed {
-        Some(
-            completed_sources(&files, target, std::slice::from_ref(rule), redo_if_older)
+        let mut options = self.options;
+        let files = crate::audio::stages::match_files(&source, &self.matcher).map_err(invalid)?;
+        let completed = if options.skip_completed {
+            Some(
+                completed_sources(
+                    &files,
+                    &target,
+                    std::slice::from_ref(&self.rule),
+                    self.redo_if_older,
+                )
                 .map_err(invalid)?,
-        )
-    } else {
-        None
-    };
-    let summary_path = options.summary_path.take();
-    let failures_path = options.failures_path.clone();
-    let mut sink = WrittenSink {
-        written: 0,
-        completed,
-    };
-    let outcome = build(files).run(&options, &mut sink);
-    let (run, aborted) = match outcome {
-        Ok(run) => (run, None),
-        Err(RunError::Aborted { reason, summary }) => (*summary, Some(reason)),
-        Err(e) => return Err(e),
-    };
-    let failures = read_failures(&failures_path, &run.failures);
-    let report = JobReport {
-        audio: AudioSummary::new(&stats, sink.written, &failures),
-        run,
-    };
-    if let Some(path) = summary_path {
-        let json = serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default();
-        sluice_core::fs::write_atomic(&path, |out| out.write_all(&json))
-            .map_err(|e| RunError::Invalid(format!("writing {}: {e}", path.display())))?;
+            )
+        } else {
+            None
+        };
+        let summary_path = options.summary_path.take();
+        let failures_path = options.failures_path.clone();
+        let mut sink = WrittenSink {
+            written: 0,
+            completed,
+        };
+        let outcome = Pipeline::from_keyed(files.into_iter().map(|f| (f.rel.clone(), f)))
+            .stage(convert)
+            .run(&options, &mut sink);
+        let (run, aborted) = match outcome {
+            Ok(run) => (run, None),
+            Err(RunError::Aborted { reason, summary }) => (*summary, Some(reason)),
+            Err(e) => return Err(e),
+        };
+        let failures = read_failures(&failures_path, &run.failures);
+        let report = JobReport {
+            audio: AudioSummary::new(&stats, sink.written, &failures),
+            run,
+        };
+        if let Some(path) = summary_path {
+            let json = serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default();
+            sluice_core::fs::write_atomic(&path, |out| out.write_all(&json))
+                .map_err(|e| RunError::Invalid(format!("writing {}: {e}", path.display())))?;
+        }
+        Ok(match aborted {
+            None => Ok(report),
+            Some(reason) => Err((reason, report)),
+        })
     }
-    Ok(match aborted {
-        None => Ok(report),
-        Some(reason) => Err((reason, report)),
-    })
 }
