@@ -377,15 +377,19 @@ impl Location {
         Ok(files)
     }
 
-    /// The whole content of `rel`.
-    pub async fn read(&self, rel: &str) -> Result<bytes::Bytes, StorageError> {
+    /// Starts reading `rel`; returns the answer with the object's URL, for messages.
+    async fn get(&self, rel: &str) -> Result<(object_store::GetResult, String), StorageError> {
         let path = self.path(rel)?;
         let url = self.url_of(rel);
-        let got = self
-            .store
-            .get(&path)
-            .await
-            .map_err(|e| StorageError::store(url.clone(), e))?;
+        match self.store.get(&path).await {
+            Ok(got) => Ok((got, url)),
+            Err(e) => Err(StorageError::store(url, e)),
+        }
+    }
+
+    /// The whole content of `rel`.
+    pub async fn read(&self, rel: &str) -> Result<bytes::Bytes, StorageError> {
+        let (got, url) = self.get(rel).await?;
         got.bytes().await.map_err(|e| StorageError::store(url, e))
     }
 
@@ -457,13 +461,7 @@ impl Location {
     /// Copies `rel` into `file` as it arrives, so memory holds one network chunk, not the object.
     pub async fn download(&self, rel: &str, file: &mut std::fs::File) -> Result<u64, StorageError> {
         use std::io::Write;
-        let path = self.path(rel)?;
-        let url = self.url_of(rel);
-        let got = self
-            .store
-            .get(&path)
-            .await
-            .map_err(|e| StorageError::store(url.clone(), e))?;
+        let (got, url) = self.get(rel).await?;
         let mut stream = got.into_stream();
         let mut copied = 0u64;
         while let Some(part) = stream.next().await {

@@ -35,6 +35,7 @@ pub enum Step {
 }
 
 /// Converts each source file to one output file, streaming (see the module doc).
+#[derive(Clone)]
 pub struct ConvertFiles {
     name: String,
     source: Location,
@@ -46,24 +47,17 @@ pub struct ConvertFiles {
     file_budget: usize,
     options: StageOptions,
     stats: Arc<DecodeStats>,
-    /// One cache per resampling step, kept across this worker's files.
-    caches: Vec<ResamplerCache>,
+    caches: WorkerCaches,
 }
 
-impl Clone for ConvertFiles {
+/// Resamplers kept across one worker's files, one cache per resampling step. A clone (a new
+/// worker) starts with none: resamplers hold per-stream state and are cheap to rebuild.
+#[derive(Default)]
+struct WorkerCaches(Vec<ResamplerCache>);
+
+impl Clone for WorkerCaches {
     fn clone(&self) -> Self {
-        ConvertFiles {
-            name: self.name.clone(),
-            source: self.source.clone(),
-            target: self.target.clone(),
-            rule: self.rule.clone(),
-            steps: self.steps.clone(),
-            output: self.output,
-            file_budget: self.file_budget,
-            options: self.options.clone(),
-            stats: self.stats.clone(),
-            caches: Vec::new(),
-        }
+        WorkerCaches::default()
     }
 }
 
@@ -92,7 +86,7 @@ impl ConvertFiles {
             file_budget,
             options,
             stats,
-            caches: Vec::new(),
+            caches: WorkerCaches::default(),
         }
     }
 
@@ -124,13 +118,13 @@ impl ConvertFiles {
             None => (tempfile::NamedTempFile::new().map_err(local_io)?, None),
         };
         let mut out = BufWriter::with_capacity(1 << 20, staged.as_file());
-        while self.caches.len() < self.steps.len() {
-            self.caches.push(ResamplerCache::default());
-        }
+        self.caches
+            .0
+            .resize_with(self.steps.len(), ResamplerCache::default);
         let (frames, rate, channels, decoded_micros) = run(
             decoder,
             &self.steps,
-            &mut self.caches,
+            &mut self.caches.0,
             self.output,
             &mut out,
             &self.stats,
