@@ -96,10 +96,10 @@ pub struct AudioPipeline {
 }
 
 /// What an audio sink writes, where, and whether it redoes outputs older than their source.
-type SinkPlan = (Output, String, PathRule, bool);
+type AudioSink = (Output, String, PathRule, bool);
 
 /// Builds `[sink] kind = "audio" | "features"`.
-fn build_sink(sink: &RawSection) -> Result<SinkPlan, ConfigError> {
+fn build_sink(sink: &RawSection) -> Result<AudioSink, ConfigError> {
     let place = &sink.place;
     let mut table = sink.table.clone();
     let kind = match table.remove("kind").as_ref().and_then(|k| k.as_str()) {
