@@ -8,7 +8,7 @@ use std::path::Path;
 /// so a reader (or a rerun after a crash) sees the old file or the whole new one, never a part.
 pub fn write_atomic(
     path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    write: impl FnOnce(&mut (dyn Write + Send)) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let dir = path
         .parent()

@@ -20,6 +20,7 @@ pub mod nats;
 #[cfg(feature = "parquet")]
 mod parquet;
 mod pipeline;
+pub mod rows;
 mod section;
 mod shard;
 pub mod sink;

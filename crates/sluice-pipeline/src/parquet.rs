@@ -1,9 +1,11 @@
-//! Parquet parts for [`PartSink`](crate::sink::PartSink): JSON records become one Arrow record
-//! batch per part through `arrow-json` (schema inferred from the part's records, so each part is
-//! self-describing) and are written by `parquet`'s `ArrowWriter` with Snappy compression.
+//! Parquet parts for [`PartSink`](crate::sink::PartSink): JSON records become Arrow record
+//! batches through `arrow-json` (schema inferred from the part's rows, so each part is
+//! self-describing), decoded and written a chunk at a time by `parquet`'s `ArrowWriter` with
+//! Snappy compression.
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,24 +22,50 @@ fn encode_error(e: impl std::fmt::Display) -> SinkError {
     SinkError::Encode(format!("parquet: {e}"))
 }
 
-/// Writes `records` (JSON objects) as one Parquet file to `out`.
-pub(crate) fn encode(records: &[serde_json::Value], out: &mut Vec<u8>) -> Result<(), SinkError> {
-    let schema = arrow_json::reader::infer_json_schema_from_iterator(records.iter().map(Ok))
-        .map_err(encode_error)?;
+/// Rows handed to the Arrow decoder at a time, and the most rows of a row group, so that a part
+/// of any length is encoded in bounded memory.
+const CHUNK_ROWS: usize = 8192;
+
+/// Writes the rows `rows` yields (JSON objects) as one Parquet file to `out`: a first pass infers
+/// the schema from every row, a second decodes and writes them a chunk at a time.
+pub(crate) fn encode<'a>(
+    rows: &dyn Fn() -> Result<crate::sink::RowIter<'a>, SinkError>,
+    out: &mut (dyn Write + Send),
+) -> Result<(), SinkError> {
+    let mut failed = None;
+    let schema = arrow_json::reader::infer_json_schema_from_iterator(
+        rows()?.map_while(|r| r.map_err(|e| failed = Some(e)).ok().map(Ok)),
+    )
+    .map_err(encode_error)?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let schema = Arc::new(schema);
     // Coercion lets a field seen as both numbers and strings land in its inferred Utf8 column.
     let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
-        .with_batch_size(records.len().max(1))
+        .with_batch_size(CHUNK_ROWS)
         .with_coerce_primitive(true)
         .build_decoder()
         .map_err(encode_error)?;
-    decoder.serialize(records).map_err(encode_error)?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(CHUNK_ROWS * 8))
         .build();
     let mut writer = ArrowWriter::try_new(out, schema, Some(props)).map_err(encode_error)?;
-    while let Some(batch) = decoder.flush().map_err(encode_error)? {
-        writer.write(&batch).map_err(encode_error)?;
+    let mut rows = rows()?;
+    let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+    loop {
+        chunk.clear();
+        for row in rows.by_ref().take(CHUNK_ROWS) {
+            chunk.push(row?);
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        decoder.serialize(&chunk).map_err(encode_error)?;
+        while let Some(batch) = decoder.flush().map_err(encode_error)? {
+            writer.write(&batch).map_err(encode_error)?;
+        }
     }
     writer.close().map_err(encode_error)?;
     Ok(())

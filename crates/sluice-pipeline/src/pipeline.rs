@@ -45,6 +45,8 @@ pub(crate) struct Run {
     skip: Option<Completed>,
     source: Arc<SourceStats>,
     spill: Option<Arc<tempfile::TempDir>>,
+    /// The run's scratch directory, removed when the run (and any spill store) is dropped.
+    _scratch: Arc<tempfile::TempDir>,
     memory_budget: u64,
     spilled: AtomicUsize,
 }
@@ -107,7 +109,8 @@ pub struct RunOptions {
     pub failures_path: Option<PathBuf>,
     /// Where the summary is written as JSON.
     pub summary_path: Option<PathBuf>,
-    /// Where batch mode spills; `None` uses the system's temporary directory.
+    /// Where the run's scratch directory goes (batch mode's spill, row files stages hand to
+    /// the sink); `None` uses the system's temporary directory.
     pub spill_dir: Option<PathBuf>,
     /// Bytes of items batch mode keeps in memory between stages before spilling.
     pub memory_budget: u64,
@@ -422,6 +425,18 @@ impl<T: Item> Pipeline<T> {
                 )
             })
             .map_err(|e| RunError::Invalid(format!("starting the failures writer: {e}")))?;
+        // One directory per run: batch mode's spill and the row files stages hand to the sink
+        // ([`crate::rows`]); removed when the run is over.
+        let base = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let scratch = tempfile::Builder::new()
+            .prefix("sluice-run-")
+            .tempdir_in(&base)
+            .map_err(|e| {
+                RunError::Invalid(format!(
+                    "cannot make the run's scratch directory in {}: {e}",
+                    base.display()
+                ))
+            })?;
         let shared = Arc::new(Shared {
             failures: Mutex::new(Some(failures_tx)),
             aborted: AtomicBool::new(false),
@@ -431,22 +446,10 @@ impl<T: Item> Pipeline<T> {
             next_gpu: AtomicUsize::new(0),
             gpus,
             batch_wait: options.batch_wait,
+            scratch: scratch.path().to_path_buf(),
         });
-        let spill = if mode == Mode::Batch {
-            let dir = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
-            let made = tempfile::Builder::new()
-                .prefix("sluice-spill-")
-                .tempdir_in(&dir)
-                .map_err(|e| {
-                    RunError::Invalid(format!(
-                        "cannot make a spill directory in {}: {e}",
-                        dir.display()
-                    ))
-                })?;
-            Some(Arc::new(made))
-        } else {
-            None
-        };
+        let scratch = Arc::new(scratch);
+        let spill = (mode == Mode::Batch).then(|| scratch.clone());
         let source = Arc::new(SourceStats {
             total: self.total,
             ..SourceStats::default()
@@ -460,6 +463,7 @@ impl<T: Item> Pipeline<T> {
             skip,
             source: source.clone(),
             spill,
+            _scratch: scratch,
             memory_budget: options.memory_budget,
             spilled: AtomicUsize::new(0),
         };
@@ -559,7 +563,9 @@ impl Started {
             shared.abort(format!("writing failures: {e}"));
         }
 
-        let stages: Vec<_> = lock(&shared.stages)
+        // Taken out, not read in place: a stage's resize handle holds the shared state, and
+        // leaving it there would keep that state (and what it owns) alive after the run.
+        let stages: Vec<_> = std::mem::take(&mut *lock(&shared.stages))
             .iter()
             .map(|(s, _)| monitor::stage_summary(s))
             .collect();

@@ -68,8 +68,19 @@ impl<T: Send> Sink<T> for VecSink<T> {
 
 /// An output as a JSON record that carries its key in `key_field` (added when the record lacks it;
 /// a value that is not a JSON object becomes `{key_field: key, "value": value}`), so that whoever
-/// reads outputs back can tell which items are done.
+/// reads outputs back can tell which items are done. Row files the record names
+/// ([`crate::rows`]) are read back into it.
 pub fn keyed_record<T: Serialize>(
+    item: &Envelope<T>,
+    key_field: &str,
+) -> Result<serde_json::Value, SinkError> {
+    let mut value = keyed_value(item, key_field)?;
+    crate::rows::inline(&mut value)?;
+    Ok(value)
+}
+
+/// [`keyed_record`] with row-file references left as they are.
+fn keyed_value<T: Serialize>(
     item: &Envelope<T>,
     key_field: &str,
 ) -> Result<serde_json::Value, SinkError> {
@@ -86,6 +97,38 @@ pub fn keyed_record<T: Serialize>(
         }
     }
     Ok(value)
+}
+
+/// The rows of one part, read as they are written: its buffered rows, then those of a record
+/// whose exploded field is a row file, so a part of any length is written in bounded memory.
+struct PartRows<'a> {
+    buffered: &'a [serde_json::Value],
+    tail: Option<&'a Tail>,
+}
+
+/// A record whose exploded field's elements are in a row file.
+struct Tail {
+    record: serde_json::Map<String, serde_json::Value>,
+    field: String,
+    file: PathBuf,
+}
+
+/// The rows of a part, one at a time.
+pub(crate) type RowIter<'a> = Box<dyn Iterator<Item = Result<serde_json::Value, SinkError>> + 'a>;
+
+impl PartRows<'_> {
+    /// Every row of the part from the first (a part is read once per encoding pass).
+    fn iter(&self) -> Result<RowIter<'_>, SinkError> {
+        let buffered = self.buffered.iter().cloned().map(Ok);
+        Ok(match self.tail {
+            None => Box::new(buffered),
+            Some(tail) => Box::new(buffered.chain(
+                crate::rows::read(&tail.file)?.map(move |element| {
+                    element.map(|e| exploded_row(&tail.record, &tail.field, e))
+                }),
+            )),
+        })
+    }
 }
 
 /// The file format of a [`PartSink`]'s parts.
@@ -108,18 +151,19 @@ impl PartFormat {
         }
     }
 
-    fn encode(self, records: &[serde_json::Value], out: &mut Vec<u8>) -> Result<(), SinkError> {
+    fn encode(self, rows: &PartRows, out: &mut (dyn Write + Send)) -> Result<(), SinkError> {
         match self {
             PartFormat::Jsonl => {
-                for record in records {
-                    serde_json::to_writer(&mut *out, record)
+                for row in rows.iter()? {
+                    serde_json::to_writer(&mut *out, &row?)
                         .map_err(|e| SinkError::Encode(e.to_string()))?;
-                    out.push(b'\n');
+                    out.write_all(b"\n")
+                        .map_err(|e| SinkError::Encode(e.to_string()))?;
                 }
                 Ok(())
             }
             #[cfg(feature = "parquet")]
-            PartFormat::Parquet => crate::parquet::encode(records, out),
+            PartFormat::Parquet => crate::parquet::encode(&|| rows.iter(), out),
         }
     }
 
@@ -250,15 +294,32 @@ impl PartSink {
         if self.buffer.is_empty() {
             return Ok(());
         }
+        self.write_part(None)
+    }
+
+    /// Writes the buffered rows and then `tail`'s as the next part, whole or not at all.
+    fn write_part(&mut self, tail: Option<&Tail>) -> Result<(), SinkError> {
         let path = self.dir.join(format!(
             "{}-{:05}.{}",
             self.prefix,
             self.parts,
             self.format.extension()
         ));
-        let mut encoded = Vec::new();
-        self.format.encode(&self.buffer, &mut encoded)?;
-        write_atomic(&path, |out| out.write_all(&encoded)).map_err(|e| SinkError::io(&path, e))?;
+        let rows = PartRows {
+            buffered: &self.buffer,
+            tail,
+        };
+        let mut failed = None;
+        let written = write_atomic(&path, |out| {
+            self.format.encode(&rows, out).map_err(|e| {
+                failed = Some(e);
+                std::io::Error::other("encoding failed")
+            })
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        written.map_err(|e| SinkError::io(&path, e))?;
         self.parts += 1;
         self.buffer.clear();
         Ok(())
@@ -267,7 +328,28 @@ impl PartSink {
 
 impl<T: Serialize> Sink<T> for PartSink {
     fn write(&mut self, item: Envelope<T>) -> Result<(), SinkError> {
-        let value = keyed_record(&item, &self.key_field)?;
+        let mut value = keyed_value(&item, &self.key_field)?;
+        if let Some(field) = self.explode.as_deref() {
+            let file = value.get(field).and_then(crate::rows::row_file);
+            if let Some(file) = file.map(Path::to_path_buf) {
+                // Rows kept on disk by the stage: streamed into one part with the buffered ones,
+                // so a key's rows are never split across parts.
+                let serde_json::Value::Object(mut record) = value else {
+                    unreachable!("a record with a field is an object")
+                };
+                record.remove(field);
+                record.values_mut().try_for_each(crate::rows::inline)?;
+                let tail = Tail {
+                    record,
+                    field: field.to_owned(),
+                    file,
+                };
+                self.write_part(Some(&tail))?;
+                let _ = std::fs::remove_file(&tail.file);
+                return Ok(());
+            }
+        }
+        crate::rows::inline(&mut value)?;
         match self.explode.as_deref() {
             Some(field) => explode(value, field, &mut self.buffer),
             None => self.buffer.push(value),
@@ -306,16 +388,27 @@ fn explode(mut record: serde_json::Value, field: &str, rows: &mut Vec<serde_json
             return;
         }
     };
-    for element in elements {
-        let mut row = map.clone();
-        match element {
-            serde_json::Value::Object(fields) => row.extend(fields),
-            other => {
-                row.insert(field.to_owned(), other);
-            }
+    rows.extend(
+        elements
+            .into_iter()
+            .map(|element| exploded_row(map, field, element)),
+    );
+}
+
+/// One exploded row: `record` (without the exploded field) plus `element`'s fields.
+fn exploded_row(
+    record: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+    element: serde_json::Value,
+) -> serde_json::Value {
+    let mut row = record.clone();
+    match element {
+        serde_json::Value::Object(fields) => row.extend(fields),
+        other => {
+            row.insert(field.to_owned(), other);
         }
-        rows.push(serde_json::Value::Object(row));
     }
+    serde_json::Value::Object(row)
 }
 
 /// One output file per item, `<dir>/<key><suffix>`, for outputs that are files in their own right.

@@ -48,6 +48,9 @@ pub struct WorkerContext {
     pub worker: usize,
     /// The GPU this worker should use, for stages that declare GPUs.
     pub gpu: Option<usize>,
+    /// The run's scratch directory, for [`RowsWriter`](crate::rows::RowsWriter) files handed
+    /// to the sink; removed when the run is over.
+    pub scratch: std::path::PathBuf,
 }
 
 /// How many workers a stage runs.

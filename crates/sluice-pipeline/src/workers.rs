@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub gpus: f64,
     /// Longest a streaming stage waits to fill a batch once it holds an item.
     pub batch_wait: Option<Duration>,
+    /// The run's scratch directory (owned by the run, removed when it is over).
+    pub scratch: std::path::PathBuf,
 }
 
 impl Shared {
@@ -108,6 +110,7 @@ impl<S: Stage> WorkerCore<S> {
             stage: stats.name.clone(),
             worker,
             gpu,
+            scratch: shared.scratch.clone(),
         };
         WorkerCore {
             make,

@@ -188,6 +188,8 @@ pub struct ModelStage {
     spec: ModelSpec,
     options: StageOptions,
     backend: Option<Access>,
+    /// The run's scratch directory, where a long file's window rows go ([`Rows`]).
+    scratch: Option<PathBuf>,
 }
 
 impl Clone for ModelStage {
@@ -198,6 +200,7 @@ impl Clone for ModelStage {
             spec: self.spec.clone(),
             options: self.options.clone(),
             backend: None,
+            scratch: None,
         }
     }
 }
@@ -210,6 +213,7 @@ impl ModelStage {
             spec,
             options,
             backend: None,
+            scratch: None,
         }
     }
 }
@@ -228,6 +232,7 @@ impl Stage for ModelStage {
 
     fn setup(&mut self, worker: &WorkerContext) -> Result<(), StageError> {
         self.spec.check().map_err(StageError::fatal)?;
+        self.scratch = Some(worker.scratch.clone());
         self.backend = Some(match (&self.spec.model, &self.spec.url) {
             (Some(model), _) => Access::Local(load_local(model, worker)?),
             (None, Some(_)) => Access::Remote {
@@ -251,31 +256,37 @@ impl Stage for ModelStage {
             .as_ref()
             .ok_or_else(|| StageError::new("model stage was not set up"))?;
         let outputs = match backend {
-            Access::Local(local) => run_local(&self.spec, local, batch),
-            Access::Remote { client, runtime } => {
-                runtime.block_on(run_remote(&self.spec, client, batch))
-            }
+            Access::Local(local) => run_local(&self.spec, local, batch, self.scratch.as_deref()),
+            Access::Remote { client, runtime } => runtime
+                .block_on(run_remote(&self.spec, client, batch))
+                .into_iter()
+                .map(|out| out.and_then(output_value))
+                .collect(),
         };
         let output = self.spec.output.clone();
         Ok(batch
             .iter()
             .zip(outputs)
             .map(|(record, out)| {
-                let out = out?;
+                let value = out?;
                 let mut record = record.clone();
                 let Record::Object(map) = &mut record else {
                     return Err(ItemError::permanent("the record is not a JSON object"));
                 };
-                let mut value =
-                    serde_json::to_value(out).map_err(|e| ItemError::permanent(e.to_string()))?;
-                if let Value::Object(v) = &mut value {
-                    v.remove("id");
-                }
                 map.insert(output.clone(), value);
                 Ok(record)
             })
             .collect())
     }
+}
+
+/// A model's output as the value of the record's output field (its id is the record's).
+fn output_value(out: InferOutput) -> Result<Value, ItemError> {
+    let mut value = serde_json::to_value(out).map_err(|e| ItemError::permanent(e.to_string()))?;
+    if let Value::Object(v) = &mut value {
+        v.remove("id");
+    }
+    Ok(value)
 }
 
 /// Audio classifiers run on the CPU (as in the server); translation models on the worker's
@@ -314,10 +325,18 @@ fn read_bytes(spec: &ModelSpec, value: &str) -> Result<Vec<u8>, ItemError> {
 
 type Outcome = Result<InferOutput, ItemError>;
 
-fn run_local(spec: &ModelSpec, local: &Local, batch: &[Record]) -> Vec<Outcome> {
+fn run_local(
+    spec: &ModelSpec,
+    local: &Local,
+    batch: &[Record],
+    scratch: Option<&Path>,
+) -> Vec<Result<Value, ItemError>> {
     match local {
-        Local::Classifier(c) => classify_local(spec, c, batch),
-        Local::Translation(m) => translate_local(spec, m, batch),
+        Local::Classifier(c) => classify_local(spec, c, batch, scratch),
+        Local::Translation(m) => translate_local(spec, m, batch)
+            .into_iter()
+            .map(|out| out.and_then(output_value))
+            .collect(),
     }
 }
 
@@ -325,22 +344,79 @@ fn run_local(spec: &ModelSpec, local: &Local, batch: &[Record]) -> Vec<Outcome> 
 /// them across requests; also the most windows held at once, whatever the files' lengths.
 const WINDOW_RUN: usize = 64;
 
+/// The most window rows of one file held in memory; a longer file's rows go to a row file in
+/// the run's scratch directory as they are scored ([`sluice_pipeline::rows`]), so a day-long
+/// recording's 172,800 rows are never held. 512 windows is 4 minutes at the test classifier's
+/// half-second hop.
+const HELD_WINDOWS: usize = 512;
+
+/// One file's window rows so far.
+enum Rows {
+    /// In memory, up to [`HELD_WINDOWS`].
+    Held(Vec<WindowScores>),
+    /// Past that, on disk.
+    Written(sluice_pipeline::rows::RowsWriter),
+}
+
+impl Rows {
+    /// Adds one window's row, moving the rows to a row file in `scratch` once they are too many
+    /// to hold (they stay in memory when there is no scratch directory).
+    fn push(&mut self, row: WindowScores, scratch: Option<&Path>) -> std::io::Result<()> {
+        match self {
+            Rows::Held(rows) => {
+                rows.push(row);
+                if let (true, Some(dir)) = (rows.len() > HELD_WINDOWS, scratch) {
+                    let mut writer = sluice_pipeline::rows::RowsWriter::create(dir)?;
+                    rows.iter().try_for_each(|r| writer.push(r))?;
+                    *self = Rows::Written(writer);
+                }
+                Ok(())
+            }
+            Rows::Written(writer) => writer.push(&row),
+        }
+    }
+
+    /// The record's output field: the duration and the rows, or the row file's reference.
+    fn output(self, duration: f64) -> Result<Value, ItemError> {
+        let windows = match self {
+            Rows::Held(rows) => serde_json::to_value(rows),
+            Rows::Written(writer) => {
+                return writer
+                    .finish()
+                    .map(|rows| json!({"duration": duration, "windows": rows}))
+                    .map_err(|e| ItemError::transient(format!("writing window rows: {e}")))
+            }
+        };
+        let windows = windows.map_err(|e| ItemError::permanent(e.to_string()))?;
+        Ok(json!({"duration": duration, "windows": windows}))
+    }
+
+    /// Drops the rows of a file that failed.
+    fn discard(self) {
+        if let Rows::Written(writer) = self {
+            writer.discard();
+        }
+    }
+}
+
 /// Classifies each record's file streaming ([`sluice_serve::classify::prepare_stream`]): windows
 /// are scored in runs of [`WINDOW_RUN`] as they are cut, so a day-long recording holds one
-/// decoded chunk and one run of windows, not the file.
+/// decoded chunk and one run of windows, not the file, and its rows go to disk past
+/// [`HELD_WINDOWS`].
 fn classify_local(
     spec: &ModelSpec,
     classifier: &AudioClassifier,
     batch: &[Record],
-) -> Vec<Outcome> {
-    type Scored = (f64, Vec<WindowScores>);
+    scratch: Option<&Path>,
+) -> Vec<Result<Value, ItemError>> {
     let labels = &classifier.spec().labels;
-    let mut results: Vec<Result<Scored, ItemError>> = Vec::with_capacity(batch.len());
+    let mut results: Vec<Result<Rows, ItemError>> = Vec::with_capacity(batch.len());
+    let mut durations = vec![0.0; batch.len()];
     // Windows cut but not yet scored: (record, start, end, samples).
     let mut pending: Vec<(usize, f64, f64, Vec<f32>)> = Vec::new();
     let mut graph_error: Option<String> = None;
     let score = |pending: &mut Vec<(usize, f64, f64, Vec<f32>)>,
-                 results: &mut Vec<Result<Scored, ItemError>>|
+                 results: &mut Vec<Result<Rows, ItemError>>|
      -> Result<(), String> {
         if pending.is_empty() {
             return Ok(());
@@ -351,14 +427,24 @@ fn classify_local(
             .collect();
         let scores = classifier.run(&samples).map_err(|e| e.to_string())?;
         for ((item, start, end, _), s) in pending.drain(..).zip(scores) {
-            if let Some(Ok((_, windows))) = results.get_mut(item) {
-                windows.push(sluice_serve::classify::window_scores(labels, start, end, s));
+            let Some(Ok(rows)) = results.get_mut(item) else {
+                continue;
+            };
+            let row = sluice_serve::classify::window_scores(labels, start, end, s);
+            if let Err(e) = rows.push(row, scratch) {
+                let failed = std::mem::replace(
+                    &mut results[item],
+                    Err(ItemError::transient(format!("writing window rows: {e}"))),
+                );
+                if let Ok(rows) = failed {
+                    rows.discard();
+                }
             }
         }
         Ok(())
     };
     for (i, record) in batch.iter().enumerate() {
-        results.push(Ok((0.0, Vec::new())));
+        results.push(Ok(Rows::Held(Vec::new())));
         let prepared = open_audio(spec, record).and_then(|(source, value)| {
             sluice_serve::classify::prepare_stream(
                 classifier,
@@ -380,32 +466,27 @@ fn classify_local(
             .map_err(|e| ItemError::permanent(format!("{value}: {e}")))
         });
         if let Some(e) = graph_error {
+            results.into_iter().flatten().for_each(Rows::discard);
             return all_failed(batch, e);
         }
         match prepared {
-            Ok(duration) => {
-                if let Some(Ok((d, _))) = results.get_mut(i) {
-                    *d = duration;
-                }
-            }
+            Ok(duration) => durations[i] = duration,
             Err(e) => {
                 pending.retain(|w| w.0 != i);
-                results[i] = Err(e);
+                if let Ok(rows) = std::mem::replace(&mut results[i], Err(e)) {
+                    rows.discard();
+                }
             }
         }
     }
     if let Err(e) = score(&mut pending, &mut results) {
+        results.into_iter().flatten().for_each(Rows::discard);
         return all_failed(batch, e);
     }
     results
         .into_iter()
-        .map(|r| {
-            r.map(|(duration, windows)| InferOutput {
-                duration: Some(duration),
-                windows: Some(windows),
-                ..InferOutput::default()
-            })
-        })
+        .zip(durations)
+        .map(|(rows, duration)| rows.and_then(|rows| rows.output(duration)))
         .collect()
 }
 
@@ -430,7 +511,7 @@ fn open_audio<'a>(
 }
 
 /// The same failure for every item of a batch (the model failed on the batch as a whole).
-fn all_failed(batch: &[Record], e: impl std::fmt::Display) -> Vec<Outcome> {
+fn all_failed<T>(batch: &[Record], e: impl std::fmt::Display) -> Vec<Result<T, ItemError>> {
     let m = e.to_string();
     batch
         .iter()
@@ -661,4 +742,65 @@ async fn send(
         "{last} (gave up after {} attempts)",
         spec.max_attempts
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_audio::encode::{encode, AudioFormat, WavSample};
+    use sluice_audio::Audio;
+
+    fn write_tone(path: &Path, seconds: usize) {
+        let rate = 16_000;
+        let samples = (0..rate * seconds)
+            .map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / rate as f32).sin() * 0.5)
+            .collect();
+        let audio = Audio {
+            sample_rate: rate as u32,
+            channels: vec![samples],
+        };
+        std::fs::write(
+            path,
+            encode(&audio, AudioFormat::Wav(WavSample::I16)).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// A file with more windows than are held has them in a row file, which reads back to
+    /// exactly the rows held in memory without a scratch directory; a short file's stay inline.
+    #[test]
+    fn a_long_files_rows_go_to_a_row_file_that_reads_back_as_the_held_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (long, short) = (dir.path().join("long.wav"), dir.path().join("short.wav"));
+        write_tone(&long, 300);
+        write_tone(&short, 10);
+        let model = sluice_testkit::fixture("onnx").join("tone-detector");
+        let classifier = AudioClassifier::load(&model).unwrap();
+        let spec = ModelSpec::local(model.to_str().unwrap());
+        let batch = [
+            json!({"path": long.to_str().unwrap()}),
+            json!({"path": short.to_str().unwrap()}),
+        ];
+        let held: Vec<Value> = classify_local(&spec, &classifier, &batch, None)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert!(held[0]["windows"].as_array().unwrap().len() > HELD_WINDOWS);
+        let scratch = tempfile::tempdir().unwrap();
+        let mut written: Vec<Value> =
+            classify_local(&spec, &classifier, &batch, Some(scratch.path()))
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        let file = sluice_pipeline::rows::row_file(&written[0]["windows"]).map(Path::to_path_buf);
+        assert!(
+            file.is_some_and(|f| f.starts_with(scratch.path())),
+            "{}",
+            written[0]
+        );
+        assert!(written[1]["windows"].is_array());
+        sluice_pipeline::rows::inline(&mut written[0]).unwrap();
+        assert_eq!(written, held);
+        assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+    }
 }

@@ -258,6 +258,7 @@ mod tests {
             stage: "translate-0".into(),
             worker: 3,
             gpu,
+            scratch: std::env::temp_dir(),
         }
     }
 

@@ -210,7 +210,7 @@ fn a_killed_job_leaves_whole_outputs_and_the_rerun_does_the_rest() {
 
 /// Writes `seconds` of 48 kHz stereo 16-bit WAV to `path` as it generates it (a sweep on the left,
 /// a tone on the right), so the test itself holds no more than the file's header in memory.
-fn write_long_wav(path: &Path, seconds: u32) {
+pub(crate) fn write_long_wav(path: &Path, seconds: u32) {
     use std::io::Write;
     const RATE: u32 = 48_000;
     let frames = RATE * seconds;

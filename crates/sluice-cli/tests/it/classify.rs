@@ -307,6 +307,44 @@ fn classify_against_a_server_sends_paths_or_data_and_matches_in_process() {
     );
 }
 
+/// A file with more windows than the in-process stage holds (5 minutes: 599 windows at the
+/// half-second hop, past its 512) has its rows written to disk as they are scored; its table is
+/// the one the server's answer (held whole) makes, window for window, beside a short file's, and a
+/// rerun skips both.
+#[test]
+fn a_long_files_rows_written_as_scored_make_the_servers_table() {
+    let data = tempfile::tempdir().unwrap();
+    crate::audio::write_long_wav(&data.path().join("long.wav"), 5 * 60);
+    std::fs::copy(
+        onnx("audio/tone-16k-mono.wav"),
+        data.path().join("tone.wav"),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let local = out.path().join("local.parquet");
+    let model = onnx("tone-detector");
+    let (summary, _) = classify(data.path(), model.to_str().unwrap(), &local, &[]);
+    assert_eq!(summary["items_out"], 2, "{summary}");
+    let server = Server::start(sluice_testkit::free_port(), data.path(), &[]);
+    let remote = out.path().join("remote.parquet");
+    let root = data.path().to_str().unwrap();
+    let (summary, _) = classify(data.path(), &server.url(), &remote, &["--data-root", root]);
+    assert_eq!(summary["items_out"], 2, "{summary}");
+    // The same windows and the same scores (within the graph's batching noise).
+    let (local_rows, remote_rows) = (by_id(&read_table(&local)), by_id(&read_table(&remote)));
+    assert_eq!(local_rows["long.wav"].len(), 599, "one row per window");
+    assert_eq!(local_rows.len(), 2);
+    for (id, rows) in &local_rows {
+        assert_close(rows, &remote_rows[id], id);
+    }
+    let (summary, _) = classify(data.path(), model.to_str().unwrap(), &local, &[]);
+    assert_eq!(
+        (&summary["skipped"], &summary["items_out"]),
+        (&2.into(), &0.into()),
+        "{summary}"
+    );
+}
+
 #[test]
 fn a_classifier_is_served_by_hub_id_from_the_cache() {
     // The hub cache layout: models--ORG--NAME/{refs/main, snapshots/COMMIT/files}.

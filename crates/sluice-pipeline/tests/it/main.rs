@@ -6,4 +6,5 @@ mod common;
 mod failures;
 mod modes;
 mod parquet;
+mod rows;
 mod sharding;
