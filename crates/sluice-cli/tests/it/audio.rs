@@ -368,8 +368,8 @@ fn a_kill_in_the_middle_of_a_file_leaves_no_output_and_the_rerun_redoes_it() {
 }
 
 /// Classification streams too: the test classifier over 8 minutes takes no more memory than
-/// over 1 (windows are scored in runs as they are cut from the decoded chunks), and every window
-/// of the file is scored.
+/// over 1 (windows are scored in runs as they are cut from the decoded chunks, and their rows
+/// written out as they are scored), and every window of the file is scored.
 #[test]
 fn classifying_a_long_file_takes_no_more_memory_than_a_short_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -418,8 +418,8 @@ fn classifying_a_long_file_takes_no_more_memory_than_a_short_one() {
         );
         peaks.push(peak_kib);
     }
-    // The scores of 840 more windows are kept for the output table (a few KiB each); the
-    // audio is not: 8 minutes decoded would be 184 MB, at the model's rate 31 MB.
+    // Neither the audio (8 minutes decoded would be 184 MB, at the model's rate 31 MB) nor the
+    // rows are held: past 512 windows they go to a row file as they are scored.
     assert!(
         peaks[1] <= peaks[0] + 16 * 1024,
         "peak RSS {} KiB for 8 min vs {} KiB for 1 min",
