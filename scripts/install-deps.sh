@@ -2,7 +2,7 @@
 # Installs the system packages Sluice builds with (Debian/Ubuntu): cmake and a C++ compiler for the
 # statically linked SentencePiece library, python3 for the pipeline tests' exec-stage programs, and
 # the servers tests start on loopback (an S3-compatible moto server and nats-server with JetStream)
-# in .venv-tools/.
+# and Triton's HTTP client in .venv-tools/.
 # Skips what is already there; needs root or sudo to install system packages.
 set -euo pipefail
 missing=()
@@ -19,7 +19,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust from rustup first" >&2; exit 1; }
 root="$(cd "$(dirname "$0")/.." && pwd)"
-if [ ! -x "$root/.venv-tools/bin/moto_server" ] || [ ! -x "$root/.venv-tools/bin/nats-server" ]; then
+if [ ! -x "$root/.venv-tools/bin/moto_server" ] || [ ! -x "$root/.venv-tools/bin/nats-server" ] \
+  || ! "$root/.venv-tools/bin/python" -c 'import tritonclient.http' >/dev/null 2>&1; then
   [ -x "$root/.venv-tools/bin/pip" ] || python3 -m venv "$root/.venv-tools"
   "$root/.venv-tools/bin/pip" install -q -r "$root/tools/requirements-test.txt"
 fi

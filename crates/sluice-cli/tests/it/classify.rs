@@ -202,9 +202,9 @@ fn classify_in_process_writes_a_window_table_and_reruns_skip_it() {
 }
 
 /// A `sluice serve` process on a fixed loopback port.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Server {
@@ -213,7 +213,7 @@ impl Server {
         Self::start_with(port, data_root, &model, &[], extra)
     }
 
-    fn start_with(
+    pub(crate) fn start_with(
         port: u16,
         data_root: &Path,
         model: &str,

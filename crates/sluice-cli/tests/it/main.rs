@@ -6,4 +6,5 @@ mod deploy;
 mod run;
 mod serve;
 mod translate;
+mod triton;
 mod worker;

@@ -7,10 +7,12 @@
 mod submit;
 mod translate;
 mod v1;
+mod v2;
 
 use submit::*;
 use translate::*;
 use v1::*;
+use v2::*;
 
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -513,6 +515,18 @@ fn router(app: Arc<App>) -> Router {
         .route("/translation", post(translation))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{name}/infer", post(infer))
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready),
+        )
+        .route("/v2/models/{name}/infer", post(infer_v2))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer_v2))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_route))
@@ -565,19 +579,23 @@ async fn healthz() -> Json<Status> {
 /// Readiness: the model is loaded and warm, the server is not draining, and the queue has room.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, body = Status), (status = 503, body = Status)))]
 async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Status>) {
-    let status = |s: &str, code, q: Option<(usize, usize)>| {
-        (
-            code,
-            Json(Status {
-                status: s.to_owned(),
-                queue_depth: q.map(|q| q.0),
-                queue_capacity: q.map(|q| q.1),
-            }),
-        )
-    };
+    let (status, code, queues) = readiness(&app);
+    (
+        code,
+        Json(Status {
+            status: status.to_owned(),
+            queue_depth: queues.map(|q| q.0),
+            queue_capacity: queues.map(|q| q.1),
+        }),
+    )
+}
+
+/// Whether the server takes work (`/readyz`, `/v2/health/ready`): its state, the status code
+/// that says it, and the queues' depth and capacity summed over the models once all are loaded.
+fn readiness(app: &App) -> (&'static str, StatusCode, Option<(usize, usize)>) {
     let unavailable = StatusCode::SERVICE_UNAVAILABLE;
     if app.draining.load(Ordering::SeqCst) {
-        return status("draining", unavailable, None);
+        return ("draining", unavailable, None);
     }
     let loaded: Option<Vec<(usize, usize)>> = app
         .slots
@@ -585,16 +603,16 @@ async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Status>) {
         .map(|s| s.loaded.get().map(Loaded::depth_capacity))
         .collect();
     let Some(queues) = loaded else {
-        return status("loading", unavailable, None);
+        return ("loading", unavailable, None);
     };
-    // Depth and capacity summed over the models; any one full queue makes the replica busy.
+    // Any one full queue makes the replica busy.
     let total = queues
         .iter()
         .fold((0, 0), |(d, c), (qd, qc)| (d + qd, c + qc));
     if queues.iter().any(|(d, c)| d >= c) {
-        status("saturated", unavailable, Some(total))
+        ("saturated", unavailable, Some(total))
     } else {
-        status("ready", StatusCode::OK, Some(total))
+        ("ready", StatusCode::OK, Some(total))
     }
 }
 

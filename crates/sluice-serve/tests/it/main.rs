@@ -7,3 +7,4 @@ mod errors;
 mod health;
 mod infer;
 mod shutdown;
+mod v2;

@@ -1,0 +1,704 @@
+//! The Open Inference Protocol (KServe v2, Triton's HTTP API) beside `/translation` and `/v1`:
+//! health, server and model metadata, model readiness and inference, with the binary tensor
+//! extension Triton's clients use by default (`Inference-Header-Content-Length`: the JSON header,
+//! then each binary tensor in order). Requests run through the same admission, batchers and
+//! limits as `/v1` (a v2 request becomes the `/v1` inputs it means), and errors are the
+//! protocol's `{"error": "..."}` with the status and `Retry-After` the `/v1` routes give.
+//!
+//! - A translation model takes one `BYTES` input `text` (UTF-8 texts) and the request parameters
+//!   `source_lang`, `target_lang` (required), `beams` and `max_new_tokens`; it returns `BYTES`
+//!   `translation` in the input's shape.
+//! - An audio classifier takes one `BYTES` input: `audio` (encoded files), `path` (files under
+//!   `--data-root`) or `url` (objects under `--allow-url` prefixes). It returns the windows of
+//!   every input in order: `scores` (`FP32`, `[windows, labels]`), `start` and `end` (`FP64`
+//!   seconds), `input_index` (`INT32`, which input a window is from) and `duration` (`FP64`, one
+//!   per input). The labels are in the model's metadata (`parameters.labels`).
+
+use super::*;
+use axum::http::header::{HeaderValue, CONTENT_TYPE};
+use axum::response::IntoResponse;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+/// The header that splits a binary-extension body into its JSON part and its tensors.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// The only model version: each served model has one.
+const VERSION: &str = "1";
+
+/// An [`ApiError`] in the protocol's shape: `{"error": "..."}`, same status and `Retry-After`.
+pub(super) struct V2Error(ApiError);
+
+impl From<ApiError> for V2Error {
+    fn from(e: ApiError) -> Self {
+        V2Error(e)
+    }
+}
+
+impl IntoResponse for V2Error {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.0.status(),
+            Json(json!({ "error": self.0.to_string() })),
+        )
+            .into_response();
+        if let Some(s) = self.0.retry_after() {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+type V2Result<T> = Result<T, V2Error>;
+
+fn invalid(message: impl Into<String>) -> V2Error {
+    V2Error(ApiError::InvalidRequest(message.into()))
+}
+
+/// `GET /v2`: the server's name, version and protocol extensions.
+pub(super) async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "sluice",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+    }))
+}
+
+/// `GET /v2/health/live`: the process answers.
+pub(super) async fn live() -> Json<Value> {
+    Json(json!({ "live": true }))
+}
+
+/// `GET /v2/health/ready`: 200 when `/readyz` is, 503 otherwise.
+pub(super) async fn ready(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
+    let (_, code, _) = readiness(&app);
+    (code, Json(json!({ "ready": code == StatusCode::OK })))
+}
+
+/// A served model by name, and the version asked for (only [`VERSION`] exists).
+fn model<'a>(app: &'a App, name: &str, version: Option<&str>) -> V2Result<&'a Slot> {
+    let slot = app.slot(name).ok_or_else(|| ApiError::UnknownModel {
+        name: name.to_owned(),
+        served: app.slots.iter().map(|s| s.entry.name.clone()).collect(),
+    })?;
+    match version {
+        Some(v) if v != VERSION => Err(V2Error(ApiError::UnknownModel {
+            name: format!("{name} version {v}"),
+            served: app
+                .slots
+                .iter()
+                .map(|s| format!("{} version {VERSION}", s.entry.name))
+                .collect(),
+        })),
+        _ => Ok(slot),
+    }
+}
+
+/// `GET /v2/models/{name}[/versions/{version}]`: the model's inputs and outputs.
+pub(super) async fn model_metadata(
+    State(app): State<Arc<App>>,
+    Path(path): Path<Vec<(String, String)>>,
+) -> V2Result<Json<Value>> {
+    let (name, version) = name_and_version(&path);
+    let slot = model(&app, name, version)?;
+    let tensor = |name: &str, datatype: &str, shape: &[i64]| json!({"name": name, "datatype": datatype, "shape": shape});
+    let (platform, inputs, outputs, parameters) = match slot.kind() {
+        ModelKind::Translation => (
+            "sluice_m2m100",
+            vec![tensor("text", "BYTES", &[-1])],
+            vec![tensor("translation", "BYTES", &[-1])],
+            json!({
+                "source_lang": "source language code (required)",
+                "target_lang": "target language code (required)",
+                "beams": "beams for beam search, 1 = greedy (optional)",
+                "max_new_tokens": "most generated tokens per text (optional)",
+            }),
+        ),
+        ModelKind::AudioClassifier => {
+            let labels = match slot.loaded.get() {
+                Some(Loaded::Classifier { classify, .. }) => {
+                    classify.classifier().spec().labels.clone()
+                }
+                _ => Vec::new(),
+            };
+            let mut inputs = vec![tensor("audio", "BYTES", &[-1])];
+            if app.inputs.data_root.is_some() {
+                inputs.push(tensor("path", "BYTES", &[-1]));
+            }
+            if !app.inputs.url_prefixes.is_empty() {
+                inputs.push(tensor("url", "BYTES", &[-1]));
+            }
+            let width = if labels.is_empty() {
+                -1
+            } else {
+                labels.len() as i64
+            };
+            (
+                "sluice_onnx_audio_classifier",
+                inputs,
+                vec![
+                    tensor("scores", "FP32", &[-1, width]),
+                    tensor("start", "FP64", &[-1]),
+                    tensor("end", "FP64", &[-1]),
+                    tensor("input_index", "INT32", &[-1]),
+                    tensor("duration", "FP64", &[-1]),
+                ],
+                json!({ "labels": labels }),
+            )
+        }
+    };
+    Ok(Json(json!({
+        "name": slot.entry.name,
+        "versions": [VERSION],
+        "platform": platform,
+        "inputs": inputs,
+        "outputs": outputs,
+        "parameters": parameters,
+    })))
+}
+
+/// `GET /v2/models/{name}[/versions/{version}]/ready`: 200 once loaded, 503 while loading or
+/// draining.
+pub(super) async fn model_ready(
+    State(app): State<Arc<App>>,
+    Path(path): Path<Vec<(String, String)>>,
+) -> V2Result<(StatusCode, Json<Value>)> {
+    let (name, version) = name_and_version(&path);
+    let slot = model(&app, name, version)?;
+    let ready = slot.loaded.get().is_some() && !app.draining.load(Ordering::SeqCst);
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((
+        code,
+        Json(json!({"name": name, "versions": [VERSION], "ready": ready})),
+    ))
+}
+
+/// The `{name}` and optional `{version}` of a v2 model path.
+fn name_and_version(path: &[(String, String)]) -> (&str, Option<&str>) {
+    let get = |k: &str| path.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    (get("name").unwrap_or_default(), get("version"))
+}
+
+/// A v2 inference request's JSON part.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InferenceRequest {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<RequestInput>,
+    #[serde(default)]
+    outputs: Option<Vec<RequestedOutput>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestInput {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestedOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// An output tensor before it is written as JSON or binary.
+enum Tensor {
+    Bytes(Vec<Vec<u8>>),
+    Fp32(Vec<f32>),
+    Fp64(Vec<f64>),
+    Int32(Vec<i32>),
+}
+
+impl Tensor {
+    fn datatype(&self) -> &'static str {
+        match self {
+            Tensor::Bytes(_) => "BYTES",
+            Tensor::Fp32(_) => "FP32",
+            Tensor::Fp64(_) => "FP64",
+            Tensor::Int32(_) => "INT32",
+        }
+    }
+
+    /// The binary tensor extension's layout: little-endian elements, `BYTES` as a 4-byte length
+    /// before each element.
+    fn binary(&self) -> Vec<u8> {
+        match self {
+            Tensor::Bytes(items) => items
+                .iter()
+                .flat_map(|b| (b.len() as u32).to_le_bytes().into_iter().chain(b.clone()))
+                .collect(),
+            Tensor::Fp32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Tensor::Fp64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Tensor::Int32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+
+    /// The JSON `data` array (row-major, flattened). Bytes that are not UTF-8 cannot be JSON.
+    fn json(&self, name: &str) -> V2Result<JsonData<'_>> {
+        Ok(match self {
+            Tensor::Bytes(items) => JsonData::Strings(
+                items
+                    .iter()
+                    .map(|b| {
+                        std::str::from_utf8(b).map_err(|_| {
+                            invalid(format!(
+                                "output {name} holds bytes that are not UTF-8; ask for it with \
+                                 parameters.binary_data = true"
+                            ))
+                        })
+                    })
+                    .collect::<V2Result<_>>()?,
+            ),
+            Tensor::Fp32(v) => JsonData::Fp32(v),
+            Tensor::Fp64(v) => JsonData::Fp64(v),
+            Tensor::Int32(v) => JsonData::Int32(v),
+        })
+    }
+}
+
+/// A tensor's JSON `data`, serialised from the values themselves (an `f32` in its shortest
+/// form, not widened to `f64` digits).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonData<'a> {
+    Strings(Vec<&'a str>),
+    Fp32(&'a [f32]),
+    Fp64(&'a [f64]),
+    Int32(&'a [i32]),
+}
+
+/// The JSON part of a response.
+#[derive(Serialize)]
+struct ResponseHead<'a> {
+    model_name: &'a str,
+    model_version: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<OutputHead<'a>>,
+}
+
+/// One output in the JSON part: its data, or the size of its binary data after the JSON.
+#[derive(Serialize)]
+struct OutputHead<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+/// `POST /v2/models/{name}[/versions/{version}]/infer`.
+pub(super) async fn infer_v2(
+    State(app): State<Arc<App>>,
+    Path(path): Path<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> V2Result<Response> {
+    let (body, deadline) = accept(&app, &headers, body)?;
+    let (name, version) = name_and_version(&path);
+    let slot = model(&app, name, version)?;
+    let (request, mut binary) = split_body(&headers, &body)?;
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in &request.inputs {
+        let elements = elements(input, &mut binary)?;
+        inputs.push((input.name.as_str(), input.shape.clone(), elements));
+    }
+    if !binary.is_empty() {
+        return Err(invalid(format!(
+            "{} bytes after the last binary input: the inputs' binary_data_size do not add up \
+             to the body",
+            binary.len()
+        )));
+    }
+    let [(input_name, shape, elements)] = <[_; 1]>::try_from(inputs).map_err(|inputs| {
+        invalid(format!(
+            "model {name:?} takes exactly one input tensor; got {}",
+            inputs.len()
+        ))
+    })?;
+    check_count(&app, elements.len(), "inputs")?;
+    let outputs: Vec<(&str, Vec<usize>, Tensor)> = match loaded(&app, slot)? {
+        Loaded::Translation { translator, queue } => {
+            if input_name != "text" {
+                return Err(invalid(format!(
+                    "model {name:?} (translation) takes the input \"text\", not {input_name:?}"
+                )));
+            }
+            let payload = translation_payload(&request.parameters, elements)?;
+            let out = translate(&app, translator, queue, payload, deadline).await?;
+            let texts = out.into_iter().map(|r| r.text.into_bytes()).collect();
+            let shape = shape.iter().map(|&d| d as usize).collect();
+            vec![("translation", shape, Tensor::Bytes(texts))]
+        }
+        Loaded::Classifier { classify, queue } => {
+            if let Some(k) = request
+                .parameters
+                .keys()
+                .find(|k| !is_protocol_parameter(k))
+            {
+                return Err(invalid(format!(
+                    "model {name:?} (an audio classifier) takes no parameters; got {k:?}"
+                )));
+            }
+            let inputs = classifier_inputs(input_name, elements)?;
+            app.inputs.check(&inputs)?;
+            let outs = classify_inputs(&app, classify, queue, inputs, deadline).await?;
+            classifier_outputs(classify.classifier().spec().labels.len(), outs)
+        }
+    };
+    respond(&request, slot, outputs)
+}
+
+/// Request parameters the protocol itself defines, which no model reads.
+fn is_protocol_parameter(key: &str) -> bool {
+    matches!(
+        key,
+        "binary_data_output"
+            | "timeout"
+            | "priority"
+            | "sequence_id"
+            | "sequence_start"
+            | "sequence_end"
+    )
+}
+
+/// The JSON part of a body and the binary part after it, by `Inference-Header-Content-Length`.
+fn split_body<'a>(headers: &HeaderMap, body: &'a Bytes) -> V2Result<(InferenceRequest, &'a [u8])> {
+    let json_len = match headers.get(HEADER_LENGTH) {
+        None => body.len(),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .filter(|&n| n <= body.len())
+            .ok_or_else(|| {
+                V2Error(ApiError::InvalidHeader(format!(
+                    "Inference-Header-Content-Length must be a whole number of bytes no larger \
+                     than the body ({} bytes)",
+                    body.len()
+                )))
+            })?,
+    };
+    let request: InferenceRequest = parse_json(&body[..json_len])?;
+    Ok((request, &body[json_len..]))
+}
+
+/// An input's elements: its `data` (JSON), or its share of the binary part (taken off the
+/// front of `binary`). Only `BYTES` inputs are taken: every model here reads texts or files.
+fn elements(input: &RequestInput, binary: &mut &[u8]) -> V2Result<Vec<Vec<u8>>> {
+    let name = &input.name;
+    if input.datatype != "BYTES" {
+        return Err(invalid(format!(
+            "input {name:?} is {}; this server's models take BYTES inputs",
+            input.datatype
+        )));
+    }
+    let count = input.shape.iter().try_fold(1usize, |n, &d| {
+        usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+    });
+    let Some(count) = count else {
+        return Err(invalid(format!(
+            "input {name:?} has shape {:?}; dimensions must be whole numbers",
+            input.shape
+        )));
+    };
+    let elements = match (input.parameters.get("binary_data_size"), &input.data) {
+        (Some(size), None) => {
+            let size = size
+                .as_u64()
+                .and_then(|s| usize::try_from(s).ok())
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "input {name:?}: binary_data_size must be a whole number"
+                    ))
+                })?;
+            if size > binary.len() {
+                return Err(invalid(format!(
+                    "input {name:?}: binary_data_size is {size} but only {} bytes of binary data are left",
+                    binary.len()
+                )));
+            }
+            let (mine, rest) = binary.split_at(size);
+            *binary = rest;
+            split_bytes(name, mine)?
+        }
+        (None, Some(data)) => {
+            let mut out = Vec::new();
+            flatten_strings(name, data, &mut out)?;
+            out
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(format!(
+                "input {name:?} has both data and binary_data_size; send one"
+            )))
+        }
+        (None, None) => return Err(invalid(format!("input {name:?} has no data"))),
+    };
+    if elements.len() != count {
+        return Err(invalid(format!(
+            "input {name:?} has shape {:?} ({count} elements) but {} elements of data",
+            input.shape,
+            elements.len()
+        )));
+    }
+    Ok(elements)
+}
+
+/// The elements of a binary `BYTES` tensor: each a 4-byte little-endian length, then its bytes.
+fn split_bytes(name: &str, mut data: &[u8]) -> V2Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let truncated = || {
+            invalid(format!(
+                "input {name:?}: its binary BYTES data is truncated"
+            ))
+        };
+        let (len, rest) = data.split_first_chunk::<4>().ok_or_else(truncated)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > rest.len() {
+            return Err(truncated());
+        }
+        out.push(rest[..len].to_vec());
+        data = &rest[len..];
+    }
+    Ok(out)
+}
+
+/// The strings of a JSON `BYTES` tensor, nested arrays flattened in row-major order.
+fn flatten_strings(name: &str, data: &Value, out: &mut Vec<Vec<u8>>) -> V2Result<()> {
+    match data {
+        Value::String(s) => out.push(s.clone().into_bytes()),
+        Value::Array(items) => {
+            for item in items {
+                flatten_strings(name, item, out)?;
+            }
+        }
+        other => {
+            return Err(invalid(format!(
+                "input {name:?}: BYTES data must be strings, not {other}"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// The translation payload of a v2 request: its texts and parameters.
+fn translation_payload(
+    parameters: &Map<String, Value>,
+    texts: Vec<Vec<u8>>,
+) -> V2Result<crate::api::Payload> {
+    let text = |k: &str| -> V2Result<String> {
+        match parameters.get(k) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(invalid(format!(
+                "parameters.{k} must be a language code string"
+            ))),
+            None => Err(V2Error(ApiError::InvalidParameters(format!(
+                "parameters.{k} is required (a language code such as \"en\")"
+            )))),
+        }
+    };
+    let number = |k: &str| -> V2Result<Option<usize>> {
+        match parameters.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| invalid(format!("parameters.{k} must be a whole number"))),
+        }
+    };
+    let known = ["source_lang", "target_lang", "beams", "max_new_tokens"];
+    if let Some(k) = parameters
+        .keys()
+        .find(|k| !known.contains(&k.as_str()) && !is_protocol_parameter(k))
+    {
+        return Err(V2Error(ApiError::InvalidParameters(format!(
+            "unknown parameter {k:?}; a translation model takes {}",
+            known.join(", ")
+        ))));
+    }
+    let records = texts
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            String::from_utf8(bytes)
+                .map(|text| RecordIn {
+                    id: i.to_string(),
+                    text,
+                })
+                .map_err(|_| invalid(format!("text element {i} is not UTF-8")))
+        })
+        .collect::<V2Result<_>>()?;
+    Ok(crate::api::Payload {
+        from_lang: text("source_lang")?,
+        to_lang: text("target_lang")?,
+        records,
+        beams: number("beams")?,
+        max_new_tokens: number("max_new_tokens")?,
+    })
+}
+
+/// The `/v1` inputs a classifier's v2 input means: encoded audio travels as `data`, and paths
+/// and URLs as themselves, so every check and reader of `/v1` applies.
+fn classifier_inputs(input: &str, elements: Vec<Vec<u8>>) -> V2Result<Vec<InferInput>> {
+    let utf8 = |i: usize, b: Vec<u8>| {
+        String::from_utf8(b).map_err(|_| invalid(format!("{input} element {i} is not UTF-8")))
+    };
+    elements
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            let mut one = InferInput {
+                id: i.to_string(),
+                ..InferInput::default()
+            };
+            match input {
+                "audio" => one.data = Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                "path" => one.path = Some(utf8(i, bytes)?),
+                "url" => one.url = Some(utf8(i, bytes)?),
+                other => {
+                    return Err(invalid(format!(
+                        "an audio classifier takes the input \"audio\", \"path\" or \"url\", \
+                         not {other:?}"
+                    )))
+                }
+            }
+            Ok(one)
+        })
+        .collect()
+}
+
+/// A classifier's outputs as the protocol's tensors: every input's windows in order.
+fn classifier_outputs(
+    labels: usize,
+    outputs: Vec<InferOutput>,
+) -> Vec<(&'static str, Vec<usize>, Tensor)> {
+    let (mut scores, mut start, mut end, mut index, mut duration) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, out) in outputs.into_iter().enumerate() {
+        duration.push(out.duration.unwrap_or(0.0));
+        for w in out.windows.unwrap_or_default() {
+            scores.extend(w.scores);
+            start.push(w.start);
+            end.push(w.end);
+            index.push(i as i32);
+        }
+    }
+    let windows = start.len();
+    vec![
+        ("scores", vec![windows, labels], Tensor::Fp32(scores)),
+        ("start", vec![windows], Tensor::Fp64(start)),
+        ("end", vec![windows], Tensor::Fp64(end)),
+        ("input_index", vec![windows], Tensor::Int32(index)),
+        ("duration", vec![duration.len()], Tensor::Fp64(duration)),
+    ]
+}
+
+/// The response: the outputs asked for (all when none are named), each as JSON or binary as
+/// asked, with the binary ones after the JSON part.
+fn respond(
+    request: &InferenceRequest,
+    slot: &Slot,
+    outputs: Vec<(&str, Vec<usize>, Tensor)>,
+) -> V2Result<Response> {
+    let all_binary = request
+        .parameters
+        .get("binary_data_output")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let wanted: Vec<(&str, bool)> = match &request.outputs {
+        None => outputs.iter().map(|(n, ..)| (*n, all_binary)).collect(),
+        Some(asked) => asked
+            .iter()
+            .map(|o| {
+                if !outputs.iter().any(|(n, ..)| *n == o.name) {
+                    return Err(invalid(format!(
+                        "no output named {:?}; this model's outputs are {}",
+                        o.name,
+                        outputs
+                            .iter()
+                            .map(|(n, ..)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                let binary = o
+                    .parameters
+                    .get("binary_data")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(all_binary);
+                Ok((o.name.as_str(), binary))
+            })
+            .collect::<V2Result<_>>()?,
+    };
+    let mut blobs = Vec::new();
+    let mut tensors = Vec::new();
+    for (name, binary) in wanted {
+        let (_, shape, tensor) = outputs
+            .iter()
+            .find(|(n, ..)| *n == name)
+            .expect("checked above");
+        let mut out = OutputHead {
+            name,
+            datatype: tensor.datatype(),
+            shape,
+            parameters: None,
+            data: None,
+        };
+        if binary {
+            let blob = tensor.binary();
+            out.parameters = Some(json!({ "binary_data_size": blob.len() }));
+            blobs.push(blob);
+        } else {
+            out.data = Some(tensor.json(name)?);
+        }
+        tensors.push(out);
+    }
+    let head = ResponseHead {
+        model_name: &slot.entry.name,
+        model_version: VERSION,
+        id: request.id.as_deref(),
+        outputs: tensors,
+    };
+    let head = serde_json::to_vec(&head).map_err(|e| V2Error(ApiError::internal(e)))?;
+    if blobs.is_empty() {
+        return Ok(([(CONTENT_TYPE, "application/json")], head).into_response());
+    }
+    let length = head.len();
+    let mut body = head;
+    blobs.iter().for_each(|b| body.extend_from_slice(b));
+    Ok((
+        [
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                axum::http::HeaderName::from_static(HEADER_LENGTH),
+                HeaderValue::from(length),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
