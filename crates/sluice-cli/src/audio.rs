@@ -291,7 +291,7 @@ pub fn report(
             if let Some(path) = summary {
                 eprintln!("summary written to {}", path.display());
             }
-            Ok(())
+            crate::failed_records(report.run.failed)
         }
         Err((reason, report)) => {
             eprint!("{}", report.render());

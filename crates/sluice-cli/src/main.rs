@@ -20,10 +20,42 @@ use sluice_serve::ServeConfig;
 
 /// Sluice: serve ML models and run inference pipelines.
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about)]
+#[command(name = "sluice", version, about, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// What the exit status says, for schedulers that alert on it (also in README.md).
+const EXIT_CODES: &str = "Exit status: 0 everything done; 1 error or aborted run; 2 usage error; \
+3 completed, but some records failed (run, worker, audio: they are in the failures file, and a \
+rerun retries them).";
+
+/// The exit status of a run that completed with failed records.
+const EXIT_FAILED_RECORDS: u8 = 3;
+
+/// A run that completed with failed records: not an error, but not everything done either.
+#[derive(Debug)]
+pub(crate) struct FailedRecords(pub u64);
+
+impl std::fmt::Display for FailedRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} record(s) failed; they are listed in the failures file and a rerun retries them",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for FailedRecords {}
+
+/// `Ok` when nothing failed, else the [`FailedRecords`] that makes the exit status 3.
+pub(crate) fn failed_records(failed: u64) -> anyhow::Result<()> {
+    match failed {
+        0 => Ok(()),
+        n => Err(FailedRecords(n).into()),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -372,7 +404,7 @@ pub(crate) fn report_run(
             if let Some(w) = written {
                 eprintln!("{w}");
             }
-            Ok(())
+            failed_records(summary.failed)
         }
         Err(sluice_pipeline::RunError::Aborted { reason, summary }) => {
             eprint!("{}", summary.render());
@@ -412,6 +444,10 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<FailedRecords>() => {
+            eprintln!("finished: {e}");
+            std::process::ExitCode::from(EXIT_FAILED_RECORDS)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -281,3 +281,26 @@ pub fn jsonl_parts_by(
     }
     by_key
 }
+
+/// Asserts a finished `sluice run`, `worker` or `audio` command's exit status: 0 when nothing
+/// failed, 3 when `failed` records did (the documented "completed with failed records").
+pub fn assert_run_exit(status: std::process::ExitStatus, failed: u64, stderr: &str) {
+    let want = if failed == 0 { 0 } else { 3 };
+    assert_eq!(
+        status.code(),
+        Some(want),
+        "{failed} failed records; stderr:\n{stderr}"
+    );
+}
+
+/// The failed-record count of the run summary `sluice` prints at the end of a run
+/// (`completed: ... N failed in ...`).
+pub fn failed_in_summary(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("completed: "))
+        .unwrap_or_else(|| panic!("no run summary in:\n{stderr}"));
+    line.split(", ")
+        .find_map(|part| part.split(" failed in ").next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no failed count in {line:?}"))
+}

@@ -58,13 +58,16 @@ fn run_ok(args: &[String], env: &[(String, String)]) -> serde_json::Value {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
     let summary = args
         .iter()
         .position(|a| a == "--summary")
         .map(|i| &args[i + 1])
         .unwrap();
-    serde_json::from_slice(&std::fs::read(summary).unwrap()).unwrap()
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(summary).unwrap())
+        .unwrap_or_else(|e| panic!("no summary ({e}): {stderr}"));
+    let failed = summary["failed"].as_u64().unwrap();
+    sluice_testkit::assert_run_exit(out.status, failed, &stderr);
+    summary
 }
 
 #[test]

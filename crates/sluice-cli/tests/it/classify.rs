@@ -151,8 +151,9 @@ fn classify(source: &Path, model: &str, output: &Path, extra: &[&str]) -> (Value
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stderr}");
-    let s = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    let s: Value = serde_json::from_slice(&std::fs::read(&summary).unwrap())
+        .unwrap_or_else(|e| panic!("no summary ({e}): {stderr}"));
+    sluice_testkit::assert_run_exit(out.status, s["failed"].as_u64().unwrap(), &stderr);
     (s, stderr)
 }
 

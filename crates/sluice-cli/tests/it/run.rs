@@ -65,13 +65,15 @@ fn sluice(args: &[&str]) -> std::process::Output {
     Command::new(SLUICE).args(args).output().unwrap()
 }
 
-/// Runs `sluice run PIPELINE --progress off EXTRA...`, asserts it succeeded and returns stderr.
+/// Runs `sluice run PIPELINE --progress off EXTRA...`, asserts it completed (exit status 0, or 3
+/// when its summary counts failed records) and returns stderr.
 fn run_ok(pipeline: &Path, extra: &[&str]) -> String {
     let mut args = vec!["run", pipeline.to_str().unwrap(), "--progress", "off"];
     args.extend_from_slice(extra);
     let out = sluice(&args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stderr}");
+    let failed = sluice_testkit::failed_in_summary(&stderr);
+    sluice_testkit::assert_run_exit(out.status, failed, &stderr);
     stderr
 }
 
@@ -215,7 +217,6 @@ fn the_example_pipeline_runs_as_documented() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "{stderr}");
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("_summary.json")).unwrap()).unwrap();
     assert_eq!(
@@ -223,6 +224,8 @@ fn the_example_pipeline_runs_as_documented() {
         (&serde_json::json!(6), &serde_json::json!(2)),
         "{summary}"
     );
+    sluice_testkit::assert_run_exit(result.status, 2, &stderr);
+    assert!(stderr.contains("2 record(s) failed"), "{stderr}");
     let failures = std::fs::read_to_string(out.path().join("_failures.jsonl")).unwrap();
     assert_eq!(failures.matches("empty text").count(), 2, "{failures}");
     let parts: Vec<_> = std::fs::read_dir(out.path())
@@ -251,10 +254,11 @@ fn the_audio_example_pipeline_runs_as_documented() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
-        assert!(result.status.success(), "{stderr}");
         let summary: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.path().join("_summary.json")).unwrap())
                 .unwrap();
+        let failed = summary["failed"].as_u64().unwrap();
+        sluice_testkit::assert_run_exit(result.status, failed, &stderr);
         (summary, stderr)
     };
     let (summary, stderr) = run(&[]);
@@ -328,7 +332,8 @@ fn metrics_are_served_while_the_run_lasts() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(seen.is_some(), "no progress counted in /metrics");
-    assert!(child.wait().unwrap().success());
+    // The input's broken line is a failed record: the run completes with status 3.
+    assert_eq!(child.wait().unwrap().code(), Some(3));
 }
 
 #[test]
@@ -383,4 +388,16 @@ fn config_errors_name_the_file_and_line() {
         "stage.nope.workers=1",
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no stage is named \"nope\""));
+}
+
+#[test]
+fn help_documents_the_exit_statuses_and_usage_errors_exit_2() {
+    let out = sluice(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for status in ["0 everything done", "1 error", "2 usage error", "3 completed"] {
+        assert!(help.contains(status), "{status:?} missing from:\n{help}");
+    }
+    let out = sluice(&["run", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -136,11 +136,13 @@ fn start_worker(setup: &Setup, extra: &[&str]) -> Child {
         .unwrap()
 }
 
-/// Waits for a worker started with --exit-when-drained; returns its stderr.
+/// Waits for a worker started with --exit-when-drained, checks its exit status against its
+/// summary's failed count, and returns its stderr.
 fn finish(child: Child) -> String {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "worker failed: {stderr}");
+    let failed = sluice_testkit::failed_in_summary(&stderr);
+    sluice_testkit::assert_run_exit(out.status, failed, &stderr);
     stderr
 }
 
