@@ -395,7 +395,12 @@ fn help_documents_the_exit_statuses_and_usage_errors_exit_2() {
     let out = sluice(&["--help"]);
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    for status in ["0 everything done", "1 error", "2 usage error", "3 completed"] {
+    for status in [
+        "0 everything done",
+        "1 error",
+        "2 usage error",
+        "3 completed",
+    ] {
         assert!(help.contains(status), "{status:?} missing from:\n{help}");
     }
     let out = sluice(&["run", "--no-such-flag"]);

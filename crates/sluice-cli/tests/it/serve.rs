@@ -21,6 +21,10 @@ struct Server {
 
 impl Server {
     async fn start(extra: &[&str]) -> Self {
+        Self::start_env(extra, &[]).await
+    }
+
+    async fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let model = fixture_dir();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["serve", "--model", model.to_str().unwrap()])
@@ -37,6 +41,7 @@ impl Server {
             // float32 reproduces transformers' reference token for token.
             .env("SLUICE_COMPUTE_TYPE", "float32")
             .env("SLUICE_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -54,6 +59,12 @@ impl Server {
                 .expect("the server logs its address");
             if let Some(rest) = line.split("listening addr=").nth(1) {
                 break rest.split_whitespace().next().unwrap().to_owned();
+            }
+            // SLUICE_LOG_FORMAT=json: one object per line, the event's fields at the top.
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "listening" {
+                    break v["addr"].as_str().unwrap().to_owned();
+                }
             }
         };
         let server = Self {
@@ -343,4 +354,82 @@ fn help_shows_the_defaults_of_the_server_config() {
     ] {
         assert!(help.contains(&want), "{want} missing from: {help}");
     }
+}
+
+#[tokio::test]
+async fn json_logs_carry_an_access_line_per_request_with_its_echoed_id() {
+    let server = Server::start_env(&[], &[("SLUICE_LOG_FORMAT", "json")]).await;
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"payload": {"fromLang": "en", "toLang": "ja",
+        "records": [{"id": "1", "text": "Hello"}]}});
+    let r = client
+        .post(server.url("/translation"))
+        .header("x-request-id", "req-42")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "req-42");
+    // Without an id (or with an unusable one) the server makes one up and says which.
+    let r = client.get(server.url("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let made = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(made.len(), 36, "a UUID: {made}");
+    let r = client
+        .get(server.url("/healthz"))
+        .header("x-request-id", "has space")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.headers()["x-request-id"], "has space");
+
+    let mut access = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while access.len() < 3 && std::time::Instant::now() < deadline {
+        for line in server.log_lines() {
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+            assert!(v["timestamp"].is_string() && v["level"].is_string(), "{v}");
+            if v["target"] == "sluice::access" {
+                access.push(v);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let translation = access
+        .iter()
+        .find(|v| v["request_id"] == "req-42")
+        .unwrap_or_else(|| panic!("no access line for req-42 in {access:?}"));
+    assert_eq!(translation["method"], "POST");
+    assert_eq!(translation["route"], "/translation");
+    assert_eq!(translation["status"], 200);
+    assert!(translation["seconds"].as_f64().unwrap() > 0.0);
+    let missing = access
+        .iter()
+        .find(|v| v["request_id"] == made.as_str())
+        .unwrap();
+    assert_eq!(
+        (&missing["route"], &missing["status"]),
+        (&serde_json::json!("unmatched"), &serde_json::json!(404))
+    );
+}
+
+#[test]
+fn an_unknown_log_format_is_a_usage_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "translate",
+            "--model",
+            "/no/such/model",
+            "--from",
+            "en",
+            "--to",
+            "fr",
+        ])
+        .env("SLUICE_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"json\""));
 }

@@ -535,8 +535,16 @@ fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(access))
         .with_state(app)
 }
+
+/// The header that names a request in the access log, echoed back (made up when absent).
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The route a request matched, handed from [`track`] to the access log.
+#[derive(Clone)]
+struct RouteName(String);
 
 /// Counts requests by route and status and times them.
 async fn track(req: Request, next: Next) -> Response {
@@ -546,15 +554,49 @@ async fn track(req: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let started = Instant::now();
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
     metrics::counter!(
         "sluice_http_requests_total",
         "route" => route.clone(),
         "status" => resp.status().as_u16().to_string()
     )
     .increment(1);
-    metrics::histogram!("sluice_http_request_duration_seconds", "route" => route)
+    metrics::histogram!("sluice_http_request_duration_seconds", "route" => route.clone())
         .record(started.elapsed().as_secs_f64());
+    resp.extensions_mut().insert(RouteName(route));
+    resp
+}
+
+/// One access-log line per request (method, route, status, duration, request id), and the
+/// request id echoed in the answer: the caller's `x-request-id` when it is a usable one (1 to 128
+/// visible ASCII characters), else a new UUID.
+async fn access(mut req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned);
+    let id = given.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let value = axum::http::HeaderValue::from_str(&id).expect("visible ASCII");
+    req.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
+    let method = req.method().clone();
+    let started = Instant::now();
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(REQUEST_ID_HEADER, value);
+    let route = resp
+        .extensions()
+        .get::<RouteName>()
+        .map_or("unmatched", |r| r.0.as_str());
+    tracing::info!(
+        target: "sluice::access",
+        method = %method,
+        route,
+        status = resp.status().as_u16(),
+        seconds = started.elapsed().as_secs_f64(),
+        request_id = %id,
+        "request"
+    );
     resp
 }
 
