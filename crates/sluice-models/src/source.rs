@@ -1,6 +1,8 @@
 //! Where a model comes from: a local directory or a Hugging Face hub id resolved through the hub
-//! cache (`hf-hub`), with `HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT` and `HF_HUB_OFFLINE` honoured
-//! as the Python `huggingface_hub` honours them.
+//! cache (`hf-hub`), with `HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_HUB_OFFLINE` and the token
+//! (`HF_TOKEN`, `HUGGING_FACE_HUB_TOKEN`, `HF_TOKEN_PATH`, `$HF_HOME/token`) honoured as the
+//! Python `huggingface_hub` honours them. Weights come whole (`model.safetensors`) or sharded
+//! (`model.safetensors.index.json` and the shards it names).
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +24,8 @@ const OPTIONAL: [&str; 3] = [
 ];
 /// Weight files in order of preference.
 const WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
+/// The index of sharded safetensors weights, naming the shards in its `weight_map`.
+const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
 
 /// A model given on the command line: a directory, or a hub id (`org/name[@revision]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +89,37 @@ pub struct HubSettings {
     pub offline: bool,
     /// Show download progress bars.
     pub progress: bool,
+    /// The hub token, for gated and private repositories.
+    pub token: Option<Token>,
+}
+
+/// A hub access token; its `Debug` form does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    /// The token as `huggingface_hub` finds it: `HF_TOKEN`, then `HUGGING_FACE_HUB_TOKEN`, then
+    /// the file at `HF_TOKEN_PATH`, then `token` in the hub home (`$HF_HOME`, by default
+    /// `~/.cache/huggingface`, where `huggingface-cli login` writes it). `var` reads the
+    /// environment.
+    pub fn find(var: impl Fn(&str) -> Option<String>, home_token: &Path) -> Option<Token> {
+        let set = |v: Option<String>| v.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+        set(var("HF_TOKEN"))
+            .or_else(|| set(var("HUGGING_FACE_HUB_TOKEN")))
+            .or_else(|| {
+                let path = var("HF_TOKEN_PATH")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| home_token.to_owned());
+                set(std::fs::read_to_string(path).ok())
+            })
+            .map(Token)
+    }
 }
 
 impl HubSettings {
@@ -102,11 +137,13 @@ impl HubSettings {
                 )
             })
             .unwrap_or(false);
+        let var = |k: &str| std::env::var(k).ok();
         Self {
             cache_dir,
             endpoint: std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()),
             offline,
             progress: false,
+            token: Token::find(var, &Cache::from_env().token_path()),
         }
     }
 
@@ -130,7 +167,16 @@ impl HubSettings {
             .iter()
             .map(|f| cache.get(f))
             .collect::<Option<_>>()?;
-        files.push(WEIGHTS.iter().find_map(|f| cache.get(f))?);
+        match WEIGHTS.iter().find_map(|f| cache.get(f)) {
+            Some(weights) => files.push(weights),
+            None => {
+                let index = cache.get(WEIGHTS_INDEX)?;
+                for shard in shards(&index)? {
+                    files.push(cache.get(&shard)?);
+                }
+                files.push(index);
+            }
+        }
         files.extend(OPTIONAL.iter().filter_map(|f| cache.get(f)));
         let dir = files[0].parent()?.to_owned();
         Some(Snapshot { dir, files })
@@ -155,17 +201,29 @@ impl HubSettings {
                 hint: hint_fetch,
             });
         }
-        let hub_err = |file: &str, e: &dyn std::fmt::Display| ModelError::Hub {
-            repo: repo.to_owned(),
-            file: file.to_owned(),
-            reason: e.to_string(),
-            hint: format!(
-                "{hint_fetch}, or set HF_HUB_OFFLINE=1 to use only the cache at {}",
-                self.cache_dir.display()
-            ),
+        let hub_err = |file: &str, e: &dyn std::fmt::Display| {
+            let reason = e.to_string();
+            let refused = reason.contains("401") || reason.contains("403");
+            let hint = if refused && self.token.is_none() {
+                format!("a gated or private repository needs a token: set HF_TOKEN. {hint_fetch}")
+            } else if refused {
+                format!("the token (HF_TOKEN or the token file) has no access to {repo}")
+            } else {
+                format!(
+                    "{hint_fetch}, or set HF_HUB_OFFLINE=1 to use only the cache at {}",
+                    self.cache_dir.display()
+                )
+            };
+            ModelError::Hub {
+                repo: repo.to_owned(),
+                file: file.to_owned(),
+                reason,
+                hint,
+            }
         };
         let mut builder = ApiBuilder::from_cache(Cache::new(self.cache_dir.clone()))
             .with_progress(self.progress)
+            .with_token(self.token.as_ref().map(|t| t.0.clone()))
             .with_retries(0);
         if let Some(e) = &self.endpoint {
             builder = builder.with_endpoint(e.clone());
@@ -194,15 +252,30 @@ impl HubSettings {
                 files: vec![spec, graph],
             });
         }
-        let weights = WEIGHTS.iter().find(|f| listed(f)).ok_or_else(|| {
-            hub_err(
-                "weights",
-                &"the repository has neither model.safetensors nor pytorch_model.bin",
-            )
-        })?;
         let mut files = Vec::new();
-        for f in REQUIRED.iter().chain([weights]) {
+        for f in REQUIRED {
             files.push(api_repo.get(f).map_err(|e| hub_err(f, &e))?);
+        }
+        match WEIGHTS.iter().find(|f| listed(f)) {
+            Some(weights) => files.push(api_repo.get(weights).map_err(|e| hub_err(weights, &e))?),
+            None if listed(WEIGHTS_INDEX) => {
+                let index = api_repo
+                    .get(WEIGHTS_INDEX)
+                    .map_err(|e| hub_err(WEIGHTS_INDEX, &e))?;
+                let names = shards(&index)
+                    .ok_or_else(|| hub_err(WEIGHTS_INDEX, &"its weight_map names no shard"))?;
+                for shard in names {
+                    files.push(api_repo.get(&shard).map_err(|e| hub_err(&shard, &e))?);
+                }
+                files.push(index);
+            }
+            None => {
+                return Err(hub_err(
+                    "weights",
+                    &"the repository has none of model.safetensors, model.safetensors.index.json \
+                      or pytorch_model.bin",
+                ))
+            }
         }
         for f in OPTIONAL.iter().filter(|f| listed(f)) {
             files.push(api_repo.get(f).map_err(|e| hub_err(f, &e))?);
@@ -213,6 +286,22 @@ impl HubSettings {
             .unwrap_or_else(|| self.cache_dir.clone());
         Ok(Snapshot { dir, files })
     }
+}
+
+/// The shard files a `model.safetensors.index.json` names, each once, in order; `None` when it
+/// cannot be read or names none.
+fn shards(index: &Path) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(index).ok()?;
+    let index: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let mut names: Vec<String> = index
+        .get("weight_map")?
+        .as_object()?
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names.dedup();
+    (!names.is_empty()).then_some(names)
 }
 
 /// The graph file an audio classifier's `sluice-model.toml` names (`model.onnx` by default).
@@ -264,6 +353,39 @@ pub fn fetch_model(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_is_found_where_huggingface_hub_looks() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("token");
+        let other = dir.path().join("other");
+        std::fs::write(&home, "from-home\n").unwrap();
+        std::fs::write(&other, "from-path").unwrap();
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let find = |e| Token::find(e, &home).map(|t| t.0);
+        assert_eq!(
+            find(env(&[("HF_TOKEN", "a"), ("HUGGING_FACE_HUB_TOKEN", "b")])).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            find(env(&[("HF_TOKEN", " "), ("HUGGING_FACE_HUB_TOKEN", "b")])).as_deref(),
+            Some("b")
+        );
+        let path: &'static str = Box::leak(other.to_str().unwrap().to_owned().into_boxed_str());
+        let with_path: &'static [(&str, &str)] = Box::leak(Box::new([("HF_TOKEN_PATH", path)]));
+        assert_eq!(find(env(with_path)).as_deref(), Some("from-path"));
+        assert_eq!(find(env(&[])).as_deref(), Some("from-home"));
+        std::fs::remove_file(&home).unwrap();
+        assert_eq!(find(env(&[])), None);
+        assert_eq!(format!("{:?}", Token("secret".into())), "Token(<redacted>)");
+    }
 
     #[test]
     fn parse_tells_directories_from_hub_ids() {

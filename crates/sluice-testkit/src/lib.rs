@@ -5,6 +5,9 @@
 //! into `.venv-tools/` at the repository root; a test that needs one fails with that hint when it
 //! is missing, rather than silently skipping.
 
+mod hub;
+pub use hub::{FakeHub, HubRequest};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

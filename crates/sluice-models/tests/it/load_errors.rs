@@ -151,6 +151,7 @@ fn settings(cache: &Path, offline: bool) -> HubSettings {
         endpoint: Some("http://127.0.0.1:9".to_owned()),
         offline,
         progress: false,
+        token: None,
     }
 }
 
