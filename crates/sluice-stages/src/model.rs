@@ -235,18 +235,33 @@ impl Stage for ModelStage {
         self.scratch = Some(worker.scratch.clone());
         self.backend = Some(match (&self.spec.model, &self.spec.url) {
             (Some(model), _) => Access::Local(load_local(model, worker)?),
-            (None, Some(_)) => Access::Remote {
-                client: reqwest::Client::builder()
-                    .timeout(Duration::from_secs_f64(self.spec.timeout_seconds))
-                    .build()
-                    .map_err(|e| StageError::new(format!("HTTP client: {e}")))?,
-                runtime: tokio::runtime::Builder::new_current_thread()
+            (None, Some(_)) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| StageError::new(format!("async runtime: {e}")))?,
-            },
+                    .map_err(|e| StageError::new(format!("async runtime: {e}")))?;
+                // The client's connector belongs to the runtime that drives it.
+                let _inside = runtime.enter();
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs_f64(self.spec.timeout_seconds))
+                    .build()
+                    .map_err(|e| StageError::new(format!("HTTP client: {e}")))?;
+                Access::Remote { client, runtime }
+            }
             (None, None) => unreachable!("checked above"),
         });
+        if let (Some(Access::Remote { client, runtime }), Some(url)) =
+            (&self.backend, &self.spec.url)
+        {
+            // One request before the first batch: a server whose certificate is not trusted will
+            // not become trusted by retrying, so the run stops here and says why. Any other
+            // failure (a server still starting) is left to the batches' retries.
+            if let Err(e) = runtime.block_on(async { client.get(url).send().await }) {
+                if let Some(why) = untrusted_certificate(&e) {
+                    return Err(StageError::fatal(untrusted_message(url, &why)));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -649,9 +664,41 @@ async fn send_narrowing(
     }
 }
 
+/// The TLS error of a request refused because the server's certificate is not trusted (or
+/// not valid for its name), found down the error's causes.
+fn untrusted_certificate(e: &reqwest::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(
+            t @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
+        ) = c.downcast_ref::<rustls::Error>()
+        {
+            return Some(t.to_string());
+        }
+        // An I/O error's `source` skips the error it wraps (where the TLS error sits, sometimes
+        // inside a second I/O error), so the walk goes through it instead.
+        cause = match c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    None
+}
+
+fn untrusted_message(url: &str, why: &str) -> String {
+    format!(
+        "{url}: {why}: the server's certificate is not trusted here; add its certificate \
+         authority to the system's store or name it in SSL_CERT_FILE"
+    )
+}
+
 /// Why a request got no outputs.
 enum RequestFailure {
-    /// The server refused the request's content (4xx): permanent.
+    /// The server refused the request's content (4xx), or its certificate is not trusted:
+    /// permanent.
     Input(String),
     /// Retries ran out on overload or lost connections: transient.
     Unavailable(String),
@@ -727,6 +774,9 @@ async fn send(
                 retry_after.map_or(backoff, |r| r.max(Duration::from_millis(50)))
             }
             Err(e) => {
+                if let Some(why) = untrusted_certificate(&e) {
+                    return Err(RequestFailure::Input(untrusted_message(&url, &why)));
+                }
                 // Connect errors, resets and timeouts: the server is restarting or gone.
                 last = format!("{url}: {e}");
                 backoff

@@ -6,7 +6,9 @@
 //! is missing, rather than silently skipping.
 
 mod hub;
+mod tls;
 pub use hub::{FakeHub, HubRequest};
+pub use tls::TlsProxy;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

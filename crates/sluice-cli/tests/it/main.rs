@@ -5,6 +5,7 @@ mod classify;
 mod deploy;
 mod run;
 mod serve;
+mod tls;
 mod translate;
 mod triton;
 mod worker;
