@@ -56,6 +56,26 @@ async fn post_json(server: &TestServer, path: &str, body: &Value) -> (u16, Value
     (status, v)
 }
 
+/// Posts a binary-extension request: `head` as the JSON part, then `tensor`.
+async fn post_binary(
+    server: &TestServer,
+    path: &str,
+    head: &Value,
+    tensor: &[u8],
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let head = serde_json::to_vec(head).unwrap();
+    let length = head.len();
+    let mut body = head;
+    body.extend(tensor);
+    send(
+        server,
+        reqwest::Method::POST,
+        path,
+        Some((body, Some(length))),
+    )
+    .await
+}
+
 /// A binary `BYTES` tensor: each element's 4-byte little-endian length, then the element.
 fn bytes_tensor(items: &[&[u8]]) -> Vec<u8> {
     items
@@ -194,19 +214,16 @@ async fn translation_answers_as_the_contract_route_in_json_and_binary() {
     // Binary in and out, on the versioned path, as Triton's client sends by default.
     let raw: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
     let tensor = bytes_tensor(&raw);
-    let head = serde_json::to_vec(&json!({
+    let head = json!({
         "parameters": {"source_lang": "en", "target_lang": "ja", "binary_data_output": true},
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [3],
                     "parameters": {"binary_data_size": tensor.len()}}],
-    }))
-    .unwrap();
-    let mut body = head.clone();
-    body.extend(&tensor);
-    let (status, headers, answer) = send(
+    });
+    let (status, headers, answer) = post_binary(
         &server,
-        reqwest::Method::POST,
         "/v2/models/m2m100/versions/1/infer",
-        Some((body, Some(head.len()))),
+        &head,
+        &tensor,
     )
     .await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
@@ -279,21 +296,13 @@ async fn the_classifier_answers_as_v1_for_audio_bytes_and_paths() {
 
     // The encoded file as binary, only the scores asked for, in binary.
     let tensor = bytes_tensor(&[&audio]);
-    let head = serde_json::to_vec(&json!({
+    let head = json!({
         "inputs": [{"name": "audio", "datatype": "BYTES", "shape": [1],
                     "parameters": {"binary_data_size": tensor.len()}}],
         "outputs": [{"name": "scores", "parameters": {"binary_data": true}}],
-    }))
-    .unwrap();
-    let mut body = head.clone();
-    body.extend(&tensor);
-    let (status, headers, answer) = send(
-        &server,
-        reqwest::Method::POST,
-        "/v2/models/tone/infer",
-        Some((body, Some(head.len()))),
-    )
-    .await;
+    });
+    let (status, headers, answer) =
+        post_binary(&server, "/v2/models/tone/infer", &head, &tensor).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
     let (head, blobs) = split_answer(&headers, &answer);
     assert_eq!(head["outputs"].as_array().unwrap().len(), 1);
@@ -396,21 +405,13 @@ async fn bad_requests_get_the_protocols_error_with_the_right_status() {
         assert!(message.contains(needle), "{body} -> {message}");
     }
     // Binary sizes that do not add up to the body.
-    let head = serde_json::to_vec(&json!({
+    let head = json!({
         "parameters": {"source_lang": "en", "target_lang": "ja"},
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
                     "parameters": {"binary_data_size": 100}}],
-    }))
-    .unwrap();
-    let mut body = head.clone();
-    body.extend(bytes_tensor(&[b"hi"]));
-    let (status, _, e) = send(
-        &server,
-        reqwest::Method::POST,
-        "/v2/models/m2m100/infer",
-        Some((body, Some(head.len()))),
-    )
-    .await;
+    });
+    let tensor = bytes_tensor(&[b"hi"]);
+    let (status, _, e) = post_binary(&server, "/v2/models/m2m100/infer", &head, &tensor).await;
     let e: Value = serde_json::from_slice(&e).unwrap();
     assert_eq!(status, 400, "{e}");
     assert!(
