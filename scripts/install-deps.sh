@@ -20,7 +20,9 @@ fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust from rustup first" >&2; exit 1; }
 root="$(cd "$(dirname "$0")/.." && pwd)"
 if [ ! -x "$root/.venv-tools/bin/moto_server" ] || [ ! -x "$root/.venv-tools/bin/nats-server" ] \
-  || ! "$root/.venv-tools/bin/python" -c 'import tritonclient.http' >/dev/null 2>&1; then
+  || ! "$root/.venv-tools/bin/python" -c 'import tritonclient.http, pytest, httpx, sluice' >/dev/null 2>&1; then
   [ -x "$root/.venv-tools/bin/pip" ] || python3 -m venv "$root/.venv-tools"
   "$root/.venv-tools/bin/pip" install -q -r "$root/tools/requirements-test.txt"
+  # The Python package, editable: its tests run against the working tree.
+  "$root/.venv-tools/bin/pip" install -q -e "$root/python"
 fi

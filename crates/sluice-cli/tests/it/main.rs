@@ -3,6 +3,7 @@
 mod audio;
 mod classify;
 mod deploy;
+mod python;
 mod run;
 mod serve;
 mod tls;
