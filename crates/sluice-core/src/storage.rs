@@ -163,6 +163,42 @@ fn env_options(prefix: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Whether `target` names an object (`s3://`, `gs://`, `az://`, `memory://`...) rather than a
+/// local file (a plain path or a `file://` URL).
+pub fn is_object_url(target: &std::path::Path) -> bool {
+    target
+        .to_str()
+        .is_some_and(|t| t.contains("://") && local_path(t).is_none())
+}
+
+/// Writes the file `target` names whole or not at all: a local path through a temporary file
+/// renamed into place ([`crate::fs::write_atomic`]), an object URL through a local temporary file
+/// uploaded in one (multipart) upload that completes or leaves nothing.
+pub fn write_output(
+    target: &std::path::Path,
+    write: impl FnOnce(&mut (dyn std::io::Write + Send)) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let Some(url) = target.to_str().filter(|_| is_object_url(target)) else {
+        let local = target.to_str().and_then(local_path);
+        return crate::fs::write_atomic(local.as_deref().unwrap_or(target), write);
+    };
+    let (dir, name) = url
+        .rsplit_once('/')
+        .ok_or_else(|| std::io::Error::other(format!("{url}: not an object URL")))?;
+    let location = Location::parse(dir).map_err(std::io::Error::other)?;
+    let mut staged = tempfile::NamedTempFile::new()?;
+    {
+        let mut out = std::io::BufWriter::new(staged.as_file_mut());
+        write(&mut out)?;
+        out.flush()?;
+    }
+    location
+        .upload_blocking(name, staged.path())
+        .map_err(std::io::Error::other)?;
+    Ok(())
+}
+
 /// The directory a local path or `file://` URL names; `None` for object-store URLs.
 pub fn local_path(url: &str) -> Option<std::path::PathBuf> {
     match url.split_once("://") {

@@ -71,9 +71,10 @@ pub(crate) fn encode<'a>(
     Ok(())
 }
 
-/// Adds the `key_field` column of the Parquet file at `path` to `done`, as text: strings as they
+/// Adds the `key_field` column of the Parquet part `file` (named `path` in messages) to `done`, as text: strings as they
 /// are, numbers in their decimal form (as [`key_text`](crate::keys::key_text) renders JSON keys).
 pub(crate) fn read_keys(
+    file: File,
     path: &Path,
     key_field: &str,
     done: &mut HashSet<String>,
@@ -84,7 +85,6 @@ pub(crate) fn read_keys(
             path.display()
         ))
     };
-    let file = File::open(path).map_err(|e| SinkError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| unreadable(&e))?;
     if builder.schema().field_with_name(key_field).is_err() {
         return Err(crate::keys::missing_key(path, None, key_field));
@@ -108,4 +108,44 @@ pub(crate) fn read_keys(
         done.extend(keys.iter().flatten().map(str::to_string));
     }
     Ok(())
+}
+
+/// The rows of a Parquet file as JSON objects, decoded `batch_rows` at a time and only the named
+/// `columns` (all when empty; a name the file lacks is an error listing the columns it has).
+pub(crate) fn read_rows(
+    file: File,
+    columns: &[String],
+    batch_rows: usize,
+) -> Result<impl Iterator<Item = Result<serde_json::Value, String>> + Send, String> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| format!("not a readable Parquet file: {e}"))?;
+    let mut builder = builder.with_batch_size(batch_rows.max(1));
+    if !columns.is_empty() {
+        let schema = builder.schema().clone();
+        let mut wanted = Vec::with_capacity(columns.len());
+        for c in columns {
+            let Some(i) = schema.fields().iter().position(|f| f.name() == c) else {
+                let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(format!("no column {c:?}; it has {}", have.join(", ")));
+            };
+            wanted.push(i);
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+        builder = builder.with_projection(mask);
+    }
+    let reader = builder.build().map_err(|e| e.to_string())?;
+    Ok(reader.flat_map(|batch| {
+        let rows = batch.map_err(|e| e.to_string()).and_then(|batch| {
+            let mut writer = arrow_json::ArrayWriter::new(Vec::new());
+            writer.write(&batch).map_err(|e| e.to_string())?;
+            writer.finish().map_err(|e| e.to_string())?;
+            serde_json::from_slice::<Vec<serde_json::Value>>(&writer.into_inner())
+                .map_err(|e| e.to_string())
+        });
+        let out: Vec<Result<serde_json::Value, String>> = match rows {
+            Ok(rows) => rows.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        out
+    }))
 }

@@ -593,7 +593,7 @@ impl Started {
             failures,
         };
         if let Some(path) = &options.summary_path {
-            sluice_core::fs::write_atomic(path, |out| {
+            sluice_core::storage::write_output(path, |out| {
                 serde_json::to_writer_pretty(&mut *out, &summary)?;
                 out.write_all(b"\n")
             })
@@ -739,8 +739,8 @@ fn collect_failures(
         }
     }
     drop(gone);
-    let error =
-        path.and_then(|p| sluice_core::fs::write_atomic(&p, |out| out.write_all(&lines)).err());
+    let error = path
+        .and_then(|p| sluice_core::storage::write_output(&p, |out| out.write_all(&lines)).err());
     (first, error)
 }
 

@@ -15,6 +15,7 @@ pub use crate::keys::key_text;
 use crate::keys::missing_key;
 use crate::{Envelope, SinkError};
 use sluice_core::fs::write_atomic;
+use sluice_core::storage::{is_object_url, write_output, Location, Matcher, StorageError};
 
 /// Tells whether an item's output already exists.
 pub type Completed = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -167,16 +168,16 @@ impl PartFormat {
         }
     }
 
-    /// Appends the keys stored in the part at `path` to `done`.
+    /// Appends the keys stored in the part `file` (named `path` in messages) to `done`.
     fn read_keys(
         self,
+        file: File,
         path: &Path,
         key_field: &str,
         done: &mut HashSet<String>,
     ) -> Result<(), SinkError> {
         match self {
             PartFormat::Jsonl => {
-                let file = File::open(path).map_err(|e| SinkError::io(path, e))?;
                 for (n, line) in BufReader::new(file).lines().enumerate() {
                     let line = line.map_err(|e| SinkError::io(path, e))?;
                     let record: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
@@ -194,12 +195,13 @@ impl PartFormat {
                 Ok(())
             }
             #[cfg(feature = "parquet")]
-            PartFormat::Parquet => crate::parquet::read_keys(path, key_field, done),
+            PartFormat::Parquet => crate::parquet::read_keys(file, path, key_field, done),
         }
     }
 }
 
-/// Records in part files (`part-<run>-<n>.<ext>`), each written whole and renamed into place.
+/// Records in part files (`part-<run>-<n>.<ext>`), each written whole and renamed into place, in
+/// a local directory or under an object-storage prefix (each part uploaded whole).
 ///
 /// Every record carries its key in `key_field` (added when the record lacks it; a record that is
 /// not a JSON object becomes `{key_field: key, "value": record}`), which is how a rerun learns
@@ -226,7 +228,10 @@ impl PartSink {
         tag: &str,
     ) -> Result<Self, SinkError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| SinkError::io(&dir, e))?;
+        // Object storage has no directories: parts are objects under the prefix.
+        if !is_object_url(&dir) {
+            std::fs::create_dir_all(&dir).map_err(|e| SinkError::io(&dir, e))?;
+        }
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -260,7 +265,7 @@ impl PartSink {
         self
     }
 
-    /// Part files of `format` present in `dir` now.
+    /// Part files of `format` present in the local directory `dir` now.
     pub fn part_files(dir: &Path, format: PartFormat) -> std::io::Result<Vec<PathBuf>> {
         let suffix = format!(".{}", format.extension());
         let mut parts = Vec::new();
@@ -277,15 +282,31 @@ impl PartSink {
         Ok(parts)
     }
 
-    /// Which keys the parts of `format` in `dir` hold now.
+    /// Which keys the parts of `format` in `dir` (a local directory or an object-storage
+    /// prefix) hold now.
     pub fn keys_in(
         dir: &Path,
         format: PartFormat,
         key_field: &str,
     ) -> Result<Completed, SinkError> {
         let mut done = HashSet::new();
-        for path in Self::part_files(dir, format).map_err(|e| SinkError::io(dir, e))? {
-            format.read_keys(&path, key_field, &mut done)?;
+        if is_object_url(dir) {
+            let url = dir.to_string_lossy();
+            let store = |e: StorageError| SinkError::Encode(format!("{url}: {e}"));
+            let location = Location::parse(&url).map_err(store)?;
+            let pattern = format!("part-*.{}", format.extension());
+            let parts = location
+                .list_blocking(&Matcher::glob(&pattern).map_err(store)?)
+                .map_err(store)?;
+            for part in parts {
+                let file = location.open_blocking(&part.rel).map_err(store)?;
+                format.read_keys(file, Path::new(&part.url), key_field, &mut done)?;
+            }
+        } else {
+            for path in Self::part_files(dir, format).map_err(|e| SinkError::io(dir, e))? {
+                let file = File::open(&path).map_err(|e| SinkError::io(&path, e))?;
+                format.read_keys(file, &path, key_field, &mut done)?;
+            }
         }
         Ok(Arc::new(move |key: &str| done.contains(key)))
     }
@@ -310,7 +331,7 @@ impl PartSink {
             tail,
         };
         let mut failed = None;
-        let written = write_atomic(&path, |out| {
+        let written = write_output(&path, |out| {
             self.format.encode(&rows, out).map_err(|e| {
                 failed = Some(e);
                 std::io::Error::other("encoding failed")

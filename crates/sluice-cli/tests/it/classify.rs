@@ -536,3 +536,46 @@ fn the_remote_stage_waits_out_503s_as_retry_after_asks() {
         "the stage waited Retry-After: {took:?}"
     );
 }
+
+#[test]
+fn classify_writes_its_table_to_object_storage_and_reruns_skip_it() {
+    use sluice_core::storage::{Location, Matcher};
+    let server = sluice_testkit::S3Server::start();
+    server.create_bucket("scores");
+    let data = volume();
+    let model = onnx("tone-detector");
+    let run = || {
+        let out = Command::new(SLUICE)
+            .args(["audio", "classify", "--progress", "off", "--source"])
+            .arg(data.path())
+            .args([
+                "--model",
+                model.to_str().unwrap(),
+                "--output",
+                "s3://scores/table",
+            ])
+            .envs(server.env())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        // broken.wav fails every time.
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        stderr
+    };
+    run();
+    let bucket = Location::parse_with("s3://scores", &server.options()).unwrap();
+    let parts = bucket
+        .list_blocking(&Matcher::suffixes(&[".parquet"]))
+        .unwrap();
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    let local = tempfile::tempdir().unwrap();
+    let table = local.path().join("table");
+    std::fs::create_dir_all(&table).unwrap();
+    let part = bucket.read_blocking(&parts[0].rel).unwrap();
+    std::fs::write(table.join("part-0.parquet"), part).unwrap();
+    check_table(&table);
+    let failures = bucket.read_blocking("table/_failures.jsonl").unwrap();
+    assert!(String::from_utf8_lossy(&failures).contains("broken.wav"));
+    let stderr = run();
+    assert!(stderr.contains("3 skipped"), "{stderr}");
+}

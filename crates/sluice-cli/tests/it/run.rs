@@ -406,3 +406,89 @@ fn help_documents_the_exit_statuses_and_usage_errors_exit_2() {
     let out = sluice(&["run", "--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `sluice run` on object storage (moto's S3 on loopback): a JSON-lines source object, Parquet
+/// parts written under a prefix with the failures and summary beside them, a rerun that skips
+/// every finished key, and the parts read back by a `parquet` source from the prefix.
+#[test]
+fn pipelines_read_and_write_object_storage_and_reruns_skip_what_is_there() {
+    use sluice_core::storage::{Location, Matcher};
+    let server = sluice_testkit::S3Server::start();
+    server.create_bucket("data");
+    let bucket = Location::parse_with("s3://data", &server.options()).unwrap();
+    let mut input: String = (0..25)
+        .map(|n| format!("{{\"id\": \"k{n}\", \"n\": {n}}}\n"))
+        .collect();
+    input.push_str("{broken\n");
+    bucket
+        .write_blocking("in/records.jsonl", input.into())
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let to_s3 = dir.path().join("to-s3.toml");
+    std::fs::write(
+        &to_s3,
+        "[source]\nkind = \"jsonl\"\npath = \"s3://data/in/records.jsonl\"\nkey = \"id\"\n\n\
+         [sink]\nkind = \"parquet\"\npath = \"s3://data/out\"\nkey_field = \"id\"\npart_items = 4\n",
+    )
+    .unwrap();
+    let run = |pipeline: &Path| {
+        let out = Command::new(SLUICE)
+            .args(["run", pipeline.to_str().unwrap(), "--progress", "off"])
+            .envs(server.env())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let failed = sluice_testkit::failed_in_summary(&stderr);
+        sluice_testkit::assert_run_exit(out.status, failed, &stderr);
+        stderr
+    };
+    run(&to_s3);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&bucket.read_blocking("out/_summary.json").unwrap()).unwrap();
+    assert_eq!(
+        (&summary["items_out"], &summary["failed"]),
+        (&25.into(), &1.into()),
+        "{summary}"
+    );
+    let failures = bucket.read_blocking("out/_failures.jsonl").unwrap();
+    assert!(String::from_utf8_lossy(&failures).contains("records.jsonl:26"));
+    let parts = bucket
+        .list_blocking(&Matcher::suffixes(&[".parquet"]))
+        .unwrap();
+    assert_eq!(parts.len(), 7, "{parts:?}");
+
+    // The rerun reads the keys of the parts on S3 and skips them all.
+    run(&to_s3);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&bucket.read_blocking("out/_summary.json").unwrap()).unwrap();
+    assert_eq!(
+        (&summary["skipped"], &summary["items_out"]),
+        (&25.into(), &0.into()),
+        "{summary}"
+    );
+    assert_eq!(
+        bucket
+            .list_blocking(&Matcher::suffixes(&[".parquet"]))
+            .unwrap()
+            .len(),
+        7
+    );
+
+    // The table on S3 as a Parquet source, read from its prefix.
+    let back = dir.path().join("back.toml");
+    let local = dir.path().join("local");
+    std::fs::write(
+        &back,
+        format!(
+            "[source]\nkind = \"parquet\"\npath = \"s3://data/out/\"\nkey = \"id\"\n\n\
+             [sink]\nkind = \"jsonl\"\npath = \"{}\"\nkey_field = \"id\"\n",
+            local.display()
+        ),
+    )
+    .unwrap();
+    run(&back);
+    let got = sluice_testkit::jsonl_parts_by(&local, "id");
+    assert_eq!(got.len(), 25);
+    assert_eq!(got["k7"], vec![serde_json::json!({"id": "k7", "n": 7})]);
+}

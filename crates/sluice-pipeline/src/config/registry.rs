@@ -102,7 +102,7 @@ pub struct Registry {
 }
 
 impl Default for Registry {
-    /// The engine's own kinds: `lines`, `jsonl`, `files` and `nats` sources, `exec` stages,
+    /// The engine's own kinds: `lines`, `jsonl`, `files`, `parquet` and `nats` sources, `exec` stages,
     /// `jsonl`, `parquet` and `nats` sinks (as this build's features allow).
     fn default() -> Self {
         let registry = Registry {
@@ -117,7 +117,9 @@ impl Default for Registry {
         .stage("exec", exec_stage)
         .sink("jsonl", |s| parts_sink(s, PartFormat::Jsonl));
         #[cfg(feature = "parquet")]
-        let registry = registry.sink("parquet", |s| parts_sink(s, PartFormat::Parquet));
+        let registry = registry
+            .source("parquet", parquet_source)
+            .sink("parquet", |s| parts_sink(s, PartFormat::Parquet));
         #[cfg(feature = "nats")]
         let registry = registry
             .source("nats", |s| {
@@ -257,6 +259,34 @@ fn jsonl_source(s: &RawSection) -> Result<SourcePlan, ConfigError> {
     Ok(SourcePlan::Items(SourceSpec::Jsonl {
         path: spec.path,
         key: spec.key,
+    }))
+}
+
+#[cfg(feature = "parquet")]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParquetSource {
+    path: PathBuf,
+    #[serde(default)]
+    columns: Vec<String>,
+    key: Option<String>,
+    #[serde(default = "default_batch_rows")]
+    batch_rows: usize,
+}
+
+#[cfg(feature = "parquet")]
+fn default_batch_rows() -> usize {
+    8192
+}
+
+#[cfg(feature = "parquet")]
+fn parquet_source(s: &RawSection) -> Result<SourcePlan, ConfigError> {
+    let spec: ParquetSource = super::section(&s.table, "[source] (parquet)", &s.place)?;
+    Ok(SourcePlan::Items(SourceSpec::Parquet {
+        path: spec.path,
+        columns: spec.columns,
+        key: spec.key,
+        batch_rows: spec.batch_rows.max(1),
     }))
 }
 

@@ -1,5 +1,7 @@
-//! Built-in sources: lines of a text file, records of a JSON-lines file, or the files under a
-//! directory. Each yields `(key, record)` pairs lazily so that a large input is never held whole.
+//! Built-in sources: lines of a text file, records of a JSON-lines file, rows of Parquet files, or
+//! the files under a directory. Each yields `(key, record)` pairs lazily so that a large input is
+//! never held whole. Text, JSON-lines and Parquet inputs may be objects (`s3://`, `gs://`,
+//! `az://`, with credentials and endpoints from the environment), read from a temporary copy.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -22,6 +24,20 @@ pub enum SourceSpec {
         path: PathBuf,
         /// The field holding each record's key.
         key: Option<String>,
+    },
+    /// Each row of a Parquet file, or of every `.parquet` file in a directory or under an
+    /// object-storage prefix (ending in `/`), in name order, read `batch_rows` at a time and only
+    /// the named `columns` (all when empty); keyed by `key`, else by `<file>:<row>`.
+    #[cfg(feature = "parquet")]
+    Parquet {
+        /// A file, a directory, or an object or prefix URL.
+        path: PathBuf,
+        /// The columns read.
+        columns: Vec<String>,
+        /// The field holding each record's key.
+        key: Option<String>,
+        /// Rows decoded at a time.
+        batch_rows: usize,
     },
     /// Each file under `path` (recursively) whose extension is listed (all when empty) is a
     /// record `{"path": ..., "relpath": ...}` keyed by its path relative to `path`.
@@ -63,7 +79,7 @@ pub type SourceItems = Box<dyn Iterator<Item = Result<(String, Record), String>>
 pub fn read_source(spec: &SourceSpec) -> std::io::Result<SourceItems> {
     match spec {
         SourceSpec::Lines { path } => {
-            let reader = BufReader::new(File::open(path).map_err(|e| with_path(path, e))?);
+            let reader = BufReader::new(open_input(path)?);
             let path = path.clone();
             Ok(Box::new(reader.lines().enumerate().map(
                 move |(i, line)| {
@@ -73,7 +89,7 @@ pub fn read_source(spec: &SourceSpec) -> std::io::Result<SourceItems> {
             )))
         }
         SourceSpec::Jsonl { path, key } => {
-            let reader = BufReader::new(File::open(path).map_err(|e| with_path(path, e))?);
+            let reader = BufReader::new(open_input(path)?);
             let (path, key) = (path.clone(), key.clone());
             Ok(Box::new(reader.lines().enumerate().filter_map(
                 move |(i, line)| {
@@ -97,6 +113,13 @@ pub fn read_source(spec: &SourceSpec) -> std::io::Result<SourceItems> {
                 },
             )))
         }
+        #[cfg(feature = "parquet")]
+        SourceSpec::Parquet {
+            path,
+            columns,
+            key,
+            batch_rows,
+        } => parquet_rows(path, columns.clone(), key.clone(), *batch_rows),
         SourceSpec::Files { path, extensions } => {
             let mut files = Vec::new();
             walk(path, extensions, &mut files).map_err(|e| with_path(path, e))?;
@@ -115,6 +138,129 @@ pub fn read_source(spec: &SourceSpec) -> std::io::Result<SourceItems> {
             })))
         }
     }
+}
+
+/// A URL with a scheme (`s3://...`) names an object; anything else a local path.
+fn object_url(path: &Path) -> Option<&str> {
+    path.to_str().filter(|p| p.contains("://"))
+}
+
+/// The input file: a local file, or an object copied to a temporary file.
+fn open_input(path: &Path) -> std::io::Result<File> {
+    match object_url(path) {
+        Some(url) => sluice_core::storage::Location::open_url_blocking::<&str, &str>(url, &[])
+            .map_err(|e| std::io::Error::other(format!("{url}: {e}"))),
+        None => File::open(path).map_err(|e| with_path(path, e)),
+    }
+}
+
+/// The Parquet files a source names, in name order, each as `(name, opener)`.
+#[cfg(feature = "parquet")]
+type ParquetFiles = Vec<(String, Box<dyn FnOnce() -> std::io::Result<File> + Send>)>;
+
+#[cfg(feature = "parquet")]
+fn parquet_files(path: &Path) -> std::io::Result<ParquetFiles> {
+    use sluice_core::storage::{Location, Matcher};
+    let is_parquet = |name: &str| name.to_ascii_lowercase().ends_with(".parquet");
+    if let Some(url) = object_url(path) {
+        if !url.ends_with('/') {
+            let url = url.to_owned();
+            let name = url.rsplit('/').next().unwrap_or(&url).to_owned();
+            return Ok(vec![(name, Box::new(move || open_input(Path::new(&url))))]);
+        }
+        let dir = Location::parse_source(url)
+            .map_err(|e| std::io::Error::other(format!("{url}: {e}")))?;
+        let listed = dir
+            .list_blocking(&Matcher::suffixes(&[".parquet"]))
+            .map_err(|e| std::io::Error::other(format!("{url}: {e}")))?;
+        let mut files: ParquetFiles = Vec::new();
+        for entry in listed {
+            let (dir, rel) = (dir.clone(), entry.rel.clone());
+            files.push((
+                entry.rel,
+                Box::new(move || {
+                    dir.open_blocking(&rel)
+                        .map_err(|e| std::io::Error::other(format!("{rel}: {e}")))
+                }),
+            ));
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        return Ok(files);
+    }
+    if path.is_dir() {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| with_path(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(is_parquet)
+            })
+            .collect();
+        names.sort();
+        return Ok(names
+            .into_iter()
+            .map(|p| {
+                let name = p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                let open: Box<dyn FnOnce() -> std::io::Result<File> + Send> =
+                    Box::new(move || File::open(&p).map_err(|e| with_path(&p, e)));
+                (name, open)
+            })
+            .collect());
+    }
+    let p = path.to_owned();
+    let name = p
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    Ok(vec![(name, Box::new(move || open_input(&p)))])
+}
+
+/// The rows of the source's Parquet files, each file opened when the one before is done.
+#[cfg(feature = "parquet")]
+fn parquet_rows(
+    path: &Path,
+    columns: Vec<String>,
+    key: Option<String>,
+    batch_rows: usize,
+) -> std::io::Result<SourceItems> {
+    let files = parquet_files(path)?;
+    if files.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "{}: no .parquet files there",
+            path.display()
+        )));
+    }
+    Ok(Box::new(files.into_iter().flat_map(move |(name, open)| {
+        let (columns, key) = (columns.clone(), key.clone());
+        let rows: Box<dyn Iterator<Item = Result<Record, String>> + Send> =
+            match open().map_err(|e| e.to_string()).and_then(|file| {
+                crate::parquet::read_rows(file, &columns, batch_rows)
+                    .map_err(|e| format!("{name}: {e}"))
+            }) {
+                Ok(rows) => {
+                    let name = name.clone();
+                    Box::new(rows.map(move |r| r.map_err(|e| format!("{name}: {e}"))))
+                }
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            };
+        rows.enumerate().map(move |(i, row)| {
+            let record = row?;
+            let k = match &key {
+                None => format!("{name}:{}", i + 1),
+                Some(field) => match record.get(field) {
+                    Some(v) if !v.is_null() => key_text(v),
+                    _ => return Err(format!("{name}: row {} has no key field {field:?}", i + 1)),
+                },
+            };
+            Ok((k, record))
+        })
+    })))
 }
 
 fn with_path(path: &Path, e: std::io::Error) -> std::io::Error {

@@ -154,3 +154,71 @@ fn a_toml_pipeline_writes_parquet_with_numeric_keys() {
     ids.sort();
     assert_eq!(ids, (0..30).collect::<Vec<i64>>());
 }
+
+#[test]
+fn a_parquet_source_reads_a_tables_parts_by_column_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let input: String = (0..30)
+        .map(|n| {
+            format!("{{\"id\": \"k{n}\", \"text\": \"line {n}\", \"n\": {n}, \"extra\": [1]}}\n")
+        })
+        .collect();
+    std::fs::write(dir.path().join("in.jsonl"), input).unwrap();
+    let run = |toml: String| {
+        let file = dir.path().join("p.toml");
+        let mut config = PipelineConfig::parse(&file, &toml, &[]).unwrap();
+        config.options.progress = sluice_pipeline::Progress::Off;
+        config.run()
+    };
+    let table = dir.path().join("table");
+    run(format!(
+        "[source]\nkind = \"jsonl\"\npath = \"{}\"\nkey = \"id\"\n\n\
+         [sink]\nkind = \"parquet\"\npath = \"{}\"\npart_items = 7\n",
+        dir.path().join("in.jsonl").display(),
+        table.display()
+    ))
+    .unwrap();
+    assert_eq!(
+        PartSink::part_files(&table, PartFormat::Parquet)
+            .unwrap()
+            .len(),
+        5
+    );
+
+    // The table's parts as a source: two columns, four rows at a time, keyed by id.
+    let copy = dir.path().join("copy");
+    let summary = run(format!(
+        "[source]\nkind = \"parquet\"\npath = \"{}\"\ncolumns = [\"id\", \"n\"]\nkey = \"id\"\nbatch_rows = 4\n\n\
+         [sink]\nkind = \"parquet\"\npath = \"{}\"\nkey_field = \"id\"\n",
+        table.display(),
+        copy.display()
+    ))
+    .unwrap();
+    assert_eq!((summary.items_out, summary.failed), (30, 0));
+    let got = rows(&copy, "id");
+    assert_eq!(got.len(), 30);
+    for n in 0..30 {
+        assert_eq!(
+            got[&format!("k{n}")],
+            json!({"id": format!("k{n}"), "n": n})
+        );
+    }
+
+    // A column the files lack is refused with the columns they have.
+    let err = run(format!(
+        "[source]\nkind = \"parquet\"\npath = \"{}\"\ncolumns = [\"nope\"]\n\n\
+         [sink]\nkind = \"jsonl\"\npath = \"{}\"\n",
+        table.display(),
+        dir.path().join("x").display()
+    ));
+    let failures = match err {
+        Ok(summary) => summary.failures,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.error.contains("no column \"nope\"") && f.error.contains("text")),
+        "{failures:?}"
+    );
+}
