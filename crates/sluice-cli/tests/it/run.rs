@@ -407,15 +407,16 @@ fn help_documents_the_exit_statuses_and_usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// `sluice run` on object storage (moto's S3 on loopback): a JSON-lines source object, Parquet
-/// parts written under a prefix with the failures and summary beside them, a rerun that skips
-/// every finished key, and the parts read back by a `parquet` source from the prefix.
-#[test]
-fn pipelines_read_and_write_object_storage_and_reruns_skip_what_is_there() {
-    use sluice_core::storage::{Location, Matcher};
-    let server = sluice_testkit::S3Server::start();
-    server.create_bucket("data");
-    let bucket = Location::parse_with("s3://data", &server.options()).unwrap();
+/// `sluice run` on object storage: a JSON-lines source object, Parquet parts written under a
+/// prefix with the failures and summary beside them, a rerun that skips every finished key, and
+/// the parts read back by a `parquet` source from the prefix. `bucket` is the store's URL
+/// (`s3://data`), `env` its settings for the child processes.
+fn object_storage_round_trip(
+    bucket_url: &str,
+    bucket: &sluice_core::storage::Location,
+    env: &[(String, String)],
+) {
+    use sluice_core::storage::Matcher;
     let mut input: String = (0..25)
         .map(|n| format!("{{\"id\": \"k{n}\", \"n\": {n}}}\n"))
         .collect();
@@ -425,17 +426,19 @@ fn pipelines_read_and_write_object_storage_and_reruns_skip_what_is_there() {
         .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let to_s3 = dir.path().join("to-s3.toml");
+    let to_store = dir.path().join("to-store.toml");
     std::fs::write(
-        &to_s3,
-        "[source]\nkind = \"jsonl\"\npath = \"s3://data/in/records.jsonl\"\nkey = \"id\"\n\n\
-         [sink]\nkind = \"parquet\"\npath = \"s3://data/out\"\nkey_field = \"id\"\npart_items = 4\n",
+        &to_store,
+        format!(
+            "[source]\nkind = \"jsonl\"\npath = \"{bucket_url}/in/records.jsonl\"\nkey = \"id\"\n\n\
+             [sink]\nkind = \"parquet\"\npath = \"{bucket_url}/out\"\nkey_field = \"id\"\npart_items = 4\n"
+        ),
     )
     .unwrap();
     let run = |pipeline: &Path| {
         let out = Command::new(SLUICE)
             .args(["run", pipeline.to_str().unwrap(), "--progress", "off"])
-            .envs(server.env())
+            .envs(env.iter().cloned())
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -443,45 +446,42 @@ fn pipelines_read_and_write_object_storage_and_reruns_skip_what_is_there() {
         sluice_testkit::assert_run_exit(out.status, failed, &stderr);
         stderr
     };
-    run(&to_s3);
-    let summary: serde_json::Value =
-        serde_json::from_slice(&bucket.read_blocking("out/_summary.json").unwrap()).unwrap();
-    assert_eq!(
-        (&summary["items_out"], &summary["failed"]),
-        (&25.into(), &1.into()),
-        "{summary}"
-    );
-    let failures = bucket.read_blocking("out/_failures.jsonl").unwrap();
-    assert!(String::from_utf8_lossy(&failures).contains("records.jsonl:26"));
-    let parts = bucket
-        .list_blocking(&Matcher::suffixes(&[".parquet"]))
-        .unwrap();
-    assert_eq!(parts.len(), 7, "{parts:?}");
-
-    // The rerun reads the keys of the parts on S3 and skips them all.
-    run(&to_s3);
-    let summary: serde_json::Value =
-        serde_json::from_slice(&bucket.read_blocking("out/_summary.json").unwrap()).unwrap();
-    assert_eq!(
-        (&summary["skipped"], &summary["items_out"]),
-        (&25.into(), &0.into()),
-        "{summary}"
-    );
-    assert_eq!(
+    let summary = || -> serde_json::Value {
+        serde_json::from_slice(&bucket.read_blocking("out/_summary.json").unwrap()).unwrap()
+    };
+    let parts = || {
         bucket
             .list_blocking(&Matcher::suffixes(&[".parquet"]))
             .unwrap()
-            .len(),
-        7
+    };
+    run(&to_store);
+    let s = summary();
+    assert_eq!(
+        (&s["items_out"], &s["failed"]),
+        (&25.into(), &1.into()),
+        "{s}"
     );
+    let failures = bucket.read_blocking("out/_failures.jsonl").unwrap();
+    assert!(String::from_utf8_lossy(&failures).contains("records.jsonl:26"));
+    assert_eq!(parts().len(), 7, "{:?}", parts());
 
-    // The table on S3 as a Parquet source, read from its prefix.
+    // The rerun reads the keys of the parts in the store and skips them all.
+    run(&to_store);
+    let s = summary();
+    assert_eq!(
+        (&s["skipped"], &s["items_out"]),
+        (&25.into(), &0.into()),
+        "{s}"
+    );
+    assert_eq!(parts().len(), 7);
+
+    // The table in the store as a Parquet source, read from its prefix.
     let back = dir.path().join("back.toml");
     let local = dir.path().join("local");
     std::fs::write(
         &back,
         format!(
-            "[source]\nkind = \"parquet\"\npath = \"s3://data/out/\"\nkey = \"id\"\n\n\
+            "[source]\nkind = \"parquet\"\npath = \"{bucket_url}/out/\"\nkey = \"id\"\n\n\
              [sink]\nkind = \"jsonl\"\npath = \"{}\"\nkey_field = \"id\"\n",
             local.display()
         ),
@@ -491,4 +491,13 @@ fn pipelines_read_and_write_object_storage_and_reruns_skip_what_is_there() {
     let got = sluice_testkit::jsonl_parts_by(&local, "id");
     assert_eq!(got.len(), 25);
     assert_eq!(got["k7"], vec![serde_json::json!({"id": "k7", "n": 7})]);
+}
+
+#[test]
+fn pipelines_read_and_write_s3_and_reruns_skip_what_is_there() {
+    let server = sluice_testkit::S3Server::start();
+    server.create_bucket("data");
+    let bucket =
+        sluice_core::storage::Location::parse_with("s3://data", &server.options()).unwrap();
+    object_storage_round_trip("s3://data", &bucket, &server.env());
 }

@@ -61,6 +61,17 @@ fn exercise(loc: &Location) {
     loc.delete_blocking("music/a.mp3").unwrap();
     loc.delete_blocking("music/a.mp3").unwrap();
     assert!(loc.head_blocking("music/a.mp3").unwrap().is_none());
+
+    // Uploads of a local file: a small one in one request, a large one (past the 8 MiB part) in
+    // parts; both read back whole.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, size) in [("small.bin", 1000usize), ("large.bin", (8 << 20) + 12_345)] {
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let local = dir.path().join(name);
+        std::fs::write(&local, &bytes).unwrap();
+        assert_eq!(loc.upload_blocking(name, &local).unwrap(), size as u64);
+        assert_eq!(&loc.read_blocking(name).unwrap()[..], &bytes[..], "{name}");
+    }
 }
 
 #[test]
