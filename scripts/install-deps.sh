@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages Sluice builds with (Debian/Ubuntu): cmake and a C++ compiler for the
 # statically linked SentencePiece library, python3 for the pipeline tests' exec-stage programs, and
-# the servers tests start on loopback (an S3-compatible moto server and nats-server with JetStream)
-# and Triton's HTTP client in .venv-tools/.
+# the servers tests start on loopback (an S3-compatible moto server, nats-server with JetStream and,
+# through Node's npm, the Azure Blob Storage emulator azurite) and Triton's HTTP client, in
+# .venv-tools/.
 # Skips what is already there; needs root or sudo to install system packages.
 set -euo pipefail
 missing=()
@@ -11,6 +12,7 @@ command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -20,9 +22,13 @@ fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust from rustup first" >&2; exit 1; }
 root="$(cd "$(dirname "$0")/.." && pwd)"
 if [ ! -x "$root/.venv-tools/bin/moto_server" ] || [ ! -x "$root/.venv-tools/bin/nats-server" ] \
-  || ! "$root/.venv-tools/bin/python" -c 'import tritonclient.http, pytest, httpx, sluice' >/dev/null 2>&1; then
+  || [ ! -x "$root/.venv-tools/bin/azurite-blob" ] \
+  || ! "$root/.venv-tools/bin/python" -c 'import tritonclient.http, pytest, httpx, sluice, azure.storage.blob' >/dev/null 2>&1; then
   [ -x "$root/.venv-tools/bin/pip" ] || python3 -m venv "$root/.venv-tools"
   "$root/.venv-tools/bin/pip" install -q -r "$root/tools/requirements-test.txt"
   # The Python package, editable: its tests run against the working tree.
   "$root/.venv-tools/bin/pip" install -q -e "$root/python"
+  # The Azure Blob Storage emulator, from npm, for the az:// tests.
+  npm install --silent --no-audit --no-fund --prefix "$root/.venv-tools/node" azurite@3.35.0
+  ln -sf "$root/.venv-tools/node/node_modules/.bin/azurite-blob" "$root/.venv-tools/bin/azurite-blob"
 fi

@@ -196,6 +196,90 @@ impl Drop for S3Server {
     }
 }
 
+/// The Azure Blob Storage emulator (azurite, from npm) on a loopback port, in memory, stopped on
+/// drop. Containers are made with the Azure SDK for Python (`azure-storage-blob`), as object
+/// stores cannot create them.
+pub struct AzuriteServer {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// Azurite's well-known development account and key (public, in Azure's documentation).
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+impl AzuriteServer {
+    /// Starts `azurite-blob` and waits until it accepts connections.
+    pub fn start() -> Self {
+        let port = free_port();
+        let mut child = Command::new(find_tool("azurite-blob", "SLUICE_AZURITE"))
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--silent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting azurite-blob");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_port(addr, &mut child, "azurite-blob");
+        AzuriteServer { child, addr }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}/{AZURITE_ACCOUNT}", self.addr)
+    }
+
+    /// Creates a container.
+    pub fn create_container(&self, name: &str) {
+        let connection = format!(
+            "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};\
+             BlobEndpoint={};",
+            self.endpoint()
+        );
+        let status = Command::new(find_tool("python", "SLUICE_TEST_PYTHON"))
+            .args([
+                "-c",
+                "import sys; from azure.storage.blob import BlobServiceClient as C; \
+                 C.from_connection_string(sys.argv[1]).create_container(sys.argv[2])",
+                &connection,
+                name,
+            ])
+            .status()
+            .expect("running the Azure SDK");
+        assert!(status.success(), "creating container {name}");
+    }
+
+    /// Options for `sluice_core::storage::Location::parse_with`: the emulator's account, key and
+    /// endpoint over plain HTTP, so nothing reaches for Azure.
+    pub fn options(&self) -> Vec<(String, String)> {
+        [
+            ("azure_storage_account_name", AZURITE_ACCOUNT.to_owned()),
+            ("azure_storage_account_key", AZURITE_KEY.to_owned()),
+            ("azure_storage_endpoint", self.endpoint()),
+            ("azure_allow_http", "true".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// The same settings as environment variables, for child processes (`sluice` itself).
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.options()
+            .into_iter()
+            .map(|(k, v)| (k.to_uppercase(), v))
+            .collect()
+    }
+}
+
+impl Drop for AzuriteServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A NATS server with JetStream on a loopback port, its store in a temporary directory; stopped
 /// on drop.
 pub struct NatsServer {

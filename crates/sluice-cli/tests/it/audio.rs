@@ -70,13 +70,15 @@ fn run_ok(args: &[String], env: &[(String, String)]) -> serde_json::Value {
     summary
 }
 
-#[test]
-fn s3_job_writes_the_same_outputs_as_local_disk() {
-    let server = S3Server::start();
-    server.create_bucket("audio");
-    let options = server.options();
+/// The job on a store (`store` is its URL, e.g. `s3://audio`; `options` and `env` its settings)
+/// writes the same outputs as on local disk, and a rerun skips every finished file.
+fn store_job_writes_the_same_outputs_as_local_disk(
+    store: &str,
+    options: &[(String, String)],
+    env: &[(String, String)],
+) {
     let local_src = Location::parse(fixtures().to_str().unwrap()).unwrap();
-    let bucket = Location::parse_with("s3://audio", &options).unwrap();
+    let bucket = Location::parse_with(store, options).unwrap();
     for file in local_src.list_blocking(&Matcher::All).unwrap() {
         let bytes = local_src.read_blocking(&file.rel).unwrap();
         bucket
@@ -96,11 +98,11 @@ fn s3_job_writes_the_same_outputs_as_local_disk() {
     );
     let remote = run_ok(
         &resample_args(
-            "s3://audio/in",
-            "s3://audio/out/",
-            &work.path().join("s3.json"),
+            &format!("{store}/in"),
+            &format!("{store}/out/"),
+            &work.path().join("store.json"),
         ),
-        &server.env(),
+        env,
     );
     for key in ["items_out", "failed"] {
         assert_eq!(local[key], remote[key], "{key}: {local} vs {remote}");
@@ -112,7 +114,7 @@ fn s3_job_writes_the_same_outputs_as_local_disk() {
         .unwrap()
         .list_blocking(&Matcher::suffixes(&[".flac"]))
         .unwrap();
-    let remote_out = Location::parse_with("s3://audio/out", &options).unwrap();
+    let remote_out = Location::parse_with(&format!("{store}/out"), options).unwrap();
     let remote_files = remote_out
         .list_blocking(&Matcher::suffixes(&[".flac"]))
         .unwrap();
@@ -126,17 +128,31 @@ fn s3_job_writes_the_same_outputs_as_local_disk() {
         assert!(got[..] == want[..], "{} differs", file.rel);
     }
 
-    // The rerun against S3 lists the target once and skips every finished file.
+    // The rerun against the store lists the target once and skips every finished file.
     let again = run_ok(
         &resample_args(
-            "s3://audio/in",
-            "s3://audio/out",
-            &work.path().join("s3-again.json"),
+            &format!("{store}/in"),
+            &format!("{store}/out"),
+            &work.path().join("store-again.json"),
         ),
-        &server.env(),
+        env,
     );
     assert_eq!(again["skipped"], local["items_out"], "{again}");
     assert_eq!(again["items_out"], 0);
+}
+
+#[test]
+fn s3_job_writes_the_same_outputs_as_local_disk() {
+    let server = S3Server::start();
+    server.create_bucket("audio");
+    store_job_writes_the_same_outputs_as_local_disk("s3://audio", &server.options(), &server.env());
+}
+
+#[test]
+fn azure_job_writes_the_same_outputs_as_local_disk() {
+    let server = sluice_testkit::AzuriteServer::start();
+    server.create_container("audio");
+    store_job_writes_the_same_outputs_as_local_disk("az://audio", &server.options(), &server.env());
 }
 
 #[test]

@@ -501,3 +501,13 @@ fn pipelines_read_and_write_s3_and_reruns_skip_what_is_there() {
         sluice_core::storage::Location::parse_with("s3://data", &server.options()).unwrap();
     object_storage_round_trip("s3://data", &bucket, &server.env());
 }
+
+/// The same on Azure Blob Storage (the azurite emulator on loopback).
+#[test]
+fn pipelines_read_and_write_azure_blobs_and_reruns_skip_what_is_there() {
+    let server = sluice_testkit::AzuriteServer::start();
+    server.create_container("data");
+    let bucket =
+        sluice_core::storage::Location::parse_with("az://data", &server.options()).unwrap();
+    object_storage_round_trip("az://data", &bucket, &server.env());
+}

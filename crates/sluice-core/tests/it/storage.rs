@@ -122,3 +122,12 @@ fn s3_compatible_server() {
     let e = missing.read_blocking("x").unwrap_err().to_string();
     assert!(e.starts_with("s3://no-such-bucket/x: "), "{e}");
 }
+
+#[test]
+fn azure_blob_storage_emulator() {
+    let server = sluice_testkit::AzuriteServer::start();
+    server.create_container("sluice-test");
+    let loc = Location::parse_with("az://sluice-test/run/1", &server.options()).unwrap();
+    assert!(!loc.is_local());
+    exercise(&loc);
+}
