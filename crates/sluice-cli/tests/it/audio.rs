@@ -446,3 +446,53 @@ fn classifying_a_long_file_takes_no_more_memory_than_a_short_one() {
         peaks[0]
     );
 }
+
+/// The job reads its sources from Google Cloud Storage (fake-gcs-server, which serves
+/// object_store's reads but not its uploads, so the target is local) and writes what it writes
+/// from local disk.
+#[test]
+fn a_gcs_source_converts_as_a_local_one() {
+    let server = sluice_testkit::GcsServer::start();
+    server.create_bucket("audio");
+    let local_src = Location::parse(fixtures().to_str().unwrap()).unwrap();
+    for file in local_src.list_blocking(&Matcher::All).unwrap() {
+        let bytes = local_src.read_blocking(&file.rel).unwrap();
+        server.put("audio", &format!("in/{}", file.rel), &bytes);
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (local_out, gcs_out) = (work.path().join("local"), work.path().join("from-gcs"));
+    let local = run_ok(
+        &resample_args(
+            fixtures().to_str().unwrap(),
+            local_out.to_str().unwrap(),
+            &work.path().join("local.json"),
+        ),
+        &[],
+    );
+    let remote = run_ok(
+        &resample_args(
+            "gs://audio/in",
+            gcs_out.to_str().unwrap(),
+            &work.path().join("gcs.json"),
+        ),
+        &server.env(),
+    );
+    assert_eq!(
+        local["items_out"], remote["items_out"],
+        "{local} vs {remote}"
+    );
+    assert!(local["items_out"].as_u64().unwrap() >= 7, "{local}");
+    let files = |dir: &Path| {
+        Location::parse(dir.to_str().unwrap())
+            .unwrap()
+            .list_blocking(&Matcher::suffixes(&[".flac"]))
+            .unwrap()
+    };
+    let (want, got) = (files(&local_out), files(&gcs_out));
+    assert_eq!(want.len(), got.len());
+    for file in &want {
+        let a = std::fs::read(local_out.join(&file.rel)).unwrap();
+        let b = std::fs::read(gcs_out.join(&file.rel)).unwrap();
+        assert!(a == b, "{} differs", file.rel);
+    }
+}
