@@ -287,18 +287,53 @@ impl App {
 )]
 struct ApiDoc;
 
-/// The OpenAPI document, with the model's language codes when a model is given.
-pub fn openapi(languages: Option<&[&str]>) -> utoipa::openapi::OpenApi {
+/// The OpenAPI document, with the model's language codes when a model is given and this
+/// server's bounds on what a request may ask for (`limits`).
+pub fn openapi(languages: Option<&[&str]>, limits: &Limits) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::schema::{Schema, SchemaType, Type};
+    use utoipa::openapi::RefOr;
     let mut doc = ApiDoc::openapi();
-    if let (Some(langs), Some(components)) = (languages, doc.components.as_mut()) {
-        if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(obj))) =
-            components.schemas.get_mut("Payload")
-        {
+    let Some(components) = doc.components.as_mut() else {
+        return doc;
+    };
+    if let Some(RefOr::T(Schema::Object(payload))) = components.schemas.get_mut("Payload") {
+        for (field, max) in [
+            ("beams", limits.max_beams.get()),
+            ("maxNewTokens", limits.max_new_tokens.get()),
+        ] {
+            if let Some(RefOr::T(Schema::Object(p))) = payload.properties.get_mut(field) {
+                p.minimum = Some(1.into());
+                p.maximum = Some(max.into());
+            }
+        }
+        if let Some(RefOr::T(Schema::Array(records))) = payload.properties.get_mut("records") {
+            records.max_items = Some(limits.max_records);
+        }
+        if let Some(langs) = languages {
             for field in ["fromLang", "toLang"] {
-                if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(p))) =
-                    obj.properties.get_mut(field)
-                {
+                if let Some(RefOr::T(Schema::Object(p))) = payload.properties.get_mut(field) {
                     p.enum_values = Some(langs.iter().map(|l| serde_json::json!(l)).collect());
+                }
+            }
+        }
+    }
+    if let Some(RefOr::T(Schema::Object(request))) = components.schemas.get_mut("InferRequest") {
+        if let Some(RefOr::T(Schema::Array(inputs))) = request.properties.get_mut("inputs") {
+            inputs.max_items = Some(limits.max_records);
+        }
+    }
+    // The deadline header: whole milliseconds, not negative.
+    for item in doc.paths.paths.values_mut() {
+        for op in [item.post.as_mut(), item.get.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            for param in op.parameters.iter_mut().flatten() {
+                if param.name == DEADLINE_HEADER {
+                    if let Some(RefOr::T(Schema::Object(s))) = param.schema.as_mut() {
+                        s.schema_type = SchemaType::Type(Type::Integer);
+                        s.minimum = Some(0.into());
+                    }
                 }
             }
         }
@@ -668,5 +703,5 @@ async fn metrics_route() -> Response {
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, content_type = "application/json", body = Object)))]
 async fn openapi_route(State(app): State<Arc<App>>) -> Json<utoipa::openapi::OpenApi> {
     let langs = app.translator_languages();
-    Json(openapi(langs))
+    Json(openapi(langs, &app.config.limits))
 }

@@ -56,5 +56,29 @@ async fn health_readiness_metrics_and_openapi_describe_the_server() {
         .unwrap();
     assert_eq!(langs.len(), 100);
     assert!(langs.contains(&Value::from("ja")));
+    // The bounds this server enforces, as it enforces them.
+    let limits = sluice_serve::translation::Limits::default();
+    let payload = &doc["components"]["schemas"]["Payload"]["properties"];
+    assert_eq!(payload["beams"]["minimum"], 1, "{payload}");
+    assert_eq!(
+        payload["beams"]["maximum"],
+        limits.max_beams.get(),
+        "{payload}"
+    );
+    assert_eq!(
+        payload["maxNewTokens"]["maximum"],
+        limits.max_new_tokens.get()
+    );
+    assert_eq!(payload["records"]["maxItems"], limits.max_records);
+    let inputs = &doc["components"]["schemas"]["InferRequest"]["properties"]["inputs"];
+    assert_eq!(inputs["maxItems"], limits.max_records);
+    let deadline = doc["paths"]["/translation"]["post"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "x-sluice-deadline-ms")
+        .unwrap();
+    assert_eq!(deadline["schema"]["type"], "integer");
+    assert_eq!(deadline["schema"]["minimum"], 0);
     server.stop().await.unwrap();
 }
