@@ -29,11 +29,36 @@ pub struct Payload {
     /// Texts to translate; results come back in this order.
     pub records: Vec<RecordIn>,
     /// Beams for beam search (1 = greedy); defaults to the model's generation config.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole_number"
+    )]
     pub beams: Option<usize>,
     /// Most tokens generated per record; defaults to the model's generation config.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole_number"
+    )]
     pub max_new_tokens: Option<usize>,
+}
+
+/// A whole number as JSON Schema's `integer` has it: `6` or `6.0`, not `6.5` or `-1`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(u) = n.as_u64() {
+        return usize::try_from(u).map(Some).map_err(D::Error::custom);
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= usize::MAX as f64 => Ok(Some(f as usize)),
+        _ => Err(D::Error::custom(format!(
+            "invalid value: {n}, expected a whole number"
+        ))),
+    }
 }
 
 /// One text to translate.

@@ -322,7 +322,7 @@ pub fn openapi(languages: Option<&[&str]>, limits: &Limits) -> utoipa::openapi::
             inputs.max_items = Some(limits.max_records);
         }
     }
-    // The deadline header: whole milliseconds, not negative.
+    // The deadline header: whole milliseconds, up to a day.
     for item in doc.paths.paths.values_mut() {
         for op in [item.post.as_mut(), item.get.as_mut()]
             .into_iter()
@@ -333,6 +333,7 @@ pub fn openapi(languages: Option<&[&str]>, limits: &Limits) -> utoipa::openapi::
                     if let Some(RefOr::T(Schema::Object(s))) = param.schema.as_mut() {
                         s.schema_type = SchemaType::Type(Type::Integer);
                         s.minimum = Some(0.into());
+                        s.maximum = Some(submit::MAX_DEADLINE_MS.into());
                     }
                 }
             }

@@ -135,6 +135,10 @@ pub(super) fn accept(
     Ok((body, deadline))
 }
 
+/// The longest deadline a request may set: a day. Longer is a mistake (seconds sent as
+/// milliseconds, a timestamp), not a wait anyone means.
+pub(crate) const MAX_DEADLINE_MS: u64 = 86_400_000;
+
 fn deadline(headers: &HeaderMap, default: Option<Duration>) -> Result<Option<Duration>, ApiError> {
     let Some(v) = headers.get(DEADLINE_HEADER) else {
         return Ok(default);
@@ -142,10 +146,12 @@ fn deadline(headers: &HeaderMap, default: Option<Duration>) -> Result<Option<Dur
     v.to_str()
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|ms| *ms <= MAX_DEADLINE_MS)
         .map(|ms| Some(Duration::from_millis(ms)))
         .ok_or_else(|| {
             ApiError::InvalidHeader(format!(
-                "{DEADLINE_HEADER} must be a whole number of milliseconds"
+                "{DEADLINE_HEADER} must be a whole number of milliseconds from 0 to \
+                 {MAX_DEADLINE_MS} (a day)"
             ))
         })
 }

@@ -45,9 +45,7 @@ pub(super) async fn translate(
     payload: crate::api::Payload,
     deadline: Option<Instant>,
 ) -> Result<Vec<RecordOut>, ApiError> {
-    if payload.records.is_empty() {
-        return Ok(Vec::new());
-    }
+    // Checked even with no records: an unknown language is the same mistake with none.
     // Tokenizing hundreds of records is real work: keep it off the async threads.
     let translator = translator.clone();
     let limits = app.config.limits.clone();

@@ -101,16 +101,32 @@ async fn each_bad_input_gets_its_status_code_and_message() {
         assert!(message(&v).contains(&format!("between 1 and {max}")), "{v}");
     }
 
-    let r = server
-        .client
-        .post(server.url("/translation"))
-        .header("x-sluice-deadline-ms", "soon")
-        .json(&request("en", "ja", &[("1", "hi")]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert_eq!(code(&r.json().await.unwrap()), "invalid_header");
+    // A whole number written as a float is a whole number (JSON Schema's `integer`); 2.5 is not.
+    let mut body = request("en", "ja", &[("1", "hi")]);
+    body["payload"]["beams"] = json!(2.0);
+    assert_eq!(server.translate(&body).await.0, 200);
+    body["payload"]["beams"] = json!(2.5);
+    let (s, _, v) = server.translate(&body).await;
+    assert_eq!((s, code(&v)), (400, "invalid_request"), "{v}");
+    assert!(message(&v).contains("payload.beams"), "{v}");
+
+    // An unknown language is refused with no records too.
+    let (s, _, v) = server.translate(&request("en", "xx", &[])).await;
+    assert_eq!(s, 422, "{v}");
+
+    // Deadlines: whole milliseconds up to a day.
+    for bad in ["soon", "-1", "86400001", "9223372036854775808"] {
+        let r = server
+            .client
+            .post(server.url("/translation"))
+            .header("x-sluice-deadline-ms", bad)
+            .json(&request("en", "ja", &[("1", "hi")]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        assert_eq!(code(&r.json().await.unwrap()), "invalid_header");
+    }
 
     let r = server
         .client
