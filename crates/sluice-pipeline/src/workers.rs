@@ -210,9 +210,14 @@ impl<S: Stage> WorkerCore<S> {
             };
             let started = Instant::now();
             let result = catch_unwind(AssertUnwindSafe(|| stage.process(&values)));
+            let took = started.elapsed();
             self.stats
                 .busy_ns
-                .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+                .fetch_add(took.as_nanos() as u64, Relaxed);
+            // Seconds as a histogram: its `_sum` is the busy time in the base unit (the metrics
+            // facade's counters are whole numbers), its buckets the time per batch.
+            metrics::histogram!("sluice_pipeline_batch_seconds", "stage" => self.stats.name.clone())
+                .record(took.as_secs_f64());
             self.stats
                 .timed_items
                 .fetch_add(values.len() as u64, Relaxed);

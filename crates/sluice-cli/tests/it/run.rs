@@ -327,6 +327,18 @@ fn metrics_are_served_while_the_run_lasts() {
                 body.contains(r#"sluice_pipeline_workers{stage="double"} 2"#),
                 "{body}"
             );
+            // Busy time in seconds: the batch-time histogram's sum and count.
+            let sum = body
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(r#"sluice_pipeline_batch_seconds_sum{stage="double"} "#)
+                })
+                .map(|v| v.parse::<f64>().unwrap());
+            assert!(sum.is_some_and(|s| s > 0.0), "{body}");
+            assert!(
+                body.contains("# TYPE sluice_pipeline_batch_seconds histogram"),
+                "{body}"
+            );
             seen = Some(n);
         }
         std::thread::sleep(Duration::from_millis(50));

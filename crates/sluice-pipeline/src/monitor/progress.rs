@@ -80,9 +80,6 @@ impl Reporter {
                 .absolute(s.retries.load(Relaxed));
             metrics::counter!("sluice_pipeline_restarts_total", &[stage()])
                 .absolute(s.restarts.load(Relaxed));
-            // Milliseconds keep sub-second resolution in an integer counter.
-            metrics::counter!("sluice_pipeline_busy_milliseconds_total", &[stage()])
-                .absolute(s.busy_ns.load(Relaxed) / 1_000_000);
         }
         let source_items = |outcome: &'static str| [("outcome", outcome)];
         for (outcome, n) in [

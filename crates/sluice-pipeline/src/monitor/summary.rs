@@ -150,7 +150,7 @@ pub(crate) fn stage_summary(s: &StageStats) -> StageSummary {
 
 /// Describes the metrics a run records (for `# HELP` lines); call once a recorder is installed.
 pub fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge, Unit};
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!("sluice_pipeline_workers", "Workers running now, by stage");
     describe_gauge!(
         "sluice_pipeline_workers_target",
@@ -172,10 +172,10 @@ pub fn describe_metrics() {
         "sluice_pipeline_restarts_total",
         "Workers replaced, by stage"
     );
-    describe_counter!(
-        "sluice_pipeline_busy_milliseconds_total",
-        Unit::Milliseconds,
-        "Time spent inside process(), summed over a stage's workers"
+    describe_histogram!(
+        "sluice_pipeline_batch_seconds",
+        Unit::Seconds,
+        "Time of each process() call, by stage; its _sum is the stage's busy time summed over workers"
     );
     describe_counter!(
         "sluice_pipeline_source_items_total",
