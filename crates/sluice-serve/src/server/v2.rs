@@ -58,6 +58,8 @@ fn invalid(message: impl Into<String>) -> V2Error {
 }
 
 /// `GET /v2`: the server's name, version and protocol extensions.
+#[utoipa::path(get, path = "/v2", tag = "Open Inference Protocol",
+    responses((status = 200, description = "name, version and extensions", body = Object)))]
 pub(super) async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "sluice",
@@ -67,11 +69,15 @@ pub(super) async fn server_metadata() -> Json<Value> {
 }
 
 /// `GET /v2/health/live`: the process answers.
+#[utoipa::path(get, path = "/v2/health/live", tag = "Open Inference Protocol",
+    responses((status = 200, body = Object)))]
 pub(super) async fn live() -> Json<Value> {
     Json(json!({ "live": true }))
 }
 
 /// `GET /v2/health/ready`: 200 when `/readyz` is, 503 otherwise.
+#[utoipa::path(get, path = "/v2/health/ready", tag = "Open Inference Protocol",
+    responses((status = 200, body = Object), (status = 503, description = "Loading, saturated or draining", body = Object)))]
 pub(super) async fn ready(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
     let (_, code, _) = readiness(&app);
     (code, Json(json!({ "ready": code == StatusCode::OK })))
@@ -97,6 +103,10 @@ fn model<'a>(app: &'a App, name: &str, version: Option<&str>) -> V2Result<&'a Sl
 }
 
 /// `GET /v2/models/{name}[/versions/{version}]`: the model's inputs and outputs.
+#[utoipa::path(get, path = "/v2/models/{name}", tag = "Open Inference Protocol",
+    params(("name" = String, Path, description = "A served model (also under /versions/1)")),
+    responses((status = 200, description = "Inputs, outputs, platform, versions and parameters", body = Object),
+              (status = 404, description = "No such model or version", body = Object)))]
 pub(super) async fn model_metadata(
     State(app): State<Arc<App>>,
     Path(path): Path<Vec<(String, String)>>,
@@ -161,6 +171,10 @@ pub(super) async fn model_metadata(
 
 /// `GET /v2/models/{name}[/versions/{version}]/ready`: 200 once loaded, 503 while loading or
 /// draining.
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "Open Inference Protocol",
+    params(("name" = String, Path, description = "A served model (also under /versions/1)")),
+    responses((status = 200, body = Object), (status = 503, description = "Loading or draining", body = Object),
+              (status = 404, description = "No such model or version", body = Object)))]
 pub(super) async fn model_ready(
     State(app): State<Arc<App>>,
     Path(path): Path<Vec<(String, String)>>,
@@ -307,6 +321,22 @@ struct OutputHead<'a> {
 }
 
 /// `POST /v2/models/{name}[/versions/{version}]/infer`.
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "Open Inference Protocol",
+    request_body(content = Object, description = "An inference request: JSON tensors, or with Inference-Header-Content-Length the JSON part followed by binary tensors", content_type = "application/json"),
+    params(
+        ("name" = String, Path, description = "A served model (also under /versions/1)"),
+        ("x-sluice-deadline-ms" = Option<u64>, Header, description = "Deadline in milliseconds; 504 once it passes"),
+        ("inference-header-content-length" = Option<u64>, Header, description = "Length of the JSON part when binary tensors follow it"),
+    ),
+    responses(
+        (status = 200, description = "The outputs asked for, JSON or binary", body = Object),
+        (status = 400, description = "A malformed request or tensor", body = Object),
+        (status = 404, description = "No such model, or an input file that does not exist", body = Object),
+        (status = 413, description = "Body or input too large", body = Object),
+        (status = 422, description = "Undecodable audio, unknown language", body = Object),
+        (status = 503, description = "Queue full, model loading or shutting down; see Retry-After", body = Object),
+        (status = 504, description = "Deadline passed", body = Object),
+    ))]
 pub(super) async fn infer_v2(
     State(app): State<Arc<App>>,
     Path(path): Path<Vec<(String, String)>>,

@@ -41,6 +41,10 @@ async fn health_readiness_metrics_and_openapi_describe_the_server() {
         "/readyz",
         "/metrics",
         "/openapi.json",
+        "/v2",
+        "/v2/health/ready",
+        "/v2/models/{name}",
+        "/v2/models/{name}/infer",
     ] {
         assert!(
             doc["paths"][path].is_object(),
