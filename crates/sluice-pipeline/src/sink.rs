@@ -3,6 +3,7 @@
 //! killed run leaves complete files or none, and they can say which keys are already done so that
 //! a rerun skips them.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -115,17 +116,19 @@ struct Tail {
 }
 
 /// The rows of a part, one at a time.
-pub(crate) type RowIter<'a> = Box<dyn Iterator<Item = Result<serde_json::Value, SinkError>> + 'a>;
+/// Buffered rows are lent, rows read from a row file owned: no pass copies the buffer.
+pub(crate) type RowIter<'a> =
+    Box<dyn Iterator<Item = Result<Cow<'a, serde_json::Value>, SinkError>> + 'a>;
 
 impl PartRows<'_> {
     /// Every row of the part from the first (a part is read once per encoding pass).
     fn iter(&self) -> Result<RowIter<'_>, SinkError> {
-        let buffered = self.buffered.iter().cloned().map(Ok);
+        let buffered = self.buffered.iter().map(|row| Ok(Cow::Borrowed(row)));
         Ok(match self.tail {
             None => Box::new(buffered),
             Some(tail) => Box::new(buffered.chain(
                 crate::rows::read(&tail.file)?.map(move |element| {
-                    element.map(|e| exploded_row(&tail.record, &tail.field, e))
+                    element.map(|e| Cow::Owned(exploded_row(&tail.record, &tail.field, e)))
                 }),
             )),
         })

@@ -109,15 +109,67 @@ fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str) {
 
 /// Sends one HTTP/1.0 request with an empty body; returns the whole response as text.
 pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<String> {
+    http_send(addr, method, path, "application/octet-stream", b"")
+}
+
+/// Sends one HTTP/1.0 request with `body` of `content_type`; returns the whole response as text.
+pub fn http_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
     )?;
+    stream.write_all(body)?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)
+}
+
+/// A server process the test kit started on a loopback port; killed when dropped.
+struct Spawned {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Spawned {
+    /// Starts the tool `name` (found as [`find_tool`] finds it) with `args` for `port`, and waits
+    /// until it accepts connections there.
+    fn start(name: &str, env_var: &str, port: u16, args: &[&str]) -> Self {
+        let mut child = Command::new(find_tool(name, env_var))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_port(addr, &mut child, name);
+        Spawned { child, addr }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Object-store options as the environment variables the same settings are read from, for
+/// child processes (`sluice` itself).
+fn as_env(options: Vec<(String, String)>) -> Vec<(String, String)> {
+    options
+        .into_iter()
+        .map(|(k, v)| (k.to_uppercase(), v))
+        .collect()
 }
 
 /// The status code of an HTTP response as [`http_request`] returns it.
@@ -131,7 +183,8 @@ pub fn http_status(response: &str) -> std::io::Result<u16> {
 
 /// An S3-compatible server (moto) on a loopback port, stopped on drop.
 pub struct S3Server {
-    child: Child,
+    /// Killed when the server is dropped.
+    _process: Spawned,
     /// Where it listens.
     pub addr: SocketAddr,
 }
@@ -140,15 +193,16 @@ impl S3Server {
     /// Starts `moto_server` and waits until it accepts connections.
     pub fn start() -> Self {
         let port = free_port();
-        let mut child = Command::new(find_tool("moto_server", "SLUICE_MOTO_SERVER"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting moto_server");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_for_port(addr, &mut child, "moto_server");
-        S3Server { child, addr }
+        let process = Spawned::start(
+            "moto_server",
+            "SLUICE_MOTO_SERVER",
+            port,
+            &["-H", "127.0.0.1", "-p", &port.to_string()],
+        );
+        S3Server {
+            addr: process.addr,
+            _process: process,
+        }
     }
 
     /// The endpoint URL to give S3 clients.
@@ -182,17 +236,7 @@ impl S3Server {
 
     /// The same settings as environment variables, for child processes (`sluice` itself).
     pub fn env(&self) -> Vec<(String, String)> {
-        self.options()
-            .into_iter()
-            .map(|(k, v)| (k.to_uppercase(), v))
-            .collect()
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        as_env(self.options())
     }
 }
 
@@ -200,7 +244,8 @@ impl Drop for S3Server {
 /// drop. Containers are made with the Azure SDK for Python (`azure-storage-blob`), as object
 /// stores cannot create them.
 pub struct AzuriteServer {
-    child: Child,
+    /// Killed when the server is dropped.
+    _process: Spawned,
     /// Where it listens.
     pub addr: SocketAddr,
 }
@@ -214,16 +259,24 @@ impl AzuriteServer {
     /// Starts `azurite-blob` and waits until it accepts connections.
     pub fn start() -> Self {
         let port = free_port();
-        let mut child = Command::new(find_tool("azurite-blob", "SLUICE_AZURITE"))
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--silent"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting azurite-blob");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_for_port(addr, &mut child, "azurite-blob");
-        AzuriteServer { child, addr }
+        let process = Spawned::start(
+            "azurite-blob",
+            "SLUICE_AZURITE",
+            port,
+            &[
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--inMemoryPersistence",
+                "--skipApiVersionCheck",
+                "--silent",
+            ],
+        );
+        AzuriteServer {
+            addr: process.addr,
+            _process: process,
+        }
     }
 
     fn endpoint(&self) -> String {
@@ -266,17 +319,7 @@ impl AzuriteServer {
 
     /// The same settings as environment variables, for child processes (`sluice` itself).
     pub fn env(&self) -> Vec<(String, String)> {
-        self.options()
-            .into_iter()
-            .map(|(k, v)| (k.to_uppercase(), v))
-            .collect()
-    }
-}
-
-impl Drop for AzuriteServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        as_env(self.options())
     }
 }
 
@@ -286,7 +329,8 @@ impl Drop for AzuriteServer {
 /// It serves object_store's reads and listings, but not its uploads: an unsigned
 /// `PUT /bucket/object` needs an `uploadType` there. Tests put objects with [`GcsServer::put`].
 pub struct GcsServer {
-    child: Child,
+    /// Killed when the server is dropped.
+    _process: Spawned,
     /// Where it listens.
     pub addr: SocketAddr,
 }
@@ -295,73 +339,53 @@ impl GcsServer {
     /// Starts `fake-gcs-server` and waits until it accepts connections.
     pub fn start() -> Self {
         let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
-        let mut child = Command::new(find_tool("fake-gcs-server", "SLUICE_FAKE_GCS_SERVER"))
-            .args([
+        let host = format!("127.0.0.1:{port}");
+        let url = format!("http://{host}");
+        let process = Spawned::start(
+            "fake-gcs-server",
+            "SLUICE_FAKE_GCS_SERVER",
+            port,
+            &[
                 "-scheme",
                 "http",
                 "-host",
                 "127.0.0.1",
                 "-port",
                 &port.to_string(),
-            ])
-            .args([
                 "-backend",
                 "memory",
                 "-external-url",
                 &url,
                 "-log-level",
                 "error",
-            ])
-            // Object reads by path (object_store's GET) are served for the public host.
-            .args(["-public-host", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting fake-gcs-server");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_for_port(addr, &mut child, "fake-gcs-server");
-        GcsServer { child, addr }
+                // Object reads by path (object_store's GET) are served for the public host.
+                "-public-host",
+                &host,
+            ],
+        );
+        GcsServer {
+            addr: process.addr,
+            _process: process,
+        }
     }
 
     /// Creates a bucket through the JSON API.
     pub fn create_bucket(&self, name: &str) {
         let body = format!("{{\"name\":\"{name}\"}}");
-        let request = format!(
-            "POST /storage/v1/b?project=test HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        );
-        let mut stream = TcpStream::connect(self.addr).expect("connecting to fake-gcs-server");
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        assert_eq!(
-            http_status(&response).unwrap(),
-            200,
-            "creating bucket {name}: {response}"
-        );
+        let path = "/storage/v1/b?project=test";
+        self.expect_ok(path, "application/json", body.as_bytes(), name);
     }
 
     /// Puts an object through the JSON API's media upload.
     pub fn put(&self, bucket: &str, name: &str, body: &[u8]) {
-        let head = format!(
-            "POST /upload/storage/v1/b/{bucket}/o?uploadType=media&name={name} HTTP/1.0\r\n\
-             Host: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        let mut stream = TcpStream::connect(self.addr).expect("connecting to fake-gcs-server");
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        assert_eq!(
-            http_status(&response).unwrap(),
-            200,
-            "putting {name}: {response}"
-        );
+        let path = format!("/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}");
+        self.expect_ok(&path, "application/octet-stream", body, name);
+    }
+
+    fn expect_ok(&self, path: &str, content_type: &str, body: &[u8], what: &str) {
+        let response = http_send(self.addr, "POST", path, content_type, body)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(http_status(&response).unwrap(), 200, "{what}: {response}");
     }
 
     /// Options for `sluice_core::storage::Location::parse_with`: a service-account key that
@@ -379,17 +403,7 @@ impl GcsServer {
 
     /// The same settings as environment variables, for child processes (`sluice` itself).
     pub fn env(&self) -> Vec<(String, String)> {
-        self.options()
-            .into_iter()
-            .map(|(k, v)| (k.to_uppercase(), v))
-            .collect()
-    }
-}
-
-impl Drop for GcsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        as_env(self.options())
     }
 }
 

@@ -70,6 +70,44 @@ fn run_ok(args: &[String], env: &[(String, String)]) -> serde_json::Value {
     summary
 }
 
+/// The job over the fixtures on local disk, into `work/local`: its summary and that directory.
+fn local_reference(work: &Path) -> (serde_json::Value, std::path::PathBuf) {
+    let out = work.join("local");
+    let summary = run_ok(
+        &resample_args(
+            fixtures().to_str().unwrap(),
+            out.to_str().unwrap(),
+            &work.join("local.json"),
+        ),
+        &[],
+    );
+    (summary, out)
+}
+
+/// `got` holds the FLAC files of the local directory `want`, byte for byte.
+fn assert_same_flac_files(want: &Path, got: &Location) {
+    let flac = Matcher::suffixes(&[".flac"]);
+    let want_files = Location::parse(want.to_str().unwrap())
+        .unwrap()
+        .list_blocking(&flac)
+        .unwrap();
+    let names = |files: &[sluice_core::storage::FileEntry]| -> Vec<String> {
+        files.iter().map(|f| f.rel.clone()).collect()
+    };
+    assert_eq!(
+        names(&want_files),
+        names(&got.list_blocking(&flac).unwrap())
+    );
+    for file in &want_files {
+        let bytes = std::fs::read(want.join(&file.rel)).unwrap();
+        assert!(
+            got.read_blocking(&file.rel).unwrap()[..] == bytes[..],
+            "{} differs",
+            file.rel
+        );
+    }
+}
+
 /// The job on a store (`store` is its URL, e.g. `s3://audio`; `options` and `env` its settings)
 /// writes the same outputs as on local disk, and a rerun skips every finished file.
 fn store_job_writes_the_same_outputs_as_local_disk(
@@ -87,15 +125,7 @@ fn store_job_writes_the_same_outputs_as_local_disk(
     }
 
     let work = tempfile::tempdir().unwrap();
-    let local_out = work.path().join("local");
-    let local = run_ok(
-        &resample_args(
-            fixtures().to_str().unwrap(),
-            local_out.to_str().unwrap(),
-            &work.path().join("local.json"),
-        ),
-        &[],
-    );
+    let (local, local_out) = local_reference(work.path());
     let remote = run_ok(
         &resample_args(
             &format!("{store}/in"),
@@ -110,23 +140,8 @@ fn store_job_writes_the_same_outputs_as_local_disk(
     assert_eq!(local["audio"]["failed"], remote["audio"]["failed"]);
     assert!(local["items_out"].as_u64().unwrap() >= 7, "{local}");
 
-    let local_files = Location::parse(local_out.to_str().unwrap())
-        .unwrap()
-        .list_blocking(&Matcher::suffixes(&[".flac"]))
-        .unwrap();
     let remote_out = Location::parse_with(&format!("{store}/out"), options).unwrap();
-    let remote_files = remote_out
-        .list_blocking(&Matcher::suffixes(&[".flac"]))
-        .unwrap();
-    let names = |files: &[sluice_core::storage::FileEntry]| -> Vec<String> {
-        files.iter().map(|f| f.rel.clone()).collect()
-    };
-    assert_eq!(names(&local_files), names(&remote_files));
-    for file in &local_files {
-        let want = std::fs::read(local_out.join(&file.rel)).unwrap();
-        let got = remote_out.read_blocking(&file.rel).unwrap();
-        assert!(got[..] == want[..], "{} differs", file.rel);
-    }
+    assert_same_flac_files(&local_out, &remote_out);
 
     // The rerun against the store lists the target once and skips every finished file.
     let again = run_ok(
@@ -460,15 +475,8 @@ fn a_gcs_source_converts_as_a_local_one() {
         server.put("audio", &format!("in/{}", file.rel), &bytes);
     }
     let work = tempfile::tempdir().unwrap();
-    let (local_out, gcs_out) = (work.path().join("local"), work.path().join("from-gcs"));
-    let local = run_ok(
-        &resample_args(
-            fixtures().to_str().unwrap(),
-            local_out.to_str().unwrap(),
-            &work.path().join("local.json"),
-        ),
-        &[],
-    );
+    let (local, local_out) = local_reference(work.path());
+    let gcs_out = work.path().join("from-gcs");
     let remote = run_ok(
         &resample_args(
             "gs://audio/in",
@@ -482,17 +490,8 @@ fn a_gcs_source_converts_as_a_local_one() {
         "{local} vs {remote}"
     );
     assert!(local["items_out"].as_u64().unwrap() >= 7, "{local}");
-    let files = |dir: &Path| {
-        Location::parse(dir.to_str().unwrap())
-            .unwrap()
-            .list_blocking(&Matcher::suffixes(&[".flac"]))
-            .unwrap()
-    };
-    let (want, got) = (files(&local_out), files(&gcs_out));
-    assert_eq!(want.len(), got.len());
-    for file in &want {
-        let a = std::fs::read(local_out.join(&file.rel)).unwrap();
-        let b = std::fs::read(gcs_out.join(&file.rel)).unwrap();
-        assert!(a == b, "{} differs", file.rel);
-    }
+    assert_same_flac_files(
+        &local_out,
+        &Location::parse(gcs_out.to_str().unwrap()).unwrap(),
+    );
 }

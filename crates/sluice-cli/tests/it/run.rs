@@ -68,9 +68,17 @@ fn sluice(args: &[&str]) -> std::process::Output {
 /// Runs `sluice run PIPELINE --progress off EXTRA...`, asserts it completed (exit status 0, or 3
 /// when its summary counts failed records) and returns stderr.
 fn run_ok(pipeline: &Path, extra: &[&str]) -> String {
-    let mut args = vec!["run", pipeline.to_str().unwrap(), "--progress", "off"];
-    args.extend_from_slice(extra);
-    let out = sluice(&args);
+    run_ok_with(pipeline, extra, &[])
+}
+
+/// [`run_ok`] with `env` added to the command's environment.
+fn run_ok_with(pipeline: &Path, extra: &[&str], env: &[(String, String)]) -> String {
+    let out = Command::new(SLUICE)
+        .args(["run", pipeline.to_str().unwrap(), "--progress", "off"])
+        .args(extra)
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let failed = sluice_testkit::failed_in_summary(&stderr);
     sluice_testkit::assert_run_exit(out.status, failed, &stderr);
@@ -447,17 +455,7 @@ fn object_storage_round_trip(
         ),
     )
     .unwrap();
-    let run = |pipeline: &Path| {
-        let out = Command::new(SLUICE)
-            .args(["run", pipeline.to_str().unwrap(), "--progress", "off"])
-            .envs(env.iter().cloned())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let failed = sluice_testkit::failed_in_summary(&stderr);
-        sluice_testkit::assert_run_exit(out.status, failed, &stderr);
-        stderr
-    };
+    let run = |pipeline: &Path| run_ok_with(pipeline, &[], env);
     let summary = || -> serde_json::Value {
         serde_json::from_slice(&bucket.read_blocking("out/_summary.json").unwrap()).unwrap()
     };
@@ -538,18 +536,12 @@ fn pipelines_read_gcs_objects() {
     input.push_str("{broken\n");
     server.put("data", "in/records.jsonl", input.as_bytes());
     let dir = tempfile::tempdir().unwrap();
+    let env = server.env();
     let run = |toml: String| {
         let pipeline = dir.path().join("p.toml");
         std::fs::write(&pipeline, toml).unwrap();
-        let out = Command::new(SLUICE)
-            .args(["run", pipeline.to_str().unwrap(), "--progress", "off"])
-            .envs(server.env())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let failed = sluice_testkit::failed_in_summary(&stderr);
-        sluice_testkit::assert_run_exit(out.status, failed, &stderr);
-        (failed, stderr)
+        let stderr = run_ok_with(&pipeline, &[], &env);
+        (sluice_testkit::failed_in_summary(&stderr), stderr)
     };
     let table = dir.path().join("table");
     let (failed, stderr) = run(format!(
