@@ -126,11 +126,11 @@ impl PartRows<'_> {
         let buffered = self.buffered.iter().map(|row| Ok(Cow::Borrowed(row)));
         Ok(match self.tail {
             None => Box::new(buffered),
-            Some(tail) => Box::new(buffered.chain(
-                crate::rows::read(&tail.file)?.map(move |element| {
+            Some(tail) => Box::new(buffered.chain(crate::rows::read(&tail.file)?.map(
+                move |element| {
                     element.map(|e| Cow::Owned(exploded_row(&tail.record, &tail.field, e)))
-                }),
-            )),
+                },
+            ))),
         })
     }
 }
