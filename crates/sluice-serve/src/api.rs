@@ -45,7 +45,9 @@ pub struct Payload {
 }
 
 /// A whole number as JSON Schema's `integer` has it: `6` or `6.0`, not `6.5` or `-1`.
-fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
     use serde::de::Error;
     let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
         return Ok(None);

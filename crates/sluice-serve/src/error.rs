@@ -274,7 +274,9 @@ impl InputProblem {
             | InputProblem::PathsDisabled(_)
             | InputProblem::InvalidData(_) => StatusCode::BAD_REQUEST,
             InputProblem::Path(e) => match e {
-                PathError::Invalid { .. } | PathError::NotAFile { .. } => StatusCode::BAD_REQUEST,
+                PathError::Invalid { .. } => StatusCode::BAD_REQUEST,
+                // A well-formed path naming something that cannot be read as an input.
+                PathError::NotAFile { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 PathError::Escapes { .. } => StatusCode::FORBIDDEN,
                 PathError::NotFound { .. } => StatusCode::NOT_FOUND,
                 PathError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -33,17 +33,39 @@ pub struct InferInput {
     /// Caller's id, echoed in the output.
     pub id: String,
     /// Inline text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_string"
+    )]
     pub text: Option<String>,
     /// Inline bytes, base64 (standard alphabet, padded).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_string"
+    )]
     pub data: Option<String>,
     /// A file relative to the server's `--data-root`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_string"
+    )]
     pub path: Option<String>,
     /// An object-storage URL under one of the server's `--allow-url` prefixes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_string"
+    )]
     pub url: Option<String>,
+}
+
+/// A source field that is there must be a string: `null` is refused like any other non-string
+/// rather than read as absent, as the OpenAPI document says.
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// `POST /v1/models/{name}/infer` answer.

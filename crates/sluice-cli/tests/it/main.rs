@@ -5,6 +5,7 @@ mod classify;
 mod deploy;
 mod python;
 mod run;
+mod schemathesis;
 mod serve;
 mod tls;
 mod translate;

@@ -4,6 +4,7 @@
 //! that is not yet ready (`/readyz` 503) while weights load and warm up; translation requests in
 //! that window get 503 with `Retry-After` rather than a refused connection.
 
+mod openapi;
 mod submit;
 mod translate;
 mod v1;
@@ -708,7 +709,26 @@ async fn metrics_route() -> Response {
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, content_type = "application/json", body = Object)))]
-async fn openapi_route(State(app): State<Arc<App>>) -> Json<utoipa::openapi::OpenApi> {
+async fn openapi_route(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     let langs = app.translator_languages();
-    Json(openapi(langs, &app.config.limits))
+    let limits = &app.config.limits;
+    let mut doc = serde_json::to_value(openapi(langs, limits)).unwrap_or_default();
+    let models: Vec<_> = app
+        .slots
+        .iter()
+        .map(|slot| {
+            let kind = slot.kind();
+            openapi::ModelDoc {
+                name: &slot.entry.name,
+                kind,
+                languages: match kind {
+                    ModelKind::Translation => langs,
+                    ModelKind::AudioClassifier => None,
+                },
+                sources: v1::input_sources(&app, kind),
+            }
+        })
+        .collect();
+    openapi::describe_models(&mut doc, &models, limits);
+    Json(doc)
 }

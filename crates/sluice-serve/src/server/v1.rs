@@ -10,9 +10,9 @@ use sluice_models::classifier::Window;
 pub(super) struct TranslationParameters {
     from_lang: String,
     to_lang: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::whole_number")]
     beams: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::whole_number")]
     max_new_tokens: Option<usize>,
 }
 
@@ -31,7 +31,7 @@ pub(super) struct TranslationParameters {
         (status = 403, description = "A path resolving outside the data root, a URL outside the allowed prefixes", body = ErrorBody),
         (status = 404, description = "Unknown model, or an input file that does not exist", body = ErrorBody),
         (status = 413, description = "Body or input file too large", body = ErrorBody),
-        (status = 422, description = "Undecodable audio, unknown language, text that is not UTF-8", body = ErrorBody),
+        (status = 422, description = "Undecodable audio, unknown language, text that is not UTF-8, a path that is not a regular file", body = ErrorBody),
         (status = 503, description = "Queue full, model loading or shutting down; see Retry-After", body = ErrorBody),
         (status = 504, description = "Deadline passed", body = ErrorBody),
     )
@@ -223,22 +223,24 @@ async fn score(
     Ok(())
 }
 
+/// The input sources a model of `kind` takes on this server.
+pub(super) fn input_sources(app: &App, kind: ModelKind) -> Vec<&'static str> {
+    let mut v = match kind {
+        ModelKind::Translation => vec!["text", "data"],
+        ModelKind::AudioClassifier => vec!["data"],
+    };
+    if app.inputs.data_root.is_some() {
+        v.push("path");
+    }
+    if !app.inputs.url_prefixes.is_empty() {
+        v.push("url");
+    }
+    v
+}
+
 /// The models this server serves, with what each takes.
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = [ModelInfo])))]
 pub(super) async fn list_models(State(app): State<Arc<App>>) -> Json<Vec<ModelInfo>> {
-    let inputs = |kind: ModelKind| {
-        let mut v = match kind {
-            ModelKind::Translation => vec!["text", "data"],
-            ModelKind::AudioClassifier => vec!["data"],
-        };
-        if app.inputs.data_root.is_some() {
-            v.push("path");
-        }
-        if !app.inputs.url_prefixes.is_empty() {
-            v.push("url");
-        }
-        v.into_iter().map(str::to_owned).collect()
-    };
     let infos = app
         .slots
         .iter()
@@ -275,7 +277,10 @@ pub(super) async fn list_models(State(app): State<Arc<App>>) -> Json<Vec<ModelIn
                 }
                 .to_owned(),
                 source: slot.entry.source.clone(),
-                inputs: inputs(kind),
+                inputs: input_sources(&app, kind)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
                 input_kind: input_kind.to_owned(),
                 parameters,
                 details,

@@ -333,7 +333,7 @@ struct OutputHead<'a> {
         (status = 400, description = "A malformed request or tensor", body = Object),
         (status = 404, description = "No such model, or an input file that does not exist", body = Object),
         (status = 413, description = "Body or input too large", body = Object),
-        (status = 422, description = "Undecodable audio, unknown language", body = Object),
+        (status = 422, description = "Undecodable audio, unknown language, a path that is not a regular file", body = Object),
         (status = 503, description = "Queue full, model loading or shutting down; see Retry-After", body = Object),
         (status = 504, description = "Deadline passed", body = Object),
     ))]

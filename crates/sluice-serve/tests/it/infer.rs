@@ -274,12 +274,41 @@ async fn models_are_listed_with_kind_inputs_and_parameters() {
         .json()
         .await
         .unwrap();
-    assert!(
-        doc["paths"]["/v1/models/{name}/infer"]["post"].is_object(),
-        "{doc}"
-    );
     assert!(doc["paths"]["/v1/models"]["get"].is_object(), "{doc}");
     assert!(doc["components"]["schemas"]["InferInput"]["properties"]["path"].is_object());
+    // One inference path per model, with the request that model takes.
+    assert!(doc["paths"]["/v1/models/{name}/infer"].is_null(), "{doc}");
+    for (name, sources) in [
+        ("tone", json!(["data", "path"])),
+        ("m2m100", json!(["text", "data", "path"])),
+    ] {
+        let op = &doc["paths"][format!("/v1/models/{name}/infer")]["post"];
+        let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+        let input = &schema["properties"]["inputs"]["items"];
+        let one_of: Vec<_> = input["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["required"][0].clone())
+            .collect();
+        assert_eq!(json!(one_of), sources, "{name}: {schema}");
+        assert_eq!(input["additionalProperties"], false);
+    }
+    let m2m = &doc["paths"]["/v1/models/m2m100/infer"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]["properties"]["parameters"];
+    assert_eq!(m2m["required"], json!(["fromLang", "toLang"]), "{m2m}");
+    assert!(m2m["properties"]["toLang"]["enum"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("ja")));
+    let v2 = &doc["paths"]["/v2/models/{name}/infer"]["post"]["parameters"][0];
+    let names: Vec<&Value> = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["name"])
+        .collect();
+    assert_eq!(v2["schema"]["enum"], json!(names), "{v2}");
     server.stop().await.unwrap();
 }
 
@@ -425,8 +454,8 @@ async fn path_attacks_are_refused_and_nothing_outside_is_read() {
         ("..%2Fsecret.wav".into(), 404),
         ("escape.wav".into(), 403),
         ("up/secret.wav".into(), 403),
-        ("audio".into(), 400),
-        ("pipe.wav".into(), 400),
+        ("audio".into(), 422),
+        ("pipe.wav".into(), 422),
         ("audio/tone-16k-mono.wav\u{0}".into(), 400),
         ("missing.wav".into(), 404),
     ];
