@@ -145,7 +145,9 @@ struct ServeArgs {
     /// Seconds shutdown waits for in-flight requests.
     #[arg(long, env = "SLUICE_SHUTDOWN_TIMEOUT", default_value_t = ServeConfig::default().shutdown_timeout.as_secs())]
     shutdown_timeout: u64,
-    /// Seconds a refused client is told to wait (Retry-After).
+    /// Seconds a refused client is told to wait (Retry-After) while a model loads, while the
+    /// server drains, and before a queue's throughput is measured; after that a full queue's
+    /// Retry-After is the time the measured throughput needs to drain it (1 to 60 s).
     #[arg(long, env = "SLUICE_RETRY_AFTER", default_value_t = ServeConfig::default().retry_after)]
     retry_after: u64,
     /// Where translation models run: cpu, cuda, cuda:N, or auto (a GPU when this build has

@@ -94,7 +94,7 @@ pub struct RecordOut {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
-    /// `alive`, `ready`, `loading`, `draining` or `saturated`.
+    /// `alive`, `ready`, `saturated` (ready, a queue full), `loading` or `draining`.
     pub status: String,
     /// Items queued or being computed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

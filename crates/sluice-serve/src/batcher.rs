@@ -380,6 +380,13 @@ impl<B: Backend> Queue<B> {
         }
     }
 
+    /// How long the measured throughput needs to finish what is queued and in compute now, once
+    /// the rate is known.
+    pub fn drain_time(&self) -> Option<Duration> {
+        let rate = self.rate.get()?;
+        Some(Duration::from_secs_f64(self.depth() as f64 / rate))
+    }
+
     /// Items per second the compute threads have been finishing lately, once measured.
     pub fn rate(&self) -> Option<f64> {
         self.rate.get()
@@ -798,6 +805,7 @@ mod tests {
     async fn admission_refuses_work_that_would_outlast_the_deadline() {
         let running = start(Arc::new(Echo), BatchConfig::default(), "test");
         let q = &running.queue;
+        assert_eq!(q.drain_time(), None, "no rate measured yet");
         // Nothing measured yet: two full batches (2 × 32 items) at most are promised.
         assert!(q
             .admit(64, Some(Duration::from_millis(1)))
@@ -813,6 +821,8 @@ mod tests {
         assert!(q.admit(65, None).unwrap().is_some());
         q.rate.observe(10, 1.0, 1);
         let held = q.admit(15, Some(Duration::from_secs(2))).unwrap();
+        // What is queued drains in depth / rate.
+        assert_eq!(q.drain_time(), Some(Duration::from_millis(1500)));
         // 15 held + 10 asked = 25 items at 10/s = 2.5 s > 2 s.
         match q.admit(10, Some(Duration::from_secs(2))) {
             Err(Refused::TooSlow { ahead: 25, .. }) => {}

@@ -661,7 +661,8 @@ async fn healthz() -> Json<Status> {
     })
 }
 
-/// Readiness: the model is loaded and warm, the server is not draining, and the queue has room.
+/// Readiness: every model is loaded and warm and the server is not draining (a full queue is
+/// `saturated`, still 200).
 #[utoipa::path(get, path = "/readyz", responses((status = 200, body = Status), (status = 503, body = Status)))]
 async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Status>) {
     let (status, code, queues) = readiness(&app);
@@ -690,12 +691,14 @@ fn readiness(app: &App) -> (&'static str, StatusCode, Option<(usize, usize)>) {
     let Some(queues) = loaded else {
         return ("loading", unavailable, None);
     };
-    // Any one full queue makes the replica busy.
     let total = queues
         .iter()
         .fold((0, 0), |(d, c), (qd, qc)| (d + qd, c + qc));
+    // A full queue is reported, not made unready: behind a Service every replica would leave the
+    // endpoints at once in a burst, and clients would get connection errors instead of a quick
+    // 503 with Retry-After. Saturation is in the metrics and in those 503s.
     if queues.iter().any(|(d, c)| d >= c) {
-        ("saturated", unavailable, Some(total))
+        ("saturated", StatusCode::OK, Some(total))
     } else {
         ("ready", StatusCode::OK, Some(total))
     }

@@ -33,10 +33,28 @@ pub(super) fn loaded<'a>(app: &App, slot: &'a Slot) -> Result<&'a Loaded, ApiErr
     })
 }
 
-pub(super) fn overloaded(app: &App, refused: batcher::Refused) -> ApiError {
+/// The longest `Retry-After` a refused request is given: past a minute the estimate says more
+/// about a burst that will have changed than about when room will be free.
+pub(crate) const MAX_RETRY_AFTER: u64 = 60;
+
+/// Seconds to tell a refused client: the time the measured throughput needs to drain the queue
+/// ahead of it (`drain`), at least 1 and at most [`MAX_RETRY_AFTER`]; `fallback` until a rate has
+/// been measured.
+pub(crate) fn retry_after_secs(drain: Option<Duration>, fallback: u64) -> u64 {
+    match drain {
+        Some(d) => (d.as_secs_f64().ceil() as u64).clamp(1, MAX_RETRY_AFTER),
+        None => fallback,
+    }
+}
+
+pub(super) fn overloaded<B: Backend>(
+    app: &App,
+    queue: &Queue<B>,
+    refused: batcher::Refused,
+) -> ApiError {
     ApiError::Overloaded {
         reason: refused.to_string(),
-        retry_after: app.config.retry_after,
+        retry_after: retry_after_secs(queue.drain_time(), app.config.retry_after),
     }
 }
 
@@ -63,7 +81,7 @@ pub(super) async fn submit<B: Backend>(
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let mut seats = queue
         .admit(items.len(), remaining)
-        .map_err(|r| overloaded(app, r))?;
+        .map_err(|r| overloaded(app, queue, r))?;
     let now = Instant::now();
     let mut entries = Vec::with_capacity(items.len());
     let mut replies = Vec::with_capacity(items.len());
@@ -154,4 +172,22 @@ fn deadline(headers: &HeaderMap, default: Option<Duration>) -> Result<Option<Dur
                  {MAX_DEADLINE_MS} (a day)"
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_the_drain_time_rounded_up_within_bounds() {
+        let secs = |ms: u64| retry_after_secs(Some(Duration::from_millis(ms)), 7);
+        assert_eq!(secs(4_500), 5);
+        assert_eq!(secs(4_000), 4);
+        // An empty or fast-draining queue still asks for a second; a huge one for at most 60.
+        assert_eq!(secs(0), 1);
+        assert_eq!(secs(300), 1);
+        assert_eq!(secs(3_600_000), MAX_RETRY_AFTER);
+        // Unmeasured: the configured value.
+        assert_eq!(retry_after_secs(None, 7), 7);
+    }
 }

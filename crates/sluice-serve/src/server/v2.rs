@@ -77,7 +77,7 @@ pub(super) async fn live() -> Json<Value> {
 
 /// `GET /v2/health/ready`: 200 when `/readyz` is, 503 otherwise.
 #[utoipa::path(get, path = "/v2/health/ready", tag = "Open Inference Protocol",
-    responses((status = 200, body = Object), (status = 503, description = "Loading, saturated or draining", body = Object)))]
+    responses((status = 200, description = "Loaded and not draining (also with a full queue)", body = Object), (status = 503, description = "Loading or draining", body = Object)))]
 pub(super) async fn ready(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
     let (_, code, _) = readiness(&app);
     (code, Json(json!({ "ready": code == StatusCode::OK })))
