@@ -130,6 +130,10 @@ struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: usize,
+    /// Bytes of requests the server holds at once, each counted as twice its body (the body and
+    /// what is decoded from it); a request past it is refused with 503 and Retry-After.
+    #[arg(long, env = "SLUICE_MAX_BUFFERED_BYTES", default_value_t = ServeConfig::default().max_buffered_bytes)]
+    max_buffered_bytes: usize,
     /// Most source tokens per record [default: the model's max_position_embeddings].
     #[arg(long, env = "SLUICE_MAX_INPUT_TOKENS")]
     max_input_tokens: Option<usize>,
@@ -606,6 +610,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_beams: args.max_beams,
             max_new_tokens: args.max_new_tokens,
         },
+        max_buffered_bytes: args.max_buffered_bytes,
         deadline: args.deadline_ms.map(Duration::from_millis),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         retry_after: args.retry_after,

@@ -433,3 +433,100 @@ fn an_unknown_log_format_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"json\""));
 }
+
+/// Peak resident memory of a process, in bytes (`VmHWM` of `/proc/PID/status`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
+/// A burst of 40 bodies of the maximum size (4 MiB: a small request padded with whitespace) at
+/// once, against `sluice serve` with `budget` for --max-buffered-bytes: the statuses seen and
+/// how far the server's peak memory rose over its peak before the burst.
+async fn body_burst(budget: usize) -> (std::collections::BTreeMap<u16, usize>, u64) {
+    let server = Server::start(&["--max-buffered-bytes", &budget.to_string()]).await;
+    let mut body = json!({"payload": {"fromLang": "en", "toLang": "ja",
+        "records": [{"id": "1", "text": "Hello"}]}})
+    .to_string();
+    body.push_str(&" ".repeat((4 << 20) - body.len()));
+    let client = reqwest::Client::new();
+    let warm = client
+        .post(server.url("/translation"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), 200);
+    let before = peak_rss(server.child.id());
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let (client, url, body) = (client.clone(), server.url("/translation"), body.clone());
+            tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                if status == 503 {
+                    assert!(r.headers().contains_key("retry-after"));
+                    let v: Value = r.json().await.unwrap();
+                    assert!(
+                        v["error"]["message"]
+                            .as_str()
+                            .unwrap()
+                            .contains("--max-buffered-bytes"),
+                        "{v}"
+                    );
+                }
+                status
+            })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in tasks {
+        *statuses.entry(t.await.unwrap()).or_default() += 1;
+    }
+    let grown = peak_rss(server.child.id()).saturating_sub(before);
+    (statuses, grown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_maximum_size_bodies_stays_within_the_buffered_bytes_bound() {
+    // Room for two requests at a time (each counted as twice its 4 MiB body).
+    let bound = 16 << 20;
+    let (statuses, grown) = body_burst(bound).await;
+    eprintln!("bounded: {statuses:?}, peak RSS +{} MiB", grown >> 20);
+    assert!(
+        statuses.keys().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.get(&200).is_some_and(|n| *n > 0), "{statuses:?}");
+    // The bound is on request bytes; the 40 connections' buffers (the refused bodies are read
+    // and thrown away) and the allocator's slack come on top.
+    let slack = 16 << 20;
+    assert!(
+        grown <= (bound + slack) as u64,
+        "peak RSS rose by {} MiB with a bound of {} MiB ({statuses:?})",
+        grown >> 20,
+        bound >> 20
+    );
+    // The same burst with room for all of it: the memory the bound kept out.
+    let (statuses, unbounded) = body_burst(1 << 30).await;
+    eprintln!("unbounded: {statuses:?}, peak RSS +{} MiB", unbounded >> 20);
+    assert_eq!(statuses.get(&200), Some(&40), "{statuses:?}");
+    assert!(
+        unbounded > grown + (32 << 20),
+        "unbounded {} MiB vs bounded {} MiB",
+        unbounded >> 20,
+        grown >> 20
+    );
+}

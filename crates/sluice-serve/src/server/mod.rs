@@ -4,6 +4,7 @@
 //! that is not yet ready (`/readyz` 503) while weights load and warm up; translation requests in
 //! that window get 503 with `Retry-After` rather than a refused connection.
 
+mod guard;
 mod openapi;
 mod submit;
 mod translate;
@@ -152,6 +153,8 @@ pub struct ServeConfig {
     pub storage_options: Vec<(String, String)>,
     /// Request bounds.
     pub limits: Limits,
+    /// Bytes of requests held at once, each counted as twice its body (see `guard`).
+    pub max_buffered_bytes: usize,
     /// Deadline applied to requests that set none.
     pub deadline: Option<Duration>,
     /// How long shutdown waits for in-flight requests before giving up on them.
@@ -179,6 +182,7 @@ impl Default for ServeConfig {
             max_input_bytes: 512 << 20,
             storage_options: Vec::new(),
             limits: Limits::default(),
+            max_buffered_bytes: 256 << 20,
             deadline: None,
             shutdown_timeout: Duration::from_secs(30),
             retry_after: 1,
@@ -235,6 +239,8 @@ struct App {
     draining: AtomicBool,
     /// The batcher tasks, awaited at shutdown after the queues are closed.
     batchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Bytes of requests held now.
+    body_budget: guard::BodyBudget,
 }
 
 impl App {
@@ -369,6 +375,16 @@ pub async fn serve(
             );
         }
     }
+    if config.max_buffered_bytes < 2 * config.limits.max_body_bytes {
+        anyhow::bail!(
+            "--max-buffered-bytes {} cannot hold one request of --max-body-bytes {} (counted \
+             twice: the body and what is decoded from it); give at least {}",
+            config.max_buffered_bytes,
+            config.limits.max_body_bytes,
+            2 * config.limits.max_body_bytes
+        );
+    }
+    let body_budget = guard::BodyBudget::new(config.max_buffered_bytes);
     let data_root = match &config.data_root {
         Some(d) => Some(
             sluice_core::confine::DataRoot::open(d)
@@ -394,6 +410,7 @@ pub async fn serve(
         config,
         draining: AtomicBool::new(false),
         batchers: Mutex::new(Vec::new()),
+        body_budget,
     });
     let (load_failed_tx, mut load_failed) = mpsc::channel::<anyhow::Error>(app.slots.len());
     let loaders: Vec<_> = (0..app.slots.len())
@@ -574,6 +591,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_route))
         .route("/openapi.json", get(openapi_route))
+        .route_layer(middleware::from_fn_with_state(app.clone(), guard::guard))
         .route_layer(middleware::from_fn(track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -164,3 +164,65 @@ async fn a_model_that_cannot_load_stops_the_server_with_the_reason() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("config.json"), "{err:#}");
 }
+
+/// Sends `head` and then the whole of `body` before reading anything, as a blocking client
+/// (Python's urllib, curl without Expect) does; returns the status line and the body answered.
+fn blocking_post(addr: &str, head: &str, body: &[u8]) -> std::io::Result<(String, Value)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, json) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    Ok((status, serde_json::from_str(json).unwrap_or(Value::Null)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_written_whole_before_reading_gets_its_413() {
+    let server = TestServer::start(common::config()).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // 10 MB against the default 4 MiB limit.
+    let body = vec![b' '; 10_000_000];
+    for (path, v2) in [
+        ("/translation", false),
+        ("/v1/models/m2m100/infer", false),
+        ("/v2/models/m2m100/infer", true),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let (addr, body) = (addr.clone(), body.clone());
+        let (status, v) = tokio::task::spawn_blocking(move || blocking_post(&addr, &head, &body))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{path}: the client saw {e} instead of an answer"));
+        assert!(status.contains(" 413 "), "{path}: {status} {v}");
+        if v2 {
+            assert!(v["error"].as_str().unwrap().contains("4194304"), "{v}");
+        } else {
+            assert_eq!(code(&v), "payload_too_large", "{v}");
+        }
+    }
+    // A client that waits for 100-continue is answered without sending the body.
+    let head = format!(
+        "POST /translation HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: 10000000\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    );
+    let (status, v) = tokio::task::spawn_blocking(move || blocking_post(&addr, &head, b""))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.contains(" 413 "), "{status} {v}");
+    // The server goes on.
+    let (s, _, _) = server
+        .translate(&request("en", "ja", &[("1", "Hello")]))
+        .await;
+    assert_eq!(s, 200);
+    server.stop().await.unwrap();
+}
