@@ -35,11 +35,8 @@ def reference_en_ja():
     return [(s, t) for s, t in pairs if s]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("data")
-    wav = FIXTURES / "onnx" / "audio" / "tone-16k-mono.wav"
-    (data / "tone.wav").write_bytes(wav.read_bytes())
+def _serve(data, extra=()):
+    """Starts `sluice serve` on the fixtures (with `extra` flags); its URL and process."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -47,6 +44,7 @@ def server(tmp_path_factory):
             "--model", f"m2m100={FIXTURES / 'tiny-m2m100'}",
             "--model", f"tone={FIXTURES / 'onnx' / 'tone-detector'}",
             "--data-root", str(data), "--compute-type", "float32", "--max-input-tokens", "128",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -63,6 +61,24 @@ def server(tmp_path_factory):
         assert proc.poll() is None, "sluice serve exited"
         assert time.time() < deadline, "sluice serve did not get ready"
         time.sleep(0.05)
+    return url, proc
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    wav = FIXTURES / "onnx" / "audio" / "tone-16k-mono.wav"
+    (data / "tone.wav").write_bytes(wav.read_bytes())
+    url, proc = _serve(data)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def keyed_server(tmp_path_factory):
+    """A server that takes only the API key `secret-key`."""
+    url, proc = _serve(tmp_path_factory.mktemp("keyed"), ["--api-key", "secret-key"])
     yield url
     proc.terminate()
     proc.wait(timeout=30)

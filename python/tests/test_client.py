@@ -113,3 +113,18 @@ def test_retry_after_is_honoured_sync_and_async(busy):
         with pytest.raises(sluice.SluiceError) as e:
             client.translate(["a"], "en", "fr")
     assert e.value.status == 503 and e.value.retry_after == pytest.approx(0.3)
+
+
+def test_api_keys_are_sent_as_bearer_tokens(keyed_server):
+    with sluice.Client(keyed_server, retries=0) as client:
+        with pytest.raises(sluice.SluiceError) as err:
+            client.translate(["Hello"], "en", "ja")
+    assert (err.value.status, err.value.code) == (401, "unauthorized")
+    with sluice.Client(keyed_server, api_key="secret-key") as client:
+        assert len(client.translate(["Hello"], "en", "ja")) == 1
+
+    async def run():
+        async with sluice.AsyncClient(keyed_server, api_key="secret-key") as client:
+            return await client.translate(["Hello", "World"], "en", "ja")
+
+    assert len(asyncio.run(run())) == 2

@@ -130,6 +130,43 @@ struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: usize,
+    /// An API key callers must send as `Authorization: Bearer KEY`; repeat for several (env:
+    /// comma-separated). Without any, the server takes every caller.
+    #[arg(
+        long = "api-key",
+        env = "SLUICE_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_keys: Vec<String>,
+    /// A file of API keys, one per line (blank lines and `#` comments skipped), added to
+    /// --api-key: for keys mounted from a secret.
+    #[arg(long, env = "SLUICE_API_KEY_FILE")]
+    api_key_file: Option<std::path::PathBuf>,
+    /// Route groups served without a key when keys are set: health (/healthz, /readyz,
+    /// /v2/health/*), metrics (/metrics), openapi (/openapi.json); "none" for none.
+    #[arg(
+        long,
+        env = "SLUICE_OPEN_ROUTES",
+        value_delimiter = ',',
+        default_value = "health,metrics"
+    )]
+    open_routes: Vec<String>,
+    /// Requests a second each caller may send (per API key, or per client address without
+    /// keys); past it, 429 with Retry-After. Off by default.
+    #[arg(long, env = "SLUICE_RATE_LIMIT")]
+    rate_limit: Option<std::num::NonZeroU32>,
+    /// Requests a caller may send at once above --rate-limit (default: the rate).
+    #[arg(long, env = "SLUICE_RATE_LIMIT_BURST")]
+    rate_limit_burst: Option<std::num::NonZeroU32>,
+    /// An origin browsers may call the server from (CORS), e.g. https://app.example.com, or `*`
+    /// for any; repeat for several (env: comma-separated). Off by default.
+    #[arg(
+        long = "cors-origin",
+        env = "SLUICE_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
     /// Bytes of requests the server holds at once, each counted as twice its body (the body and
     /// what is decoded from it); a request past it is refused with 503 and Retry-After.
     #[arg(long, env = "SLUICE_MAX_BUFFERED_BYTES", default_value_t = ServeConfig::default().max_buffered_bytes)]
@@ -572,6 +609,41 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The server's access settings from its flags: keys from --api-key and --api-key-file.
+fn access_config(
+    mut api_keys: Vec<String>,
+    key_file: Option<&std::path::Path>,
+    open_routes: &[String],
+    rate: Option<std::num::NonZeroU32>,
+    burst: Option<std::num::NonZeroU32>,
+    cors_origins: Vec<String>,
+) -> anyhow::Result<sluice_serve::AccessConfig> {
+    if let Some(path) = key_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--api-key-file {}", path.display()))?;
+        api_keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    let open = open_routes
+        .iter()
+        .filter(|g| g.as_str() != "none")
+        .map(|g| {
+            sluice_serve::OpenRoutes::parse(g).map_err(|e| anyhow::anyhow!("--open-routes: {e}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(sluice_serve::AccessConfig {
+        api_keys,
+        open,
+        rate,
+        burst,
+        cors_origins,
+    })
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let queue_capacity = args.queue_capacity;
     if args.max_records > queue_capacity.get() {
@@ -611,6 +683,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_new_tokens: args.max_new_tokens,
         },
         max_buffered_bytes: args.max_buffered_bytes,
+        access: access_config(
+            args.api_keys,
+            args.api_key_file.as_deref(),
+            &args.open_routes,
+            args.rate_limit,
+            args.rate_limit_burst,
+            args.cors_origins,
+        )?,
         deadline: args.deadline_ms.map(Duration::from_millis),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         retry_after: args.retry_after,

@@ -138,6 +138,22 @@ pub enum ApiError {
     /// The request's deadline passed.
     #[error("the request's deadline passed before its translations were ready")]
     DeadlineExceeded,
+    /// The server takes API keys and the request had no accepted one.
+    #[error("{}", if *presented {
+        "the API key is not accepted"
+    } else {
+        "this server needs an API key: send Authorization: Bearer <key>"
+    })]
+    Unauthorized {
+        /// A key was sent (and refused), rather than none.
+        presented: bool,
+    },
+    /// The caller sent more requests than its rate allows.
+    #[error("too many requests from this caller; retry after the Retry-After delay")]
+    RateLimited {
+        /// Seconds for `Retry-After`.
+        retry_after: u64,
+    },
     /// The model gave no output for one of the request's items.
     #[error("{0}")]
     Model(BackendError),
@@ -219,6 +235,8 @@ impl ApiError {
             | ApiError::Overloaded { .. }
             | ApiError::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Model(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -244,17 +262,20 @@ impl ApiError {
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::ShuttingDown { .. } => "shutting_down",
             ApiError::DeadlineExceeded => "deadline_exceeded",
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Model(_) => "model_error",
             ApiError::Internal(_) => "internal",
         }
     }
 
-    /// Seconds for the `Retry-After` header (503 answers).
+    /// Seconds for the `Retry-After` header (503 and 429 answers).
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::ModelLoading { retry_after, .. }
             | ApiError::Overloaded { retry_after, .. }
-            | ApiError::ShuttingDown { retry_after } => Some(*retry_after),
+            | ApiError::ShuttingDown { retry_after }
+            | ApiError::RateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -332,10 +353,15 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
+        let unauthorized = matches!(self, ApiError::Unauthorized { .. });
         let mut resp = (status, axum::Json(body)).into_response();
         if let Some(s) = retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if unauthorized {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -346,7 +372,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_goes_with_every_503_and_only_with_them() {
+    fn retry_after_goes_with_every_503_and_429_and_only_with_them() {
         let cases = [
             ApiError::ModelLoading {
                 name: "m".into(),
@@ -357,12 +383,15 @@ mod tests {
                 retry_after: 3,
             },
             ApiError::ShuttingDown { retry_after: 3 },
+            ApiError::RateLimited { retry_after: 3 },
+            ApiError::Unauthorized { presented: false },
             ApiError::DeadlineExceeded,
             ApiError::NoRoute,
             ApiError::Model(BackendError::Panicked),
         ];
         for e in cases {
-            let unavailable = e.status() == StatusCode::SERVICE_UNAVAILABLE;
+            let unavailable = e.status() == StatusCode::SERVICE_UNAVAILABLE
+                || e.status() == StatusCode::TOO_MANY_REQUESTS;
             assert_eq!(e.retry_after().is_some(), unavailable, "{e:?}");
             let resp = e.into_response();
             assert_eq!(

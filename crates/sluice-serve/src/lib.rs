@@ -10,4 +10,4 @@ pub mod metrics;
 pub mod server;
 pub mod translation;
 
-pub use server::{serve, ModelEntry, ModelKind, ServeConfig};
+pub use server::{serve, AccessConfig, ModelEntry, ModelKind, OpenRoutes, ServeConfig};

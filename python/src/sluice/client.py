@@ -1,7 +1,8 @@
 """Clients for `sluice serve`: `/translation`, `/v1/models` and the Open Inference Protocol
 (`/v2`), synchronous (`Client`) and asyncio (`AsyncClient`), with the same retry rule: 503, 429,
 502 and 504 answers and lost connections are retried, waiting what `Retry-After` says (else
-backing off from 0.1 s, doubling, at most `max_wait`), up to `retries` more attempts.
+backing off from 0.1 s, doubling, at most `max_wait`), up to `retries` more attempts. A server
+started with `--api-key` takes the key as `api_key=`.
 """
 
 import asyncio
@@ -83,6 +84,11 @@ def _v2_outputs(body):
     return {o["name"]: o["data"] for o in body["outputs"]}
 
 
+def _auth_headers(api_key):
+    """`Authorization: Bearer` for a server started with `--api-key`."""
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 class _Retry:
     """When to try again, shared by both clients."""
 
@@ -106,8 +112,12 @@ class _Retry:
 class Client:
     """A synchronous client; use it as a context manager or call `close()`."""
 
-    def __init__(self, url="http://127.0.0.1:9527", *, timeout=60.0, retries=5, max_wait=30.0):
-        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+    def __init__(
+        self, url="http://127.0.0.1:9527", *, api_key=None, timeout=60.0, retries=5, max_wait=30.0
+    ):
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), timeout=timeout, headers=_auth_headers(api_key)
+        )
         self._retry = _Retry(retries, max_wait)
 
     def __enter__(self):
@@ -169,8 +179,12 @@ class Client:
 class AsyncClient:
     """The asyncio client: `Client`'s methods as coroutines."""
 
-    def __init__(self, url="http://127.0.0.1:9527", *, timeout=60.0, retries=5, max_wait=30.0):
-        self._http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout)
+    def __init__(
+        self, url="http://127.0.0.1:9527", *, api_key=None, timeout=60.0, retries=5, max_wait=30.0
+    ):
+        self._http = httpx.AsyncClient(
+            base_url=url.rstrip("/"), timeout=timeout, headers=_auth_headers(api_key)
+        )
         self._retry = _Retry(retries, max_wait)
 
     async def __aenter__(self):

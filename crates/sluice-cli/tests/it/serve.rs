@@ -530,3 +530,69 @@ async fn a_burst_of_maximum_size_bodies_stays_within_the_buffered_bytes_bound() 
         grown >> 20
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_file_and_the_routes_left_open_are_taken_from_the_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(
+        &keys,
+        "# mounted from a secret\nfirst-key\n\n  second-key  \n",
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--api-key-file",
+        keys.to_str().unwrap(),
+        "--api-key",
+        "flag-key",
+        "--open-routes",
+        "health",
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let get = |path: &str, key: Option<&str>| {
+        let mut r = client.get(server.url(path));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r.send()
+    };
+    assert_eq!(get("/readyz", None).await.unwrap().status(), 200);
+    assert_eq!(get("/metrics", None).await.unwrap().status(), 401);
+    for key in ["first-key", "second-key", "flag-key"] {
+        assert_eq!(
+            get("/metrics", Some(key)).await.unwrap().status(),
+            200,
+            "{key}"
+        );
+    }
+    assert_eq!(
+        get("/metrics", Some("# mounted from a secret"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
+
+#[test]
+fn an_unknown_open_route_group_is_refused_before_anything_loads() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--model",
+            "/nonexistent",
+            "--api-key",
+            "k",
+            "--open-routes",
+            "health,admin",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--open-routes") && stderr.contains("\"admin\""),
+        "{stderr}"
+    );
+}

@@ -56,8 +56,9 @@ fn answer(path: &str, e: ApiError) -> Response {
 /// nothing more once answered; any other is writing the body now, and closing on it would reset
 /// the connection before it reads the answer, so the rest (up to [`DRAIN_BOUND`]) is read and
 /// thrown away first.
-async fn refuse(req: Request, declared: Option<u64>, e: ApiError) -> Response {
+pub(super) async fn refuse(req: Request, e: ApiError) -> Response {
     let path = req.uri().path().to_owned();
+    let declared = declared_length(&req);
     let expects = req.headers().contains_key(header::EXPECT);
     if !expects && declared.is_some_and(|n| n <= DRAIN_BOUND) {
         let mut body = req.into_body().into_data_stream();
@@ -69,16 +70,20 @@ async fn refuse(req: Request, declared: Option<u64>, e: ApiError) -> Response {
     answer(&path, e)
 }
 
+/// The body length a request declares.
+fn declared_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Applies the body limit and the budget to one request.
 pub(super) async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let limit = app.config.limits.max_body_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(&req);
     if declared.is_some_and(|n| n > limit as u64) {
-        return refuse(req, declared, ApiError::BodyTooLarge { limit }).await;
+        return refuse(req, ApiError::BodyTooLarge { limit }).await;
     }
     // A chunked body may be as large as the limit allows; a request with neither header has
     // none.
@@ -99,7 +104,6 @@ pub(super) async fn guard(State(app): State<Arc<App>>, req: Request, next: Next)
         let in_use = budget.limit - budget.bytes.available_permits();
         return refuse(
             req,
-            declared,
             ApiError::Overloaded {
                 reason: format!(
                     "the server holds {in_use} bytes of requests and takes at most {} \

@@ -4,6 +4,8 @@
 //! that is not yet ready (`/readyz` 503) while weights load and warm up; translation requests in
 //! that window get 503 with `Retry-After` rather than a refused connection.
 
+mod auth;
+pub use auth::{AccessConfig, OpenRoutes};
 mod guard;
 mod openapi;
 mod submit;
@@ -155,6 +157,8 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Bytes of requests held at once, each counted as twice its body (see `guard`).
     pub max_buffered_bytes: usize,
+    /// API keys, rate limit and CORS (all off by default).
+    pub access: auth::AccessConfig,
     /// Deadline applied to requests that set none.
     pub deadline: Option<Duration>,
     /// How long shutdown waits for in-flight requests before giving up on them.
@@ -183,6 +187,7 @@ impl Default for ServeConfig {
             storage_options: Vec::new(),
             limits: Limits::default(),
             max_buffered_bytes: 256 << 20,
+            access: auth::AccessConfig::default(),
             deadline: None,
             shutdown_timeout: Duration::from_secs(30),
             retry_after: 1,
@@ -241,6 +246,8 @@ struct App {
     batchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Bytes of requests held now.
     body_budget: guard::BodyBudget,
+    /// Who may call, how often.
+    access: auth::Access,
 }
 
 impl App {
@@ -385,6 +392,8 @@ pub async fn serve(
         );
     }
     let body_budget = guard::BodyBudget::new(config.max_buffered_bytes);
+    let access = auth::Access::new(&config.access)?;
+    let cors = auth::cors(&config.access.cors_origins)?;
     let data_root = match &config.data_root {
         Some(d) => Some(
             sluice_core::confine::DataRoot::open(d)
@@ -411,6 +420,7 @@ pub async fn serve(
         draining: AtomicBool::new(false),
         batchers: Mutex::new(Vec::new()),
         body_budget,
+        access,
     });
     let (load_failed_tx, mut load_failed) = mpsc::channel::<anyhow::Error>(app.slots.len());
     let loaders: Vec<_> = (0..app.slots.len())
@@ -419,17 +429,20 @@ pub async fn serve(
     drop(load_failed_tx);
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let router = router(app.clone());
+    let router = router(app.clone(), cors);
     let listener = listener.tap_io(|tcp| {
         // Small JSON answers must not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
     });
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            })
-            .await
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        })
+        .await
     });
     tracing::info!(addr = %addr, "listening");
 
@@ -569,9 +582,9 @@ enum Model {
     Classifier(AudioClassifier),
 }
 
-fn router(app: Arc<App>) -> Router {
+fn router(app: Arc<App>, cors: Option<tower_http::cors::CorsLayer>) -> Router {
     let body_limit = app.config.limits.max_body_bytes;
-    Router::new()
+    let router = Router::new()
         .route("/translation", post(translation))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{name}/infer", post(infer))
@@ -592,12 +605,17 @@ fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics_route))
         .route("/openapi.json", get(openapi_route))
         .route_layer(middleware::from_fn_with_state(app.clone(), guard::guard))
+        .route_layer(middleware::from_fn_with_state(app.clone(), auth::guard))
         .route_layer(middleware::from_fn(track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn(access))
-        .with_state(app)
+        .layer(DefaultBodyLimit::max(body_limit));
+    // Browsers' preflight requests are answered here, before any key is asked for.
+    let router = match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.layer(middleware::from_fn(access)).with_state(app)
 }
 
 /// The header that names a request in the access log, echoed back (made up when absent).
