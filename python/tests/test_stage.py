@@ -136,3 +136,55 @@ def test_a_transient_error_is_retried(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert set(out) == {"flaky", "fine"} and failures == []
+
+
+SETUP_FAILS = """
+    import os
+    import sluice
+
+    def load():
+        with open(os.environ["SETUPS"], "a") as f:
+            f.write("x")
+        raise FileNotFoundError("no model at /models/missing")
+
+    @sluice.stage(setup=load)
+    def use(record, model):
+        return record
+
+    if __name__ == "__main__":
+        use.run()
+"""
+
+
+def test_a_setup_that_fails_stops_the_run_at_once(tmp_path, monkeypatch):
+    setups = tmp_path / "setups"
+    monkeypatch.setenv("SETUPS", str(setups))
+    records = [{"id": f"r{i}"} for i in range(20)]
+    done, out, _ = run_pipeline(tmp_path, SETUP_FAILS, records, workers=1)
+    assert done.returncode == 1, done.stderr
+    assert "setup failed: FileNotFoundError: no model at /models/missing" in done.stderr
+    assert "not retried" in done.stderr
+    # One program started, not one per restart (the stage's default allows 8).
+    assert setups.read_text() == "x"
+    assert out == {}
+
+
+FATAL_RECORD = """
+    import sluice
+
+    @sluice.stage
+    def check(record):
+        if record["id"] == "bad-config":
+            raise sluice.FatalError("the record names a tokenizer this build lacks")
+        return record
+
+    if __name__ == "__main__":
+        check.run()
+"""
+
+
+def test_a_fatal_error_from_a_record_stops_the_run(tmp_path):
+    records = [{"id": "bad-config"}] + [{"id": f"r{i}"} for i in range(3)]
+    done, _, _ = run_pipeline(tmp_path, FATAL_RECORD, records, workers=1)
+    assert done.returncode == 1, done.stderr
+    assert "the record names a tokenizer this build lacks" in done.stderr

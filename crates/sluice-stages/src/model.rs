@@ -86,6 +86,9 @@ pub struct ModelSpec {
     /// Remote: seconds one request may take.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: f64,
+    /// Remote: the environment variable holding the server's API key (sent as
+    /// `Authorization: Bearer`), for a server started with `--api-key`.
+    pub api_key_env: Option<String>,
 }
 
 fn default_field() -> String {
@@ -134,6 +137,7 @@ impl ModelSpec {
             concurrency: default_concurrency(),
             max_attempts: default_attempts(),
             timeout_seconds: default_timeout(),
+            api_key_env: None,
         }
     }
 
@@ -244,6 +248,7 @@ impl Stage for ModelStage {
                 let _inside = runtime.enter();
                 let client = reqwest::Client::builder()
                     .timeout(Duration::from_secs_f64(self.spec.timeout_seconds))
+                    .default_headers(auth_headers(self.spec.api_key_env.as_deref())?)
                     .build()
                     .map_err(|e| StageError::new(format!("HTTP client: {e}")))?;
                 Access::Remote { client, runtime }
@@ -259,6 +264,17 @@ impl Stage for ModelStage {
             if let Err(e) = runtime.block_on(async { client.get(url).send().await }) {
                 if let Some(why) = untrusted_certificate(&e) {
                     return Err(StageError::fatal(untrusted_message(url, &why)));
+                }
+            }
+            // A server that refuses this key, or serves no such model, will not change its mind.
+            if let Some((listing, name)) = models_listing(url) {
+                let answer = runtime.block_on(async {
+                    let r = client.get(&listing).send().await?;
+                    let status = r.status();
+                    Ok::<_, reqwest::Error>((status, r.text().await.unwrap_or_default()))
+                });
+                if let Ok((status, body)) = answer {
+                    check_listing(url, name, status, &body).map_err(StageError::fatal)?;
                 }
             }
         }
@@ -686,6 +702,60 @@ fn untrusted_certificate(e: &reqwest::Error) -> Option<String> {
         };
     }
     None
+}
+
+/// `Authorization: Bearer` from the variable `env`, when a key is configured.
+fn auth_headers(env: Option<&str>) -> Result<reqwest::header::HeaderMap, StageError> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let Some(env) = env else {
+        return Ok(headers);
+    };
+    let key = std::env::var(env)
+        .map_err(|_| StageError::fatal(format!("api_key_env: {env} is not set")))?;
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+        .map_err(|_| StageError::fatal(format!("api_key_env: {env} is not a usable key")))?;
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(headers)
+}
+
+/// For `http://host/.../v1/models/NAME`, the server's model list and NAME.
+fn models_listing(url: &str) -> Option<(String, &str)> {
+    let (base, name) = url.trim_end_matches('/').rsplit_once('/')?;
+    base.ends_with("/v1/models")
+        .then(|| (base.to_owned(), name))
+        .filter(|_| !name.is_empty())
+}
+
+/// Whether the model list a server answered names `name`; why not as a message.
+fn check_listing(
+    url: &str,
+    name: &str,
+    status: reqwest::StatusCode,
+    body: &str,
+) -> Result<(), String> {
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return Err(format!(
+            "{url}: the server needs an API key this stage does not have: name the variable \
+             holding it with api_key_env (or check the key)"
+        ));
+    }
+    if !status.is_success() {
+        // Starting, overloaded, or not Sluice: the batches' retries will tell.
+        return Ok(());
+    }
+    let Ok(models) = serde_json::from_str::<Vec<Value>>(body) else {
+        return Ok(());
+    };
+    let names: Vec<&str> = models.iter().filter_map(|m| m["name"].as_str()).collect();
+    if names.contains(&name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url}: the server serves no model {name:?} (it serves {})",
+            names.join(", ")
+        ))
+    }
 }
 
 fn untrusted_message(url: &str, why: &str) -> String {

@@ -5,7 +5,7 @@ function into a Sluice `exec` pipeline stage.
 clients (which need httpx) are imported when first used.
 """
 
-from .stage import RecordError, Stage, TransientError, stage
+from .stage import FatalError, RecordError, Stage, TransientError, stage
 
 __all__ = [
     "AsyncClient",
@@ -14,6 +14,7 @@ __all__ = [
     "SluiceError",
     "Stage",
     "TransientError",
+    "FatalError",
     "stage",
 ]
 

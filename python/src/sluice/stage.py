@@ -3,6 +3,10 @@
 The engine writes a batch of records, one JSON object per line, to the program's stdin and reads
 one line per record back, in order. A reply `{"sluice_error": ...}` fails that record alone
 (`"transient": true` asks for a retry). This module runs that loop around a function.
+
+A setup that raises, or a `FatalError` raised for a record, stops the whole run at once rather
+than having the engine restart the program to fail the same way: the program answers
+`{"sluice_fatal": "why"}` and exits with status 78 (EX_CONFIG).
 """
 
 import json
@@ -18,6 +22,19 @@ class RecordError(Exception):
 
 class TransientError(RecordError):
     """Fails the record for now: the engine retries it (up to the stage's retry limit)."""
+
+
+class FatalError(Exception):
+    """Stops the run: every worker would fail the same way (a missing model, a bad setting)."""
+
+
+EX_CONFIG = 78
+
+
+def _fatal(out, why):
+    out.write(json.dumps({"sluice_fatal": why}, ensure_ascii=False) + "\n")
+    out.flush()
+    sys.exit(EX_CONFIG)
 
 
 def _error_reply(exc):
@@ -92,12 +109,16 @@ class Stage:
                     continue
                 try:
                     out.append(self.fn(record, *args))
+                except FatalError:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - every failure is this record's
                     out.append(_error_reply(exc))
             return out
         good = [r for r in records if not isinstance(r, Exception)]
         try:
             results = list(self.fn(good, *args)) if good else []
+        except FatalError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the batch failed: each record says why
             results = [exc] * len(good)
         if len(results) != len(good):
@@ -113,7 +134,11 @@ class Stage:
     def run(self, stdin=None, stdout=None):
         """Reads records from `stdin` (fd 0) and writes one reply line per record to `stdout`."""
         out = stdout or sys.stdout
-        context = self.setup() if self.setup is not None else None
+        try:
+            context = self.setup() if self.setup is not None else None
+        except Exception as exc:  # noqa: BLE001 - any setup failure is reported, then fatal
+            traceback.print_exc()
+            _fatal(out, f"setup failed: {type(exc).__name__}: {exc}")
         lines = _Lines(stdin.fileno() if stdin is not None else sys.stdin.fileno())
         while True:
             batch = lines.batch(self.max_batch if self.batch else 1)
@@ -125,7 +150,11 @@ class Stage:
                     records.append(json.loads(line))
                 except ValueError as exc:
                     records.append(RecordError(f"not a JSON record: {exc}"))
-            for reply in self._replies(records, context):
+            try:
+                replies = self._replies(records, context)
+            except FatalError as exc:
+                _fatal(out, str(exc) or "FatalError")
+            for reply in replies:
                 out.write(json.dumps(reply, ensure_ascii=False) + "\n")
             out.flush()
 

@@ -579,3 +579,60 @@ fn classify_writes_its_table_to_object_storage_and_reruns_skip_it() {
     let stderr = run();
     assert!(stderr.contains("3 skipped"), "{stderr}");
 }
+
+/// A remote model stage whose server has no such model, or wants a key the stage lacks, stops
+/// the run after its first setup instead of restarting workers; with `api_key_env` naming the
+/// key it runs.
+#[test]
+fn a_remote_stage_fails_fast_on_a_missing_model_or_key_and_sends_its_key() {
+    let data = volume();
+    let server = Server::start(
+        sluice_testkit::free_port(),
+        data.path(),
+        &["--api-key", "k-1"],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let run = |url: String, key_env: &str| {
+        let pipeline = out.path().join("p.toml");
+        std::fs::write(
+            &pipeline,
+            format!(
+                "[source]\nkind = \"files\"\npath = \"{data}\"\nextensions = [\"wav\"]\n\n\
+                 [[stage]]\nkind = \"model\"\nname = \"detect\"\nurl = \"{url}\"\n{key_env}\
+                 workers = 2\n\n[sink]\nkind = \"jsonl\"\npath = \"{out}\"\nkey_field = \"relpath\"\n",
+                data = data.path().display(),
+                out = out.path().join("results").display(),
+            ),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let done = Command::new(SLUICE)
+            .args(["run", "--progress", "off"])
+            .arg(&pipeline)
+            .env("TONE_KEY", "k-1")
+            .output()
+            .unwrap();
+        (done, started.elapsed())
+    };
+    let base = format!("http://127.0.0.1:{}/v1/models", server.port);
+    let (done, took) = run(format!("{base}/nosuch"), "api_key_env = \"TONE_KEY\"\n");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("serves no model \"nosuch\" (it serves tone)")
+            && stderr.contains("not retried"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("restarting worker"), "{stderr}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    let (done, _) = run(format!("{base}/tone"), "");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("needs an API key"), "{stderr}");
+    assert!(!stderr.contains("restarting worker"), "{stderr}");
+    let (done, _) = run(format!("{base}/tone"), "api_key_env = \"TONE_KEY\"\n");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    // The corrupt file fails alone (exit 3); the others are scored.
+    assert_eq!(done.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(" 3 out"), "{stderr}");
+}

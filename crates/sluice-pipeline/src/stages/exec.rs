@@ -3,12 +3,20 @@
 //! per line to the program's stdin and reads one line per record back from its stdout, in order.
 //! A reply `{"sluice_error": "why"}` fails that item; `{"sluice_error": {"message": "why",
 //! "transient": true}}` asks for a retry. A program that exits or answers garbage is restarted.
+//!
+//! A program that knows every worker would fail the same way (its model is missing, its settings
+//! are wrong) says so and the run stops at once instead of restarting it: it answers a line
+//! `{"sluice_fatal": "why"}` (at any point, its setup included), or exits with status 78
+//! (`EX_CONFIG` of sysexits.h) before answering its batch.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use crate::stages::Record;
 use crate::{ItemError, Stage, StageError, StageOptions, WorkerContext};
+
+/// The exit status of a program whose configuration is wrong (sysexits.h): no restart helps.
+pub const EX_CONFIG: i32 = 78;
 
 /// Runs a JSON-lines program per worker.
 #[derive(Debug, Clone)]
@@ -64,6 +72,10 @@ fn reply_to_result(line: &str) -> Result<Result<Record, ItemError>, StageError> 
             "program answered a line that is not JSON ({e}): {line:.200}"
         ))
     })?;
+    if let Some(why) = value.get("sluice_fatal") {
+        let why = why.as_str().map_or_else(|| why.to_string(), str::to_owned);
+        return Err(StageError::fatal(format!("the program says: {why}")));
+    }
     Ok(match value.get("sluice_error") {
         None => Ok(value),
         Some(Record::String(message)) => Err(ItemError::permanent(message.clone())),
@@ -157,7 +169,14 @@ impl Stage for ExecStage {
                 line.clear();
                 match stdout.read_line(&mut line) {
                     Ok(0) => break,
-                    Ok(_) => replies.push(reply_to_result(line.trim_end())),
+                    Ok(_) => {
+                        let reply = reply_to_result(line.trim_end());
+                        let fatal = matches!(&reply, Err(e) if e.is_fatal());
+                        replies.push(reply);
+                        if fatal {
+                            break;
+                        }
+                    }
                     Err(e) => {
                         replies.push(Err(StageError::new(format!(
                             "reading the program's output: {e}"
@@ -173,19 +192,35 @@ impl Stage for ExecStage {
                 replies,
             )
         });
+        if let Some(fatal) = replies
+            .iter()
+            .find_map(|r| r.as_ref().err().filter(|e| e.is_fatal()))
+        {
+            return Err(fatal.clone());
+        }
         if replies.len() < batch.len() {
-            let status = child
-                .try_wait()
-                .ok()
-                .flatten()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "still running".into());
-            return Err(StageError::new(format!(
+            // The output closed: the program is exiting; give it a moment to be reaped, so
+            // that its status can say whether restarting it could help.
+            let mut exited = child.try_wait().ok().flatten();
+            for _ in 0..50 {
+                if exited.is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                exited = child.try_wait().ok().flatten();
+            }
+            let status = exited.map_or_else(|| "still running".into(), |s| s.to_string());
+            let message = format!(
                 "program {:?} answered {} of {} lines and closed its output ({status})",
                 self.command.join(" "),
                 replies.len(),
                 batch.len()
-            )));
+            );
+            return Err(if exited.and_then(|s| s.code()) == Some(EX_CONFIG) {
+                StageError::fatal(message)
+            } else {
+                StageError::new(message)
+            });
         }
         written.map_err(|e| StageError::new(format!("writing to the program: {e}")))?;
         replies.into_iter().collect()

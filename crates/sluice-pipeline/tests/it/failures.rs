@@ -241,3 +241,60 @@ fn an_exec_stage_whose_program_is_missing_stops_the_run_at_once() {
         "{err}"
     );
 }
+
+/// Runs 10 records through an exec stage running `script` (sh) with one worker; the run's error
+/// and how many times the program was started.
+fn run_exec_script(script: &str, max_restarts: u32) -> (String, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let starts = dir.path().join("starts");
+    let mut stage = sluice_pipeline::stages::ExecStage::new(
+        "py",
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo x >> \"$STARTS\"; {script}"),
+        ],
+        fixed(2, 1).max_restarts(max_restarts),
+    );
+    stage
+        .env
+        .push(("STARTS".into(), starts.display().to_string()));
+    let err = Pipeline::from_items((0..10).map(|i| serde_json::json!({ "i": i })))
+        .stage(stage)
+        .run(&run_opts(dir.path()), &mut VecSink::default())
+        .unwrap_err()
+        .to_string();
+    let started = std::fs::read_to_string(&starts)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    (err, started)
+}
+
+#[test]
+fn an_exec_program_that_says_it_cannot_work_stops_the_run_and_a_crash_is_restarted() {
+    // It says why on a line.
+    let (err, starts) = run_exec_script(
+        "echo '{\"sluice_fatal\": \"no model at /models/m\"}'; exit 1",
+        5,
+    );
+    assert!(
+        err.contains("the program says: no model at /models/m") && err.contains("not retried"),
+        "{err}"
+    );
+    assert_eq!(starts, 1, "{err}");
+    // Or exits with EX_CONFIG.
+    let (err, starts) = run_exec_script("exit 78", 5);
+    assert!(
+        err.contains("exit status: 78") && err.contains("not retried"),
+        "{err}"
+    );
+    assert_eq!(starts, 1, "{err}");
+    // Any other exit is a broken worker: restarted up to the limit.
+    let (err, starts) = run_exec_script("exit 1", 3);
+    assert!(
+        err.contains("4 workers broke, more than its limit of 3"),
+        "{err}"
+    );
+    assert_eq!(starts, 4, "{err}");
+}
