@@ -338,13 +338,20 @@ impl NatsServer {
     /// Starts `nats-server -js` on a port it picks itself (a port picked here could be taken by
     /// a test running beside this one before the server binds it) and waits until it listens.
     pub fn start() -> Self {
-        use std::io::BufRead;
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let store = std::env::temp_dir().join(format!("sluice-nats-{}-{n}", std::process::id()));
+        let (child, addr) = Self::spawn(&store, None);
+        NatsServer { child, store, addr }
+    }
+
+    /// Starts the server on `store`, on `port` or (`None`) one it picks; waits until it listens.
+    fn spawn(store: &std::path::Path, port: Option<u16>) -> (Child, SocketAddr) {
+        use std::io::BufRead;
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut child = Command::new(find_tool("nats-server", "SLUICE_NATS_SERVER"))
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-            .arg(&store)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+            .arg(store)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -369,7 +376,19 @@ impl NatsServer {
         std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
         let addr = SocketAddr::from(([127, 0, 0, 1], port.unwrap()));
         wait_for_port(addr, &mut child, "nats-server");
-        NatsServer { child, store, addr }
+        (child, addr)
+    }
+
+    /// Kills the server outright (SIGKILL), as a crashed node or a lost pod; its store stays.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and store, after [`NatsServer::kill`].
+    pub fn restart(&mut self) {
+        let (child, _) = Self::spawn(&self.store, Some(self.addr.port()));
+        self.child = child;
     }
 
     /// The URL to give clients.

@@ -257,6 +257,10 @@ impl Server {
         format!("http://127.0.0.1:{}/v1/models/tone", self.port)
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn requests(&self) -> f64 {
         let addr: std::net::SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         let Ok(resp) = sluice_testkit::http_request(addr, "GET", "/metrics") else {

@@ -7,6 +7,7 @@ mod python;
 mod run;
 mod schemathesis;
 mod serve;
+mod soak;
 mod tls;
 mod translate;
 mod triton;

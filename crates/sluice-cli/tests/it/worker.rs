@@ -395,3 +395,102 @@ fn nats_sources_and_sinks_refuse_what_cannot_work() {
         "{stderr}"
     );
 }
+
+/// Polls `done` every 50 ms for up to `secs` seconds.
+fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn publisher_and_workers_ride_out_a_nats_server_restart_and_write_each_key_once() {
+    let mut nats = NatsServer::start();
+    let ids: Vec<String> = (0..600).map(|i| format!("item-{i:04}")).collect();
+    let setup = setup(&nats, &ids, 5);
+    // A publisher slowed by a stage (5 ms a record), so that the server dies under it.
+    let publish = std::fs::read_to_string(&setup.publish).unwrap().replace(
+        "[sink]",
+        &format!(
+            "[[stage]]\nkind = \"exec\"\nname = \"slow\"\ncommand = [\"python3\", \"{}\"]\n\
+             env = {{ SLEEP_MS = \"5\" }}\nbatch_size = 8\nworkers = 1\n\n[sink]",
+            setup.dir.path().join("upper.py").display()
+        ),
+    );
+    let slow_publish = setup.dir.path().join("slow-publish.toml");
+    std::fs::write(&slow_publish, publish).unwrap();
+    let publisher = Command::new(SLUICE)
+        .args(["run", slow_publish.to_str().unwrap(), "--progress", "off"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let workers = [start_worker(&setup, &[]), start_worker(&setup, &[])];
+    wait_for(60, "the first outputs", || {
+        outputs(setup.dir.path()).len() >= 30
+    });
+
+    // The server dies mid-stream (SIGKILL) and comes back 2 s later on the same store.
+    nats.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    nats.restart();
+
+    let published = publisher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&published.stderr);
+    assert!(
+        published.status.success(),
+        "the publisher gave up: {stderr}"
+    );
+    wait_for(180, "every key in the outputs", || {
+        outputs(setup.dir.path()).len() == ids.len()
+    });
+    wait_for(60, "the stream to empty", || stream_len(&nats, "work") == 0);
+    let mut dead = 0;
+    for w in workers {
+        unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
+        let stderr = finish(w);
+        dead += counts(&stderr)["dead_lettered"].as_u64().unwrap();
+    }
+    assert_eq!(dead, 0, "items dead-lettered by the outage");
+    let by_id = outputs(setup.dir.path());
+    let doubled: Vec<_> = by_id.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(doubled.is_empty(), "written twice: {doubled:?}");
+    assert_eq!(by_id.len(), ids.len());
+}
+
+#[test]
+fn a_worker_that_cannot_write_its_outputs_acks_nothing_and_loses_nothing() {
+    let nats = NatsServer::start();
+    let ids: Vec<String> = (0..50).map(|i| format!("item-{i:04}")).collect();
+    let setup = setup(&nats, &ids, 0);
+    publish(&setup);
+    // The output directory's place is taken by a file: every part write fails (as a full or
+    // read-only disk would), whoever runs the test.
+    let out = setup.dir.path().join("out");
+    std::fs::write(&out, "not a directory").unwrap();
+    let failed = Command::new(SLUICE)
+        .args([
+            "worker",
+            setup.worker.to_str().unwrap(),
+            "--progress",
+            "off",
+        ])
+        .args(["--exit-when-drained"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert_eq!(
+        stream_len(&nats, "work"),
+        50,
+        "items left the stream: {stderr}"
+    );
+
+    // With the disk back, another worker writes every item once.
+    std::fs::remove_file(&out).unwrap();
+    let stderr = finish(start_worker(&setup, &["--exit-when-drained"]));
+    let by_id = outputs(setup.dir.path());
+    assert_eq!(by_id.len(), 50, "{stderr}");
+    assert!(by_id.values().all(|v| v.len() == 1));
+}

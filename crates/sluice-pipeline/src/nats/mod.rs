@@ -8,8 +8,10 @@
 //!   has its messages redelivered, `ack_wait` after its last sign of life;
 //! - an item is acked after its output is durable: a part file renamed into place, or a publish
 //!   the results stream acknowledged. Outputs are idempotent by key (results carry the key as
-//!   `Nats-Msg-Id`; a redelivered item whose key a part file already holds is acked, not redone),
-//!   so a worker killed between writing and acking leaves no duplicate;
+//!   `Nats-Msg-Id`; an item whose key a part file already holds is acked, not redone), so a
+//!   worker killed between writing and acking leaves no duplicate, and neither does a server
+//!   restart (which can bring done items back as first deliveries: the outputs are read again
+//!   for every pull for a while after the connection was lost);
 //! - a failed item is handed back (`-NAK` with a growing delay) until it has been delivered
 //!   `max_deliver` times, then published to the dead-letter subject with the error in headers and
 //!   acked. The consumer allows one delivery more than `max_deliver`, used only to dead-letter an
@@ -30,7 +32,7 @@ pub use worker::{DoneCheck, WorkerCounts, WorkerOptions};
 
 use async_nats::jetstream::{self, stream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +45,8 @@ struct Nats {
     rt: Arc<tokio::runtime::Runtime>,
     client: async_nats::Client,
     js: jetstream::Context,
+    /// Times the connection was lost (the client reconnects by itself).
+    disconnects: Arc<AtomicU64>,
 }
 
 impl Nats {
@@ -61,10 +65,21 @@ impl Nats {
             .enable_all()
             .build()
             .map_err(|e| format!("starting the NATS client runtime: {e}"))?;
+        let disconnects = Arc::new(AtomicU64::new(0));
+        let counted = disconnects.clone();
         let client = rt.block_on(async {
             let mut options = async_nats::ConnectOptions::new()
                 .name(name)
-                .connection_timeout(Duration::from_secs(10));
+                .connection_timeout(Duration::from_secs(10))
+                .event_callback(move |event| {
+                    let counted = counted.clone();
+                    async move {
+                        if let async_nats::Event::Disconnected = event {
+                            tracing::warn!("lost the connection to NATS; reconnecting");
+                            counted.fetch_add(1, Relaxed);
+                        }
+                    }
+                });
             if let Some(path) = credentials {
                 options = options
                     .credentials_file(path)
@@ -85,6 +100,7 @@ impl Nats {
             rt: Arc::new(rt),
             client,
             js,
+            disconnects,
         })
     }
 
@@ -97,7 +113,8 @@ impl Nats {
         duplicate_window: Duration,
     ) -> Result<stream::Stream, String> {
         self.rt.block_on(async {
-            self.js
+            let created = self
+                .js
                 .get_or_create_stream(stream::Config {
                     name: name.into(),
                     subjects: vec![subject.into()],
@@ -106,8 +123,17 @@ impl Nats {
                     duplicate_window,
                     ..Default::default()
                 })
-                .await
-                .map_err(|e| format!("stream {name} (subject {subject}): {e}"))
+                .await;
+            match created {
+                Ok(stream) => Ok(stream),
+                // A publisher and its workers starting together both create the stream, each
+                // with its own settings: the one that lost the race uses the winner's.
+                Err(e) => self
+                    .js
+                    .get_stream(name)
+                    .await
+                    .map_err(|_| format!("stream {name} (subject {subject}): {e}")),
+            }
         })
     }
 }

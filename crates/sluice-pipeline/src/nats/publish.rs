@@ -6,7 +6,7 @@ use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::stream;
 use bytes::Bytes;
 use serde::Serialize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Publishes records to a subject; each carries its key as `Nats-Msg-Id`, so JetStream drops a
 /// key published again within the stream's duplicate window (a rerun, a redelivered item).
@@ -17,6 +17,8 @@ pub struct NatsSink {
     held: Vec<(String, Bytes)>,
     published: u64,
     duplicates: u64,
+    /// How long a round is retried while the server does not confirm it.
+    retry_for: Duration,
 }
 
 /// Publishes in rounds of this many messages, each round awaiting its acknowledgements.
@@ -59,6 +61,7 @@ impl NatsSink {
             held: Vec::new(),
             published: 0,
             duplicates: 0,
+            retry_for: Duration::from_secs_f64(spec.retry_for_s.unwrap_or(300.0)),
         })
     }
 
@@ -71,31 +74,56 @@ impl NatsSink {
         if self.held.is_empty() {
             return Ok(());
         }
-        let held = std::mem::take(&mut self.held);
-        let (js, subject) = (&self.nats.js, self.subject.clone());
-        let (published, duplicates) = self.nats.rt.block_on(async {
-            let mut acks = Vec::with_capacity(held.len());
-            for (key, payload) in held {
-                let message = Publish::build().payload(payload).message_id(&key);
+        // A round is sent again whole until the stream confirms all of it: the server may be
+        // restarting or unreachable for a while, and each message's id makes JetStream drop
+        // the copies of those it had already stored (within the stream's duplicate window).
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(200);
+        let (published, duplicates) = loop {
+            match self.publish_round() {
+                Ok(counts) => break counts,
+                Err(e) if started.elapsed() < self.retry_for => {
+                    tracing::warn!("{e}; publishing the round again in {wait:?}");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    return Err(SinkError::Encode(format!(
+                        "{e} (still failing after {:.0} s: retry_for_s)",
+                        started.elapsed().as_secs_f64()
+                    )))
+                }
+            }
+        };
+        self.held.clear();
+        self.published += published;
+        self.duplicates += duplicates;
+        Ok(())
+    }
+
+    /// Publishes every held message and awaits their acknowledgements.
+    fn publish_round(&self) -> Result<(u64, u64), String> {
+        let (js, subject) = (&self.nats.js, &self.subject);
+        self.nats.rt.block_on(async {
+            let mut acks = Vec::with_capacity(self.held.len());
+            for (key, payload) in &self.held {
+                let message = Publish::build().payload(payload.clone()).message_id(key);
                 let ack = js
                     .send_publish(subject.clone(), message)
                     .await
-                    .map_err(|e| SinkError::Encode(format!("publishing to {subject}: {e}")))?;
+                    .map_err(|e| format!("publishing to {subject}: {e}"))?;
                 acks.push(ack);
             }
             let (mut published, mut duplicates) = (0, 0);
             for ack in acks {
-                let ack = ack.await.map_err(|e| {
-                    SinkError::Encode(format!("{subject}: the stream did not confirm: {e}"))
-                })?;
+                let ack = ack
+                    .await
+                    .map_err(|e| format!("{subject}: the stream did not confirm: {e}"))?;
                 published += 1;
                 duplicates += u64::from(ack.duplicate);
             }
-            Ok::<_, SinkError>((published, duplicates))
-        })?;
-        self.published += published;
-        self.duplicates += duplicates;
-        Ok(())
+            Ok((published, duplicates))
+        })
     }
 }
 

@@ -127,6 +127,9 @@ pub struct NatsSinkSpec {
     pub duplicate_window_s: Option<f64>,
     /// The record field that holds the key (added when missing).
     pub key_field: Option<String>,
+    /// Seconds a round of messages is published again while the server does not confirm it (a
+    /// restart, a lost connection) before the run fails; default 300.
+    pub retry_for_s: Option<f64>,
 }
 
 impl NatsSinkSpec {

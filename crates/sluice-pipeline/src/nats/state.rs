@@ -90,7 +90,10 @@ pub(crate) fn intake(source: &NatsSource, m: Delivery, done: Option<&Completed>)
             .map(str::to_owned)
             .unwrap_or_else(|| format!("{}:{}", source.stream, m.sequence)),
     };
-    if m.delivered > 1 && done.is_some_and(|done| done(&key)) {
+    // Any delivery, not only a redelivery: after a server restart an item already written can
+    // come back as a first delivery (a republished copy whose id the work queue forgot when it
+    // deleted the acked original, or an ack the server had not yet stored).
+    if done.is_some_and(|done| done(&key)) {
         return Intake::AlreadyDone;
     }
     Intake::Admit { key, record }
@@ -108,8 +111,8 @@ pub(crate) fn on_failure(source: &NatsSource, delivered: u64) -> OnFailure {
     )
 }
 
-/// Messages admitted to the pipeline, by key: several messages may carry the same key, and a
-/// finished item settles the oldest of its key's messages.
+/// Messages admitted to the pipeline, by key: several messages may carry the same key, and the
+/// one item made for them settles them all.
 #[derive(Debug)]
 pub(crate) struct ByKey<M> {
     messages: HashMap<String, VecDeque<M>>,
@@ -129,14 +132,14 @@ impl<M> ByKey<M> {
         self.messages.entry(key).or_default().push_back(message);
     }
 
-    /// The oldest message held under `key`, no longer held.
-    pub fn take(&mut self, key: &str) -> Option<M> {
-        let queue = self.messages.get_mut(key)?;
-        let message = queue.pop_front();
-        if queue.is_empty() {
-            self.messages.remove(key);
-        }
-        message
+    /// Every message held under `key`, no longer held.
+    pub fn take_all(&mut self, key: &str) -> Vec<M> {
+        self.messages.remove(key).map(Vec::from).unwrap_or_default()
+    }
+
+    /// Whether a message is held under `key`.
+    pub fn holds(&self, key: &str) -> bool {
+        self.messages.contains_key(key)
     }
 
     /// Every message held.
@@ -216,14 +219,16 @@ mod tests {
     }
 
     #[test]
-    fn only_a_redelivered_item_with_its_output_written_is_skipped() {
+    fn an_item_with_its_output_written_is_skipped_however_often_delivered() {
         let done: Completed = Arc::new(|k: &str| k == "7");
         let body = br#"{"id": 7}"#;
         let r = rules(Some("id"));
         assert_eq!(intake(&r, msg(body, 2), Some(&done)), Intake::AlreadyDone);
-        // A first delivery is processed even if an output with its key exists.
+        // A first delivery too: after a server restart a done item can come back as one.
+        assert_eq!(intake(&r, msg(body, 1), Some(&done)), Intake::AlreadyDone);
+        // Without a reading of the outputs, everything is admitted.
         assert!(matches!(
-            intake(&r, msg(body, 1), Some(&done)),
+            intake(&r, msg(body, 1), None),
             Intake::Admit { .. }
         ));
         assert!(matches!(
@@ -255,15 +260,16 @@ mod tests {
     }
 
     #[test]
-    fn messages_of_one_key_settle_oldest_first() {
+    fn the_messages_of_one_key_settle_together_oldest_first() {
         let mut held = ByKey::default();
         held.hold("a".into(), 1);
         held.hold("b".into(), 2);
         held.hold("a".into(), 3);
-        assert_eq!(held.take("a"), Some(1));
-        assert_eq!(held.take("a"), Some(3));
-        assert_eq!(held.take("a"), None);
-        assert_eq!(held.take("zzz"), None);
+        assert!(held.holds("a"));
+        assert_eq!(held.take_all("a"), [1, 3]);
+        assert!(!held.holds("a"));
+        assert!(held.take_all("a").is_empty());
+        assert!(held.take_all("zzz").is_empty());
         assert_eq!(held.iter().copied().collect::<Vec<_>>(), [2]);
     }
 }

@@ -29,6 +29,9 @@ pub struct WorkerCounts {
     pub retried: u64,
     /// Items sent to the dead-letter subject.
     pub dead_lettered: u64,
+    /// Items not written because the connection was lost while they were processed (their
+    /// messages come back).
+    pub abandoned: u64,
 }
 
 #[derive(Default)]
@@ -39,6 +42,7 @@ struct Counters {
     already_done: AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
+    abandoned: AtomicU64,
 }
 
 impl Counters {
@@ -50,6 +54,7 @@ impl Counters {
             already_done: self.already_done.load(Relaxed),
             retried: self.retried.load(Relaxed),
             dead_lettered: self.dead_lettered.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
         }
     }
 }
@@ -65,16 +70,23 @@ struct Held {
     dead_subject: String,
     /// Pulled, not yet handed to the pipeline.
     waiting: Mutex<VecDeque<Message>>,
-    /// In the pipeline, by key (several messages may share a key).
-    pending: Mutex<ByKey<Message>>,
+    /// In the pipeline, by key (several messages may share a key: one item serves them all),
+    /// each with the count of connection losses when it was admitted.
+    pending: Mutex<ByKey<(u64, Message)>>,
     /// Messages admitted to the pipeline and not yet settled (acked, handed back or dead).
     in_flight: AtomicU64,
     counts: Counters,
     stop: Arc<AtomicBool>,
     /// How to read which keys the outputs hold (part files; a NATS sink deduplicates itself).
     done_check: Option<DoneCheck>,
-    /// What `done_check` read when the last pull brought redelivered messages.
+    /// What `done_check` read last (see [`Held::refresh_done`]).
     done: Mutex<Option<Completed>>,
+    /// Until when every pull reads the outputs again, after the connection was lost.
+    suspect_until: Mutex<Option<Instant>>,
+    /// Connection losses already seen.
+    disconnects_seen: AtomicU64,
+    /// When the outputs were last read.
+    read_at: Mutex<Option<Instant>>,
 }
 
 /// A message's delivery count and stream sequence.
@@ -143,6 +155,9 @@ impl Held {
             stop,
             done_check,
             done: Mutex::new(None),
+            suspect_until: Mutex::new(None),
+            disconnects_seen: AtomicU64::new(0),
+            read_at: Mutex::new(None),
         })
     }
 
@@ -209,8 +224,12 @@ impl Held {
         match decision {
             Intake::Admit { key, record } => {
                 self.in_flight.fetch_add(1, Relaxed);
-                lock(&self.pending).hold(key.clone(), message);
-                Some((key, record))
+                let mut pending = lock(&self.pending);
+                // A second message for a key in the pipeline (a republished copy, a
+                // redelivery) waits for that item rather than making a second output.
+                let first = !pending.holds(&key);
+                pending.hold(key.clone(), (self.epoch(), message));
+                first.then_some((key, record))
             }
             Intake::DeadLetter { error, stage } => {
                 self.dead_letter(message, &error, stage, None);
@@ -224,16 +243,34 @@ impl Held {
         }
     }
 
-    /// Reads which keys the outputs hold, once per pull that brought redelivered messages: they
+    /// After the connection was lost (or a pull failed), done items can come back as first
+    /// deliveries for a while; this starts that while.
+    fn suspect(&self) {
+        let window = Duration::from_secs_f64((4.0 * self.spec.ack_wait_s).max(60.0));
+        *lock(&self.suspect_until) = Some(Instant::now() + window);
+    }
+
+    /// Reads which keys the outputs hold: once per pull that brought redelivered messages (they
     /// come back `ack_wait` after their worker's last sign of life, so its outputs are all in place
-    /// by now, and one read serves the whole pull.
+    /// by now, and one read serves the whole pull), and at most once a second for every pull
+    /// while a lost connection is recent.
     fn refresh_done(&self, pulled: &[Message]) {
         let Some(check) = &self.done_check else {
             return;
         };
-        if pulled.iter().all(|m| delivery(m).0 == 1) {
+        let disconnects = self.nats.disconnects.load(Relaxed);
+        if self.disconnects_seen.swap(disconnects, Relaxed) != disconnects {
+            self.suspect();
+        }
+        let now = Instant::now();
+        let suspect = lock(&self.suspect_until).is_some_and(|until| now < until);
+        let stale =
+            lock(&self.read_at).is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
+        let redelivered = pulled.iter().any(|m| delivery(m).0 > 1);
+        if !(redelivered || (suspect && stale)) {
             return;
         }
+        *lock(&self.read_at) = Some(now);
         *lock(&self.done) = match check() {
             Ok(done) => done,
             Err(e) => {
@@ -243,8 +280,21 @@ impl Held {
         };
     }
 
-    fn take(&self, key: &str) -> Option<Message> {
-        lock(&self.pending).take(key)
+    /// Connection losses so far: a message admitted before the latest one may have been
+    /// given to another worker meanwhile.
+    fn epoch(&self) -> u64 {
+        self.nats.disconnects.load(Relaxed)
+    }
+
+    fn take(&self, key: &str) -> Vec<(u64, Message)> {
+        lock(&self.pending).take_all(key)
+    }
+
+    /// Lets go of messages without acking them: the server gives them out again.
+    fn abandon(&self, messages: Vec<(u64, Message)>) {
+        let n = messages.len() as u64;
+        self.in_flight.fetch_sub(n, Relaxed);
+        self.counts.abandoned.fetch_add(n, Relaxed);
     }
 
     /// Acks admitted messages whose outputs are durable.
@@ -277,10 +327,13 @@ impl Held {
 
     /// A failed item: another try later, or the dead-letter subject after `max_deliver`.
     fn failed(&self, failure: &Failure) {
-        let Some(message) = self.take(&failure.key) else {
-            return;
-        };
-        self.in_flight.fetch_sub(1, Relaxed);
+        for (_, message) in self.take(&failure.key) {
+            self.in_flight.fetch_sub(1, Relaxed);
+            self.failed_message(message, failure);
+        }
+    }
+
+    fn failed_message(&self, message: Message, failure: &Failure) {
         let (delivered, _) = delivery(&message);
         let delay = match on_failure(&self.spec, delivered) {
             OnFailure::RetryAfter(delay) => delay,
@@ -353,7 +406,11 @@ impl Held {
             let held: Vec<Message> = {
                 let waiting = lock(&self.waiting);
                 let pending = lock(&self.pending);
-                waiting.iter().chain(pending.iter()).cloned().collect()
+                waiting
+                    .iter()
+                    .chain(pending.iter().map(|(_, m)| m))
+                    .cloned()
+                    .collect()
             };
             for message in held {
                 if let Err(e) = message.ack_with(AckKind::Progress).await {
@@ -408,6 +465,7 @@ impl Iterator for Pull {
                 }
                 Err(e) => {
                     tracing::warn!("{e}; retrying in {backoff:?}");
+                    self.queue.suspect();
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -437,9 +495,18 @@ impl AckingSink {
 
 impl Sink<Record> for AckingSink {
     fn write(&mut self, item: Envelope<Record>) -> Result<(), SinkError> {
-        let message = self.queue.take(&item.key);
+        let messages = self.queue.take(&item.key);
+        // The connection was lost since this item's message came: the server may have given it
+        // to another worker meanwhile, so its output is not written here; unacked, the message
+        // comes back and is done (or found done) once.
+        let epoch = self.queue.epoch();
+        if messages.iter().any(|(admitted, _)| *admitted != epoch) {
+            tracing::warn!(key = %item.key, "not writing an item held across a lost connection");
+            self.queue.abandon(messages);
+            return Ok(());
+        }
         self.inner.write(item)?;
-        self.held.extend(message);
+        self.held.extend(messages.into_iter().map(|(_, m)| m));
         let since = *self.since.get_or_insert_with(Instant::now);
         if self.held.len() >= self.most || since.elapsed() >= self.every {
             self.settle()?;
