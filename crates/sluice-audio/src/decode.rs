@@ -75,6 +75,17 @@ impl Decoder {
     /// Opens `source` (read from where it is, at the start of the file); `extension` (without
     /// the dot) only hints the prober.
     pub fn new<R>(
+        source: R,
+        extension: Option<&str>,
+        chunk_frames: usize,
+    ) -> Result<Self, AudioError>
+    where
+        R: std::io::Read + std::io::Seek + Send + Sync + 'static,
+    {
+        unpanicked(|| Self::open(source, extension, chunk_frames))
+    }
+
+    fn open<R>(
         mut source: R,
         extension: Option<&str>,
         chunk_frames: usize,
@@ -93,7 +104,11 @@ impl Decoder {
         }
         // MP4 keeps its trims in the edit list, which symphonia does not apply (see the module doc).
         let edit = if head.get(4..8) == Some(b"ftyp") {
-            Some(edit_list::read_moov(&mut source).map_err(io)?)
+            let moov = edit_list::read_moov(&mut source).map_err(io)?;
+            if let Some(why) = moov.as_deref().and_then(edit_list::oversized_table) {
+                return Err(AudioError::Corrupt(format!("damaged MP4: {why}")));
+            }
+            Some(moov)
         } else {
             None
         };
@@ -179,7 +194,12 @@ impl Decoder {
     /// so that its rate and channels are known.
     pub fn next_chunk(&mut self) -> Result<Option<Audio>, AudioError> {
         while !self.ended && self.out.buffered() < self.chunk_frames {
-            if !self.read_packet()? {
+            // A decoder that panicked may be in any state: nothing more is read from it.
+            let read = unpanicked(|| self.read_packet());
+            if read.is_err() {
+                self.ended = true;
+            }
+            if !read? {
                 self.ended = true;
                 self.check_end()?;
             }
@@ -287,6 +307,21 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Runs a step of symphonia's, turning a panic (its demuxers and decoders assert on some damaged
+/// input, as fuzzing found) into the error of a corrupt file, so that one bad upload fails alone.
+fn unpanicked<T>(step: impl FnOnce() -> Result<T, AudioError>) -> Result<T, AudioError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(AudioError::Corrupt(format!(
+            "the decoder failed on this file ({why})"
+        )))
+    })
 }
 
 /// Any seekable reader as symphonia's media source (it implements one only for files and

@@ -159,7 +159,7 @@ struct ServeArgs {
     /// Requests a caller may send at once above --rate-limit (default: the rate).
     #[arg(long, env = "SLUICE_RATE_LIMIT_BURST")]
     rate_limit_burst: Option<std::num::NonZeroU32>,
-    /// An origin browsers may call the server from (CORS), e.g. https://app.example.com, or `*`
+    /// An origin browsers may call the server from (CORS), e.g. `https://app.example.com`, or `*`
     /// for any; repeat for several (env: comma-separated). Off by default.
     #[arg(
         long = "cors-origin",

@@ -32,9 +32,23 @@ pub fn install() -> &'static PrometheusHandle {
             tracing::warn!("another metrics recorder is installed; /metrics will be empty");
         }
         describe();
+        // Histogram samples are held until they are folded into their buckets, which a scrape
+        // does; a server nobody scrapes would hold every sample it ever recorded (seen as
+        // resident memory growing ~10% in five minutes of a soak). Fold them every 5 s.
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("sluice-metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP);
+                upkeep.run_upkeep();
+            })
+            .expect("starting the metrics upkeep thread");
         handle
     })
 }
+
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};

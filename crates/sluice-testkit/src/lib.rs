@@ -7,9 +7,11 @@
 
 mod gcs;
 mod hub;
+mod outage;
 mod tls;
 pub use gcs::GcsServer;
 pub use hub::{FakeHub, HubRequest};
+pub use outage::OutageProxy;
 pub use tls::TlsProxy;
 
 use std::io::{Read, Write};
@@ -167,7 +169,7 @@ impl Drop for Spawned {
 
 /// Object-store options as the environment variables the same settings are read from, for
 /// child processes (`sluice` itself).
-fn as_env(options: Vec<(String, String)>) -> Vec<(String, String)> {
+pub fn as_env(options: Vec<(String, String)>) -> Vec<(String, String)> {
     options
         .into_iter()
         .map(|(k, v)| (k.to_uppercase(), v))
@@ -224,8 +226,14 @@ impl S3Server {
     /// credentials, and a metadata endpoint on a closed loopback port, so that nothing can ever
     /// reach for a cloud metadata address.
     pub fn options(&self) -> Vec<(String, String)> {
+        self.options_via(&self.endpoint())
+    }
+
+    /// [`S3Server::options`] with another endpoint in front of the server (an
+    /// [`OutageProxy`]).
+    pub fn options_via(&self, endpoint: &str) -> Vec<(String, String)> {
         [
-            ("aws_endpoint", self.endpoint()),
+            ("aws_endpoint", endpoint.to_owned()),
             ("aws_access_key_id", "testing".into()),
             ("aws_secret_access_key", "testing".into()),
             ("aws_region", "us-east-1".into()),

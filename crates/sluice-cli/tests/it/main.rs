@@ -3,6 +3,7 @@
 mod audio;
 mod classify;
 mod deploy;
+mod outage;
 mod python;
 mod run;
 mod schemathesis;

@@ -6,6 +6,7 @@
 
 mod auth;
 pub use auth::{AccessConfig, OpenRoutes};
+pub use v2::decode_request;
 mod guard;
 mod openapi;
 mod submit;

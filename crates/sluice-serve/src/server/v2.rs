@@ -346,19 +346,10 @@ pub(super) async fn infer_v2(
     let (body, deadline) = accept(&app, &headers, body)?;
     let (name, version) = name_and_version(&path);
     let slot = model(&app, name, version)?;
-    let (request, mut binary) = split_body(&headers, &body)?;
-    let mut inputs = Vec::with_capacity(request.inputs.len());
-    for input in &request.inputs {
-        let elements = elements(input, &mut binary)?;
-        inputs.push((input.name.as_str(), input.shape.clone(), elements));
-    }
-    if !binary.is_empty() {
-        return Err(invalid(format!(
-            "{} bytes after the last binary input: the inputs' binary_data_size do not add up \
-             to the body",
-            binary.len()
-        )));
-    }
+    let header = headers
+        .get(HEADER_LENGTH)
+        .map(|v| v.to_str().unwrap_or("?"));
+    let (request, inputs) = decode(header, &body)?;
     let [(input_name, shape, elements)] = <[_; 1]>::try_from(inputs).map_err(|inputs| {
         invalid(format!(
             "model {name:?} takes exactly one input tensor; got {}",
@@ -389,7 +380,7 @@ pub(super) async fn infer_v2(
                     "model {name:?} (an audio classifier) takes no parameters; got {k:?}"
                 )));
             }
-            let inputs = classifier_inputs(input_name, elements)?;
+            let inputs = classifier_inputs(&input_name, elements)?;
             app.inputs.check(&inputs)?;
             let outs = classify_inputs(&app, classify, queue, inputs, deadline).await?;
             classifier_outputs(classify.classifier().spec().labels.len(), outs)
@@ -411,13 +402,41 @@ fn is_protocol_parameter(key: &str) -> bool {
     )
 }
 
+/// An input tensor as decoded: its name, shape and elements.
+type DecodedInput = (String, Vec<i64>, Vec<Vec<u8>>);
+
+/// A request's tensors, each checked against its shape and datatype, from its body and its
+/// `Inference-Header-Content-Length` (`header`): what inference on every model starts from.
+fn decode(header: Option<&str>, body: &[u8]) -> V2Result<(InferenceRequest, Vec<DecodedInput>)> {
+    let (request, mut binary) = split_body(header, body)?;
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in &request.inputs {
+        let elements = elements(input, &mut binary)?;
+        inputs.push((input.name.clone(), input.shape.clone(), elements));
+    }
+    if !binary.is_empty() {
+        return Err(invalid(format!(
+            "{} bytes after the last binary input: the inputs' binary_data_size do not add up \
+             to the body",
+            binary.len()
+        )));
+    }
+    Ok((request, inputs))
+}
+
+/// Decodes a v2 request body as the inference route does before any model is involved: the number of
+/// input elements, or the error the request would be answered with (for the fuzz targets).
+pub fn decode_request(header: Option<&str>, body: &[u8]) -> Result<usize, String> {
+    decode(header, body)
+        .map(|(_, inputs)| inputs.iter().map(|(_, _, e)| e.len()).sum())
+        .map_err(|e| e.0.to_string())
+}
+
 /// The JSON part of a body and the binary part after it, by `Inference-Header-Content-Length`.
-fn split_body<'a>(headers: &HeaderMap, body: &'a Bytes) -> V2Result<(InferenceRequest, &'a [u8])> {
-    let json_len = match headers.get(HEADER_LENGTH) {
+fn split_body<'a>(header: Option<&str>, body: &'a [u8]) -> V2Result<(InferenceRequest, &'a [u8])> {
+    let json_len = match header {
         None => body.len(),
-        Some(v) => v
-            .to_str()
-            .ok()
+        Some(v) => Some(v)
             .and_then(|s| s.trim().parse::<usize>().ok())
             .filter(|&n| n <= body.len())
             .ok_or_else(|| {

@@ -60,12 +60,15 @@ pub fn file_budget(budget: usize, options: &StageOptions) -> usize {
     budget / workers.max(1)
 }
 
-/// Where failed files are listed when not said: `_failures.jsonl` in a local target, else in the
-/// working directory (the engine writes the failures file locally).
+/// Where failed files are listed when not said: `_failures.jsonl` in the target, local or an
+/// object prefix.
 pub fn default_failures_path(target: &str) -> PathBuf {
-    sluice_core::storage::local_path(target)
-        .unwrap_or_default()
-        .join("_failures.jsonl")
+    match sluice_core::storage::local_path(target) {
+        Some(dir) => dir.join("_failures.jsonl"),
+        // Beside the outputs in the store (written whole like them), not in the working
+        // directory.
+        None => PathBuf::from(format!("{}/_failures.jsonl", target.trim_end_matches('/'))),
+    }
 }
 
 /// A file that did not make it, for the audio summary.

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of every target in fuzz/ with cargo-fuzz (libFuzzer, nightly), for
+# FUZZ_SECONDS each (default 300), on the committed corpus; new inputs are merged into
+# fuzz/corpus/TARGET and crashes saved under fuzz/artifacts/TARGET (commit them: CI replays both,
+# and a crash stays a regression test once fixed). CI runs the short, stable version:
+# `cargo test -p sluice-fuzz`.
+#   FUZZ_SECONDS=3600 bash bench/fuzz.sh [TARGET...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${FUZZ_SECONDS:-300}"
+rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list --fuzz-dir fuzz)
+for t in "${targets[@]}"; do
+  mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
+  echo "== $t for ${seconds}s"
+  cargo +nightly fuzz run --fuzz-dir fuzz "$t" "fuzz/corpus/$t" -- \
+    -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+    -artifact_prefix="fuzz/artifacts/$t/" 2>&1 | tail -5
+done
