@@ -11,6 +11,20 @@ use sluice_testkit::{OutageProxy, S3Server};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
+/// Runs `sluice ARGS` with `env`, which must succeed.
+fn run_ok(args: &[String], env: &[(String, String)]) {
+    let out = Command::new(SLUICE)
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Waits until `count()` reaches `n`.
 fn wait_for_count(n: usize, mut count: impl FnMut() -> usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -106,16 +120,7 @@ fn an_audio_job_rides_out_an_s3_outage_and_a_rerun_leaves_each_output_once() {
         status.success() || (status.code() == Some(1) && stderr.contains("error")),
         "{status}: {stderr}"
     );
-    let again = Command::new(SLUICE)
-        .args(args("again.json"))
-        .envs(env.iter().cloned())
-        .output()
-        .unwrap();
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    run_ok(&args("again.json"), &env);
     let listed = direct.list_blocking(&Matcher::All).unwrap();
     // The failures file goes beside the outputs in the store, not into the working directory.
     assert!(
@@ -188,16 +193,7 @@ fn a_pipeline_with_an_s3_sink_rides_out_an_outage_and_a_rerun_writes_each_key_on
         status.success() || status.code() == Some(1),
         "{status}: {stderr}"
     );
-    let again = Command::new(SLUICE)
-        .args(&args)
-        .envs(env.iter().cloned())
-        .output()
-        .unwrap();
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    run_ok(&args, &env);
     // Every key once, read back through the table as a source.
     let back = dir.path().join("back.toml");
     let local = dir.path().join("local");
@@ -210,16 +206,10 @@ fn a_pipeline_with_an_s3_sink_rides_out_an_outage_and_a_rerun_writes_each_key_on
         ),
     )
     .unwrap();
-    let read = Command::new(SLUICE)
-        .args(["run", back.to_str().unwrap(), "--progress", "off"])
-        .envs(sluice_testkit::as_env(server.options()))
-        .output()
-        .unwrap();
-    assert!(
-        read.status.success(),
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
-    );
+    let read: Vec<String> = ["run", back.to_str().unwrap(), "--progress", "off"]
+        .map(String::from)
+        .to_vec();
+    run_ok(&read, &sluice_testkit::as_env(server.options()));
     let by_key = sluice_testkit::jsonl_parts_by(&local, "id");
     assert_eq!(by_key.len(), RECORDS);
     assert!(by_key.values().all(|v| v.len() == 1), "a key written twice");

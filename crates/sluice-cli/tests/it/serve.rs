@@ -168,6 +168,12 @@ async fn sigterm_answers_every_request_in_flight_then_exits_0() {
     let mut answered_after_signal = 0;
     for t in tasks {
         let (status, v, at) = t.await.unwrap();
+        // A request whose handler had not started when the signal came (on a loaded machine
+        // not all eight have reached the queue) is refused as the server drains, never dropped.
+        if status == 503 {
+            assert_eq!(v["error"]["code"], "shutting_down", "{v}");
+            continue;
+        }
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["result"].as_array().unwrap().len(), 64);
         answered_after_signal += usize::from(at > signalled);
