@@ -257,6 +257,13 @@ struct RunArgs {
     /// Overrides a setting of the file, e.g. `stage.0.batch_size=8` or `run.cpus=4` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// A variable for `${NAME}` in the file's strings (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// The run's logical date, YYYY-MM-DD, for `${date}`, `${yesterday}`, `${tomorrow}` and
+    /// `${date:%Y/%m/%d}`-style formats (default: today in UTC).
+    #[arg(long, env = "SLUICE_DATE", value_name = "YYYY-MM-DD")]
+    date: Option<String>,
     /// Process only the items whose key hashes to shard INDEX of COUNT, e.g. `0/4`.
     #[arg(long, env = "SLUICE_SHARD", value_name = "INDEX/COUNT")]
     shard: Option<sluice_pipeline::Shard>,
@@ -282,6 +289,12 @@ struct WorkerArgs {
     /// Overrides a setting of the file, e.g. `source.url=nats://nats:4222` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// A variable for `${NAME}` in the file's strings (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// The logical date for `${date}` and its kin, YYYY-MM-DD (default: today in UTC).
+    #[arg(long, env = "SLUICE_DATE", value_name = "YYYY-MM-DD")]
+    date: Option<String>,
     /// Stop once the stream has nothing pending and nothing awaiting an acknowledgement.
     #[arg(long, env = "SLUICE_EXIT_WHEN_DRAINED")]
     exit_when_drained: bool,
@@ -358,7 +371,9 @@ fn serve_metrics(addr: Option<&str>) -> anyhow::Result<()> {
 
 fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     default_compute_type(args.compute_type);
-    let raw = sluice_pipeline::config::RawConfig::load(&args.pipeline, &args.sets)?;
+    let vars = sluice_pipeline::config::Vars::from_args(args.date.as_deref(), &args.vars)
+        .map_err(anyhow::Error::msg)?;
+    let raw = sluice_pipeline::config::RawConfig::load_with(&args.pipeline, &args.sets, &vars)?;
     let mut config =
         sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &sluice_stages::registry())?;
     config.options.progress = args.progress.into();
@@ -411,7 +426,9 @@ fn default_compute_type(compute: Option<ComputeType>) {
 
 fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
     default_compute_type(args.compute_type);
-    let raw = sluice_pipeline::config::RawConfig::load(&args.pipeline, &args.sets)?;
+    let vars = sluice_pipeline::config::Vars::from_args(args.date.as_deref(), &args.vars)
+        .map_err(anyhow::Error::msg)?;
+    let raw = sluice_pipeline::config::RawConfig::load_with(&args.pipeline, &args.sets, &vars)?;
     serve_metrics(args.metrics_addr.as_deref())?;
     let mut pipeline = sluice_stages::load(raw)?;
     apply_run_args(pipeline.options_mut(), &args);

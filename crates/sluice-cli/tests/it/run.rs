@@ -535,3 +535,52 @@ fn pipelines_read_and_write_gcs_objects_and_reruns_skip_what_is_there() {
     let names = server.list("data");
     assert!(names.iter().all(|n| !n.contains(".sluice-")), "{names:?}");
 }
+
+/// `${...}` variables in a pipeline file: the logical date (`--date`) formatted into an input
+/// path, a `--var` in both paths; an undefined one is an error naming it and its line.
+#[test]
+fn pipeline_files_take_run_variables_and_name_an_undefined_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = dir.path().join("in/2026/11/29.jsonl");
+    std::fs::create_dir_all(day.parent().unwrap()).unwrap();
+    std::fs::write(&day, "{\"id\": \"a\"}\n{\"id\": \"b\"}\n{\"id\": \"c\"}\n").unwrap();
+    let pipeline = dir.path().join("daily.toml");
+    std::fs::write(
+        &pipeline,
+        "[source]\nkind = \"jsonl\"\n# one file a day: ${date:%Y/%m/%d}\n\
+         path = \"${root}/in/${date:%Y/%m/%d}.jsonl\"\nkey = \"id\"\n\n\
+         [sink]\nkind = \"jsonl\"\npath = \"${root}/out/${date}\"\nkey_field = \"id\"\n",
+    )
+    .unwrap();
+    let root = format!("root={}", dir.path().display());
+    run_ok_with(&pipeline, &["--date", "2026-11-29", "--var", &root], &[]);
+    let got = sluice_testkit::jsonl_parts_by(&dir.path().join("out/2026-11-29"), "id");
+    assert_eq!(got.len(), 3, "{got:?}");
+
+    let out = Command::new(SLUICE)
+        .args(["run", pipeline.to_str().unwrap(), "--date", "2026-11-29"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("daily.toml:4: ${root} is not defined: give --var root=VALUE"),
+        "{stderr}"
+    );
+    let out = Command::new(SLUICE)
+        .args([
+            "run",
+            pipeline.to_str().unwrap(),
+            "--date",
+            "29/11/2026",
+            "--var",
+            &root,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--date \"29/11/2026\""),
+        "{stderr}"
+    );
+}

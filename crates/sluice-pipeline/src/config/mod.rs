@@ -27,12 +27,14 @@
 
 mod raw;
 mod registry;
+mod vars;
 
 pub use raw::{RawConfig, RawSection, RawStage};
 pub use registry::{
     Parts, RecordStage, RecordStageFactory, Registry, SinkBuilder, SinkPlan, SourceBuilder,
     SourcePlan, StageBuilder,
 };
+pub use vars::Vars;
 
 use std::path::Path;
 

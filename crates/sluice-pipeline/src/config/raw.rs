@@ -198,15 +198,36 @@ pub struct RawConfig {
 }
 
 impl RawConfig {
-    /// Reads and checks a pipeline file, applying `--set` overrides first.
+    /// Reads and checks a pipeline file, applying `--set` overrides first; `${date}` is today.
     pub fn load(file: &Path, sets: &[String]) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| ConfigError(format!("cannot read pipeline {}: {e}", file.display())))?;
-        Self::parse(file, &text, sets)
+        Self::load_with(file, sets, &super::Vars::today())
     }
 
-    /// Checks config text; `file` is only used in messages.
+    /// Reads and checks a pipeline file with the run's variables, applying `--set` overrides
+    /// first.
+    pub fn load_with(
+        file: &Path,
+        sets: &[String],
+        vars: &super::Vars,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError(format!("cannot read pipeline {}: {e}", file.display())))?;
+        Self::parse_with(file, &text, sets, vars)
+    }
+
+    /// Checks config text; `file` is only used in messages; `${date}` is today.
     pub fn parse(file: &Path, text: &str, sets: &[String]) -> Result<Self, ConfigError> {
+        Self::parse_with(file, text, sets, &super::Vars::today())
+    }
+
+    /// Checks config text with the run's variables (`${name}` in any string).
+    pub fn parse_with(
+        file: &Path,
+        text: &str,
+        sets: &[String],
+        vars: &super::Vars,
+    ) -> Result<Self, ConfigError> {
+        super::vars::check(file, text, vars)?;
         let mut doc: Document = toml::from_str(text).map_err(|e| {
             let place = e
                 .span()
@@ -216,6 +237,19 @@ impl RawConfig {
         })?;
         for set in sets {
             apply_set(&mut doc, set)?;
+        }
+        // Every string, `--set` ones included (the file's were checked line by line above).
+        let tables = doc
+            .run
+            .iter_mut()
+            .chain(std::iter::once(&mut doc.source))
+            .chain(doc.stage.iter_mut())
+            .chain(doc.sink.iter_mut());
+        for table in tables {
+            for (_, value) in table.get_mut().iter_mut() {
+                super::vars::expand_value(value, vars)
+                    .map_err(|e| ConfigError(format!("--set: {e}")))?;
+            }
         }
         let where_of = |span: std::ops::Range<usize>| {
             if span.is_empty() {

@@ -1,0 +1,229 @@
+//! Run variables in pipeline files: `${name}` in any string (paths, prefixes, parameters, a
+//! command's arguments) is replaced before the file is checked; `${name:FORMAT}` formats a date
+//! with strftime's `%Y`, `%m`, `%d`, ... (chrono). Built in: `date`, the run's logical date
+//! (`--date`, default today in UTC, as `YYYY-MM-DD`), and `yesterday` and `tomorrow` around it;
+//! others come from `--var name=value`. `$${` writes a literal `${`. A name that is not defined
+//! is an error naming it and its line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::NaiveDate;
+
+use super::ConfigError;
+
+/// The names set from the logical date.
+const BUILT_IN: [&str; 3] = ["date", "yesterday", "tomorrow"];
+
+/// The variables of one run.
+#[derive(Debug, Clone)]
+pub struct Vars {
+    values: BTreeMap<String, String>,
+}
+
+impl Vars {
+    /// The built-ins for logical date `date`, then `given` (`name=value`), which may override
+    /// them.
+    pub fn new(date: NaiveDate, given: &[String]) -> Result<Self, String> {
+        let mut values = BTreeMap::new();
+        values.insert("date".to_owned(), date.to_string());
+        let day = chrono::Days::new(1);
+        if let Some(d) = date.checked_sub_days(day) {
+            values.insert("yesterday".to_owned(), d.to_string());
+        }
+        if let Some(d) = date.checked_add_days(day) {
+            values.insert("tomorrow".to_owned(), d.to_string());
+        }
+        for pair in given {
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("--var {pair:?}: expected NAME=VALUE"))?;
+            let name = name.trim();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("--var {pair:?}: a name is letters, digits and '_'"));
+            }
+            if values.contains_key(name) && !given.is_empty() && BUILT_IN.contains(&name) {
+                return Err(format!(
+                    "--var {pair:?}: {name} is built in; set the run's date with --date"
+                ));
+            }
+            values.insert(name.to_owned(), value.to_owned());
+        }
+        Ok(Self { values })
+    }
+
+    /// From the command line: `date` as `YYYY-MM-DD` (today in UTC without it) and `--var`s.
+    pub fn from_args(date: Option<&str>, given: &[String]) -> Result<Self, String> {
+        let date = match date {
+            Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                .map_err(|e| format!("--date {d:?}: expected YYYY-MM-DD ({e})"))?,
+            None => chrono::Utc::now().date_naive(),
+        };
+        Self::new(date, given)
+    }
+
+    /// Today in UTC as the logical date, and no other variable.
+    pub fn today() -> Self {
+        Self::new(chrono::Utc::now().date_naive(), &[]).expect("no variables to read")
+    }
+
+    /// The logical date.
+    pub fn date(&self) -> &str {
+        &self.values["date"]
+    }
+
+    /// `text` with every `${...}` replaced; an error names what is wrong.
+    pub fn expand(&self, text: &str) -> Result<String, String> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + 1..];
+            if let Some(escaped) = after.strip_prefix("${") {
+                out.push_str("${");
+                rest = escaped;
+                continue;
+            }
+            let Some(body) = after.strip_prefix('{') else {
+                out.push('$');
+                rest = after;
+                continue;
+            };
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("\"${{{body}\" is not closed with '}}'"))?;
+            out.push_str(&self.value(&body[..end])?);
+            rest = &body[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// The value of `name` or `name:FORMAT`.
+    fn value(&self, spec: &str) -> Result<String, String> {
+        let (name, format) = match spec.split_once(':') {
+            Some((n, f)) => (n.trim(), Some(f)),
+            None => (spec.trim(), None),
+        };
+        let value = self.values.get(name).ok_or_else(|| {
+            format!(
+                "${{{name}}} is not defined: give --var {name}=VALUE (defined: {})",
+                self.values.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        let Some(format) = format else {
+            return Ok(value.clone());
+        };
+        let date = NaiveDate::parse_from_str(value, "%Y-%m-%d")
+            .map_err(|_| format!("${{{spec}}}: {name} = {value:?} is not a date to format"))?;
+        let items: Vec<_> = chrono::format::StrftimeItems::new(format).collect();
+        if items
+            .iter()
+            .any(|i| matches!(i, chrono::format::Item::Error))
+        {
+            return Err(format!("${{{spec}}}: {format:?} is not a date format"));
+        }
+        Ok(date.format_with_items(items.into_iter()).to_string())
+    }
+}
+
+/// Checks every `${...}` of a pipeline file's text (comments aside), naming the line of the first
+/// that cannot be expanded.
+pub fn check(file: &Path, text: &str, vars: &Vars) -> Result<(), ConfigError> {
+    for (n, line) in text.lines().enumerate() {
+        let code = strip_comment(line);
+        if let Err(e) = vars.expand(code) {
+            return Err(ConfigError(format!("{}:{}: {e}", file.display(), n + 1)));
+        }
+    }
+    Ok(())
+}
+
+/// A line without its `#` comment (a `#` inside a quoted string is kept).
+fn strip_comment(line: &str) -> &str {
+    let mut quote = None;
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '#') => return &line[..i],
+            _ => {}
+        }
+    }
+    line
+}
+
+/// Expands the variables in every string of `value`.
+pub(super) fn expand_value(value: &mut toml::Value, vars: &Vars) -> Result<(), String> {
+    match value {
+        toml::Value::String(s) => *s = vars.expand(s)?,
+        toml::Value::Array(items) => {
+            for item in items {
+                expand_value(item, vars)?;
+            }
+        }
+        toml::Value::Table(table) => {
+            for (_, v) in table.iter_mut() {
+                expand_value(v, vars)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(given: &[&str]) -> Vars {
+        let date = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+        Vars::new(
+            date,
+            &given.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn dates_names_and_formats_expand() {
+        let v = vars(&["bucket=logs", "day=2025-12-31"]);
+        assert_eq!(
+            v.expand("s3://${bucket}/${date:%Y/%m/%d}/x-${yesterday}.jsonl")
+                .unwrap(),
+            "s3://logs/2026/03/01/x-2026-02-28.jsonl"
+        );
+        assert_eq!(v.expand("${day:%j} ${tomorrow}").unwrap(), "365 2026-03-02");
+        assert_eq!(
+            v.expand("$${date} $5 ${ date }").unwrap(),
+            "${date} $5 2026-03-01"
+        );
+        // The date is the run's: --date sets it, not --var.
+        let e = Vars::new(NaiveDate::MIN, &["date=2024-02-29".into()]).unwrap_err();
+        assert!(e.contains("--date"), "{e}");
+    }
+
+    #[test]
+    fn what_cannot_expand_is_named() {
+        let v = vars(&["bucket=logs"]);
+        let e = v.expand("in/${region}/x").unwrap_err();
+        assert!(
+            e.contains("${region} is not defined") && e.contains("--var region="),
+            "{e}"
+        );
+        assert!(v.expand("${bucket:%Y}").unwrap_err().contains("not a date"));
+        assert!(v
+            .expand("${date:%Q}")
+            .unwrap_err()
+            .contains("not a date format"));
+        assert!(v.expand("${date").unwrap_err().contains("not closed"));
+        assert!(Vars::new(NaiveDate::MIN, &["x".into()]).is_err());
+        let e = check(
+            Path::new("p.toml"),
+            "[source]\n# ${comment} is fine\npath = \"a/${nope}\"\n",
+            &v,
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "p.toml:3: ${nope} is not defined: give --var nope=VALUE (defined: bucket, date, tomorrow, yesterday)");
+    }
+}
