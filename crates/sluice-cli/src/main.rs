@@ -2,6 +2,7 @@
 //! with their whole cause chain.
 
 mod audio;
+mod backfill;
 mod stress;
 
 use std::io::{BufRead, BufWriter, Write};
@@ -264,6 +265,14 @@ struct RunArgs {
     /// `${date:%Y/%m/%d}`-style formats (default: today in UTC).
     #[arg(long, env = "SLUICE_DATE", value_name = "YYYY-MM-DD")]
     date: Option<String>,
+    /// Backfill: one run per date of START..END (both included), each as with --date, with its
+    /// own outputs where the file uses `${date}`; a line per date and one overall, and the
+    /// worst date's exit status.
+    #[arg(long, value_name = "START..END", conflicts_with = "date")]
+    dates: Option<String>,
+    /// Dates of a backfill run at once.
+    #[arg(long, default_value_t = 1, requires = "dates")]
+    parallel: usize,
     /// Process only the items whose key hashes to shard INDEX of COUNT, e.g. `0/4`.
     #[arg(long, env = "SLUICE_SHARD", value_name = "INDEX/COUNT")]
     shard: Option<sluice_pipeline::Shard>,
@@ -425,6 +434,9 @@ fn default_compute_type(compute: Option<ComputeType>) {
 }
 
 fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(range) = &args.dates {
+        return backfill::run(range, args.parallel);
+    }
     default_compute_type(args.compute_type);
     let vars = sluice_pipeline::config::Vars::from_args(args.date.as_deref(), &args.vars)
         .map_err(anyhow::Error::msg)?;
@@ -511,7 +523,7 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) if e.is::<FailedRecords>() => {
+        Err(e) if e.is::<FailedRecords>() || e.is::<backfill::DatesWithFailedRecords>() => {
             eprintln!("finished: {e}");
             std::process::ExitCode::from(EXIT_FAILED_RECORDS)
         }

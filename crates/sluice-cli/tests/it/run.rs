@@ -584,3 +584,71 @@ fn pipeline_files_take_run_variables_and_name_an_undefined_one() {
         "{stderr}"
     );
 }
+
+/// A backfill over four dates, two at a time: each date's run reads its own input and writes
+/// its own outputs; a date without input fails alone (exit 1, named); once its input is there the
+/// rerun completes it and the other dates skip what they wrote.
+#[test]
+fn a_backfill_runs_each_date_and_reports_the_ones_that_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    for day in ["2026-11-01", "2026-11-02", "2026-11-04"] {
+        std::fs::write(
+            dir.path().join(format!("in/{day}.jsonl")),
+            format!("{{\"id\": \"{day}-a\"}}\n{{\"id\": \"{day}-b\"}}\n"),
+        )
+        .unwrap();
+    }
+    let pipeline = dir.path().join("daily.toml");
+    std::fs::write(
+        &pipeline,
+        "[source]\nkind = \"jsonl\"\npath = \"${root}/in/${date}.jsonl\"\nkey = \"id\"\n\n\
+         [sink]\nkind = \"jsonl\"\npath = \"${root}/out/${date}\"\nkey_field = \"id\"\n",
+    )
+    .unwrap();
+    let root = format!("root={}", dir.path().display());
+    let backfill = || {
+        Command::new(SLUICE)
+            .args(["run", pipeline.to_str().unwrap(), "--progress", "off"])
+            .args(["--dates", "2026-11-01..2026-11-04", "--parallel", "2"])
+            .args(["--var", &root])
+            .output()
+            .unwrap()
+    };
+    let out = backfill();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("[2026-11-03] failed"), "{stderr}");
+    assert!(
+        stderr.contains("1 of 4 dates failed: 2026-11-03"),
+        "{stderr}"
+    );
+    let overall = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("backfill: "))
+        .unwrap();
+    let overall: serde_json::Value = serde_json::from_str(overall).unwrap();
+    assert_eq!(overall["done"], 3, "{overall}");
+    for day in ["2026-11-01", "2026-11-02", "2026-11-04"] {
+        let got = sluice_testkit::jsonl_parts_by(&dir.path().join("out").join(day), "id");
+        assert_eq!(got.len(), 2, "{day}: {got:?}");
+    }
+
+    std::fs::write(
+        dir.path().join("in/2026-11-03.jsonl"),
+        "{\"id\": \"late\"}\n",
+    )
+    .unwrap();
+    let out = backfill();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        sluice_testkit::jsonl_parts_by(&dir.path().join("out/2026-11-03"), "id").len(),
+        1
+    );
+    // The dates already done skipped their items.
+    assert!(
+        stderr.contains("[2026-11-01]") && stderr.contains("2 skipped"),
+        "{stderr}"
+    );
+}
