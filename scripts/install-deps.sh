@@ -23,7 +23,7 @@ command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust from r
 root="$(cd "$(dirname "$0")/.." && pwd)"
 if [ ! -x "$root/.venv-tools/bin/moto_server" ] || [ ! -x "$root/.venv-tools/bin/nats-server" ] \
   || [ ! -x "$root/.venv-tools/bin/azurite-blob" ] || [ ! -x "$root/.venv-tools/bin/fake-gcs-server" ] \
-  || ! "$root/.venv-tools/bin/python" -c 'import tritonclient.http, pytest, httpx, sluice, azure.storage.blob, schemathesis' >/dev/null 2>&1; then
+  || ! "$root/.venv-tools/bin/python" -c 'import tritonclient.http, pytest, httpx, sluice, azure.storage.blob, schemathesis, prometheus_client' >/dev/null 2>&1; then
   [ -x "$root/.venv-tools/bin/pip" ] || python3 -m venv "$root/.venv-tools"
   "$root/.venv-tools/bin/pip" install -q -r "$root/tools/requirements-test.txt"
   # The Python package, editable: its tests run against the working tree.

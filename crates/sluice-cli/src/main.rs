@@ -3,6 +3,7 @@
 
 mod audio;
 mod backfill;
+mod push;
 mod stress;
 
 use std::io::{BufRead, BufWriter, Write};
@@ -273,6 +274,13 @@ struct RunArgs {
     /// Dates of a backfill run at once.
     #[arg(long, default_value_t = 1, requires = "dates")]
     parallel: usize,
+    /// A Prometheus Pushgateway to push the run's outcome to when it ends (last success and
+    /// completion times, success, duration, items by outcome), e.g. http://pushgateway:9091.
+    #[arg(long, env = "SLUICE_PUSH_METRICS", value_name = "URL")]
+    push_metrics: Option<String>,
+    /// The job label of pushed metrics (the group is /metrics/job/JOB/pipeline/FILE-STEM).
+    #[arg(long, env = "SLUICE_PUSH_JOB", default_value = "sluice")]
+    push_job: String,
     /// Process only the items whose key hashes to shard INDEX of COUNT, e.g. `0/4`.
     #[arg(long, env = "SLUICE_SHARD", value_name = "INDEX/COUNT")]
     shard: Option<sluice_pipeline::Shard>,
@@ -456,11 +464,42 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
         .summary_path
         .clone()
         .map(|p| format!("summary written to {}", p.display()));
-    report_run(
-        config.run(),
+    let outcome = config.run();
+    let pushed = args.push_metrics.as_deref().map(|gateway| {
+        let (summary, completed) = match &outcome {
+            Ok(s) => (Some(s), true),
+            Err(sluice_pipeline::RunError::Aborted { summary, .. }) => (Some(&**summary), false),
+            Err(_) => (None, false),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let body = push::exposition(
+            &push::Outcome {
+                summary,
+                completed,
+                date: Some(vars.date()),
+            },
+            now,
+        );
+        push::push(
+            &push::group_url(gateway, &args.push_job, &args.pipeline),
+            body,
+        )
+    });
+    let reported = report_run(
+        outcome,
         written,
         "rerun to continue: finished items are skipped",
-    )
+    );
+    match pushed {
+        Some(Err(e)) if reported.is_ok() => Err(e),
+        Some(Err(e)) => {
+            eprintln!("error: {e:#}");
+            reported
+        }
+        _ => reported,
+    }
 }
 
 /// Prints a run's summary (and `written`, where the results went); an aborted run is an error

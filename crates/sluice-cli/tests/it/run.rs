@@ -652,3 +652,116 @@ fn a_backfill_runs_each_date_and_reports_the_ones_that_failed() {
         "{stderr}"
     );
 }
+
+/// Receives one HTTP request on a loopback port: its request line and body, answering 200.
+fn receive_one() -> (u16, std::thread::JoinHandle<(String, String)>) {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let mut stream = stream;
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        (
+            request_line.trim().to_owned(),
+            String::from_utf8(body).unwrap(),
+        )
+    });
+    (port, handle)
+}
+
+/// `--push-metrics`: the run's outcome as a Pushgateway receives it, read back with
+/// Prometheus' own parser (`prometheus_client`).
+#[test]
+fn a_run_pushes_its_outcome_to_a_pushgateway_in_the_exposition_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = setup(dir.path(), 40, 0, "");
+    let (port, received) = receive_one();
+    let out = Command::new(SLUICE)
+        .args(["run", pipeline.to_str().unwrap(), "--progress", "off"])
+        .args(["--date", "2026-11-30", "--push-metrics"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let failed = sluice_testkit::failed_in_summary(&stderr);
+    sluice_testkit::assert_run_exit(out.status, failed, &stderr);
+    let (request_line, body) = received.join().unwrap();
+    let stem = pipeline.file_stem().unwrap().to_string_lossy();
+    assert_eq!(
+        request_line,
+        format!("PUT /metrics/job/sluice/pipeline/{stem} HTTP/1.1")
+    );
+    let python = sluice_testkit::find_tool("python", "SLUICE_TEST_PYTHON");
+    let parse = "import json, sys\nfrom prometheus_client.parser import text_string_to_metric_families as parse\n\
+                 out = {}\nfor family in parse(sys.stdin.read()):\n    for s in family.samples:\n        \
+                 out[s.name + json.dumps(s.labels, sort_keys=True)] = s.value\nprint(json.dumps(out))\n";
+    let mut child = Command::new(python)
+        .args(["-c", parse])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let parsed = child.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "not the exposition format:\n{body}"
+    );
+    let samples: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    assert_eq!(samples["sluice_run_success{}"], 1.0, "{samples}");
+    // 40 records and the setup's broken line.
+    assert_eq!(
+        samples["sluice_run_items{\"outcome\": \"read\"}"], 41.0,
+        "{samples}"
+    );
+    assert_eq!(
+        samples["sluice_run_items{\"outcome\": \"out\"}"]
+            .as_f64()
+            .unwrap()
+            + failed as f64,
+        41.0,
+        "{samples}"
+    );
+    assert_eq!(
+        samples["sluice_run_items{\"outcome\": \"failed\"}"], failed as f64,
+        "{samples}"
+    );
+    assert_eq!(
+        samples["sluice_run_info{\"date\": \"2026-11-30\"}"], 1.0,
+        "{samples}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let success = samples["sluice_run_last_success_timestamp_seconds{}"]
+        .as_f64()
+        .unwrap();
+    assert!((now - success).abs() < 120.0, "{success} vs {now}");
+    assert!(samples["sluice_run_duration_seconds{}"].as_f64().unwrap() > 0.0);
+}
