@@ -262,8 +262,8 @@ struct RunArgs {
     /// A variable for `${NAME}` in the file's strings (repeatable).
     #[arg(long = "var", value_name = "NAME=VALUE")]
     vars: Vec<String>,
-    /// The run's logical date, YYYY-MM-DD, for `${date}`, `${yesterday}`, `${tomorrow}` and
-    /// `${date:%Y/%m/%d}`-style formats (default: today in UTC).
+    /// The run's logical date, YYYY-MM-DD, `today` or `yesterday` (UTC), for `${date}`,
+    /// `${yesterday}`, `${tomorrow}` and `${date:%Y/%m/%d}`-style formats (default: today).
     #[arg(long, env = "SLUICE_DATE", value_name = "YYYY-MM-DD")]
     date: Option<String>,
     /// Backfill: one run per date of START..END (both included), each as with --date, with its
@@ -309,7 +309,8 @@ struct WorkerArgs {
     /// A variable for `${NAME}` in the file's strings (repeatable).
     #[arg(long = "var", value_name = "NAME=VALUE")]
     vars: Vec<String>,
-    /// The logical date for `${date}` and its kin, YYYY-MM-DD (default: today in UTC).
+    /// The logical date for `${date}` and its kin: YYYY-MM-DD, `today` or `yesterday` (UTC;
+    /// default today).
     #[arg(long, env = "SLUICE_DATE", value_name = "YYYY-MM-DD")]
     date: Option<String>,
     /// Stop once the stream has nothing pending and nothing awaiting an acknowledgement.

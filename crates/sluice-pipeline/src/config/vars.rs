@@ -52,12 +52,19 @@ impl Vars {
         Ok(Self { values })
     }
 
-    /// From the command line: `date` as `YYYY-MM-DD` (today in UTC without it) and `--var`s.
+    /// From the command line: `date` as `YYYY-MM-DD`, `today` or `yesterday` (in UTC; today
+    /// without it), and `--var`s.
     pub fn from_args(date: Option<&str>, given: &[String]) -> Result<Self, String> {
+        let today = chrono::Utc::now().date_naive();
         let date = match date {
-            Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d")
-                .map_err(|e| format!("--date {d:?}: expected YYYY-MM-DD ({e})"))?,
-            None => chrono::Utc::now().date_naive(),
+            None | Some("today") => today,
+            // What a daily schedule runs on: the day that has just ended.
+            Some("yesterday") => today
+                .checked_sub_days(chrono::Days::new(1))
+                .ok_or("--date yesterday: before the first date")?,
+            Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|e| {
+                format!("--date {d:?}: expected YYYY-MM-DD, today or yesterday ({e})")
+            })?,
         };
         Self::new(date, given)
     }
@@ -201,6 +208,27 @@ mod tests {
         // The date is the run's: --date sets it, not --var.
         let e = Vars::new(NaiveDate::MIN, &["date=2024-02-29".into()]).unwrap_err();
         assert!(e.contains("--date"), "{e}");
+    }
+
+    #[test]
+    fn the_date_comes_from_the_command_line() {
+        let today = chrono::Utc::now().date_naive();
+        let yesterday = today.pred_opt().unwrap().to_string();
+        assert_eq!(
+            Vars::from_args(Some("yesterday"), &[]).unwrap().date(),
+            yesterday
+        );
+        assert_eq!(
+            Vars::from_args(None, &[]).unwrap().date(),
+            today.to_string()
+        );
+        assert_eq!(
+            Vars::from_args(Some("2026-01-31"), &[]).unwrap().date(),
+            "2026-01-31"
+        );
+        assert!(Vars::from_args(Some("31.01.2026"), &[])
+            .unwrap_err()
+            .contains("expected YYYY-MM-DD, today or yesterday"));
     }
 
     #[test]
