@@ -89,6 +89,16 @@ pub fn tiny_m2m100_en_ja() -> Vec<(String, String)> {
         .collect()
 }
 
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...), in KiB; `None` once the process
+/// is gone or when the field is absent.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// A free loopback port (bound and released; good enough for a test's own server).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -290,17 +290,10 @@ fn run_measured(args: &[String]) -> (serde_json::Value, u64) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let status_file = format!("/proc/{}/status", child.id());
     let mut peak_kib = 0;
     let status = loop {
-        if let Ok(text) = std::fs::read_to_string(&status_file) {
-            if let Some(kib) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                peak_kib = peak_kib.max(kib);
-            }
+        if let Some(kib) = sluice_testkit::proc_status_kib(child.id(), "VmHWM") {
+            peak_kib = peak_kib.max(kib);
         }
         if let Some(status) = child.try_wait().unwrap() {
             break status;

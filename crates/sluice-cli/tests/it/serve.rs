@@ -440,15 +440,9 @@ fn an_unknown_log_format_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"json\""));
 }
 
-/// Peak resident memory of a process, in bytes (`VmHWM` of `/proc/PID/status`).
+/// Peak resident memory of a process, in bytes.
 fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status");
-    kib * 1024
+    sluice_testkit::proc_status_kib(pid, "VmHWM").expect("VmHWM in /proc/PID/status") * 1024
 }
 
 /// A burst of 40 bodies of the maximum size (4 MiB: a small request padded with whitespace) at

@@ -16,11 +16,7 @@ use serde_json::{json, Value};
 use crate::classify::Server;
 
 fn proc_status(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    sluice_testkit::proc_status_kib(pid, field)
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
@@ -164,7 +160,7 @@ async fn a_soak_at_twice_capacity_answers_everything_without_growing() {
         sent.push(tokio::spawn(async move { t.send().await }));
         k += 1;
         if start.elapsed() >= next_sample {
-            rss.push((start.elapsed(), proc_status(pid, "VmRSS:")));
+            rss.push((start.elapsed(), proc_status(pid, "VmRSS")));
             next_sample += Duration::from_secs(1);
         }
     }
@@ -198,7 +194,7 @@ async fn a_soak_at_twice_capacity_answers_everything_without_growing() {
         "statuses": statuses,
         "rss_kib_second_quarter": second,
         "rss_kib_last_quarter": last,
-        "peak_rss_kib": proc_status(pid, "VmHWM:"),
+        "peak_rss_kib": proc_status(pid, "VmHWM"),
         "fds_before": fds_before,
         "fds_after": fds_after,
     });

@@ -113,13 +113,16 @@ impl Access {
         })
     }
 
-    /// Whether `presented` is one of the keys, looking at every key whatever the answer.
-    fn accepts(&self, presented: &str) -> bool {
+    /// Which key `presented` is (its position), looking at every key whatever the answer.
+    fn which(&self, presented: &str) -> Option<usize> {
         let d = digest(presented);
-        self.digests
-            .iter()
-            .fold(subtle::Choice::from(0), |found, k| found | k.ct_eq(&d))
-            .into()
+        let mut found = subtle::CtOption::new(0u64, subtle::Choice::from(0));
+        for (i, k) in self.digests.iter().enumerate() {
+            let here = subtle::CtOption::new(i as u64, k.ct_eq(&d));
+            found =
+                subtle::ConditionallySelectable::conditional_select(&found, &here, here.is_some());
+        }
+        Option::<u64>::from(found).map(|i| i as usize)
     }
 }
 
@@ -151,12 +154,12 @@ pub(super) async fn guard(State(app): State<Arc<App>>, req: Request, next: Next)
             .map(|c| c.0.ip());
         ip.map_or_else(|| "unknown".to_owned(), |ip: IpAddr| ip.to_string())
     } else {
-        match bearer(&req) {
-            Some(key) if access.accepts(key) => format!("key:{}", hex(&digest(key)[..8])),
-            given => {
-                let e = ApiError::Unauthorized {
-                    presented: given.is_some(),
-                };
+        let given = bearer(&req);
+        let (presented, which) = (given.is_some(), given.and_then(|key| access.which(key)));
+        match which {
+            Some(i) => format!("key:{i}"),
+            None => {
+                let e = ApiError::Unauthorized { presented };
                 return super::guard::refuse(req, e).await;
             }
         }
@@ -174,10 +177,6 @@ pub(super) async fn guard(State(app): State<Arc<App>>, req: Request, next: Next)
         }
     }
     next.run(req).await
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The CORS layer for `origins` (`*` for any), or none when the list is empty.
