@@ -25,6 +25,13 @@ fn run_ok(args: &[String], env: &[(String, String)]) {
     );
 }
 
+/// Objects under `store` ending in `suffix`; 0 while it cannot be listed (the outage).
+fn count(store: &Location, suffix: &str) -> usize {
+    store
+        .list_blocking(&Matcher::suffixes(&[suffix]))
+        .map_or(0, |l| l.len())
+}
+
 /// Waits until `count()` reaches `n`.
 fn wait_for_count(n: usize, mut count: impl FnMut() -> usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -108,12 +115,7 @@ fn an_audio_job_rides_out_an_s3_outage_and_a_rerun_leaves_each_output_once() {
         .collect()
     };
     let env = sluice_testkit::as_env(server.options_via(&proxy.url()));
-    let outputs = || {
-        direct
-            .list_blocking(&Matcher::suffixes(&[".flac"]))
-            .map(|l| l.len())
-            .unwrap_or(0)
-    };
+    let outputs = || count(&direct, ".flac");
     let (status, stderr) = run_through_an_outage(&args("first.json"), &env, &proxy, outputs);
     // Retried through the outage, the run finishes; a run that gave up says so and exits 1.
     assert!(
@@ -179,12 +181,7 @@ fn a_pipeline_with_an_s3_sink_rides_out_an_outage_and_a_rerun_writes_each_key_on
     )
     .unwrap();
     let env = sluice_testkit::as_env(server.options_via(&proxy.url()));
-    let parts = || {
-        direct
-            .list_blocking(&Matcher::suffixes(&[".parquet"]))
-            .map(|l| l.len())
-            .unwrap_or(0)
-    };
+    let parts = || count(&direct, ".parquet");
     let args: Vec<String> = ["run", pipeline.to_str().unwrap(), "--progress", "off"]
         .map(String::from)
         .to_vec();
