@@ -96,45 +96,6 @@ pub(crate) fn read_moov<R: std::io::Read + std::io::Seek>(
     Ok(None)
 }
 
-/// Why a `moov` cannot be handed to symphonia: a sample table (stts, stsc, stsz, stco, co64)
-/// that states more entries than its box holds. symphonia 0.5 reserves the stated count before
-/// reading, so a few bytes claiming billions of entries make it allocate tens of gigabytes and
-/// abort the process (found by fuzzing); such a file is refused as corrupt first.
-pub(crate) fn oversized_table(moov: &[u8]) -> Option<String> {
-    const CONTAINERS: [&[u8; 4]; 7] = [
-        b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts", b"mvex",
-    ];
-    fn walk(body: &[u8]) -> Option<String> {
-        for (kind, inner) in children(body) {
-            if CONTAINERS.contains(&&kind) {
-                if let Some(why) = walk(inner) {
-                    return Some(why);
-                }
-                continue;
-            }
-            // (bytes before the count, bytes per entry) after version and flags.
-            let (count_at, entry) = match &kind {
-                b"stts" | b"ctts" => (4, 8),
-                b"stsc" => (4, 12),
-                b"stco" => (4, 4),
-                b"co64" => (4, 8),
-                b"stsz" if be_u32(inner.get(4..8)?)? == 0 => (8, 4),
-                _ => continue,
-            };
-            let count = u64::from(be_u32(inner.get(count_at..count_at + 4)?)?);
-            let room = (inner.len() - (count_at + 4)) as u64 / entry;
-            if count > room {
-                return Some(format!(
-                    "its {} table states {count} entries in room for {room}",
-                    String::from_utf8_lossy(&kind)
-                ));
-            }
-        }
-        None
-    }
-    walk(children(moov).next()?.1)
-}
-
 /// `value * to / from`, rounded to nearest.
 fn scale(value: u64, to: u64, from: u64) -> u64 {
     let (v, t, f) = (u128::from(value), u128::from(to), u128::from(from));

@@ -1,9 +1,14 @@
 //! Every fuzz target on its committed corpus (`fuzz/corpus/TARGET/`) and crash reproductions
 //! (`fuzz/artifacts/TARGET/`, kept as regression inputs), then on mutations of the corpus for
 //! `SLUICE_FUZZ_SECONDS` per target (2 by default): bytes flipped, inserted, deleted and
-//! repeated, corpus entries spliced, from a seed printed on failure (`SLUICE_FUZZ_SEED` replays
-//! it). Not coverage-guided (that is `bench/fuzz.sh`), but a panic anywhere fails the test with
-//! the input that caused it.
+//! repeated, corpus entries spliced. The mutations come from a fixed seed so that CI is
+//! reproducible; `SLUICE_FUZZ_SEED=N` picks another and `SLUICE_FUZZ_SEED=random` one from the
+//! clock (printed). Not coverage-guided (that is `bench/fuzz.sh`), but a panic anywhere fails the
+//! test with the input that caused it.
+//!
+//! The process runs under a 2 GiB address-space limit, as libFuzzer runs under its memory
+//! limit: an input that makes a parser ask for gigabytes then aborts here on any machine, rather
+//! than passing where the allocation happens to be lazily zeroed.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -123,22 +128,38 @@ fn run(name: &str, body: fn(&[u8]), input: &[u8], what: &str) {
     }
 }
 
+/// Caps this process's virtual memory, so that an oversized allocation fails (and aborts).
+fn limit_address_space(bytes: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or fill the struct passed and touch nothing else.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut limit), 0);
+        limit.rlim_cur = bytes.min(limit.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &limit), 0);
+    }
+}
+
 #[test]
 fn every_target_survives_its_corpus_its_crashes_and_mutations_of_them() {
     let seconds: f64 = std::env::var("SLUICE_FUZZ_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
-    let seed: u64 = std::env::var("SLUICE_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
+    let seed: u64 = match std::env::var("SLUICE_FUZZ_SEED").ok().as_deref() {
+        None => 0x5EED_F00D,
+        Some("random") => {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos() as u64
                 | 1
-        });
+        }
+        Some(n) => n.parse().expect("SLUICE_FUZZ_SEED is a number or `random`"),
+    };
+    limit_address_space(2 << 30);
     eprintln!("SLUICE_FUZZ_SEED={seed}");
     let root = sluice_fuzz::repo_root().join("fuzz");
     for &(name, body) in sluice_fuzz::TARGETS {
