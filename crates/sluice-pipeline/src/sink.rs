@@ -399,7 +399,11 @@ impl<T: Serialize> Sink<T> for PartSink {
 
 /// Pushes one row per element of `record[field]`: the record without `field`, plus the element's
 /// fields (or `field: element` when the element is not an object).
-fn explode(mut record: serde_json::Value, field: &str, rows: &mut Vec<serde_json::Value>) {
+pub(crate) fn explode(
+    mut record: serde_json::Value,
+    field: &str,
+    rows: &mut Vec<serde_json::Value>,
+) {
     let Some(map) = record.as_object_mut() else {
         rows.push(record);
         return;

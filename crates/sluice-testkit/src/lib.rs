@@ -8,10 +8,12 @@
 mod gcs;
 mod hub;
 mod outage;
+mod postgres;
 mod tls;
 pub use gcs::GcsServer;
 pub use hub::{FakeHub, HubRequest};
 pub use outage::OutageProxy;
+pub use postgres::{PgServer, PG_PASSWORD, PG_USER};
 pub use tls::TlsProxy;
 
 use std::io::{Read, Write};

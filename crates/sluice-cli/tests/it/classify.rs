@@ -48,7 +48,7 @@ fn reference(model: &str, file: &str) -> Vec<(f64, f64, Vec<f64>)> {
 }
 
 /// Every row of the Parquet part files in `dir`, as JSON objects.
-fn read_table(dir: &Path) -> Vec<Value> {
+pub(crate) fn read_table(dir: &Path) -> Vec<Value> {
     let mut rows = Vec::new();
     let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -116,7 +116,7 @@ fn assert_close(got: &[(f64, f64, Vec<f64>)], want: &[(f64, f64, Vec<f64>)], wha
 }
 
 /// A data volume: the 16 kHz fixtures, one in a subdirectory, and a corrupt file.
-fn volume() -> tempfile::TempDir {
+pub(crate) fn volume() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     for (src, dst) in [

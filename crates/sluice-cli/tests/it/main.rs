@@ -4,6 +4,7 @@ mod audio;
 mod classify;
 mod deploy;
 mod outage;
+mod postgres;
 mod python;
 mod run;
 mod schemathesis;

@@ -494,3 +494,53 @@ fn a_worker_that_cannot_write_its_outputs_acks_nothing_and_loses_nothing() {
     assert_eq!(by_id.len(), 50, "{stderr}");
     assert!(by_id.values().all(|v| v.len() == 1));
 }
+
+#[test]
+fn workers_fill_a_postgres_table_and_a_killed_workers_redelivered_items_add_no_row() {
+    let nats = NatsServer::start();
+    let pg = sluice_testkit::PgServer::start();
+    let ids: Vec<String> = (0..200).map(|i| format!("item-{i:04}")).collect();
+    let setup = setup(&nats, &ids, 10);
+    let config = std::fs::read_to_string(&setup.worker).unwrap();
+    let sink_at = config.find("[sink]").unwrap();
+    std::fs::write(
+        &setup.worker,
+        format!(
+            "{}[sink]\nkind = \"postgres\"\nurl = \"{}\"\ntable = \"items\"\ncreate = true\n\
+             key = \"id\"\nbatch_rows = 10\n",
+            &config[..sink_at],
+            pg.url()
+        ),
+    )
+    .unwrap();
+    publish(&setup);
+    let rows = || -> (i64, i64) {
+        pg.client()
+            .ok()
+            .and_then(|mut c| {
+                c.query_one("SELECT count(*), count(DISTINCT id) FROM items", &[])
+                    .ok()
+            })
+            .map_or((0, 0), |r| (r.get(0), r.get(1)))
+    };
+    let mut worker = start_worker(&setup, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rows().0 < 20 {
+        assert!(Instant::now() < deadline, "the worker wrote no rows");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Killed outright: rows it committed but had not acked yet come back to the next worker.
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let stderr = finish(start_worker(&setup, &["--exit-when-drained"]));
+    assert_eq!(rows(), (200, 200), "{stderr}");
+    let counts = counts(&stderr);
+    assert!(counts["redelivered"].as_u64().unwrap() > 0, "{stderr}");
+    let upper: i64 = pg
+        .client()
+        .unwrap()
+        .query_one("SELECT count(*) FROM items WHERE upper = upper(text)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(upper, 200);
+}

@@ -107,6 +107,9 @@ impl PipelineConfig {
                 options.skip_completed = false;
                 options
             }
+            // The table says what is done; failures and the summary go where [run] says.
+            #[cfg(feature = "postgres")]
+            SinkPlan::Postgres(_) => raw.run_options(None),
         };
         Ok(PipelineConfig {
             source,
@@ -177,6 +180,18 @@ impl PipelineConfig {
                 WorkerSink::Parts(Box::new(sink), parts.part_items)
             }
             SinkPlan::Nats(spec) => WorkerSink::Nats(spec.clone(), self.key_field.clone()),
+            #[cfg(feature = "postgres")]
+            SinkPlan::Postgres(spec) => {
+                let sink = crate::PostgresSink::new(spec)?;
+                let (check, rows) = (spec.clone(), spec.batch_rows);
+                done_check = Some(Box::new(move || {
+                    let done = crate::PostgresSink::new(&check)?.keys()?;
+                    Ok(Some(std::sync::Arc::new(move |key: &str| {
+                        done.contains(key)
+                    })))
+                }));
+                WorkerSink::Parts(Box::new(sink), rows)
+            }
         };
         let stages = self.stages;
         let plan = WorkerPlan {
@@ -223,6 +238,8 @@ impl PipelineConfig {
             SinkPlan::Nats(spec) => {
                 Box::new(crate::nats::NatsSink::connect(spec, &self.key_field)?)
             }
+            #[cfg(feature = "postgres")]
+            SinkPlan::Postgres(spec) => Box::new(crate::PostgresSink::new(spec)?),
         };
         let options = self.options.clone();
         Self::pipeline(self.stages, keyed).run(&options, sink.as_mut())

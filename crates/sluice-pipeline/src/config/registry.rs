@@ -78,6 +78,9 @@ pub enum SinkPlan {
     /// Records published to a subject, deduplicated by key.
     #[cfg(feature = "nats")]
     Nats(crate::nats::NatsSinkSpec),
+    /// Rows upserted into a PostgreSQL table by key, a transaction per part.
+    #[cfg(feature = "postgres")]
+    Postgres(crate::PostgresSpec),
 }
 
 impl SinkPlan {
@@ -87,6 +90,8 @@ impl SinkPlan {
             SinkPlan::Parts(parts) => parts.key_field.as_deref(),
             #[cfg(feature = "nats")]
             SinkPlan::Nats(spec) => spec.key_field.as_deref(),
+            #[cfg(feature = "postgres")]
+            SinkPlan::Postgres(spec) => Some(&spec.key),
         }
     }
 }
@@ -128,6 +133,10 @@ impl Default for Registry {
             .sink("nats", |s| {
                 crate::nats::NatsSinkSpec::parse(&s.table, &s.place).map(SinkPlan::Nats)
             });
+        #[cfg(feature = "postgres")]
+        let registry = registry.sink("postgres", |s| {
+            crate::PostgresSpec::parse(&s.table, &s.place).map(SinkPlan::Postgres)
+        });
         registry
     }
 }
