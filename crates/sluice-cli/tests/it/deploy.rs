@@ -1,6 +1,7 @@
 //! The container image and the Kubernetes manifests against the real binary: every `sluice`
 //! container's arguments parse, pipeline files in ConfigMaps load, and the server started with the
-//! Deployment's own arguments answers its probes on its port and drains on SIGTERM.
+//! Deployment's own arguments answers its probes on its port and drains on SIGTERM, and the daily
+//! CronJob's run does yesterday's data.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -262,4 +263,118 @@ fn the_server_runs_as_the_deployment_says_and_answers_its_probes() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(stopping.elapsed() < Duration::from_secs(grace));
+}
+
+/// The daily CronJob as the cluster would run it: its ConfigMap's pipeline and its container's
+/// arguments, with each volume's mountPath mapped to a local directory, on a file of
+/// yesterday's events; its Pushgateway is a local receiver.
+#[test]
+fn the_daily_cronjob_runs_yesterdays_events_into_their_own_table() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let file = root.join("k8s/schedule/daily-cronjob.yaml");
+    let docs = YamlLoader::load_from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let config = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("ConfigMap"))
+        .unwrap();
+    let cron = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("CronJob"))
+        .unwrap();
+    let mut found = Vec::new();
+    containers(cron, &mut found);
+    let container = &found[0];
+    let local = tempfile::tempdir().unwrap();
+    // Each mount's path, then the longest first, so that /data never matches inside /data2.
+    let mut mounts: Vec<(String, String)> = container["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let at = m["mountPath"].as_str().unwrap().to_owned();
+            let here = local.path().join(at.trim_start_matches('/'));
+            std::fs::create_dir_all(&here).unwrap();
+            (at, here.display().to_string())
+        })
+        .collect();
+    mounts.sort_by_key(|(at, _)| std::cmp::Reverse(at.len()));
+    // A path that starts with a mountPath (an argument, or a quoted string of the pipeline)
+    // moves under the local directory; placeholders first, so that a local path (under /tmp)
+    // is never mapped again by the /tmp mount.
+    let localize = |text: &str| {
+        let marked = mounts
+            .iter()
+            .enumerate()
+            .fold(text.to_owned(), |text, (i, (at, _))| {
+                let mark = format!("\u{1}{i}\u{1}/");
+                let text = match text.strip_prefix(&format!("{at}/")) {
+                    Some(rest) => format!("{mark}{rest}"),
+                    None => text,
+                };
+                text.replace(&format!("\"{at}/"), &format!("\"{mark}"))
+            });
+        mounts
+            .iter()
+            .enumerate()
+            .fold(marked, |text, (i, (_, here))| {
+                text.replace(&format!("\u{1}{i}\u{1}"), here)
+            })
+    };
+    let pipeline = config["data"]["daily.toml"].as_str().unwrap();
+    let pipeline_path = container["args"][1].as_str().unwrap();
+    std::fs::write(localize(pipeline_path), localize(pipeline)).unwrap();
+    // Yesterday's events (and today's, which the run must leave alone).
+    // The run computes "yesterday" itself: keep clear of midnight (UTC) so both agree.
+    let to_midnight = 86_400 - chrono::Timelike::num_seconds_from_midnight(&chrono::Utc::now());
+    if to_midnight < 60 {
+        std::thread::sleep(Duration::from_secs(u64::from(to_midnight) + 1));
+    }
+    let today = chrono::Utc::now().date_naive();
+    let yesterday = today.pred_opt().unwrap();
+    for (day, n) in [(yesterday, 30), (today, 5)] {
+        let events: String = (0..n)
+            .map(|i| format!("{{\"id\": \"{day}-{i}\", \"n\": {i}}}\n"))
+            .collect();
+        let path = localize(&format!("/data/events/{day}.jsonl"));
+        std::fs::create_dir_all(Path::new(&path).parent().unwrap()).unwrap();
+        std::fs::write(path, events).unwrap();
+    }
+    let (port, received) = crate::run::receive_one();
+    let args: Vec<String> = expanded_args(container)
+        .iter()
+        .map(|a| {
+            if a.starts_with("http://prometheus-pushgateway") {
+                format!("http://127.0.0.1:{port}")
+            } else {
+                localize(a)
+            }
+        })
+        .collect();
+    let out = Command::new(SLUICE).args(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sluice {args:?}: {stderr}");
+    let rows = crate::classify::read_table(
+        Path::new(&localize(&format!("/results/daily/{yesterday}/x")))
+            .parent()
+            .unwrap(),
+    );
+    let mut ids: Vec<String> = rows
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = (0..30).map(|i| format!("{yesterday}-{i}")).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "{stderr}");
+    assert!(!Path::new(&localize(&format!("/results/daily/{today}/x")))
+        .parent()
+        .unwrap()
+        .exists());
+    let (request, body) = received.join().unwrap();
+    assert!(
+        request.starts_with("PUT /metrics/job/sluice/pipeline/daily"),
+        "{request}"
+    );
+    assert!(body.contains("sluice_run_success 1"), "{body}");
+    assert!(body.contains(&format!("date=\"{yesterday}\"")), "{body}");
 }

@@ -654,7 +654,7 @@ fn a_backfill_runs_each_date_and_reports_the_ones_that_failed() {
 }
 
 /// Receives one HTTP request on a loopback port: its request line and body, answering 200.
-fn receive_one() -> (u16, std::thread::JoinHandle<(String, String)>) {
+pub(crate) fn receive_one() -> (u16, std::thread::JoinHandle<(String, String)>) {
     use std::io::{BufRead, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
