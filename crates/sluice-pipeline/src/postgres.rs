@@ -8,7 +8,9 @@
 //! `retry_for_s`; errors the server reports about the data stop the run with its message.
 //!
 //! The driver is `postgres` (the blocking face of `tokio-postgres`) because sinks run on the
-//! run's collecting thread; its binary COPY writer does the wire format.
+//! run's collecting thread; its binary COPY writer does the wire format. With `sslmode=require`
+//! the connection is TLS (rustls) and the server's certificate is verified against the system's
+//! roots or `ca_file`, as libpq's `verify-full` does; other modes connect in plain text.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -17,9 +19,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::config::SslMode;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::{Client, NoTls};
 use serde::{Deserialize, Serialize};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::section::{section, ConfigError};
 use crate::sink::{key_text, keyed_record, Completed, Sink};
@@ -36,6 +40,10 @@ pub struct PostgresSpec {
     /// A file holding the password (a mounted secret); wins over the URL and `PGPASSWORD`.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// PEM certificates to trust for `sslmode=require` (a private CA) instead of the system's;
+    /// `PGSSLROOTCERT` when unset.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The table's schema; the connection's `search_path` decides when unset.
     #[serde(default)]
     pub schema: Option<String>,
@@ -72,7 +80,8 @@ fn default_retry_for_s() -> f64 {
 }
 
 /// The query parameters of a `postgres://` output URL that are the sink's, not the driver's.
-const SINK_PARAMS: [&str; 7] = [
+const SINK_PARAMS: [&str; 8] = [
+    "ca_file",
     "table",
     "schema",
     "create",
@@ -249,6 +258,44 @@ impl PostgresSpec {
     }
 }
 
+impl PostgresSpec {
+    /// A rustls connector trusting `ca_file` (or `PGSSLROOTCERT`), else the system's roots.
+    fn tls(&self) -> Result<MakeRustlsConnect, SinkError> {
+        use rustls_pki_types::pem::PemObject;
+        let bad = |m: String| SinkError::Encode(format!("[sink] (postgres): {m}"));
+        let ca_file = self
+            .ca_file
+            .clone()
+            .or_else(|| std::env::var_os("PGSSLROOTCERT").map(PathBuf::from));
+        let mut roots = rustls::RootCertStore::empty();
+        match &ca_file {
+            Some(file) => {
+                let certs = rustls_pki_types::CertificateDer::pem_file_iter(file)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| bad(format!("ca_file {}: {e}", file.display())))?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(bad(format!(
+                        "ca_file {}: no certificate in it",
+                        file.display()
+                    )));
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(MakeRustlsConnect::new(config))
+    }
+}
+
 /// The URL with its password replaced, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -302,6 +349,8 @@ struct Column {
 pub struct PostgresSink {
     spec: PostgresSpec,
     config: postgres::Config,
+    /// The TLS connector, for `sslmode=require`.
+    tls: Option<MakeRustlsConnect>,
     client: Option<Client>,
     /// The table's columns by name, once read (or created).
     columns: Option<HashMap<String, Column>>,
@@ -313,8 +362,14 @@ pub struct PostgresSink {
 impl PostgresSink {
     /// A sink for `spec`; connects on first use.
     pub fn new(spec: &PostgresSpec) -> Result<Self, SinkError> {
+        let config = spec.connection()?;
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => Some(spec.tls()?),
+            _ => None,
+        };
         Ok(PostgresSink {
-            config: spec.connection()?,
+            config,
+            tls,
             spec: spec.clone(),
             client: None,
             columns: None,
@@ -330,10 +385,11 @@ impl PostgresSink {
             return Ok(self.client.as_mut().expect("checked"));
         }
         self.client = None;
-        let client = self
-            .config
-            .connect(NoTls)
-            .map_err(|e| Failure::of(e, "connecting"))?;
+        let client = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        }
+        .map_err(|e| Failure::of(e, "connecting"))?;
         self.client = Some(client);
         Ok(self.client.as_mut().expect("just set"))
     }
@@ -689,7 +745,17 @@ impl Failure {
                 db.code().code(),
                 db.detail().map(|d| format!(": {d}")).unwrap_or_default()
             ),
-            None => format!("{doing}: {e}"),
+            None => {
+                // The driver's own text names only the kind ("error performing TLS handshake"):
+                // the causes say which certificate or socket.
+                let mut text = format!("{doing}: {e}");
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                text
+            }
         };
         let retry = match e.code() {
             // Connection exceptions, shutdown and not-yet-started, serialization, deadlock.
@@ -700,8 +766,12 @@ impl Failure {
                     || code == "40001"
                     || code == "40P01"
             }
-            // No SQLSTATE: the socket, not the server, failed.
-            None => e.is_closed() || std::error::Error::source(&e).is_some_and(is_io),
+            // No SQLSTATE: the socket failed (retry), or the TLS handshake refused the server's
+            // certificate, which no retry changes.
+            None => {
+                !tls_refused(&e)
+                    && (e.is_closed() || std::error::Error::source(&e).is_some_and(is_io))
+            }
         };
         if retry {
             Failure::Retry(message)
@@ -713,6 +783,26 @@ impl Failure {
 
 fn is_io(e: &(dyn std::error::Error + 'static)) -> bool {
     e.downcast_ref::<std::io::Error>().is_some()
+}
+
+/// Whether rustls refused the handshake somewhere in `e`'s causes (also inside an io::Error).
+fn tls_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if tls_refused(inner) {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// `CREATE TABLE` for `rows`: each field's type from its values (text, bigint, double precision,

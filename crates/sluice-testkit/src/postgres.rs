@@ -4,6 +4,10 @@
 //!
 //! PostgreSQL refuses to run as root, so when the tests do (CI containers) the server runs as the
 //! `postgres` user the package creates, on a directory handed to that user.
+//!
+//! [`PgServer::start_tls`] makes a server that takes TLS connections only (a certificate for
+//! `localhost` and `127.0.0.1` signed by a fresh CA, `ca.pem`; `pg_hba.conf` has `hostssl` lines
+//! and no `host` line), so a client that connected at all spoke TLS.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,6 +25,7 @@ pub struct PgServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
     owner: Option<(u32, u32)>,
+    tls: bool,
     /// Where clients connect.
     pub addr: SocketAddr,
 }
@@ -28,6 +33,15 @@ pub struct PgServer {
 impl PgServer {
     /// Creates a cluster and starts it on a free loopback port; waits until it takes queries.
     pub fn start() -> Self {
+        Self::create(false)
+    }
+
+    /// As [`PgServer::start`], taking TLS connections only.
+    pub fn start_tls() -> Self {
+        Self::create(true)
+    }
+
+    fn create(tls: bool) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("sluice-pg-")
@@ -57,11 +71,15 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            write_tls_files(dir.path(), &data, owner);
+        }
         let mut server = PgServer {
             child: None,
             dir,
             bin,
             owner,
+            tls,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         // A port picked here may be taken before the server binds it: try another then.
@@ -93,6 +111,11 @@ impl PgServer {
             ))
             // Durability across a machine crash is not what these tests are about.
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .args(if self.tls {
+                &["-c", "ssl=on"][..]
+            } else {
+                &[][..]
+            })
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -121,9 +144,18 @@ impl PgServer {
         }
     }
 
-    /// The URL for clients, with the password.
+    /// The URL for clients, with the password (and `sslmode=require` for a TLS server).
     pub fn url(&self) -> String {
-        format!("postgres://{PG_USER}:{PG_PASSWORD}@{}/postgres", self.addr)
+        let tls = if self.tls { "?sslmode=require" } else { "" };
+        format!(
+            "postgres://{PG_USER}:{PG_PASSWORD}@{}/postgres{tls}",
+            self.addr
+        )
+    }
+
+    /// The CA certificate (PEM) that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     /// The URL without the password (given separately: a file, `PGPASSWORD`).
@@ -133,7 +165,24 @@ impl PgServer {
 
     /// A client connected as the superuser, for checks.
     pub fn client(&self) -> Result<postgres::Client, postgres::Error> {
-        postgres::Client::connect(&self.url(), postgres::NoTls)
+        if !self.tls {
+            return postgres::Client::connect(&self.url(), postgres::NoTls);
+        }
+        use tokio_rustls::rustls;
+        let pem = std::fs::read_to_string(self.ca_file()).expect("reading ca.pem");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pem_der(&pem).into()).expect("trusting ca.pem");
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        postgres::Client::connect(
+            &self.url(),
+            tokio_postgres_rustls::MakeRustlsConnect::new(config),
+        )
     }
 
     /// Runs `sql` (one or more statements) and panics on error.
@@ -173,6 +222,47 @@ impl Drop for PgServer {
             let _ = child.wait();
         }
     }
+}
+
+/// Writes a CA (`ca.pem` in `dir`), the server's certificate and key into `data`, and a
+/// `pg_hba.conf` that takes TCP connections over TLS only.
+fn write_tls_files(dir: &Path, data: &Path, owner: Option<(u32, u32)>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("a CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Sluice test PostgreSQL CA");
+    let ca = ca.self_signed(&ca_key).expect("the CA certificate");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("writing ca.pem");
+    let key = KeyPair::generate().expect("a server key");
+    let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("server parameters")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("the server certificate");
+    let hba = "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n";
+    for (name, text) in [
+        ("server.crt", cert.pem()),
+        ("server.key", key.serialize_pem()),
+        ("pg_hba.conf", hba.to_owned()),
+    ] {
+        let path = data.join(name);
+        std::fs::write(&path, text).expect("writing a TLS file");
+        // The server refuses a key others can read.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod 600");
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown a TLS file");
+        }
+    }
+}
+
+/// The DER bytes of the first PEM certificate in `pem`.
+fn pem_der(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("a PEM certificate")
+        .to_vec()
 }
 
 /// Where the server binaries are: `$SLUICE_PG_BIN`, Debian's `/usr/lib/postgresql/N/bin`

@@ -373,3 +373,39 @@ fn classify_writes_its_window_table_to_postgres_as_it_does_to_parquet() {
         .get(0);
     assert_eq!(rows as usize, expected.len());
 }
+
+#[test]
+fn sslmode_require_speaks_tls_and_checks_the_servers_certificate() {
+    // The server takes TLS connections only: a run that wrote its rows spoke TLS.
+    let pg = PgServer::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = format!(
+        "url = \"{}\"\nca_file = \"{}\"\ntable = \"t\"\ncreate = true\nkey = \"id\"\n",
+        pg.url(),
+        pg.ca_file().display()
+    );
+    run_ok(&pipeline(dir.path(), 20, None, &trusted), &[], &[]);
+    assert_eq!(counts(&pg, "t"), (20, 20));
+
+    // Without the CA the certificate is refused at once (no retrying), saying why.
+    let untrusted = format!(
+        "url = \"{}\"\ntable = \"t\"\nkey = \"id\"\nretry_for_s = 30\n",
+        pg.url()
+    );
+    let started = Instant::now();
+    let out = run(&pipeline(dir.path(), 5, None, &untrusted), &[], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{stderr}");
+
+    // In plain text the server turns the connection away.
+    let plain = format!(
+        "url = \"{}\"\ntable = \"t\"\nkey = \"id\"\n",
+        pg.url().replace("?sslmode=require", "")
+    );
+    let out = run(&pipeline(dir.path(), 5, None, &plain), &[], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("no encryption"), "{stderr}");
+}
