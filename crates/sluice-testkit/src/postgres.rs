@@ -227,19 +227,7 @@ impl Drop for PgServer {
 /// Writes a CA (`ca.pem` in `dir`), the server's certificate and key into `data`, and a
 /// `pg_hba.conf` that takes TCP connections over TLS only.
 fn write_tls_files(dir: &Path, data: &Path, owner: Option<(u32, u32)>) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().expect("a CA key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "Sluice test PostgreSQL CA");
-    let ca = ca.self_signed(&ca_key).expect("the CA certificate");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("writing ca.pem");
-    let key = KeyPair::generate().expect("a server key");
-    let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .expect("server parameters")
-        .signed_by(&key, &ca, &ca_key)
-        .expect("the server certificate");
+    let (cert, key) = crate::tls::server_certificate(dir);
     let hba = "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n";
     for (name, text) in [
         ("server.crt", cert.pem()),

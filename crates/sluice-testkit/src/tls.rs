@@ -10,6 +10,24 @@ use std::sync::Arc;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tokio_rustls::rustls;
 
+/// Makes a fresh CA (its certificate written to `dir/ca.pem`) and a certificate it signs for
+/// `localhost` and `127.0.0.1`; returns that certificate and its key.
+pub(crate) fn server_certificate(dir: &Path) -> (rcgen::Certificate, KeyPair) {
+    let ca_key = KeyPair::generate().expect("a CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Sluice test CA");
+    let ca = ca.self_signed(&ca_key).expect("the CA certificate");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("writing ca.pem");
+    let key = KeyPair::generate().expect("a server key");
+    let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("server parameters")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("the server certificate");
+    (cert, key)
+}
+
 /// A TLS-terminating proxy on a loopback port; stops when dropped.
 pub struct TlsProxy {
     port: u16,
@@ -21,18 +39,7 @@ impl TlsProxy {
     /// Serves HTTPS on a free loopback port, forwarding to `backend`.
     pub fn start(backend: SocketAddr) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let ca_key = KeyPair::generate().expect("a CA key");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "Sluice test CA");
-        let ca = ca.self_signed(&ca_key).expect("the CA certificate");
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("writing ca.pem");
-        let key = KeyPair::generate().expect("a server key");
-        let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("server parameters")
-            .signed_by(&key, &ca, &ca_key)
-            .expect("the server certificate");
+        let (cert, key) = server_certificate(dir.path());
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
