@@ -89,6 +89,11 @@ fn counts(pg: &PgServer, table: &str) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
+/// The one number `sql` selects.
+fn scalar(pg: &PgServer, sql: &str) -> i64 {
+    pg.client().unwrap().query_one(sql, &[]).unwrap().get(0)
+}
+
 /// Polls until `table` holds at least `rows` rows.
 fn wait_for_rows(pg: &PgServer, table: &str, rows: i64) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -185,14 +190,8 @@ fn a_pipeline_creates_its_table_with_types_and_reruns_add_no_row() {
     .unwrap();
     run_ok(&pipeline, &["--set", "run.skip_completed=false"], &[]);
     assert_eq!(counts(&pg, "results.scores"), (50, 50));
-    let notes: i64 = client
-        .query_one(
-            "SELECT count(*) FROM results.scores WHERE note = '\"second\"'::jsonb",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(notes, 50);
+    let sql = "SELECT count(*) FROM results.scores WHERE note = '\"second\"'::jsonb";
+    assert_eq!(scalar(&pg, sql), 50);
 }
 
 #[test]
@@ -225,13 +224,10 @@ fn a_run_killed_mid_way_then_rerun_writes_every_key_exactly_once() {
     let stderr = run_ok(&pipeline, &[], &env);
     assert!(stderr.contains(&format!("{before} skipped")), "{stderr}");
     assert_eq!(counts(&pg, "results"), (300, 300));
-    let doubled: i64 = pg
-        .client()
-        .unwrap()
-        .query_one("SELECT count(*) FROM results WHERE double = 2 * n", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(doubled, 300);
+    assert_eq!(
+        scalar(&pg, "SELECT count(*) FROM results WHERE double = 2 * n"),
+        300
+    );
 }
 
 #[test]
@@ -365,12 +361,7 @@ fn classify_writes_its_window_table_to_postgres_as_it_does_to_parquet() {
     let done = classify(&table).wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&done.stderr);
     assert!(stderr.contains("3 skipped"), "{stderr}");
-    let rows: i64 = pg
-        .client()
-        .unwrap()
-        .query_one("SELECT count(*) FROM windows", &[])
-        .unwrap()
-        .get(0);
+    let rows = scalar(&pg, "SELECT count(*) FROM windows");
     assert_eq!(rows as usize, expected.len());
 }
 
