@@ -34,7 +34,8 @@ use crate::{Envelope, SinkError};
 #[serde(deny_unknown_fields)]
 pub struct PostgresSpec {
     /// `postgres://user@host:port/db?...` or `host=... user=...`; unset parts come from the
-    /// `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE` and `PGPASSWORD` environment variables.
+    /// `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE` and `PGPASSWORD` environment variables, and a
+    /// password last from libpq's password file (`PGPASSFILE`, `~/.pgpass`).
     #[serde(default)]
     pub url: Option<String>,
     /// A file holding the password (a mounted secret); wins over the URL and `PGPASSWORD`.
@@ -248,6 +249,8 @@ impl PostgresSpec {
         } else if config.get_password().is_none() {
             if let Some(password) = env("PGPASSWORD") {
                 config.password(password);
+            } else if let Some(password) = pgpass_password(&config) {
+                config.password(password);
             }
         }
         if config.get_connect_timeout().is_none() {
@@ -294,6 +297,64 @@ impl PostgresSpec {
             .with_no_client_auth();
         Ok(MakeRustlsConnect::new(config))
     }
+}
+
+/// The password libpq would take from the password file (`PGPASSFILE`, else `~/.pgpass`) for
+/// `config`'s first host, port, database and user; a file others can read is ignored, as libpq
+/// does.
+fn pgpass_password(config: &postgres::Config) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
+    let mode = std::fs::metadata(&file).ok()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "{}: group or others can read it; ignored (chmod 600 it)",
+            file.display()
+        );
+        return None;
+    }
+    let text = std::fs::read_to_string(&file).ok()?;
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "localhost".into(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let user = config.get_user()?;
+    let db = config.get_dbname().unwrap_or(user);
+    pgpass_lookup(&text, [&host, &port, db, user])
+}
+
+/// The password of the first line of a `.pgpass` text whose fields (host, port, database, user;
+/// `*` matches anything, `\:` and `\\` are escapes) match `want`.
+fn pgpass_lookup(text: &str, want: [&str; 4]) -> Option<String> {
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .find_map(|line| {
+            let mut fields = Vec::with_capacity(5);
+            let mut field = String::new();
+            let mut chars = line.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => field.extend(chars.next()),
+                    ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+                    c => field.push(c),
+                }
+            }
+            fields.push(field);
+            let [host, port, db, user, password] = <[String; 5]>::try_from(fields).ok()?;
+            [host, port, db, user]
+                .iter()
+                .zip(want)
+                .all(|(have, want)| have == "*" || have == want)
+                .then_some(password)
+        })
 }
 
 /// The URL with its password replaced, for messages.
@@ -1095,6 +1156,19 @@ mod tests {
             Cell::encode(&json!({"a": 1}), &Type::TEXT),
             Ok(Cell::Text(t)) if t == "{\"a\":1}"
         ));
+    }
+
+    #[test]
+    fn pgpass_lines_match_as_libpq_reads_them() {
+        let text = "# comment\n\
+                    db.example:5432:other:u:wrong-db\n\
+                    db.example:*:analytics:u:p\\:w\\\\1\n\
+                    *:*:*:*:fallback\n";
+        let want = |db| pgpass_lookup(text, ["db.example", "5432", db, "u"]);
+        assert_eq!(want("analytics").as_deref(), Some("p:w\\1"));
+        assert_eq!(want("other").as_deref(), Some("wrong-db"));
+        assert_eq!(want("third").as_deref(), Some("fallback"));
+        assert_eq!(pgpass_lookup("h:1:d:u\n", ["h", "1", "d", "u"]), None);
     }
 
     #[test]

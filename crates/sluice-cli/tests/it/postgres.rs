@@ -264,6 +264,33 @@ fn a_wrong_password_or_a_missing_table_is_a_clear_error_and_writes_nothing() {
         "url = \"postgres://sluice:not-the-password@{}/postgres\"\ntable = \"t\"\ncreate = true\nkey = \"id\"\n",
         pg.addr
     );
+    // The password from a libpq password file, which must not be readable by others.
+    let pgpass = dir.path().join("pgpass");
+    std::fs::write(
+        &pgpass,
+        format!(
+            "127.0.0.1:{}:postgres:sluice:{PG_PASSWORD}\n",
+            pg.addr.port()
+        ),
+    )
+    .unwrap();
+    let from_file = format!(
+        "url = \"{}\"\ntable = \"from_file\"\ncreate = true\nkey = \"id\"\n",
+        pg.url_without_password()
+    );
+    let env = [("PGPASSFILE", pgpass.to_str().unwrap())];
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&pipeline(dir.path(), 5, None, &from_file), &[], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    run_ok(&pipeline(dir.path(), 5, None, &from_file), &[], &env);
+    assert_eq!(counts(&pg, "from_file"), (5, 5));
+
     let out = run(&pipeline(dir.path(), 5, None, &wrong), &[], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
