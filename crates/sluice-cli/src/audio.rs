@@ -251,14 +251,8 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     let tag = options.shard.part_tag();
     let (mut sink, written): (Box<dyn Sink<serde_json::Value>>, String) = if postgres {
         // The same table as the Parquet one: a row per window, keyed by file and window.
-        let mut url = output.clone();
-        for (name, value) in [("key", "id"), ("explode", "windows")] {
-            if !url.contains(&format!("{name}=")) {
-                url.push(if url.contains('?') { '&' } else { '?' });
-                url.push_str(&format!("{name}={value}"));
-            }
-        }
-        let spec = PostgresSpec::from_url(&url).map_err(anyhow::Error::msg)?;
+        let defaults = [("key", "id"), ("explode", "windows")];
+        let spec = PostgresSpec::from_url(&output, &defaults).map_err(anyhow::Error::msg)?;
         let written = format!("table written to {}", spec.describe());
         (Box::new(PostgresSink::new(&spec)?), written)
     } else {

@@ -12,12 +12,14 @@
 //! the connection is TLS (rustls) and the server's certificate is verified against the system's
 //! roots or `ca_file`, as libpq's `verify-full` does; other modes connect in plain text.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use percent_encoding::percent_decode_str;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::config::SslMode;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
@@ -102,42 +104,48 @@ impl PostgresSpec {
     }
 
     /// Reads an output URL, `postgres://user@host/db?table=results&create=true&key=path`: the
-    /// sink's own settings are query parameters, the rest is the connection.
-    pub fn from_url(url: &str) -> Result<Self, String> {
+    /// sink's own settings are query parameters, the rest is the connection; `defaults` are
+    /// sink settings the URL may override (a command's own choice of key, say).
+    pub fn from_url(url: &str, defaults: &[(&str, &str)]) -> Result<Self, String> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let shown = redact(url);
         let mut table = toml::Table::new();
         let mut rest = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let pairs = query.split('&').filter(|p| !p.is_empty()).map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (pair, name, percent_decode_str(value).decode_utf8_lossy())
+        });
+        let defaults = defaults.iter().map(|&(n, v)| (n, n, Cow::Borrowed(v)));
+        for (pair, name, value) in defaults.chain(pairs) {
             if !SINK_PARAMS.contains(&name) {
                 rest.push(pair);
                 continue;
             }
-            let value = percent_decode(value);
             let value = match name {
-                "create" => toml::Value::Boolean(match value.as_str() {
+                "create" => toml::Value::Boolean(match &*value {
                     "true" | "1" => true,
                     "false" | "0" => false,
-                    other => return Err(format!("{url}: create={other}: expected true or false")),
+                    other => {
+                        return Err(format!("{shown}: create={other}: expected true or false"))
+                    }
                 }),
                 "batch_rows" => toml::Value::Integer(
                     value
                         .parse()
-                        .map_err(|_| format!("{url}: batch_rows={value}: expected a number"))?,
+                        .map_err(|_| format!("{shown}: batch_rows={value}: expected a number"))?,
                 ),
                 "retry_for_s" => toml::Value::Float(
                     value
                         .parse()
-                        .map_err(|_| format!("{url}: retry_for_s={value}: expected seconds"))?,
+                        .map_err(|_| format!("{shown}: retry_for_s={value}: expected seconds"))?,
                 ),
-                _ => toml::Value::String(value),
+                _ => toml::Value::String(value.into_owned()),
             };
             table.insert(name.to_owned(), value);
         }
         if !table.contains_key("table") {
             return Err(format!(
-                "{}: names no table: add ?table=NAME (and &create=true to create it)",
-                redact(url)
+                "{shown}: names no table: add ?table=NAME (and &create=true to create it)"
             ));
         }
         let connection = if rest.is_empty() {
@@ -146,10 +154,8 @@ impl PostgresSpec {
             format!("{base}?{}", rest.join("&"))
         };
         table.insert("url".into(), toml::Value::String(connection));
-        let spec: PostgresSpec = table
-            .try_into()
-            .map_err(|e| format!("{}: {e}", redact(url)))?;
-        spec.check().map_err(|m| format!("{}: {m}", redact(url)))?;
+        let spec: PostgresSpec = table.try_into().map_err(|e| format!("{shown}: {e}"))?;
+        spec.check().map_err(|m| format!("{shown}: {m}"))?;
         Ok(spec)
     }
 
@@ -259,9 +265,7 @@ impl PostgresSpec {
         config.application_name("sluice");
         Ok(config)
     }
-}
 
-impl PostgresSpec {
     /// A rustls connector trusting `ca_file` (or `PGSSLROOTCERT`), else the system's roots.
     fn tls(&self) -> Result<MakeRustlsConnect, SinkError> {
         use rustls_pki_types::pem::PemObject;
@@ -316,19 +320,27 @@ fn pgpass_password(config: &postgres::Config) -> Option<String> {
         return None;
     }
     let text = std::fs::read_to_string(&file).ok()?;
-    let host = match config.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "localhost".into(),
+    let (host, port) = endpoint(config);
+    // libpq matches a socket connection as "localhost".
+    let host = if host.starts_with('/') {
+        "localhost".into()
+    } else {
+        host
     };
-    let port = config
-        .get_ports()
-        .first()
-        .copied()
-        .unwrap_or(5432)
-        .to_string();
     let user = config.get_user()?;
     let db = config.get_dbname().unwrap_or(user);
-    pgpass_lookup(&text, [&host, &port, db, user])
+    pgpass_lookup(&text, [&host, &port.to_string(), db, user])
+}
+
+/// The first host (a name, an address or a socket directory) and port the driver will try.
+fn endpoint(config: &postgres::Config) -> (String, u16) {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
 }
 
 /// The password of the first line of a `.pgpass` text whose fields (host, port, database, user;
@@ -371,29 +383,6 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// An identifier quoted for SQL.
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -415,6 +404,8 @@ pub struct PostgresSink {
     client: Option<Client>,
     /// The table's columns by name, once read (or created).
     columns: Option<HashMap<String, Column>>,
+    /// Whether this connection has its staging table (a session's temporary table).
+    staging: bool,
     /// The part being filled, one row per key (a key written twice keeps its last record).
     rows: Vec<serde_json::Map<String, serde_json::Value>>,
     at: HashMap<String, usize>,
@@ -434,6 +425,7 @@ impl PostgresSink {
             spec: spec.clone(),
             client: None,
             columns: None,
+            staging: false,
             rows: Vec::new(),
             at: HashMap::new(),
         })
@@ -446,6 +438,7 @@ impl PostgresSink {
             return Ok(self.client.as_mut().expect("checked"));
         }
         self.client = None;
+        self.staging = false;
         let client = match &self.tls {
             Some(tls) => self.config.connect(tls.clone()),
             None => self.config.connect(NoTls),
@@ -496,13 +489,7 @@ impl PostgresSink {
 
     /// `host:port/db table`, for messages.
     fn target(&self) -> String {
-        let host = match self.config.get_hosts().first() {
-            Some(postgres::config::Host::Tcp(h)) => h.clone(),
-            #[cfg(unix)]
-            Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
-        };
-        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        let (host, port) = endpoint(&self.config);
         let db = self
             .config
             .get_dbname()
@@ -646,38 +633,42 @@ impl PostgresSink {
         };
         let staging = "pg_temp.sluice_staging";
         let key = ident(&self.spec.key);
-        let statements = PartSql {
-            // Exploded rows: a key's rows are replaced together (a rerun may make fewer).
-            delete: self.spec.explode.as_ref().map(|_| {
-                format!(
-                    "DELETE FROM {table} t USING (SELECT DISTINCT {key} FROM {staging}) s \
-                     WHERE t.{key} = s.{key}"
-                )
-            }),
-            create: format!(
-                "CREATE TEMP TABLE IF NOT EXISTS sluice_staging (LIKE {table} INCLUDING DEFAULTS) \
-                 ON COMMIT DELETE ROWS"
-            ),
-            copy: format!("COPY {staging} ({list}) FROM STDIN (FORMAT binary)"),
-            insert: format!(
-                "INSERT INTO {table} ({list}) SELECT {list} FROM {staging} ON CONFLICT ({}) \
-                 {on_conflict}",
-                keys.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ")
-            ),
-        };
+        // Exploded rows: a key's rows are replaced together (a rerun may make fewer).
+        let delete = self.spec.explode.as_ref().map(|_| {
+            format!(
+                "DELETE FROM {table} t USING (SELECT DISTINCT {key} FROM {staging}) s \
+                 WHERE t.{key} = s.{key}"
+            )
+        });
+        let create = format!(
+            "CREATE TEMP TABLE IF NOT EXISTS sluice_staging (LIKE {table} INCLUDING DEFAULTS) \
+             ON COMMIT DELETE ROWS"
+        );
+        let copy = format!("COPY {staging} ({list}) FROM STDIN (FORMAT binary)");
+        let insert = format!(
+            "INSERT INTO {table} ({list}) SELECT {list} FROM {staging} ON CONFLICT ({}) \
+             {on_conflict}",
+            keys.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ")
+        );
         let types: Vec<Type> = used.iter().map(|c| c.ty.clone()).collect();
         let width = used.len();
         self.with_retry("writing a part", |s| {
-            let client = s.connect()?;
+            s.connect()?;
+            let client = s.client.as_mut().expect("connected");
+            // Once per connection: the table lives as long as the session.
+            if !s.staging {
+                client
+                    .batch_execute(&create)
+                    .map_err(|e| Failure::of(e, "creating the staging table"))?;
+                s.staging = true;
+            }
             let mut tx = client
                 .transaction()
                 .map_err(|e| Failure::of(e, "beginning"))?;
-            tx.batch_execute(&statements.create)
-                .map_err(|e| Failure::of(e, "creating the staging table"))?;
-            let copy = tx
-                .copy_in(&statements.copy)
+            let sink = tx
+                .copy_in(&copy)
                 .map_err(|e| Failure::of(e, "starting COPY"))?;
-            let mut writer = BinaryCopyInWriter::new(copy, &types);
+            let mut writer = BinaryCopyInWriter::new(sink, &types);
             for row in cells.chunks(width) {
                 let values: Vec<&(dyn ToSql + Sync)> =
                     row.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
@@ -688,11 +679,11 @@ impl PostgresSink {
             writer
                 .finish()
                 .map_err(|e| Failure::of(e, "copying rows"))?;
-            if let Some(delete) = &statements.delete {
+            if let Some(delete) = &delete {
                 tx.execute(delete, &[])
                     .map_err(|e| Failure::of(e, "replacing the keys' rows"))?;
             }
-            tx.execute(&statements.insert, &[])
+            tx.execute(&insert, &[])
                 .map_err(|e| Failure::of(e, "upserting"))?;
             tx.commit().map_err(|e| Failure::of(e, "committing"))
         })?;
@@ -728,14 +719,6 @@ impl PostgresSink {
     }
 }
 
-/// The statements of one part.
-struct PartSql {
-    delete: Option<String>,
-    create: String,
-    copy: String,
-    insert: String,
-}
-
 impl<T: Serialize> Sink<T> for PostgresSink {
     fn write(&mut self, item: Envelope<T>) -> Result<(), SinkError> {
         let record = match keyed_record(&item, &self.spec.key)? {
@@ -743,8 +726,8 @@ impl<T: Serialize> Sink<T> for PostgresSink {
             _ => unreachable!("keyed_record makes objects"),
         };
         let key = key_text(&record[&self.spec.key]);
-        let explode = self.spec.explode.clone();
-        match (explode, self.at.get(&key).copied()) {
+        let seen = self.at.get(&key).copied();
+        match (self.spec.index_column(), seen) {
             (None, Some(i)) => {
                 // ON CONFLICT cannot touch a row twice in one statement: the last record wins.
                 self.rows[i] = record;
@@ -753,15 +736,19 @@ impl<T: Serialize> Sink<T> for PostgresSink {
                 self.at.insert(key, self.rows.len());
                 self.rows.push(record);
             }
-            (Some(field), seen) => {
+            (Some(index), seen) => {
                 if seen.is_some() {
                     // The earlier record's rows land first; this one's then replace them.
                     self.write_part()?;
                 }
                 self.at.insert(key, self.rows.len());
+                let field = self
+                    .spec
+                    .explode
+                    .as_deref()
+                    .expect("an index column explodes");
                 let mut rows = Vec::new();
-                crate::sink::explode(serde_json::Value::Object(record), &field, &mut rows);
-                let index = format!("{field}_index");
+                crate::sink::explode(serde_json::Value::Object(record), field, &mut rows);
                 for (i, row) in rows.into_iter().enumerate() {
                     let serde_json::Value::Object(mut row) = row else {
                         unreachable!("exploding an object makes objects")
@@ -1079,9 +1066,7 @@ mod tests {
 
     #[test]
     fn output_urls_keep_the_sinks_settings_apart_from_the_connections() {
-        let spec = PostgresSpec::from_url(
-            "postgres://u:secret@db:5433/results?sslmode=disable&table=scores&create=true&key=path&batch_rows=50",
-        )
+        let spec = PostgresSpec::from_url("postgres://u:secret@db:5433/results?sslmode=disable&table=scores&create=true&key=path&batch_rows=50", &[("key", "id")])
         .unwrap();
         assert_eq!(spec.table, "scores");
         assert!(spec.create);
@@ -1091,18 +1076,18 @@ mod tests {
             spec.url.as_deref(),
             Some("postgres://u:secret@db:5433/results?sslmode=disable")
         );
-        let e = PostgresSpec::from_url("postgres://u:secret@db/results").unwrap_err();
+        let e = PostgresSpec::from_url("postgres://u:secret@db/results", &[]).unwrap_err();
         assert!(
             e.contains("postgres://u:***@db/results: names no table"),
             "{e}"
         );
-        let e = PostgresSpec::from_url("postgres://db/r?table=t&create=maybe").unwrap_err();
+        let e = PostgresSpec::from_url("postgres://db/r?table=t&create=maybe", &[]).unwrap_err();
         assert!(e.contains("create=maybe"), "{e}");
     }
 
     #[test]
     fn new_tables_take_their_column_types_from_the_records() {
-        let spec = PostgresSpec::from_url("postgres://db/r?table=t&schema=s&key=id").unwrap();
+        let spec = PostgresSpec::from_url("postgres://db/r?table=t&schema=s&key=id", &[]).unwrap();
         let rows: Vec<serde_json::Map<String, serde_json::Value>> = [
             serde_json::json!({"id": "a", "n": 1, "x": 1, "ok": true, "tags": ["q"], "none": null, "mixed": 1}),
             serde_json::json!({"id": "b", "n": 2, "x": 2.5, "ok": false, "tags": null, "mixed": "z"}),
@@ -1116,7 +1101,7 @@ mod tests {
              (\"id\" text PRIMARY KEY, \"mixed\" jsonb, \"n\" bigint, \"none\" jsonb, \
              \"ok\" boolean, \"tags\" jsonb, \"x\" double precision)"
         );
-        let spec = PostgresSpec::from_url("postgres://db/r?table=t&key=id&explode=w").unwrap();
+        let spec = PostgresSpec::from_url("postgres://db/r?table=t&key=id&explode=w", &[]).unwrap();
         let rows = [serde_json::json!({"id": "a", "w_index": 0, "s": 0.5})];
         let rows: Vec<_> = rows
             .iter()
@@ -1176,6 +1161,7 @@ mod tests {
         assert_eq!(ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(redact("postgres://a:b@h/d"), "postgres://a:***@h/d");
         assert_eq!(redact("postgres://a@h/d"), "postgres://a@h/d");
-        assert_eq!(percent_decode("a%20b%2"), "a b%2");
+        let spec = PostgresSpec::from_url("postgres://db/r?table=a%20b%2", &[]).unwrap();
+        assert_eq!(spec.table, "a b%2");
     }
 }

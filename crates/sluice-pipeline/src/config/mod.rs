@@ -183,14 +183,13 @@ impl PipelineConfig {
             #[cfg(feature = "postgres")]
             SinkPlan::Postgres(spec) => {
                 let sink = crate::PostgresSink::new(spec)?;
-                let (check, rows) = (spec.clone(), spec.batch_rows);
+                // A connection of its own, kept between checks (the writing one is the sink's).
+                let checker = std::sync::Mutex::new(crate::PostgresSink::new(spec)?);
                 done_check = Some(Box::new(move || {
-                    let done = crate::PostgresSink::new(&check)?.keys()?;
-                    Ok(Some(std::sync::Arc::new(move |key: &str| {
-                        done.contains(key)
-                    })))
+                    let mut checker = checker.lock().unwrap_or_else(|e| e.into_inner());
+                    crate::Sink::<Record>::completed(&mut *checker)
                 }));
-                WorkerSink::Parts(Box::new(sink), rows)
+                WorkerSink::Parts(Box::new(sink), spec.batch_rows)
             }
         };
         let stages = self.stages;

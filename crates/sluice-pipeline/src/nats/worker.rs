@@ -542,7 +542,7 @@ pub struct WorkerOptions {
 
 /// The sink a worker writes to, before acking is wrapped around it.
 pub(crate) enum WorkerSink {
-    /// Part files of up to this many records.
+    /// A sink written in parts of up to this many records (part files, a table).
     Parts(Box<dyn Sink<Record>>, usize),
     /// A NATS subject (deduplicated by key).
     Nats(NatsSinkSpec, String),
