@@ -191,11 +191,8 @@ impl Decoder {
     pub fn next_chunk(&mut self) -> Result<Option<Audio>, AudioError> {
         while !self.ended && self.out.buffered() < self.chunk_frames {
             // A decoder that panicked may be in any state: nothing more is read from it.
-            let read = unpanicked(|| self.read_packet());
-            if read.is_err() {
-                self.ended = true;
-            }
-            if !read? {
+            let read = unpanicked(|| self.read_packet()).inspect_err(|_| self.ended = true)?;
+            if !read {
                 self.ended = true;
                 self.check_end()?;
             }

@@ -94,16 +94,16 @@ pub fn run(range: &str, parallel: usize) -> anyhow::Result<()> {
     });
     let mut results = results.into_inner().expect("no panic holds it");
     results.sort();
-    let of = |want: fn(Option<i32>) -> bool| -> Vec<String> {
+    let of = |want: &str| -> Vec<String> {
         results
             .iter()
-            .filter(|(_, c)| want(*c))
+            .filter(|(_, c)| outcome(*c) == want)
             .map(|(d, _)| d.to_string())
             .collect()
     };
-    let done = of(|c| c == Some(0));
-    let with_failures = of(|c| c == Some(i32::from(crate::EXIT_FAILED_RECORDS)));
-    let failed = of(|c| c != Some(0) && c != Some(i32::from(crate::EXIT_FAILED_RECORDS)));
+    let done = of(DONE);
+    let with_failures = of(WITH_FAILED_RECORDS);
+    let failed = of(FAILED);
     eprintln!(
         "backfill: {}",
         serde_json::json!({
@@ -144,11 +144,16 @@ impl std::fmt::Display for DatesWithFailedRecords {
 
 impl std::error::Error for DatesWithFailedRecords {}
 
+const DONE: &str = "done";
+const WITH_FAILED_RECORDS: &str = "completed with failed records";
+const FAILED: &str = "failed";
+
+/// A date's outcome by its run's exit status (none: it did not start or was killed).
 fn outcome(code: Option<i32>) -> &'static str {
     match code {
-        Some(0) => "done",
-        Some(c) if c == i32::from(crate::EXIT_FAILED_RECORDS) => "completed with failed records",
-        _ => "failed",
+        Some(0) => DONE,
+        Some(c) if c == i32::from(crate::EXIT_FAILED_RECORDS) => WITH_FAILED_RECORDS,
+        _ => FAILED,
     }
 }
 

@@ -60,6 +60,11 @@ fn pipeline(dir: &Path, items: u64, sleep_ms: Option<u64>, sink: &str) -> std::p
     path
 }
 
+/// A `[sink]` body for `table` at `url`, keyed by `id`, with `extra` settings (TOML lines).
+fn sink(url: &str, table: &str, extra: &str) -> String {
+    format!("url = \"{url}\"\ntable = \"{table}\"\nkey = \"id\"\n{extra}")
+}
+
 fn run(pipeline: &Path, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(SLUICE)
         .args(["run", pipeline.to_str().unwrap(), "--progress", "off"])
@@ -119,11 +124,13 @@ fn a_pipeline_creates_its_table_with_types_and_reruns_add_no_row() {
     let pg = PgServer::start();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pw"), format!("{PG_PASSWORD}\n")).unwrap();
-    let sink = format!(
-        "url = \"{}\"\npassword_file = \"{}\"\nschema = \"results\"\ntable = \"scores\"\n\
-         create = true\nkey = \"id\"\nbatch_rows = 7\n",
-        pg.url_without_password(),
-        dir.path().join("pw").display()
+    let sink = sink(
+        &pg.url_without_password(),
+        "scores",
+        &format!(
+            "password_file = \"{}\"\nschema = \"results\"\ncreate = true\nbatch_rows = 7\n",
+            dir.path().join("pw").display()
+        ),
     );
     let pipeline = pipeline(dir.path(), 50, None, &sink);
     run_ok(&pipeline, &[], &[]);
@@ -234,10 +241,7 @@ fn a_run_killed_mid_way_then_rerun_writes_every_key_exactly_once() {
 fn a_server_restarted_under_a_run_is_reconnected_to_and_nothing_is_lost() {
     let mut pg = PgServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let sink = format!(
-        "url = \"{}\"\ntable = \"results\"\ncreate = true\nkey = \"id\"\nbatch_rows = 10\n",
-        pg.url()
-    );
+    let sink = sink(&pg.url(), "results", "create = true\nbatch_rows = 10\n");
     let pipeline = pipeline(dir.path(), 300, Some(10), &sink);
     let child = Command::new(SLUICE)
         .args(["run", pipeline.to_str().unwrap(), "--progress", "off"])
@@ -260,9 +264,10 @@ fn a_server_restarted_under_a_run_is_reconnected_to_and_nothing_is_lost() {
 fn a_wrong_password_or_a_missing_table_is_a_clear_error_and_writes_nothing() {
     let pg = PgServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let wrong = format!(
-        "url = \"postgres://sluice:not-the-password@{}/postgres\"\ntable = \"t\"\ncreate = true\nkey = \"id\"\n",
-        pg.addr
+    let wrong = sink(
+        &format!("postgres://sluice:not-the-password@{}/postgres", pg.addr),
+        "t",
+        "create = true\n",
     );
     // The password from a libpq password file, which must not be readable by others.
     let pgpass = dir.path().join("pgpass");
@@ -274,10 +279,7 @@ fn a_wrong_password_or_a_missing_table_is_a_clear_error_and_writes_nothing() {
         ),
     )
     .unwrap();
-    let from_file = format!(
-        "url = \"{}\"\ntable = \"from_file\"\ncreate = true\nkey = \"id\"\n",
-        pg.url_without_password()
-    );
+    let from_file = sink(&pg.url_without_password(), "from_file", "create = true\n");
     let env = [("PGPASSFILE", pgpass.to_str().unwrap())];
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -300,7 +302,7 @@ fn a_wrong_password_or_a_missing_table_is_a_clear_error_and_writes_nothing() {
     );
     assert!(!stderr.contains("not-the-password"), "{stderr}");
 
-    let missing = format!("url = \"{}\"\ntable = \"absent\"\nkey = \"id\"\n", pg.url());
+    let missing = sink(&pg.url(), "absent", "");
     let out = run(&pipeline(dir.path(), 5, None, &missing), &[], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -312,7 +314,7 @@ fn a_wrong_password_or_a_missing_table_is_a_clear_error_and_writes_nothing() {
 
     // A table without a column for a field: the run stops and names it; the table is untouched.
     pg.execute("CREATE TABLE narrow (id text PRIMARY KEY, n bigint)");
-    let narrow = format!("url = \"{}\"\ntable = \"narrow\"\nkey = \"id\"\n", pg.url());
+    let narrow = sink(&pg.url(), "narrow", "");
     let out = run(&pipeline(dir.path(), 5, None, &narrow), &[], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -397,19 +399,16 @@ fn sslmode_require_speaks_tls_and_checks_the_servers_certificate() {
     // The server takes TLS connections only: a run that wrote its rows spoke TLS.
     let pg = PgServer::start_tls();
     let dir = tempfile::tempdir().unwrap();
-    let trusted = format!(
-        "url = \"{}\"\nca_file = \"{}\"\ntable = \"t\"\ncreate = true\nkey = \"id\"\n",
-        pg.url(),
-        pg.ca_file().display()
+    let trusted = sink(
+        &pg.url(),
+        "t",
+        &format!("ca_file = \"{}\"\ncreate = true\n", pg.ca_file().display()),
     );
     run_ok(&pipeline(dir.path(), 20, None, &trusted), &[], &[]);
     assert_eq!(counts(&pg, "t"), (20, 20));
 
     // Without the CA the certificate is refused at once (no retrying), saying why.
-    let untrusted = format!(
-        "url = \"{}\"\ntable = \"t\"\nkey = \"id\"\nretry_for_s = 30\n",
-        pg.url()
-    );
+    let untrusted = sink(&pg.url(), "t", "retry_for_s = 30\n");
     let started = Instant::now();
     let out = run(&pipeline(dir.path(), 5, None, &untrusted), &[], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -418,10 +417,7 @@ fn sslmode_require_speaks_tls_and_checks_the_servers_certificate() {
     assert!(started.elapsed() < Duration::from_secs(20), "{stderr}");
 
     // In plain text the server turns the connection away.
-    let plain = format!(
-        "url = \"{}\"\ntable = \"t\"\nkey = \"id\"\n",
-        pg.url().replace("?sslmode=require", "")
-    );
+    let plain = sink(&pg.url().replace("?sslmode=require", ""), "t", "");
     let out = run(&pipeline(dir.path(), 5, None, &plain), &[], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
