@@ -22,8 +22,8 @@ pub struct Vars {
 }
 
 impl Vars {
-    /// The built-ins for logical date `date`, then `given` (`name=value`), which may override
-    /// them.
+    /// The built-ins for logical date `date`, then `given` (`name=value`; a built-in name is
+    /// refused: the date comes from `--date`).
     pub fn new(date: NaiveDate, given: &[String]) -> Result<Self, String> {
         let mut values = BTreeMap::new();
         values.insert("date".to_owned(), date.to_string());
@@ -42,7 +42,7 @@ impl Vars {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("--var {pair:?}: a name is letters, digits and '_'"));
             }
-            if values.contains_key(name) && !given.is_empty() && BUILT_IN.contains(&name) {
+            if BUILT_IN.contains(&name) {
                 return Err(format!(
                     "--var {pair:?}: {name} is built in; set the run's date with --date"
                 ));
