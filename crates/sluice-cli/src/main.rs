@@ -512,10 +512,15 @@ pub(crate) fn report_run(
 ) -> anyhow::Result<()> {
     match outcome {
         Ok(summary) => {
-            eprint!("{}", summary.render());
+            // One write: stage programs share this stderr, and a line split across writes (as
+            // eprintln! does, the newline apart) can take their output in the middle, which
+            // breaks whoever parses the `messages:` line.
+            let mut report = summary.render();
             if let Some(w) = written {
-                eprintln!("{w}");
+                report.push_str(&w);
+                report.push('\n');
             }
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), report.as_bytes());
             failed_records(summary.failed)
         }
         Err(sluice_pipeline::RunError::Aborted { reason, summary }) => {
