@@ -1,6 +1,6 @@
 //! `sluice audio ...`: built-in audio jobs on the pipeline engine.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sluice_audio::{AudioFormat, ChannelOp};
 use sluice_core::storage::Matcher;
@@ -177,9 +177,7 @@ pub fn run(command: AudioCommand) -> anyhow::Result<()> {
 }
 
 fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
-    use sluice_pipeline::{
-        ItemError, PartFormat, PartSink, Pipeline, PostgresSink, PostgresSpec, Sink, StageOptions,
-    };
+    use sluice_pipeline::{ItemError, Pipeline, StageOptions};
     use sluice_stages::{InputAs, ModelSpec, ModelStage};
 
     let matcher = args
@@ -230,14 +228,11 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
             Ok(record)
         },
     );
-    let output = args.output.to_string_lossy().into_owned();
-    let postgres = output.starts_with("postgres://") || output.starts_with("postgresql://");
+    let (sink, written) = classify_sink(&args.output)?;
     let failures = args.failures.clone().unwrap_or_else(|| {
-        if postgres {
-            PathBuf::from("_failures.jsonl")
-        } else {
-            args.output.join("_failures.jsonl")
-        }
+        sink.local_dir()
+            .unwrap_or(Path::new(""))
+            .join("_failures.jsonl")
     });
     let options = sluice_pipeline::RunOptions {
         mode: args.mode,
@@ -248,19 +243,7 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         skip_completed: true,
         ..Default::default()
     };
-    let tag = options.shard.part_tag();
-    let (mut sink, written): (Box<dyn Sink<serde_json::Value>>, String) = if postgres {
-        // The same table as the Parquet one: a row per window, keyed by file and window.
-        let defaults = [("key", "id"), ("explode", "windows")];
-        let spec = PostgresSpec::from_url(&output, &defaults).map_err(anyhow::Error::msg)?;
-        let written = format!("table written to {}", spec.describe());
-        (Box::new(PostgresSink::new(&spec)?), written)
-    } else {
-        let sink = PartSink::new(PartFormat::Parquet, &args.output, "id", 10_000, &tag)?
-            .explode("windows");
-        let written = format!("table written to {}", args.output.display());
-        (Box::new(sink), written)
-    };
+    let mut sink = sink.open("id", &options.shard.part_tag())?;
     eprintln!("failures go to {}", failures.display());
     let outcome = Pipeline::from_keyed(items)
         .stage(model)
@@ -271,6 +254,39 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         Some(written),
         "rerun to continue: finished classified files are skipped",
     )
+}
+
+/// The window table `--output` names, built by the sink kind that takes it: a sink whose URL
+/// scheme it has (`postgres://...?table=windows`), else Parquet parts in a directory; a row per
+/// window, keyed by the file's id and its window's position. Returns where it writes, for the
+/// closing line.
+fn classify_sink(
+    output: &Path,
+) -> anyhow::Result<(
+    std::sync::Arc<dyn sluice_pipeline::connector::SinkConfig>,
+    String,
+)> {
+    use sluice_pipeline::config::{RawSection, Registry};
+    let registry = Registry::default();
+    let url = output.to_string_lossy();
+    let defaults = [("key", "id"), ("explode", "windows")];
+    if let Some(sink) = registry.sink_for_url(&url, &defaults) {
+        let sink = sink?;
+        let written = format!("table written to {}", sink.describe());
+        return Ok((sink, written));
+    }
+    let mut table = toml::Table::new();
+    table.insert("kind".into(), "parquet".into());
+    table.insert("path".into(), url.as_ref().into());
+    table.insert("key_field".into(), "id".into());
+    table.insert("explode".into(), "windows".into());
+    let section = RawSection {
+        place: "--output".into(),
+        table,
+    };
+    let (_, sink) = registry.build_sink(&section)?;
+    let written = format!("table written to {}", sink.describe());
+    Ok((sink, written))
 }
 
 /// Which files an audio job reads: shared by every `sluice audio` command.

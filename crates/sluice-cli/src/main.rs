@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sluice_models::m2m100::{ComputeType, EarlyStopping, GenerationOptions};
+use sluice_models::m2m100::{ComputeType, EarlyStopping};
+use sluice_models::service::{LoadContext, Spelling, TranslationLimits, TranslationParams};
 use sluice_models::source::{fetch_model, HubSettings, DEFAULT_MODEL};
-use sluice_models::{ModelSource, M2M100};
+use sluice_models::{DeviceSpec, ModelSource};
 use sluice_serve::batcher::BatchConfig;
-use sluice_serve::translation::Limits;
-use sluice_serve::ServeConfig;
+use sluice_serve::{Limits, ServeConfig};
 
 /// Sluice: serve ML models and run inference pipelines.
 #[derive(Parser, Debug)]
@@ -38,15 +38,16 @@ const EXIT_FAILED_RECORDS: u8 = 3;
 
 /// A run that completed with failed records: not an error, but not everything done either.
 #[derive(Debug)]
-pub(crate) struct FailedRecords(pub u64);
+pub(crate) struct FailedRecords {
+    /// How many failed.
+    pub count: u64,
+    /// What became of them.
+    pub note: &'static str,
+}
 
 impl std::fmt::Display for FailedRecords {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} record(s) failed; they are listed in the failures file and a rerun retries them",
-            self.0
-        )
+        write!(f, "{} record(s) failed; {}", self.count, self.note)
     }
 }
 
@@ -56,13 +57,18 @@ impl std::error::Error for FailedRecords {}
 pub(crate) fn failed_records(failed: u64) -> anyhow::Result<()> {
     match failed {
         0 => Ok(()),
-        n => Err(FailedRecords(n).into()),
+        count => Err(FailedRecords {
+            count,
+            note: "they are listed in the failures file and a rerun retries them",
+        }
+        .into()),
     }
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Translate stdin, one text per line, to stdout, one translation per line in the same order.
+    /// Translate stdin, one text per line, to stdout, one translation per line in the same order
+    /// (a line that fails gives an empty line and its error on stderr, and the exit status 3).
     Translate(TranslateArgs),
     /// Download a model from the Hugging Face hub into a directory (for init containers).
     FetchModel(FetchArgs),
@@ -73,11 +79,13 @@ enum Command {
     Worker(WorkerArgs),
     /// Exit 0 when a URL (a server's /healthz) answers 2xx: for container health checks.
     Healthcheck(HealthcheckArgs),
-    /// Serve POST /translation (and health, readiness, metrics) over HTTP.
+    /// Serve models over HTTP: POST /translation, /v1/models/{name}/infer, the Open Inference
+    /// Protocol's /v2, health, readiness and metrics.
     Serve(ServeArgs),
     /// Load-test a running server: send translation requests and report latency and throughput.
     Stress(stress::StressArgs),
-    /// Audio jobs: resample a tree of audio files between local disk and object storage.
+    /// Audio jobs: resample a tree of audio files, or classify them into a table, between local
+    /// disk, object storage and PostgreSQL.
     #[command(subcommand)]
     Audio(audio::AudioCommand),
 }
@@ -196,7 +204,7 @@ struct ServeArgs {
     /// Where translation models run: cpu, cuda, cuda:N, or auto (a GPU when this build has
     /// CUDA and one is present). Audio classifiers run on the CPU.
     #[arg(long, env = "SLUICE_DEVICE", default_value_t = ServeConfig::default().device)]
-    device: String,
+    device: DeviceSpec,
     /// How translation models compute: int8 (int8 weights and activations, float32 scales),
     /// float32, or auto (int8 on the CPU, float32 on a GPU).
     #[arg(long, env = "SLUICE_COMPUTE_TYPE", default_value_t = ServeConfig::default().compute_type)]
@@ -232,7 +240,8 @@ struct TranslateArgs {
     /// Sentences translated together.
     #[arg(long, env = "SLUICE_BATCH_SIZE", default_value_t = 16)]
     batch_size: usize,
-    /// int8 (int8 weights and activations, float32 scales), float32, or auto (int8 on the CPU).
+    /// int8 (int8 weights and activations, float32 scales), float32, or auto (int8: this command
+    /// runs on the CPU).
     #[arg(long, env = "SLUICE_COMPUTE_TYPE", default_value = "auto")]
     compute_type: ComputeType,
     /// Print the generated token ids (space-separated, decoder start first) instead of text.
@@ -249,14 +258,13 @@ struct FetchArgs {
     to: PathBuf,
 }
 
+/// What `sluice run` and `sluice worker` share: the pipeline file and what changes it.
 #[derive(clap::Args, Debug)]
-struct RunArgs {
+struct PipelineArgs {
     /// The pipeline file.
     pipeline: PathBuf,
-    /// Overrides the file's mode: streaming, batch or debug.
-    #[arg(long, env = "SLUICE_MODE")]
-    mode: Option<sluice_pipeline::Mode>,
-    /// Overrides a setting of the file, e.g. `stage.0.batch_size=8` or `run.cpus=4` (repeatable).
+    /// Overrides a setting of the file, e.g. `stage.0.batch_size=8`, `run.cpus=4` or
+    /// `source.url=nats://nats:4222` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
     /// A variable for `${NAME}` in the file's strings (repeatable).
@@ -266,6 +274,45 @@ struct RunArgs {
     /// `${yesterday}`, `${tomorrow}` and `${date:%Y/%m/%d}`-style formats (default: today).
     #[arg(long, env = "SLUICE_DATE", value_name = "YYYY-MM-DD")]
     date: Option<String>,
+    /// Progress display: auto (bars on a terminal, a log line every 10 s otherwise), bars, log, off.
+    #[arg(long, default_value = "auto")]
+    progress: ProgressArg,
+    /// Serve Prometheus metrics at http://ADDR/metrics while it runs (e.g. 0.0.0.0:9528).
+    #[arg(long, env = "SLUICE_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<String>,
+    /// How translate and model stages compute unless their section says `compute_type`: int8,
+    /// float32 or auto (int8 on the CPU).
+    #[arg(long, env = "SLUICE_COMPUTE_TYPE")]
+    compute_type: Option<ComputeType>,
+}
+
+impl PipelineArgs {
+    /// The file read with its variables and `--set`s applied, and the defaults of its stages.
+    fn load(
+        &self,
+    ) -> anyhow::Result<(
+        sluice_pipeline::config::RawConfig,
+        sluice_pipeline::config::Vars,
+        sluice_stages::ModelDefaults,
+    )> {
+        let vars = sluice_pipeline::config::Vars::from_args(self.date.as_deref(), &self.vars)
+            .map_err(anyhow::Error::msg)?;
+        let raw = sluice_pipeline::config::RawConfig::load_with(&self.pipeline, &self.sets, &vars)?;
+        let defaults = sluice_stages::ModelDefaults {
+            compute_type: self.compute_type.unwrap_or_default(),
+        };
+        serve_metrics(self.metrics_addr.as_deref())?;
+        Ok((raw, vars, defaults))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    common: PipelineArgs,
+    /// Overrides the file's mode: streaming, batch or debug.
+    #[arg(long, env = "SLUICE_MODE")]
+    mode: Option<sluice_pipeline::Mode>,
     /// Backfill: one run per date of START..END (both included), each as with --date, with its
     /// own outputs where the file uses `${date}`; a line per date and one overall, and the
     /// worst date's exit status.
@@ -284,48 +331,19 @@ struct RunArgs {
     /// Process only the items whose key hashes to shard INDEX of COUNT, e.g. `0/4`.
     #[arg(long, env = "SLUICE_SHARD", value_name = "INDEX/COUNT")]
     shard: Option<sluice_pipeline::Shard>,
-    /// Progress display: auto (bars on a terminal, a log line every 10 s otherwise), bars, log, off.
-    #[arg(long, default_value = "auto")]
-    progress: ProgressArg,
     /// Process every item even if its output exists (the default skips finished items).
     #[arg(long)]
     no_skip_completed: bool,
-    /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts (e.g. 0.0.0.0:9528).
-    #[arg(long, env = "SLUICE_METRICS_ADDR", value_name = "ADDR")]
-    metrics_addr: Option<String>,
-    /// How translate stages compute unless their section says `compute_type`: int8, float32 or
-    /// auto (int8 on the CPU).
-    #[arg(long, env = "SLUICE_COMPUTE_TYPE")]
-    compute_type: Option<ComputeType>,
 }
 
 #[derive(clap::Args, Debug)]
 struct WorkerArgs {
-    /// The pipeline file; its `[source]` is of kind = "nats".
-    pipeline: PathBuf,
-    /// Overrides a setting of the file, e.g. `source.url=nats://nats:4222` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
-    /// A variable for `${NAME}` in the file's strings (repeatable).
-    #[arg(long = "var", value_name = "NAME=VALUE")]
-    vars: Vec<String>,
-    /// The logical date for `${date}` and its kin: YYYY-MM-DD, `today` or `yesterday` (UTC;
-    /// default today).
-    #[arg(long, env = "SLUICE_DATE", value_name = "YYYY-MM-DD")]
-    date: Option<String>,
+    /// The pipeline file's `[source]` is a broker's (kind = "nats").
+    #[command(flatten)]
+    common: PipelineArgs,
     /// Stop once the stream has nothing pending and nothing awaiting an acknowledgement.
     #[arg(long, env = "SLUICE_EXIT_WHEN_DRAINED")]
     exit_when_drained: bool,
-    /// Progress display: auto, bars, log, off.
-    #[arg(long, default_value = "auto")]
-    progress: ProgressArg,
-    /// Serve Prometheus metrics at http://ADDR/metrics while the worker runs (e.g. 0.0.0.0:9528).
-    #[arg(long, env = "SLUICE_METRICS_ADDR", value_name = "ADDR")]
-    metrics_addr: Option<String>,
-    /// How translate stages compute unless their section says `compute_type`: int8, float32 or
-    /// auto (int8 on the CPU).
-    #[arg(long, env = "SLUICE_COMPUTE_TYPE")]
-    compute_type: Option<ComputeType>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -372,7 +390,7 @@ fn apply_run_args(options: &mut sluice_pipeline::RunOptions, args: &RunArgs) {
     if args.no_skip_completed {
         options.skip_completed = false;
     }
-    options.progress = args.progress.into();
+    options.progress = args.common.progress.into();
 }
 
 /// Serves the pipeline metrics at `addr` for the rest of the process.
@@ -388,19 +406,16 @@ fn serve_metrics(addr: Option<&str>) -> anyhow::Result<()> {
 }
 
 fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    default_compute_type(args.compute_type);
-    let vars = sluice_pipeline::config::Vars::from_args(args.date.as_deref(), &args.vars)
-        .map_err(anyhow::Error::msg)?;
-    let raw = sluice_pipeline::config::RawConfig::load_with(&args.pipeline, &args.sets, &vars)?;
-    let mut config =
-        sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &sluice_stages::registry())?;
-    config.options.progress = args.progress.into();
-    serve_metrics(args.metrics_addr.as_deref())?;
-    let options = sluice_pipeline::nats::WorkerOptions {
+    let (raw, _, defaults) = args.common.load()?;
+    let registry = sluice_stages::registry_with(defaults);
+    let mut config = sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &registry)?;
+    config.options.progress = args.common.progress.into();
+    let options = sluice_pipeline::connector::WorkerOptions {
         exit_when_drained: args.exit_when_drained,
         ..Default::default()
     };
-    sluice_pipeline::nats::stop_on_signals(options.stop.clone()).context("watching for SIGTERM")?;
+    sluice_pipeline::connector::stop_on_signals(options.stop.clone())
+        .context("watching for SIGTERM")?;
     let outcome = config.run_worker(options);
     let messages = match &outcome {
         Ok((_, counts)) => Some(format!("messages: {}", serde_json::to_string(counts)?)),
@@ -434,24 +449,12 @@ fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Makes `--compute-type` the default of the pipeline's translate and model stages, which read
-/// `SLUICE_COMPUTE_TYPE` when their section does not say (called before any thread starts).
-fn default_compute_type(compute: Option<ComputeType>) {
-    if let Some(c) = compute {
-        std::env::set_var("SLUICE_COMPUTE_TYPE", c.to_string());
-    }
-}
-
 fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
     if let Some(range) = &args.dates {
         return backfill::run(range, args.parallel);
     }
-    default_compute_type(args.compute_type);
-    let vars = sluice_pipeline::config::Vars::from_args(args.date.as_deref(), &args.vars)
-        .map_err(anyhow::Error::msg)?;
-    let raw = sluice_pipeline::config::RawConfig::load_with(&args.pipeline, &args.sets, &vars)?;
-    serve_metrics(args.metrics_addr.as_deref())?;
-    let mut pipeline = sluice_stages::load(raw)?;
+    let (raw, vars, defaults) = args.common.load()?;
+    let mut pipeline = sluice_stages::load(raw, defaults)?;
     apply_run_args(pipeline.options_mut(), &args);
     let config = match pipeline {
         sluice_stages::AnyPipeline::Audio(pipeline) => {
@@ -484,7 +487,7 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
             now,
         );
         push::push(
-            &push::group_url(gateway, &args.push_job, &args.pipeline),
+            &push::group_url(gateway, &args.push_job, &args.common.pipeline),
             body,
         )
     });
@@ -588,29 +591,41 @@ fn hub_settings() -> HubSettings {
 
 fn translate(args: TranslateArgs) -> anyhow::Result<()> {
     let source = ModelSource::parse(&args.model);
-    let dir = source.resolve(&hub_settings())?;
+    let context = LoadContext {
+        device: DeviceSpec::Cpu,
+        compute: args.compute_type,
+        hub: hub_settings(),
+        translation: TranslationLimits::none(),
+    };
     let started = std::time::Instant::now();
-    let model = M2M100::load(&dir, &candle_core::Device::Cpu, args.compute_type)
+    let model = sluice_models::service::load(&source, &context)
         .with_context(|| format!("loading model {source}"))?;
+    let Some(service) = model.translation() else {
+        anyhow::bail!(
+            "{source} is an {} model; sluice translate runs translation models",
+            model.kind()
+        );
+    };
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "model loaded");
-    // Check both codes before reading any input, so a typo fails at once.
-    model.tokenizer().lang_id(&args.from)?;
-    model.tokenizer().lang_id(&args.to)?;
-    let opts = GenerationOptions {
-        num_beams: args.beams,
+    // Checked before reading any input, so a typo fails at once.
+    let params = TranslationParams {
+        from: args.from.clone(),
+        to: args.to.clone(),
+        beams: args.beams,
         max_new_tokens: args.max_new_tokens,
         min_new_tokens: args.min_new_tokens,
         length_penalty: args.length_penalty,
         early_stopping: args.early_stopping,
     };
+    let request = service.check(&params, Spelling::Cli)?;
     let batch = args.batch_size.max(1);
     // Read a few batches at a time: output starts early and memory stays bounded on long inputs,
     // while sorting inside the chunk still groups sentences of similar length.
     let chunk_len = batch * 8;
-    let stdin = std::io::stdin().lock();
+    let mut lines = std::io::stdin().lock().lines();
     let mut out = BufWriter::new(std::io::stdout().lock());
-    let mut lines = stdin.lines();
-    let (started, cpu_started, mut count) = (std::time::Instant::now(), cpu_seconds(), 0usize);
+    let (started, cpu_started) = (std::time::Instant::now(), cpu_seconds());
+    let (mut count, mut failed) = (0usize, 0u64);
     loop {
         let mut chunk = Vec::with_capacity(chunk_len);
         for line in lines.by_ref().take(chunk_len) {
@@ -620,27 +635,45 @@ fn translate(args: TranslateArgs) -> anyhow::Result<()> {
         if chunk.is_empty() {
             break;
         }
-        if args.output_ids {
-            for ids in model.translate_ids(&chunk, &args.from, &args.to, &opts, batch)? {
-                let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
-                writeln!(out, "{}", ids.join(" "))?;
-            }
-        } else {
-            for t in model.translate(&chunk, &args.from, &args.to, &opts, batch)? {
+        for (i, translated) in service
+            .translate(&request, &chunk, batch)
+            .into_iter()
+            .enumerate()
+        {
+            // A line that fails keeps its place: an empty line, its error on stderr.
+            let line = match translated {
+                Ok(t) if args.output_ids => {
+                    let ids: Vec<String> = t.ids.iter().map(u32::to_string).collect();
+                    ids.join(" ")
+                }
                 // A translation never spans lines: one input line, one output line.
-                writeln!(out, "{}", t.replace(['\n', '\r'], " "))?;
-            }
+                Ok(t) => t.text.replace(['\n', '\r'], " "),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("line {}: {e}", count + i + 1);
+                    String::new()
+                }
+            };
+            writeln!(out, "{line}")?;
         }
         out.flush()?;
         count += chunk.len();
     }
     tracing::info!(
         lines = count,
+        failed,
         seconds = started.elapsed().as_secs_f64(),
         cpu_seconds = cpu_seconds() - cpu_started,
         "translated"
     );
-    Ok(())
+    match failed {
+        0 => Ok(()),
+        count => Err(FailedRecords {
+            count,
+            note: "each gave an empty output line, with its error above",
+        }
+        .into()),
+    }
 }
 
 /// Process-wide settings for model inference, applied before any thread starts.
@@ -734,7 +767,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
     // A device this build or machine lacks fails now, not after a long download.
-    sluice_models::device::select(&args.device).map_err(anyhow::Error::msg)?;
+    args.device.select()?;
     let config = ServeConfig {
         models,
         window_capacity: args.window_capacity,

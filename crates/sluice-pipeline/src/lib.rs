@@ -13,6 +13,7 @@
 
 mod balance;
 pub mod config;
+pub mod connector;
 mod keys;
 mod monitor;
 #[cfg(feature = "nats")]

@@ -1060,6 +1060,57 @@ impl ToSql for Cell {
     to_sql_checked!();
 }
 
+/// Builds `[sink] kind = "postgres"`.
+pub(crate) fn sink(
+    s: &crate::config::RawSection,
+) -> Result<Arc<dyn crate::connector::SinkConfig>, ConfigError> {
+    PostgresSpec::parse(&s.table, &s.place).map(|p| Arc::new(p) as _)
+}
+
+/// Builds the sink a `postgres://` output URL names.
+pub(crate) fn url_sink(
+    url: &str,
+    defaults: &[(&str, &str)],
+) -> Result<Arc<dyn crate::connector::SinkConfig>, ConfigError> {
+    PostgresSpec::from_url(url, defaults)
+        .map(|p| Arc::new(p) as _)
+        .map_err(ConfigError)
+}
+
+impl crate::connector::SinkConfig for PostgresSpec {
+    fn key_field(&self) -> Option<&str> {
+        Some(&self.key)
+    }
+
+    fn describe(&self) -> String {
+        PostgresSpec::describe(self)
+    }
+
+    fn open(
+        &self,
+        _key_field: &str,
+        _tag: &str,
+    ) -> Result<Box<dyn Sink<crate::stages::Record>>, SinkError> {
+        Ok(Box::new(PostgresSink::new(self)?))
+    }
+
+    fn flush_items(&self) -> usize {
+        self.batch_rows
+    }
+
+    /// A connection of its own, kept between checks (the writing one is the sink's).
+    fn done_check(
+        &self,
+        _key_field: &str,
+    ) -> Result<Option<crate::connector::DoneCheck>, SinkError> {
+        let checker = std::sync::Mutex::new(PostgresSink::new(self)?);
+        Ok(Some(Box::new(move || {
+            let mut checker = checker.lock().unwrap_or_else(|e| e.into_inner());
+            Sink::<crate::stages::Record>::completed(&mut *checker)
+        })))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

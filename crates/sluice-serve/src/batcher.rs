@@ -7,6 +7,7 @@
 //! cannot stall accepting connections, health checks or metrics. Capacity is enforced before an
 //! entry is queued (a semaphore the handler tries once), so overload is answered at admission.
 
+use sluice_models::service::Batch as Backend;
 use sluice_models::ModelError;
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
@@ -17,29 +18,6 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
-
-/// A model that runs batches of prepared inputs on a compute thread.
-pub trait Backend: Send + Sync + 'static {
-    /// One prepared item (for translation: the encoded source tokens).
-    type Input: Send + 'static;
-    /// What entries must share to run in one batch (target language, decoding settings).
-    type Key: Clone + Eq + Send + std::fmt::Debug + 'static;
-    /// The result of one item.
-    type Output: Send + 'static;
-
-    /// Runs one batch; returns one result per input, in order (an input that fails alone gets
-    /// its own error), or one error for the whole batch.
-    fn run(
-        &self,
-        key: &Self::Key,
-        inputs: Vec<Self::Input>,
-    ) -> Result<Vec<Result<Self::Output, BackendError>>, BackendError>;
-
-    /// Work units produced by one output (generated tokens), counted in the metrics.
-    fn output_units(&self, _output: &Self::Output) -> usize {
-        0
-    }
-}
 
 /// Why a model produced no output for a batch, or for one item of it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -81,7 +59,7 @@ pub enum EntryError {
 }
 
 /// What a handler receives for one entry.
-pub type Reply<B> = Result<<B as Backend>::Output, EntryError>;
+pub type Reply<B> = Result<<B as Backend>::Done, EntryError>;
 
 /// Answers one entry, its queue seat freed first: a client that has its answer never sees its
 /// item still counted in the queue depth. A client that went away is not an error.
@@ -97,7 +75,7 @@ fn answer<T>(
 /// One item waiting for a batch.
 pub struct Entry<B: Backend> {
     /// The prepared input handed to the backend.
-    pub input: B::Input,
+    pub input: B::Item,
     /// Entries run together only when their keys are equal.
     pub key: B::Key,
     /// Padding cost of the item (its token count): a batch costs `longest × items`.
@@ -571,8 +549,17 @@ fn compute_loop<B: Backend>(
         }
         let items = inputs.len();
         // A panic in the model fails this batch, not the thread: later batches still run.
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| backend.run(&key, inputs)))
-            .unwrap_or(Err(BackendError::Panicked));
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            backend
+                .run(&key, inputs)
+                .map(|outs| {
+                    outs.into_iter()
+                        .map(|o| o.map_err(BackendError::from))
+                        .collect::<Vec<_>>()
+                })
+                .map_err(BackendError::from)
+        }))
+        .unwrap_or(Err(BackendError::Panicked));
         let outputs = match result {
             Ok(o) if o.len() == items => Ok(o),
             Ok(o) => Err(BackendError::WrongCount {
@@ -589,11 +576,7 @@ fn compute_loop<B: Backend>(
         metrics::histogram!("sluice_batch_duration_seconds", &labels).record(seconds);
         match outputs {
             Ok(outputs) => {
-                let units: usize = outputs
-                    .iter()
-                    .flatten()
-                    .map(|o| backend.output_units(o))
-                    .sum();
+                let units: usize = outputs.iter().flatten().map(|o| backend.units(o)).sum();
                 metrics::counter!("sluice_generated_tokens_total", &labels).increment(units as u64);
                 for ((reply, permit), out) in waiting.into_iter().zip(outputs) {
                     if let Err(e) = &out {
@@ -621,14 +604,14 @@ mod tests {
 
     struct Echo;
     impl Backend for Echo {
-        type Input = usize;
+        type Item = usize;
         type Key = u8;
-        type Output = usize;
+        type Done = usize;
         fn run(
             &self,
             _key: &u8,
             inputs: Vec<usize>,
-        ) -> Result<Vec<Result<usize, BackendError>>, BackendError> {
+        ) -> Result<Vec<Result<usize, ModelError>>, ModelError> {
             Ok(inputs.into_iter().map(Ok).collect())
         }
     }
@@ -636,21 +619,19 @@ mod tests {
     /// Fails input 13 alone, and panics on any batch holding input 99.
     struct Picky;
     impl Backend for Picky {
-        type Input = usize;
+        type Item = usize;
         type Key = u8;
-        type Output = usize;
+        type Done = usize;
         fn run(
             &self,
             _key: &u8,
             inputs: Vec<usize>,
-        ) -> Result<Vec<Result<usize, BackendError>>, BackendError> {
+        ) -> Result<Vec<Result<usize, ModelError>>, ModelError> {
             assert!(!inputs.contains(&99), "input 99");
             Ok(inputs
                 .into_iter()
                 .map(|i| match i {
-                    13 => Err(BackendError::Model(Arc::new(ModelError::InvalidSettings(
-                        "thirteen".into(),
-                    )))),
+                    13 => Err(ModelError::InvalidSettings("thirteen".into())),
                     i => Ok(i * 2),
                 })
                 .collect())

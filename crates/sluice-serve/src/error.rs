@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Response};
 use sluice_core::confine::PathError;
 use sluice_core::storage::StorageError;
 
+use sluice_models::service::{self, ServiceError, Spelling};
+
 use crate::api::{ErrorBody, ErrorDetail};
 use crate::batcher::BackendError;
 
@@ -62,10 +64,10 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidParameters(String),
     /// A decoding setting out of its range.
-    #[error("payload.{field} is {value}; it must be between 1 and {max}")]
+    #[error("{field} is {value}; it must be between 1 and {max}")]
     ParameterOutOfRange {
-        /// The field, e.g. `beams`.
-        field: &'static str,
+        /// The field as the route spells it, e.g. `payload.beams`.
+        field: String,
         /// What was sent.
         value: usize,
         /// The largest value allowed.
@@ -73,14 +75,14 @@ pub enum ApiError {
     },
     /// A language code the model does not know.
     #[error(
-        "unknown language code \"{code}\" in payload.{field}{}; the valid codes (also in GET \
+        "unknown language code \"{code}\" in {field}{}; the valid codes (also in GET \
          /openapi.json) are: {}",
         suggestion.as_ref().map(|s| format!(" (did you mean \"{s}\"?)")).unwrap_or_default(),
         valid.join(", ")
     )]
     UnknownLanguage {
-        /// `fromLang` or `toLang`.
-        field: &'static str,
+        /// The setting as the route spells it, e.g. `payload.fromLang`.
+        field: String,
         /// The code sent.
         code: String,
         /// The closest valid code, when one is close.
@@ -90,10 +92,12 @@ pub enum ApiError {
     },
     /// A record over the token limit.
     #[error(
-        "payload.records[{index}] (id \"{id}\") is {tokens} tokens long; the limit is {max} \
-         tokens per record: split the text"
+        "{what}[{index}] (id \"{id}\") is {tokens} tokens long; the limit is {max} tokens per \
+         record: split the text"
     )]
     TextTooLong {
+        /// Where the records are: `payload.records` or `inputs`.
+        what: &'static str,
         /// The record's position.
         index: usize,
         /// Its id.
@@ -283,6 +287,60 @@ impl ApiError {
     /// An unexpected failure, with its message.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         ApiError::Internal(e.to_string())
+    }
+
+    /// The answer to a model service's refusal, for a request whose inputs have `ids` and whose
+    /// settings are spelled `spelling`: the one place service errors become HTTP.
+    pub fn from_service(e: ServiceError, ids: &[String], spelling: Spelling) -> Self {
+        let id = |index: usize| ids.get(index).cloned().unwrap_or_default();
+        match e {
+            ServiceError::InvalidRequest(m) => ApiError::InvalidRequest(m),
+            ServiceError::InvalidParameters(m) => ApiError::InvalidParameters(m),
+            ServiceError::ParameterOutOfRange { field, value, max } => {
+                ApiError::ParameterOutOfRange { field, value, max }
+            }
+            ServiceError::UnknownLanguage {
+                field,
+                code,
+                suggestion,
+                valid,
+            } => ApiError::UnknownLanguage {
+                field: field.unwrap_or_default(),
+                code,
+                suggestion,
+                valid,
+            },
+            ServiceError::TextTooLong { index, tokens, max } => ApiError::TextTooLong {
+                what: match spelling {
+                    Spelling::Payload => "payload.records",
+                    _ => "inputs",
+                },
+                index,
+                id: id(index),
+                tokens,
+                max,
+            },
+            ServiceError::Input { index, problem } => ApiError::Input {
+                index,
+                id: id(index),
+                problem: Box::new(match problem {
+                    service::InputProblem::NotUtf8 => InputProblem::NotUtf8,
+                    service::InputProblem::WrongKind(m) => InputProblem::WrongKind(m),
+                    service::InputProblem::InvalidAudio(m) => InputProblem::InvalidAudio(m),
+                }),
+            },
+            ServiceError::Model(e) => ApiError::Model(BackendError::from(e)),
+            ServiceError::Cancelled => ApiError::Internal("the request ended".into()),
+        }
+    }
+}
+
+/// The error of a request failing on input `i`, naming it.
+pub fn bad_input(i: usize, input: &service::InferInput, problem: InputProblem) -> ApiError {
+    ApiError::Input {
+        index: i,
+        id: input.id.clone(),
+        problem: Box::new(problem),
     }
 }
 

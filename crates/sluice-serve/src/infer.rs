@@ -9,107 +9,13 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sluice_core::confine::DataRoot;
 use sluice_core::storage::{Location, StorageError};
+pub use sluice_models::service::io::{
+    InferInput, InferOutput, InferRequest, InferResponse, WindowScores,
+};
+use sluice_models::service::Content;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, InputProblem};
-
-/// `POST /v1/models/{name}/infer` body.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct InferRequest {
-    /// The inputs; outputs come back in this order.
-    pub inputs: Vec<InferInput>,
-    /// Model settings shared by every input (translation: `fromLang`, `toLang`, `beams`,
-    /// `maxNewTokens`; audio classifiers take none).
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub parameters: serde_json::Map<String, serde_json::Value>,
-}
-
-/// One input: an id and exactly one of `text`, `data`, `path` or `url`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct InferInput {
-    /// Caller's id, echoed in the output.
-    pub id: String,
-    /// Inline text.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present_string"
-    )]
-    pub text: Option<String>,
-    /// Inline bytes, base64 (standard alphabet, padded).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present_string"
-    )]
-    pub data: Option<String>,
-    /// A file relative to the server's `--data-root`.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present_string"
-    )]
-    pub path: Option<String>,
-    /// An object-storage URL under one of the server's `--allow-url` prefixes.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present_string"
-    )]
-    pub url: Option<String>,
-}
-
-/// A source field that is there must be a string: `null` is refused like any other non-string
-/// rather than read as absent, as the OpenAPI document says.
-fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    <String as serde::Deserialize>::deserialize(d).map(Some)
-}
-
-/// `POST /v1/models/{name}/infer` answer.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-pub struct InferResponse {
-    /// The model that answered.
-    pub model: String,
-    /// For classifiers: the label of each column of `scores`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<Vec<String>>,
-    /// One output per input, in input order.
-    pub outputs: Vec<InferOutput>,
-}
-
-/// The result for one input.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema, PartialEq)]
-pub struct InferOutput {
-    /// The input's id.
-    pub id: String,
-    /// Translation: the translated text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    /// Audio: the decoded duration in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration: Option<f64>,
-    /// Audio classifiers: one entry per window, in time order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub windows: Option<Vec<WindowScores>>,
-}
-
-/// A classifier's scores for one window.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema, PartialEq)]
-pub struct WindowScores {
-    /// Start, seconds from the beginning of the audio.
-    pub start: f64,
-    /// End, seconds (clipped to the audio's end).
-    pub end: f64,
-    /// The highest-scoring label.
-    pub label: String,
-    /// Its score.
-    pub score: f32,
-    /// One score per label, in the order of `labels`.
-    pub scores: Vec<f32>,
-}
+use crate::error::{bad_input, ApiError, InputProblem};
 
 /// One entry of `GET /v1/models`.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -147,20 +53,6 @@ pub struct InputAccess {
     pub storage_options: Vec<(String, String)>,
     /// Largest file read for one input, in bytes.
     pub max_input_bytes: u64,
-}
-
-/// An input's content as the model sees it.
-#[derive(Debug)]
-pub enum Content {
-    /// Inline text.
-    Text(String),
-    /// Bytes, with the name they came from (for format hints).
-    Bytes {
-        /// The bytes.
-        bytes: Vec<u8>,
-        /// The path or URL, when there is one.
-        name: Option<String>,
-    },
 }
 
 /// Audio an input names, readable from its start: inline bytes, or a file.
@@ -277,7 +169,7 @@ impl InputAccess {
             Content::Bytes { bytes, name } => {
                 Ok((AudioSource::Memory(std::io::Cursor::new(bytes)), name))
             }
-            Content::Text(_) => unreachable!("text was refused above"),
+            Content::Text(_) | Content::Stream { .. } => unreachable!("text was refused above"),
         }
     }
 
@@ -338,19 +230,8 @@ pub fn refuse_text_for_audio(i: usize, input: &InferInput) -> Result<(), ApiErro
         Some(_) => Err(bad_input(
             i,
             input,
-            InputProblem::WrongKind(
-                "an audio classifier takes audio as data, path or url, not text",
-            ),
+            InputProblem::WrongKind(sluice_models::service::classifier::TEXT_REFUSED),
         )),
         None => Ok(()),
-    }
-}
-
-/// The error of a request failing on input `i`, naming it.
-pub fn bad_input(i: usize, input: &InferInput, problem: InputProblem) -> ApiError {
-    ApiError::Input {
-        index: i,
-        id: input.id.clone(),
-        problem: Box::new(problem),
     }
 }

@@ -1,13 +1,14 @@
-//! The Sluice model server: `POST /translation` over M2M100 with dynamic batching across requests,
-//! admission control, health, metrics and graceful shutdown.
+//! The Sluice model server: `POST /translation`, `/v1/models` and the Open Inference Protocol's
+//! `/v2` over the models' services, with dynamic batching across requests, admission control,
+//! access control, health, metrics and graceful shutdown.
 
 pub mod api;
 pub mod batcher;
-pub mod classify;
 pub mod error;
 pub mod infer;
+mod limits;
 pub mod metrics;
 pub mod server;
-pub mod translation;
 
-pub use server::{serve, AccessConfig, ModelEntry, ModelKind, OpenRoutes, ServeConfig};
+pub use limits::Limits;
+pub use server::{serve, AccessConfig, ModelEntry, OpenRoutes, ServeConfig};

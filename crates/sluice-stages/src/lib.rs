@@ -1,5 +1,6 @@
-//! Sluice's stages that need more than the pipeline engine: `translate` (M2M100 in-process),
-//! `model` (a served model in-process, or a remote Sluice server) and the audio stages and
+//! Sluice's stages that need more than the pipeline engine: `translate` (a translation model
+//! in-process), `model` (any model kind in-process through the model service, or a remote
+//! Sluice server) and the audio stages and
 //! pipelines ([`audio`]). They sit above the engine, the models and the audio codecs, so the
 //! engine knows stages, executors, sources and sinks but no model or codec: a pipeline gets these
 //! kinds through [`registry`], as any crate adds its own, and [`load`] picks the family of
@@ -17,21 +18,37 @@ pub mod audio;
 pub mod model;
 pub mod translate;
 
+use sluice_models::m2m100::ComputeType;
 use sluice_pipeline::config::{ConfigError, PipelineConfig, RawConfig, Registry};
 
 pub use model::{InputAs, ModelSpec, ModelStage};
-pub use translate::{load_m2m100, TranslateStage};
+pub use translate::{load_model, TranslateStage};
 
-/// The engine's kinds and the stage kinds this crate adds to record pipelines: `translate` and
-/// `model`.
+/// What the command line sets for every model-backed stage whose section does not say.
+#[derive(Debug, Clone, Default)]
+pub struct ModelDefaults {
+    /// How translation models compute (`--compute-type`).
+    pub compute_type: ComputeType,
+}
+
+/// The engine's kinds and the stage kinds this crate adds to record pipelines (`translate` and
+/// `model`), with the default settings.
 pub fn registry() -> Registry {
+    registry_with(ModelDefaults::default())
+}
+
+/// As [`registry`], with the command line's defaults for model-backed stages.
+pub fn registry_with(defaults: ModelDefaults) -> Registry {
+    let (translate, model) = (defaults.clone(), defaults);
     Registry::default()
-        .stage("translate", translate::build)
-        .stage("model", model::build)
+        .stage("translate", move |s| translate::build(s, &translate))
+        .stage("model", move |s| model::build(s, &model))
         .elsewhere(audio::config::SOURCE_KIND)
 }
 
 /// A pipeline file built into the family its source makes.
+// One is built per command; the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyPipeline {
     /// JSON records from a `lines`, `jsonl`, `files` or `nats` source.
     Records(PipelineConfig),
@@ -50,10 +67,10 @@ impl AnyPipeline {
 }
 
 /// Builds a pipeline file read by [`RawConfig`]: an audio pipeline when its source is
-/// `match_files`, else a record pipeline with [`registry`]'s kinds.
-pub fn load(raw: RawConfig) -> Result<AnyPipeline, ConfigError> {
+/// `match_files`, else a record pipeline with [`registry_with`]'s kinds.
+pub fn load(raw: RawConfig, defaults: ModelDefaults) -> Result<AnyPipeline, ConfigError> {
     if raw.source_kind() == Some(audio::config::SOURCE_KIND) {
         return audio::config::AudioPipeline::from_raw(raw).map(AnyPipeline::Audio);
     }
-    PipelineConfig::from_raw_with(raw, &registry()).map(AnyPipeline::Records)
+    PipelineConfig::from_raw_with(raw, &registry_with(defaults)).map(AnyPipeline::Records)
 }

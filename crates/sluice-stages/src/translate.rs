@@ -1,5 +1,7 @@
-//! `translate`: the M2M100 engine in-process, translating one text field of each record into
-//! another field. Each worker loads the model once (local directory or Hugging Face cache).
+//! `translate`: a translation model in-process, translating one text field of each record into
+//! another field. Each worker loads the model once (local directory or Hugging Face cache)
+//! through the model service, which checks the languages and settings at setup as the server
+//! checks a request's.
 //!
 //! ```toml
 //! [[stage]]
@@ -11,18 +13,24 @@
 //! output = "translation"            # the field the translation is written to (default)
 //! beams = 5                         # optional: the model's generation config otherwise
 //! max_new_tokens = 200              # optional
-//! compute_type = "int8"             # int8 | float32 | auto (SLUICE_COMPUTE_TYPE otherwise)
+//! compute_type = "int8"             # int8 | float32 | auto (the command's --compute-type otherwise)
 //! ```
 
 use std::sync::Arc;
 
 use serde::Deserialize;
-use sluice_models::m2m100::{ComputeType, GenerationOptions, M2M100};
+use sluice_models::m2m100::ComputeType;
+use sluice_models::service::translation::{Translate, TranslationService};
+use sluice_models::service::{
+    LoadContext, Model, ServiceError, Spelling, TranslationLimits, TranslationParams,
+};
 use sluice_models::source::{HubSettings, ModelSource, DEFAULT_MODEL};
-use sluice_models::ModelError;
+use sluice_models::{DeviceSpec, ModelError};
 use sluice_pipeline::config::{ConfigError, RawStage, RecordStage, RecordStageFactory};
 use sluice_pipeline::stages::Record;
 use sluice_pipeline::{ItemError, Stage, StageError, StageOptions, WorkerContext};
+
+use crate::ModelDefaults;
 
 /// The `[[stage]] kind = "translate"` table.
 #[derive(Deserialize)]
@@ -49,70 +57,58 @@ fn default_output_field() -> String {
 }
 
 /// Builds a `translate` stage from its `[[stage]]` table.
-pub(crate) fn build(stage: &RawStage) -> Result<RecordStageFactory, ConfigError> {
+pub(crate) fn build(
+    stage: &RawStage,
+    defaults: &ModelDefaults,
+) -> Result<RecordStageFactory, ConfigError> {
     let spec: TranslateSection = stage.spec()?;
-    let model = spec.model.unwrap_or_else(|| DEFAULT_MODEL.to_string());
     let mut translate = TranslateStage::new(
         &stage.name,
-        &model,
-        &spec.from,
-        &spec.to,
-        &spec.field,
-        &spec.output,
+        spec.model.as_deref().unwrap_or(DEFAULT_MODEL),
+        TranslationParams {
+            from: spec.from,
+            to: spec.to,
+            beams: spec.beams,
+            max_new_tokens: spec.max_new_tokens,
+            ..TranslationParams::default()
+        },
         stage.options.clone(),
     );
-    translate.generation.num_beams = spec.beams;
-    translate.generation.max_new_tokens = spec.max_new_tokens;
-    translate.compute_type = match spec.compute_type {
-        Some(c) => c,
-        None => ComputeType::from_env().map_err(|e| stage.error(e))?,
-    };
+    translate.field = spec.field;
+    translate.output = spec.output;
+    translate.compute_type = spec.compute_type.unwrap_or(defaults.compute_type);
     Ok(Arc::new(move || Box::new(translate.clone()) as RecordStage))
 }
 
-/// Translates `field` into `output` with an M2M100 model.
+/// Translates `field` into `output` with a translation model.
 #[derive(Clone)]
 pub struct TranslateStage {
     /// The stage's name.
     pub name: String,
     /// Model directory or Hugging Face repository id.
     pub model: String,
-    /// Source language code.
-    pub from: String,
-    /// Target language code.
-    pub to: String,
+    /// The languages and decoding settings.
+    pub params: TranslationParams,
     /// Field holding the text.
     pub field: String,
     /// Field the translation is written to.
     pub output: String,
-    /// Beam search and length settings.
-    pub generation: GenerationOptions,
-    /// int8, float32 or auto (`SLUICE_COMPUTE_TYPE` when the pipeline does not say).
+    /// int8, float32 or auto.
     pub compute_type: ComputeType,
     /// Worker settings.
     pub options: StageOptions,
-    loaded: Option<Arc<M2M100>>,
+    loaded: Option<(Arc<TranslationService>, Translate)>,
 }
 
 impl TranslateStage {
-    /// A stage translating `field` from `from` to `to` into `output`.
-    pub fn new(
-        name: &str,
-        model: &str,
-        from: &str,
-        to: &str,
-        field: &str,
-        output: &str,
-        options: StageOptions,
-    ) -> Self {
+    /// A stage translating the `text` field of each record into `translation` with `params`.
+    pub fn new(name: &str, model: &str, params: TranslationParams, options: StageOptions) -> Self {
         TranslateStage {
             name: name.into(),
             model: model.into(),
-            from: from.into(),
-            to: to.into(),
-            field: field.into(),
-            output: output.into(),
-            generation: GenerationOptions::default(),
+            params,
+            field: default_text_field(),
+            output: default_output_field(),
             compute_type: ComputeType::Auto,
             options,
             loaded: None,
@@ -120,25 +116,26 @@ impl TranslateStage {
     }
 }
 
-/// Loads an M2M100 model for a stage worker: `model` is a directory or a hub id, loaded on the
-/// GPU the engine gave the worker (a stage with `gpus` set) or on the CPU, chosen the way
-/// `sluice serve --device` chooses.
-pub fn load_m2m100(
+/// Loads a model for a stage worker through the model service: `model` is a directory or a hub
+/// id, loaded on the GPU the engine gave the worker (a stage with `gpus` set) or on the CPU.
+pub fn load_model(
     model: &str,
     compute: ComputeType,
     worker: &WorkerContext,
-) -> Result<M2M100, StageError> {
-    let device = worker_device(worker)?;
+) -> Result<Model, StageError> {
+    let context = LoadContext {
+        device: worker_device(worker)?,
+        compute,
+        hub: HubSettings::from_env(),
+        translation: TranslationLimits::none(),
+    };
     let source = ModelSource::parse(model);
-    let dir = source
-        .resolve(&HubSettings::from_env())
-        .map_err(|e| model_error(&e))?;
-    M2M100::load(&dir, &device, compute)
+    sluice_models::service::load(&source, &context)
         .map_err(|e| model_error(&e).context(format!("loading model {source}")))
 }
 
 /// A model that failed to load: fatal to the run when no worker could do better.
-pub(crate) fn model_error(e: &sluice_models::ModelError) -> StageError {
+pub(crate) fn model_error(e: &ModelError) -> StageError {
     if e.is_permanent() {
         StageError::fatal(e.to_string())
     } else {
@@ -146,45 +143,26 @@ pub(crate) fn model_error(e: &sluice_models::ModelError) -> StageError {
     }
 }
 
+/// A request the service refused at setup: no worker could do better.
+pub(crate) fn service_error(e: ServiceError) -> StageError {
+    match e {
+        ServiceError::Model(e) => model_error(&e),
+        other => StageError::fatal(other.to_string()),
+    }
+}
+
 /// The device of a stage worker: `cuda:N` for the GPU the engine reserved for it, else the CPU.
-pub fn worker_device(worker: &WorkerContext) -> Result<candle_core::Device, StageError> {
+pub fn worker_device(worker: &WorkerContext) -> Result<DeviceSpec, StageError> {
     let spec = match worker.gpu {
-        Some(n) => format!("cuda:{n}"),
-        None => "cpu".to_owned(),
+        Some(n) => DeviceSpec::Cuda(n),
+        None => DeviceSpec::Cpu,
     };
-    sluice_models::device::select(&spec).map_err(|e| {
+    spec.select().map(|_| spec).map_err(|e| {
         StageError::fatal(format!(
             "stage {} worker {}: {e}",
             worker.stage, worker.worker
         ))
     })
-}
-
-/// One translation per record of a batch whose texts were read (a record whose text could not
-/// be read keeps its error), under the failure policy of every translation path
-/// ([`M2M100::translate_each`]): a text the model cannot take fails alone. Only what affects
-/// every text (an unknown language) fails the call.
-pub(crate) fn translate_read<S: AsRef<str>>(
-    model: &M2M100,
-    texts: &[Result<S, ItemError>],
-    (from, to): (&str, &str),
-    opts: &GenerationOptions,
-    batch_size: usize,
-) -> Result<Vec<Result<String, ItemError>>, ModelError> {
-    let read: Vec<&str> = texts.iter().flatten().map(AsRef::as_ref).collect();
-    let mut translated = model
-        .translate_each(&read, from, to, opts, batch_size)?
-        .into_iter();
-    Ok(texts
-        .iter()
-        .map(|text| {
-            text.as_ref().map_err(Clone::clone)?;
-            translated
-                .next()
-                .expect("one translation per text read")
-                .map_err(|e| ItemError::permanent(format!("translating: {e}")))
-        })
-        .collect())
 }
 
 impl Stage for TranslateStage {
@@ -200,19 +178,25 @@ impl Stage for TranslateStage {
     }
 
     fn setup(&mut self, worker: &WorkerContext) -> Result<(), StageError> {
-        let model = load_m2m100(&self.model, self.compute_type, worker)?;
-        for code in [&self.from, &self.to] {
-            model
-                .tokenizer()
-                .lang_id(code)
-                .map_err(|e| model_error(&e))?;
-        }
-        self.loaded = Some(Arc::new(model));
+        let service = match load_model(&self.model, self.compute_type, worker)? {
+            Model::Translation(t) => t,
+            other => {
+                return Err(StageError::fatal(format!(
+                    "{} is a {} model, not a translation model",
+                    self.model,
+                    other.kind()
+                )))
+            }
+        };
+        let translate = service
+            .check(&self.params, Spelling::Toml)
+            .map_err(service_error)?;
+        self.loaded = Some((service, translate));
         Ok(())
     }
 
     fn process(&mut self, batch: &[Record]) -> Result<Vec<Result<Record, ItemError>>, StageError> {
-        let model = self
+        let (service, translate) = self
             .loaded
             .as_ref()
             .ok_or_else(|| StageError::new("translate stage was not set up"))?;
@@ -227,21 +211,22 @@ impl Stage for TranslateStage {
                     })
             })
             .collect();
-        let translated = translate_read(
-            model,
-            &texts,
-            (&self.from, &self.to),
-            &self.generation,
-            self.options.batch_size,
-        )
-        .map_err(|e| model_error(&e).context("translating"))?;
+        let read: Vec<&str> = texts.iter().flatten().copied().collect();
+        let mut translated = service
+            .translate(translate, &read, self.options.batch_size)
+            .into_iter();
         Ok(batch
             .iter()
-            .zip(translated)
+            .zip(texts)
             .map(|(record, text)| {
+                text?;
+                let text = translated
+                    .next()
+                    .expect("one translation per text read")
+                    .map_err(|e| ItemError::permanent(format!("translating: {e}")))?;
                 let mut record = record.clone();
                 if let Record::Object(map) = &mut record {
-                    map.insert(self.output.clone(), text?.into());
+                    map.insert(self.output.clone(), text.text.into());
                 }
                 Ok(record)
             })
@@ -264,10 +249,7 @@ mod tests {
 
     #[test]
     fn a_worker_runs_on_the_gpu_it_was_given_or_says_why_it_cannot() {
-        assert!(matches!(
-            worker_device(&worker(None)),
-            Ok(candle_core::Device::Cpu)
-        ));
+        assert!(matches!(worker_device(&worker(None)), Ok(DeviceSpec::Cpu)));
         // Without CUDA in the build, a GPU worker fails at setup instead of running on the CPU.
         #[cfg(not(feature = "cuda"))]
         {

@@ -51,18 +51,6 @@ impl ComputeType {
     }
 }
 
-impl ComputeType {
-    /// `SLUICE_COMPUTE_TYPE` if set, else `auto`.
-    pub fn from_env() -> std::result::Result<Self, String> {
-        match std::env::var("SLUICE_COMPUTE_TYPE") {
-            Ok(v) if !v.trim().is_empty() => v
-                .parse()
-                .map_err(|e: String| format!("SLUICE_COMPUTE_TYPE: {e}")),
-            _ => Ok(ComputeType::Auto),
-        }
-    }
-}
-
 impl<'de> serde::Deserialize<'de> for ComputeType {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -109,6 +97,47 @@ pub struct GenerationOptions {
     pub length_penalty: Option<f64>,
     /// Beam stopping rule.
     pub early_stopping: Option<EarlyStopping>,
+}
+
+/// One translation call: texts from one language into another, with per-call overrides of the
+/// generation defaults, `batch_size` sentences generated together.
+#[derive(Debug, Clone)]
+pub struct TranslateTexts<'a, S> {
+    /// The texts; results come back in this order.
+    pub texts: &'a [S],
+    /// Source language code.
+    pub from: &'a str,
+    /// Target language code.
+    pub to: &'a str,
+    /// Overrides of the model's generation defaults.
+    pub options: GenerationOptions,
+    /// Sentences generated together.
+    pub batch_size: usize,
+}
+
+impl<'a, S: AsRef<str>> TranslateTexts<'a, S> {
+    /// `texts` from `from` into `to` with the model's defaults, 16 sentences at a time.
+    pub fn new(texts: &'a [S], from: &'a str, to: &'a str) -> Self {
+        Self {
+            texts,
+            from,
+            to,
+            options: GenerationOptions::default(),
+            batch_size: 16,
+        }
+    }
+
+    /// With these generation overrides.
+    pub fn options(mut self, options: GenerationOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// With `batch_size` sentences generated together.
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
 }
 
 /// A loaded M2M100 model with its tokenizer and generation defaults.
@@ -295,14 +324,10 @@ impl M2M100 {
     /// affects every text (an unknown language) fails the call.
     pub fn translate_each<S: AsRef<str>>(
         &self,
-        texts: &[S],
-        from: &str,
-        to: &str,
-        opts: &GenerationOptions,
-        batch_size: usize,
+        request: &TranslateTexts<'_, S>,
     ) -> Result<Vec<Result<String>>> {
         Ok(self
-            .generate_texts(texts, from, to, opts, batch_size)?
+            .generate_texts(request)?
             .into_iter()
             .map(|ids| match ids {
                 Ok(ids) if ids.is_empty() => Ok(String::new()),
@@ -316,32 +341,17 @@ impl M2M100 {
     ///
     /// Sentences are grouped by token length to limit padding; results come back in input order.
     /// Empty texts translate to empty texts without running the model.
-    pub fn translate<S: AsRef<str>>(
-        &self,
-        texts: &[S],
-        from: &str,
-        to: &str,
-        opts: &GenerationOptions,
-        batch_size: usize,
-    ) -> Result<Vec<String>> {
-        self.translate_each(texts, from, to, opts, batch_size)?
-            .into_iter()
-            .collect()
+    pub fn translate<S: AsRef<str>>(&self, request: &TranslateTexts<'_, S>) -> Result<Vec<String>> {
+        self.translate_each(request)?.into_iter().collect()
     }
 
     /// As [`M2M100::translate`], returning the generated ids (decoder start first; empty for
     /// an empty text).
     pub fn translate_ids<S: AsRef<str>>(
         &self,
-        texts: &[S],
-        from: &str,
-        to: &str,
-        opts: &GenerationOptions,
-        batch_size: usize,
+        request: &TranslateTexts<'_, S>,
     ) -> Result<Vec<Vec<u32>>> {
-        self.generate_texts(texts, from, to, opts, batch_size)?
-            .into_iter()
-            .collect()
+        self.generate_texts(request)?.into_iter().collect()
     }
 
     /// Generated ids per text (empty for an empty text), in input order: texts tokenized,
@@ -349,15 +359,18 @@ impl M2M100 {
     /// [`M2M100::generate_each`]'s policy.
     fn generate_texts<S: AsRef<str>>(
         &self,
-        texts: &[S],
-        from: &str,
-        to: &str,
-        opts: &GenerationOptions,
-        batch_size: usize,
+        request: &TranslateTexts<'_, S>,
     ) -> Result<Vec<Result<Vec<u32>>>> {
+        let TranslateTexts {
+            texts,
+            from,
+            to,
+            options,
+            batch_size,
+        } = request;
         let src = self.tokenizer.lang_id(from)?;
         let tgt = self.tokenizer.lang_id(to)?;
-        let params = self.params(tgt, opts);
+        let params = self.params(tgt, options);
         let mut out: Vec<Result<Vec<u32>>> = Vec::with_capacity(texts.len());
         let mut encoded = Vec::with_capacity(texts.len());
         for (i, t) in texts.iter().enumerate() {
@@ -373,7 +386,7 @@ impl M2M100 {
         }
         encoded.sort_by_key(|(_, ids)| ids.len());
         let (at, sources): (Vec<usize>, Vec<Vec<u32>>) = encoded.into_iter().unzip();
-        let size = batch_size.max(1);
+        let size = (*batch_size).max(1);
         for (at, batch) in at.chunks(size).zip(sources.chunks(size)) {
             for (&i, ids) in at.iter().zip(self.generate_each(batch, &params)) {
                 out[i] = ids;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use sluice_models::m2m100::{ComputeType, GenerationOptions, M2M100};
+use sluice_models::m2m100::{ComputeType, GenerationOptions, TranslateTexts, M2M100};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-m2m100")
@@ -50,9 +50,13 @@ fn translate_each_answers_every_text_and_fails_only_on_an_unknown_language() {
     let m = M2M100::load(&fixture_dir(), &Device::Cpu, ComputeType::Float32).unwrap();
     let texts = ["Hello, world.", "", "The weather is nice today."];
     let opts = GenerationOptions::default();
-    let each = m.translate_each(&texts, "en", "ja", &opts, 2).unwrap();
-    let plain = m.translate(&texts, "en", "ja", &opts, 2).unwrap();
+    let request = TranslateTexts::new(&texts, "en", "ja")
+        .options(opts)
+        .batch_size(2);
+    let each = m.translate_each(&request).unwrap();
+    let plain = m.translate(&request).unwrap();
     let each: Vec<String> = each.into_iter().map(Result::unwrap).collect();
     assert_eq!(each, plain);
-    assert!(m.translate_each(&texts, "en", "xx", &opts, 2).is_err());
+    let unknown = TranslateTexts::new(&texts, "en", "xx").batch_size(2);
+    assert!(m.translate_each(&unknown).is_err());
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use candle_core::Device;
-use sluice_models::m2m100::{ComputeType, GenerationOptions};
+use sluice_models::m2m100::{ComputeType, GenerationOptions, TranslateTexts};
 use sluice_models::source::{fetch_model, HubSettings, Token};
 use sluice_models::{ModelSource, M2M100};
 use sluice_testkit::FakeHub;
@@ -47,11 +47,13 @@ fn translate(dir: &Path) -> Vec<String> {
     };
     model
         .translate(
-            &["Hello world", "Life is like a box of chocolates."],
-            "en",
-            "fr",
-            &opts,
-            2,
+            &TranslateTexts::new(
+                &["Hello world", "Life is like a box of chocolates."],
+                "en",
+                "fr",
+            )
+            .options(opts)
+            .batch_size(2),
         )
         .unwrap()
 }

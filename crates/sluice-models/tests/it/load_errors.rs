@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use sluice_models::m2m100::{ComputeType, GenerationOptions};
+use sluice_models::m2m100::{ComputeType, GenerationOptions, TranslateTexts};
 use sluice_models::source::{fetch_model, HubSettings};
 use sluice_models::{ModelSource, M2M100};
 
@@ -98,7 +98,7 @@ fn truncated_weights_are_refused() {
 fn unknown_language_names_the_code_and_suggests_one() {
     let m = M2M100::load(&fixture_dir(), &Device::Cpu, ComputeType::Auto).unwrap();
     let err = m
-        .translate(&["hi"], "en", "jp", &GenerationOptions::default(), 1)
+        .translate(&TranslateTexts::new(&["hi"], "en", "jp").batch_size(1))
         .unwrap_err()
         .to_string();
     assert!(
@@ -116,7 +116,11 @@ fn zero_new_tokens_is_refused() {
         ..Default::default()
     };
     let err = m
-        .translate(&["hi"], "en", "fr", &opts, 1)
+        .translate(
+            &TranslateTexts::new(&["hi"], "en", "fr")
+                .options(opts)
+                .batch_size(1),
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("max_new_tokens"), "{err}");

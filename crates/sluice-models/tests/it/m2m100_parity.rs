@@ -7,7 +7,9 @@ use std::sync::OnceLock;
 
 use candle_core::{Device, IndexOp};
 use serde_json::Value;
-use sluice_models::m2m100::{ComputeType, EarlyStopping, GenerationOptions, M2M100};
+use sluice_models::m2m100::{
+    ComputeType, EarlyStopping, GenerationOptions, TranslateTexts, M2M100,
+};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-m2m100")
@@ -228,7 +230,11 @@ fn translate_keeps_order_and_empty_texts() {
         .map(|c| c["text"].as_str().unwrap())
         .collect();
     let got = m
-        .translate(&texts, "en", "fr", &options(&case["options"]), 4)
+        .translate(
+            &TranslateTexts::new(&texts, "en", "fr")
+                .options(options(&case["options"]))
+                .batch_size(4),
+        )
         .unwrap();
     for (i, (g, t)) in got.iter().zip(&texts).enumerate() {
         if t.is_empty() {

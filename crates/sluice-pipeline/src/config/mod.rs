@@ -23,31 +23,36 @@
 //! explode = "windows"       # optional: one row per element of this array field
 //! ```
 //!
-//! Every source, stage and sink kind is built by the builder a [`Registry`] holds for it.
+//! Every source, stage and sink kind is built by the builder a [`Registry`] holds for it, into
+//! a config the engine asks for its capabilities ([`crate::connector`]).
 
+mod kinds;
 mod raw;
 mod registry;
 mod vars;
 
+pub use kinds::Parts;
 pub use raw::{RawConfig, RawSection, RawStage};
 pub use registry::{
-    Parts, RecordStage, RecordStageFactory, Registry, SinkBuilder, SinkPlan, SourceBuilder,
-    SourcePlan, StageBuilder,
+    Kinds, RecordStage, RecordStageFactory, Registry, SinkBuilder, SourceBuilder, StageBuilder,
+    UrlSinkBuilder,
 };
 pub use vars::Vars;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use crate::stages::{read_source, Record};
-use crate::{map, ItemError, PartSink, Pipeline, RunError, RunOptions, RunSummary, StageOptions};
+use crate::connector::{SinkConfig, SourceConfig, WorkerCounts, WorkerJob, WorkerOptions};
+use crate::stages::Record;
+use crate::{map, ItemError, Pipeline, RunError, RunOptions, RunSummary, StageOptions};
 
 pub use crate::section::{section, ConfigError};
 
 /// A validated config, ready to run.
 pub struct PipelineConfig {
-    source: SourcePlan,
+    source: Arc<dyn SourceConfig>,
     stages: Vec<RecordStageFactory>,
-    sink: SinkPlan,
+    sink: Arc<dyn SinkConfig>,
     key_field: String,
     /// The run options the config sets (command-line flags may change them before running).
     pub options: RunOptions,
@@ -85,32 +90,22 @@ impl PipelineConfig {
                 registry.sink_names().join(", ")
             )));
         };
-        let sink = registry.build_sink(&sink_section)?;
+        let (kind, sink) = registry.build_sink(&sink_section)?;
         let key_field = sink
             .key_field()
-            .or(source.key())
+            .or(source.key_field())
             .unwrap_or("key")
             .to_string();
-        let options = match &sink {
-            SinkPlan::Parts(parts) => raw.run_options(Some(&parts.dir)),
-            #[cfg(feature = "nats")]
-            SinkPlan::Nats(_) => {
-                if raw.run.skip_completed == Some(true) {
-                    return Err(ConfigError(format!(
-                        "{}: [sink] (nats): a stream cannot tell which items are done, so \
-                         skip_completed cannot apply; JetStream drops a key published again \
-                         within the stream's duplicate window instead",
-                        sink_section.place
-                    )));
-                }
-                let mut options = raw.run_options(None);
-                options.skip_completed = false;
-                options
+        let mut options = raw.run_options(sink.local_dir());
+        if let Some(why) = sink.cannot_skip() {
+            if raw.run.skip_completed == Some(true) {
+                return Err(ConfigError(format!(
+                    "{}: [sink] ({kind}): {why}",
+                    sink_section.place
+                )));
             }
-            // The table says what is done; failures and the summary go where [run] says.
-            #[cfg(feature = "postgres")]
-            SinkPlan::Postgres(_) => raw.run_options(None),
-        };
+            options.skip_completed = false;
+        }
         Ok(PipelineConfig {
             source,
             stages,
@@ -140,86 +135,32 @@ impl PipelineConfig {
         pipeline
     }
 
-    /// Runs the config as a `sluice worker`: pulls from its NATS source until stopped (or
-    /// drained), acking each item once its output is durable. Returns the run summary and what
-    /// happened to the messages.
-    #[cfg(feature = "nats")]
-    pub fn run_worker(
-        self,
-        worker: crate::nats::WorkerOptions,
-    ) -> Result<(RunSummary, crate::nats::WorkerCounts), RunError> {
-        use crate::nats::{WorkerPlan, WorkerSink};
-        let SourcePlan::Nats(source) = &self.source else {
+    /// Runs the config as a `sluice worker`: pulls from its broker's source until stopped (or
+    /// drained), acknowledging each item once its output is durable. Returns the run summary
+    /// and what happened to the messages.
+    pub fn run_worker(self, worker: WorkerOptions) -> Result<(RunSummary, WorkerCounts), RunError> {
+        let Some(broker) = self.source.broker() else {
             return Err(RunError::Invalid(
-                "sluice worker reads a [source] of kind = \"nats\"; run other pipelines with \
-                 sluice run"
+                "sluice worker reads a broker's [source] (kind = \"nats\"); run other \
+                 pipelines with sluice run"
                     .into(),
             ));
         };
-        let source = source.clone();
-        let mut done_check: Option<crate::nats::DoneCheck> = None;
-        let sink = match &self.sink {
-            SinkPlan::Parts(parts) => {
-                // Workers share output directories, across machines too: names must not meet.
-                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
-                let tag: String = format!("{host}-{}-", std::process::id())
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || c == '-' {
-                            c
-                        } else {
-                            '_'
-                        }
-                    })
-                    .collect();
-                let sink = parts.open(&self.key_field, &tag)?;
-                let (parts, key_field) = (parts.clone(), self.key_field.clone());
-                done_check = Some(Box::new(move || {
-                    PartSink::keys_in(&parts.dir, parts.format, &key_field).map(Some)
-                }));
-                WorkerSink::Parts(Box::new(sink), parts.part_items)
-            }
-            SinkPlan::Nats(spec) => WorkerSink::Nats(spec.clone(), self.key_field.clone()),
-            #[cfg(feature = "postgres")]
-            SinkPlan::Postgres(spec) => {
-                let sink = crate::PostgresSink::new(spec)?;
-                // A connection of its own, kept between checks (the writing one is the sink's).
-                let checker = std::sync::Mutex::new(crate::PostgresSink::new(spec)?);
-                done_check = Some(Box::new(move || {
-                    let mut checker = checker.lock().unwrap_or_else(|e| e.into_inner());
-                    crate::Sink::<Record>::completed(&mut *checker)
-                }));
-                WorkerSink::Parts(Box::new(sink), spec.batch_rows)
-            }
-        };
         let stages = self.stages;
-        let plan = WorkerPlan {
-            source,
-            sink,
-            done_check,
-            build: Box::new(move |pull| Self::pipeline(stages, pull)),
-        };
         let mut options = self.options;
         options.failures_path = None;
-        crate::nats::run_worker(plan, options, worker)
+        broker.run_worker(WorkerJob {
+            sink: self.sink.clone(),
+            key_field: self.key_field,
+            build: Box::new(move |pull| Self::pipeline(stages, pull)),
+            options,
+            worker,
+        })
     }
 
     /// Builds the pipeline and runs it to the end.
     pub fn run(self) -> Result<RunSummary, RunError> {
-        let spec = match &self.source {
-            SourcePlan::Items(spec) => spec,
-            #[cfg(feature = "nats")]
-            SourcePlan::Nats(_) => {
-                return Err(RunError::Invalid(
-                    "a [source] of kind = \"nats\" is read by workers that run until stopped: \
-                     use `sluice worker FILE` (with --exit-when-drained to stop once the stream \
-                     is empty)"
-                        .into(),
-                ))
-            }
-        };
-        let items = read_source(spec)
-            .map_err(|e| RunError::Invalid(format!("cannot open the source: {e}")))?;
+        let items = self.source.open()?;
         // Unreadable input records travel as markers and fail in a first "read" stage, so that
         // they are reported like any other failed item instead of stopping the run.
         let keyed = items.enumerate().map(|(i, item)| match item {
@@ -229,17 +170,9 @@ impl PipelineConfig {
                 serde_json::json!({ READ_ERROR: message }),
             ),
         });
-        let mut sink: Box<dyn crate::Sink<Record>> = match &self.sink {
-            SinkPlan::Parts(parts) => {
-                Box::new(parts.open(&self.key_field, &self.options.shard.part_tag())?)
-            }
-            #[cfg(feature = "nats")]
-            SinkPlan::Nats(spec) => {
-                Box::new(crate::nats::NatsSink::connect(spec, &self.key_field)?)
-            }
-            #[cfg(feature = "postgres")]
-            SinkPlan::Postgres(spec) => Box::new(crate::PostgresSink::new(spec)?),
-        };
+        let mut sink = self
+            .sink
+            .open(&self.key_field, &self.options.shard.part_tag())?;
         let options = self.options.clone();
         Self::pipeline(self.stages, keyed).run(&options, sink.as_mut())
     }

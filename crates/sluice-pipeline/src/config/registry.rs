@@ -1,16 +1,19 @@
 //! The one place every source, stage and sink kind of a record pipeline is built from its section
 //! (as Vector's `*Config::build`): the engine's own kinds are registered in
 //! [`Registry::default`] exactly as crates above it add theirs, so a new kind is one builder
-//! function and one line here or in that crate.
+//! function and one line here or in that crate. Builders return the running form's config as a
+//! trait object ([`SourceConfig`], [`SinkConfig`]) that the engine asks for its capabilities.
+//!
+//! [`Kinds`] is the table behind each of the registry's three lists, and the one other families
+//! of pipeline (audio) build their own kinds with, so every kind is looked up, listed and refused
+//! the same way.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Deserialize;
-
-use super::{ConfigError, RawSection, RawStage};
-use crate::stages::{ExecStage, Record, SourceSpec};
-use crate::{ItemError, PartFormat, PartSink, Stage, StageOptions};
+use super::{kinds, ConfigError, RawSection, RawStage};
+use crate::connector::{SinkConfig, SourceConfig};
+use crate::stages::Record;
+use crate::{ItemError, PartFormat, Stage, StageOptions};
 
 /// A record stage defined outside this crate: a fresh instance per worker.
 pub type RecordStage = Box<dyn Stage<In = Record, Out = Record>>;
@@ -19,124 +22,140 @@ pub type RecordStage = Box<dyn Stage<In = Record, Out = Record>>;
 pub type RecordStageFactory = Arc<dyn Fn() -> RecordStage + Send + Sync>;
 
 /// Builds a `[source]` of one kind from its table (without `kind`).
-pub type SourceBuilder = fn(&RawSection) -> Result<SourcePlan, ConfigError>;
+pub type SourceBuilder = fn(&RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError>;
 
-/// Builds a stage of one kind from its `[[stage]]` table.
-pub type StageBuilder = fn(&RawStage) -> Result<RecordStageFactory, ConfigError>;
+/// Builds a stage of one kind from its `[[stage]]` table (a closure, so a crate can register a
+/// builder holding its command line's defaults).
+pub type StageBuilder =
+    Arc<dyn Fn(&RawStage) -> Result<RecordStageFactory, ConfigError> + Send + Sync>;
 
 /// Builds a `[sink]` of one kind from its table (without `kind`).
-pub type SinkBuilder = fn(&RawSection) -> Result<SinkPlan, ConfigError>;
+pub type SinkBuilder = fn(&RawSection) -> Result<Arc<dyn SinkConfig>, ConfigError>;
 
-/// Where a record pipeline reads, as its builder made it.
+/// Builds a sink of one kind from an output URL (`postgres://...?table=t`) and the settings
+/// the command chose, which the URL may override.
+pub type UrlSinkBuilder = fn(&str, &[(&str, &str)]) -> Result<Arc<dyn SinkConfig>, ConfigError>;
+
+/// Kinds of one part of a pipeline file (its sources, stages or sinks), each with its builder.
 #[derive(Clone)]
-pub enum SourcePlan {
-    /// A file or directory read once (`lines`, `jsonl`, `files`).
-    Items(SourceSpec),
-    /// A JetStream consumer that workers pull from until stopped.
-    #[cfg(feature = "nats")]
-    Nats(crate::nats::NatsSource),
+pub struct Kinds<B> {
+    /// How messages name the part: `[source]`, `[sink]`.
+    what: &'static str,
+    entries: Vec<(&'static str, B)>,
 }
 
-impl SourcePlan {
-    /// The record field that keys each item, when the source names one.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            SourcePlan::Items(SourceSpec::Jsonl { key, .. }) => key.as_deref(),
-            SourcePlan::Items(_) => None,
-            #[cfg(feature = "nats")]
-            SourcePlan::Nats(source) => source.key.as_deref(),
+impl<B: Clone> Kinds<B> {
+    /// An empty table for the part messages call `what`.
+    pub fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            entries: Vec::new(),
         }
     }
-}
 
-/// Part files: `[sink] kind = "jsonl" | "parquet"`.
-#[derive(Clone)]
-pub struct Parts {
-    pub(super) dir: PathBuf,
-    pub(super) format: PartFormat,
-    pub(super) part_items: usize,
-    pub(super) explode: Option<String>,
-    pub(super) key_field: Option<String>,
-}
-
-impl Parts {
-    /// A writer of parts whose names carry `tag`.
-    pub(super) fn open(&self, key_field: &str, tag: &str) -> Result<PartSink, crate::SinkError> {
-        let sink = PartSink::new(self.format, &self.dir, key_field, self.part_items, tag)?;
-        Ok(match &self.explode {
-            Some(field) => sink.explode(field),
-            None => sink,
-        })
+    /// Adds (or replaces) a kind.
+    pub fn add(&mut self, kind: &'static str, build: B) {
+        self.entries.retain(|(k, _)| *k != kind);
+        self.entries.push((kind, build));
     }
-}
 
-/// Where a record pipeline writes, as its builder made it.
-#[derive(Clone)]
-pub enum SinkPlan {
-    /// Part files renamed into place when full; finished keys are read back for skip-completed.
-    Parts(Parts),
-    /// Records published to a subject, deduplicated by key.
-    #[cfg(feature = "nats")]
-    Nats(crate::nats::NatsSinkSpec),
-    /// Rows upserted into a PostgreSQL table by key, a transaction per part.
-    #[cfg(feature = "postgres")]
-    Postgres(crate::PostgresSpec),
-}
+    /// With a kind added.
+    pub fn with(mut self, kind: &'static str, build: B) -> Self {
+        self.add(kind, build);
+        self
+    }
 
-impl SinkPlan {
-    /// The record field that keys each output, when the sink names one.
-    pub fn key_field(&self) -> Option<&str> {
-        match self {
-            SinkPlan::Parts(parts) => parts.key_field.as_deref(),
-            #[cfg(feature = "nats")]
-            SinkPlan::Nats(spec) => spec.key_field.as_deref(),
-            #[cfg(feature = "postgres")]
-            SinkPlan::Postgres(spec) => Some(&spec.key),
-        }
+    /// The builder of `kind`.
+    pub fn get(&self, kind: &str) -> Option<&B> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, b)| b)
+    }
+
+    /// The kinds, in registration order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.entries.iter().map(|(k, _)| *k).collect()
+    }
+
+    /// The builder `section`'s kind names, and the section without its `kind`; `also` are kinds
+    /// named in messages that another family builds.
+    pub fn pick(
+        &self,
+        section: &RawSection,
+        also: &[&'static str],
+    ) -> Result<(B, RawSection), ConfigError> {
+        let (what, place) = (self.what, &section.place);
+        let mut names = self.names();
+        names.extend(also);
+        let kind = match section.table.get("kind") {
+            Some(toml::Value::String(kind)) => kind.as_str(),
+            _ => {
+                return Err(ConfigError(format!(
+                    "{place}: {what}: needs a kind: one of {}",
+                    names.join(", ")
+                )))
+            }
+        };
+        let Some(build) = self.get(kind) else {
+            return Err(self.unknown(place, kind, &names));
+        };
+        let mut rest = section.clone();
+        rest.table.remove("kind");
+        Ok((build.clone(), rest))
+    }
+
+    /// The error for a kind not in the table.
+    pub fn unknown(&self, place: &str, kind: &str, names: &[&str]) -> ConfigError {
+        ConfigError(format!(
+            "{place}: {}: unknown kind {kind:?}: expected one of {}",
+            self.what,
+            names.join(", ")
+        ))
     }
 }
 
 /// The kinds a record pipeline file may name, each with its builder.
 #[derive(Clone)]
 pub struct Registry {
-    sources: Vec<(&'static str, SourceBuilder)>,
-    stages: Vec<(&'static str, StageBuilder)>,
-    sinks: Vec<(&'static str, SinkBuilder)>,
+    sources: Kinds<SourceBuilder>,
+    stages: Kinds<StageBuilder>,
+    sinks: Kinds<SinkBuilder>,
+    /// Sinks that output URLs name by their scheme (`postgres://`).
+    url_sinks: Vec<(&'static str, UrlSinkBuilder)>,
     /// Source kinds that make another family of pipeline (audio), named in messages only.
     elsewhere: Vec<&'static str>,
 }
 
 impl Default for Registry {
-    /// The engine's own kinds: `lines`, `jsonl`, `files`, `parquet` and `nats` sources, `exec` stages,
-    /// `jsonl`, `parquet` and `nats` sinks (as this build's features allow).
+    /// The engine's own kinds: `lines`, `jsonl`, `files`, `parquet` and `nats` sources, `exec`
+    /// stages, `jsonl`, `parquet`, `nats` and `postgres` sinks (as this build's features allow).
     fn default() -> Self {
         let registry = Registry {
-            sources: Vec::new(),
-            stages: Vec::new(),
-            sinks: Vec::new(),
+            sources: Kinds::new("[source]"),
+            stages: Kinds::new("[[stage]]"),
+            sinks: Kinds::new("[sink]"),
+            url_sinks: Vec::new(),
             elsewhere: Vec::new(),
         }
-        .source("lines", lines_source)
-        .source("jsonl", jsonl_source)
-        .source("files", files_source)
-        .stage("exec", exec_stage)
-        .sink("jsonl", |s| parts_sink(s, PartFormat::Jsonl));
+        .source("lines", kinds::lines_source)
+        .source("jsonl", kinds::jsonl_source)
+        .source("files", kinds::files_source)
+        .stage("exec", kinds::exec_stage)
+        .sink("jsonl", |s| kinds::parts_sink(s, PartFormat::Jsonl));
         #[cfg(feature = "parquet")]
         let registry = registry
-            .source("parquet", parquet_source)
-            .sink("parquet", |s| parts_sink(s, PartFormat::Parquet));
+            .source("parquet", kinds::parquet_source)
+            .sink("parquet", |s| kinds::parts_sink(s, PartFormat::Parquet));
         #[cfg(feature = "nats")]
         let registry = registry
-            .source("nats", |s| {
-                crate::nats::NatsSource::parse(&s.table, &s.place).map(SourcePlan::Nats)
-            })
-            .sink("nats", |s| {
-                crate::nats::NatsSinkSpec::parse(&s.table, &s.place).map(SinkPlan::Nats)
-            });
+            .source("nats", crate::nats::source)
+            .sink("nats", crate::nats::sink);
         #[cfg(feature = "postgres")]
-        let registry = registry.sink("postgres", |s| {
-            crate::PostgresSpec::parse(&s.table, &s.place).map(SinkPlan::Postgres)
-        });
+        let registry = registry
+            .sink("postgres", crate::postgres::sink)
+            .url_sink("postgres", crate::postgres::url_sink)
+            .url_sink("postgresql", crate::postgres::url_sink);
         registry
     }
 }
@@ -144,22 +163,31 @@ impl Default for Registry {
 impl Registry {
     /// Adds (or replaces) a source kind.
     pub fn source(mut self, kind: &'static str, build: SourceBuilder) -> Self {
-        self.sources.retain(|(k, _)| *k != kind);
-        self.sources.push((kind, build));
+        self.sources.add(kind, build);
         self
     }
 
     /// Adds (or replaces) a stage kind.
-    pub fn stage(mut self, kind: &'static str, build: StageBuilder) -> Self {
-        self.stages.retain(|(k, _)| *k != kind);
-        self.stages.push((kind, build));
+    pub fn stage(
+        mut self,
+        kind: &'static str,
+        build: impl Fn(&RawStage) -> Result<RecordStageFactory, ConfigError> + Send + Sync + 'static,
+    ) -> Self {
+        self.stages.add(kind, Arc::new(build));
         self
     }
 
     /// Adds (or replaces) a sink kind.
     pub fn sink(mut self, kind: &'static str, build: SinkBuilder) -> Self {
-        self.sinks.retain(|(k, _)| *k != kind);
-        self.sinks.push((kind, build));
+        self.sinks.add(kind, build);
+        self
+    }
+
+    /// Lets output URLs of `scheme` (`postgres` for `postgres://...`) name a sink, built by
+    /// `build`.
+    pub fn url_sink(mut self, scheme: &'static str, build: UrlSinkBuilder) -> Self {
+        self.url_sinks.retain(|(s, _)| *s != scheme);
+        self.url_sinks.push((scheme, build));
         self
     }
 
@@ -170,7 +198,7 @@ impl Registry {
     }
 
     /// Builds `[source]` with the builder its `kind` names.
-    pub fn build_source(&self, section: &RawSection) -> Result<SourcePlan, ConfigError> {
+    pub fn build_source(&self, section: &RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError> {
         let kind = section.table.get("kind").and_then(|k| k.as_str());
         if let Some(other) = kind.filter(|k| self.elsewhere.contains(k)) {
             return Err(ConfigError(format!(
@@ -179,16 +207,14 @@ impl Registry {
                 section.place
             )));
         }
-        let mut names: Vec<&str> = self.sources.iter().map(|(k, _)| *k).collect();
-        names.extend(&self.elsewhere);
-        let (build, section) = pick(&self.sources, section, "[source]", &names)?;
+        let (build, section) = self.sources.pick(section, &self.elsewhere)?;
         build(&section)
     }
 
     /// Builds a `[[stage]]` with the builder its `kind` names.
     pub fn build_stage(&self, stage: &RawStage) -> Result<RecordStageFactory, ConfigError> {
-        match self.stages.iter().find(|(k, _)| *k == stage.kind) {
-            Some((_, build)) => build(stage),
+        match self.stages.get(&stage.kind) {
+            Some(build) => build(stage),
             None => Err(ConfigError(format!(
                 "{}: [[stage]] {}: unknown kind {:?}: expected one of {}",
                 stage.place,
@@ -199,164 +225,41 @@ impl Registry {
         }
     }
 
-    /// Builds `[sink]` with the builder its `kind` names.
-    pub fn build_sink(&self, section: &RawSection) -> Result<SinkPlan, ConfigError> {
-        let (build, section) = pick(&self.sinks, section, "[sink]", &self.sink_names())?;
-        build(&section)
+    /// Builds `[sink]` with the builder its `kind` names; returns the kind with it.
+    pub fn build_sink(
+        &self,
+        section: &RawSection,
+    ) -> Result<(String, Arc<dyn SinkConfig>), ConfigError> {
+        let (build, rest) = self.sinks.pick(section, &[])?;
+        let kind = section
+            .table
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default();
+        Ok((kind.to_owned(), build(&rest)?))
+    }
+
+    /// The sink an output URL names by its scheme, with the command's settings `defaults`
+    /// (which the URL may override); `None` when no sink takes the URL's scheme.
+    pub fn sink_for_url(
+        &self,
+        url: &str,
+        defaults: &[(&str, &str)],
+    ) -> Option<Result<Arc<dyn SinkConfig>, ConfigError>> {
+        let (scheme, _) = url.split_once("://")?;
+        let (_, build) = self.url_sinks.iter().find(|(s, _)| *s == scheme)?;
+        Some(build(url, defaults))
     }
 
     /// The stage kinds, for messages.
     pub fn stage_names(&self) -> String {
-        let names: Vec<&str> = self.stages.iter().map(|(k, _)| *k).collect();
-        names.join(", ")
+        self.stages.names().join(", ")
     }
 
     /// The sink kinds, for messages.
     pub fn sink_names(&self) -> Vec<&'static str> {
-        self.sinks.iter().map(|(k, _)| *k).collect()
+        self.sinks.names()
     }
-}
-
-/// The builder `section`'s kind names, and the section without its `kind`.
-fn pick<B: Copy>(
-    builders: &[(&'static str, B)],
-    section: &RawSection,
-    what: &str,
-    names: &[&str],
-) -> Result<(B, RawSection), ConfigError> {
-    let place = &section.place;
-    let kind = match section.table.get("kind") {
-        Some(toml::Value::String(kind)) => kind.as_str(),
-        _ => {
-            return Err(ConfigError(format!(
-                "{place}: {what}: needs a kind: one of {}",
-                names.join(", ")
-            )))
-        }
-    };
-    let Some((_, build)) = builders.iter().find(|(k, _)| *k == kind) else {
-        return Err(ConfigError(format!(
-            "{place}: {what}: unknown kind {kind:?}: expected one of {}",
-            names.join(", ")
-        )));
-    };
-    let mut rest = section.clone();
-    rest.table.remove("kind");
-    Ok((*build, rest))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PathOnly {
-    path: PathBuf,
-}
-
-fn lines_source(s: &RawSection) -> Result<SourcePlan, ConfigError> {
-    let spec: PathOnly = super::section(&s.table, "[source] (lines)", &s.place)?;
-    Ok(SourcePlan::Items(SourceSpec::Lines { path: spec.path }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonlSource {
-    path: PathBuf,
-    key: Option<String>,
-}
-
-fn jsonl_source(s: &RawSection) -> Result<SourcePlan, ConfigError> {
-    let spec: JsonlSource = super::section(&s.table, "[source] (jsonl)", &s.place)?;
-    Ok(SourcePlan::Items(SourceSpec::Jsonl {
-        path: spec.path,
-        key: spec.key,
-    }))
-}
-
-#[cfg(feature = "parquet")]
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ParquetSource {
-    path: PathBuf,
-    #[serde(default)]
-    columns: Vec<String>,
-    key: Option<String>,
-    #[serde(default = "default_batch_rows")]
-    batch_rows: usize,
-}
-
-#[cfg(feature = "parquet")]
-fn default_batch_rows() -> usize {
-    8192
-}
-
-#[cfg(feature = "parquet")]
-fn parquet_source(s: &RawSection) -> Result<SourcePlan, ConfigError> {
-    let spec: ParquetSource = super::section(&s.table, "[source] (parquet)", &s.place)?;
-    Ok(SourcePlan::Items(SourceSpec::Parquet {
-        path: spec.path,
-        columns: spec.columns,
-        key: spec.key,
-        batch_rows: spec.batch_rows.max(1),
-    }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FilesSource {
-    path: PathBuf,
-    #[serde(default)]
-    extensions: Vec<String>,
-}
-
-fn files_source(s: &RawSection) -> Result<SourcePlan, ConfigError> {
-    let spec: FilesSource = super::section(&s.table, "[source] (files)", &s.place)?;
-    Ok(SourcePlan::Items(SourceSpec::Files {
-        path: spec.path,
-        extensions: spec.extensions,
-    }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExecSection {
-    command: Vec<String>,
-    #[serde(default)]
-    env: std::collections::BTreeMap<String, String>,
-}
-
-fn exec_stage(stage: &RawStage) -> Result<RecordStageFactory, ConfigError> {
-    let spec: ExecSection = stage.spec()?;
-    if spec.command.is_empty() {
-        return Err(stage.error("command is empty"));
-    }
-    let mut exec = ExecStage::new(&stage.name, spec.command, stage.options.clone());
-    exec.env = spec.env.into_iter().collect();
-    Ok(Arc::new(move || Box::new(exec.clone()) as RecordStage))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PartsSection {
-    path: PathBuf,
-    key_field: Option<String>,
-    part_items: Option<usize>,
-    explode: Option<String>,
-}
-
-fn parts_sink(s: &RawSection, format: PartFormat) -> Result<SinkPlan, ConfigError> {
-    let spec: PartsSection = super::section(&s.table, "[sink]", &s.place)?;
-    if spec.part_items == Some(0) {
-        return Err(ConfigError(format!(
-            "{}: [sink]: part_items must be at least 1",
-            s.place
-        )));
-    }
-    Ok(SinkPlan::Parts(Parts {
-        dir: spec.path,
-        format,
-        part_items: spec.part_items.unwrap_or(10_000),
-        explode: spec.explode,
-        key_field: spec.key_field,
-    }))
 }
 
 impl Stage for RecordStage {

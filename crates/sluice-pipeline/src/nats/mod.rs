@@ -24,15 +24,19 @@ mod spec;
 mod state;
 mod worker;
 
+pub use crate::connector::{stop_on_signals, DoneCheck, WorkerCounts, WorkerOptions};
 pub use publish::NatsSink;
 use publish::PUBLISH_ROUND;
 pub use spec::{NatsSinkSpec, NatsSource};
-pub(crate) use worker::{run_worker, WorkerPlan, WorkerSink};
-pub use worker::{DoneCheck, WorkerCounts, WorkerOptions};
+
+use crate::config::{ConfigError, RawSection};
+use crate::connector::{BrokerSource, SinkConfig, SourceConfig, WorkerJob};
+use crate::stages::{Record, SourceItems};
+use crate::{RunError, RunSummary, Sink, SinkError};
 
 use async_nats::jetstream::{self, stream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,19 +142,94 @@ impl Nats {
     }
 }
 
-/// Stops `flag`'s worker on SIGTERM or Ctrl-C (what Kubernetes sends before killing a pod).
-pub fn stop_on_signals(flag: Arc<AtomicBool>) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("sluice-signals".into())
-        .spawn(move || {
-            rt.block_on(async {
-                sluice_core::signal::terminated().await;
-                tracing::info!("stopping: finishing the items held, then acknowledging them");
-                flag.store(true, Relaxed);
-            })
-        })?;
-    Ok(())
+/// Builds `[source] kind = "nats"`.
+pub(crate) fn source(s: &RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError> {
+    NatsSource::parse(&s.table, &s.place).map(|n| Arc::new(n) as Arc<dyn SourceConfig>)
+}
+
+/// Builds `[sink] kind = "nats"`.
+pub(crate) fn sink(s: &RawSection) -> Result<Arc<dyn SinkConfig>, ConfigError> {
+    NatsSinkSpec::parse(&s.table, &s.place).map(|n| Arc::new(n) as Arc<dyn SinkConfig>)
+}
+
+impl SourceConfig for NatsSource {
+    fn key_field(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    fn open(&self) -> Result<SourceItems, RunError> {
+        Err(RunError::Invalid(
+            "a [source] of kind = \"nats\" is read by workers that run until stopped: use \
+             `sluice worker FILE` (with --exit-when-drained to stop once the stream is empty)"
+                .into(),
+        ))
+    }
+
+    fn broker(&self) -> Option<&dyn BrokerSource> {
+        Some(self)
+    }
+}
+
+impl BrokerSource for NatsSource {
+    fn run_worker(&self, job: WorkerJob) -> Result<(RunSummary, WorkerCounts), RunError> {
+        worker::run_worker(self, job)
+    }
+}
+
+/// What a NATS worker lends its sink: the work stream's server and connection.
+pub(crate) struct WorkerConnection {
+    url: Option<String>,
+    credentials: Option<PathBuf>,
+    nats: Nats,
+}
+
+impl SinkConfig for NatsSinkSpec {
+    fn key_field(&self) -> Option<&str> {
+        self.key_field.as_deref()
+    }
+
+    fn describe(&self) -> String {
+        format!("NATS subject {}", self.subject)
+    }
+
+    fn cannot_skip(&self) -> Option<&'static str> {
+        Some(
+            "a stream cannot tell which items are done, so skip_completed cannot apply; \
+             JetStream drops a key published again within the stream's duplicate window instead",
+        )
+    }
+
+    fn open(&self, key_field: &str, _tag: &str) -> Result<Box<dyn Sink<Record>>, SinkError> {
+        Ok(Box::new(NatsSink::connect(self, key_field)?))
+    }
+
+    /// Unset, the server and credentials are the work stream's, and so is the connection.
+    fn open_for_worker(
+        &self,
+        key_field: &str,
+        tag: &str,
+        broker: &dyn std::any::Any,
+    ) -> Result<Box<dyn Sink<Record>>, SinkError> {
+        let Some(held) = broker.downcast_ref::<WorkerConnection>() else {
+            return self.open(key_field, tag);
+        };
+        let spec = NatsSinkSpec {
+            url: self.url.clone().or_else(|| held.url.clone()),
+            credentials: self
+                .credentials
+                .clone()
+                .or_else(|| held.credentials.clone()),
+            ..self.clone()
+        };
+        let same = (&spec.url, &spec.credentials) == (&held.url, &held.credentials);
+        Ok(Box::new(if same {
+            NatsSink::on(held.nats.clone(), &spec, key_field)?
+        } else {
+            NatsSink::connect(&spec, key_field)?
+        }))
+    }
+
+    fn flush_items(&self) -> usize {
+        PUBLISH_ROUND
+    }
 }

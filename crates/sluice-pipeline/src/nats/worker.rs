@@ -3,36 +3,16 @@
 
 use super::state::{intake, on_failure, ByKey, Delivery, Intake, OnFailure};
 use super::*;
+use crate::connector::worker_tag;
 use crate::stages::Record;
 use crate::{lock, Completed, Envelope, Failure, Sink, SinkError};
 use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::{consumer, stream, AckKind, Message};
 use futures::StreamExt;
-use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// What a worker did with the messages it received.
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
-pub struct WorkerCounts {
-    /// Messages received.
-    pub received: u64,
-    /// Of those, messages delivered before (to this worker or another).
-    pub redelivered: u64,
-    /// Messages acked after their output was written.
-    pub acked: u64,
-    /// Redelivered items whose output already existed: acked without redoing them.
-    pub already_done: u64,
-    /// Failed items handed back for another try.
-    pub retried: u64,
-    /// Items sent to the dead-letter subject.
-    pub dead_lettered: u64,
-    /// Items not written because the connection was lost while they were processed (their
-    /// messages come back).
-    pub abandoned: u64,
-}
 
 #[derive(Default)]
 struct Counters {
@@ -58,9 +38,6 @@ impl Counters {
         }
     }
 }
-
-/// Reads which keys the outputs hold now, for redelivered items.
-pub type DoneCheck = Box<dyn Fn() -> Result<Option<Completed>, SinkError> + Send + Sync>;
 
 /// The messages a worker holds, from pull to ack.
 struct Held {
@@ -531,67 +508,36 @@ impl Sink<Record> for AckingSink {
     }
 }
 
-/// How a worker runs.
-#[derive(Debug, Clone, Default)]
-pub struct WorkerOptions {
-    /// Stop once the consumer has nothing pending and nothing awaiting an ack (for Jobs, tests).
-    pub exit_when_drained: bool,
-    /// Set to stop pulling; the worker then finishes what it holds, acks, and returns.
-    pub stop: Arc<AtomicBool>,
-}
-
-/// The sink a worker writes to, before acking is wrapped around it.
-pub(crate) enum WorkerSink {
-    /// A sink written in parts of up to this many records (part files, a table).
-    Parts(Box<dyn Sink<Record>>, usize),
-    /// A NATS subject (deduplicated by key).
-    Nats(NatsSinkSpec, String),
-}
-
-/// What [`run_worker`] needs from a config.
-pub(crate) struct WorkerPlan {
-    pub source: NatsSource,
-    pub sink: WorkerSink,
-    /// How to read which keys the outputs already hold (part files only).
-    pub done_check: Option<DoneCheck>,
-    pub build: Box<dyn FnOnce(Pull) -> crate::Pipeline<Record>>,
-}
-
 /// Runs a worker until stopped; returns the run summary and what happened to the messages.
 pub(crate) fn run_worker(
-    plan: WorkerPlan,
-    mut options: crate::RunOptions,
-    worker: WorkerOptions,
+    source: &NatsSource,
+    job: WorkerJob,
 ) -> Result<(crate::RunSummary, WorkerCounts), crate::RunError> {
-    let queue = Held::open(&plan.source, worker.stop.clone(), plan.done_check);
+    let WorkerJob {
+        sink,
+        key_field,
+        build,
+        mut options,
+        worker,
+    } = job;
+    let done_check = sink.done_check(&key_field)?;
+    let queue = Held::open(source, worker.stop.clone(), done_check);
     let queue = Arc::new(queue.map_err(crate::RunError::Invalid)?);
-    let (inner, most): (Box<dyn Sink<Record>>, usize) = match plan.sink {
-        WorkerSink::Parts(sink, part_items) => (sink, part_items),
-        WorkerSink::Nats(spec, key_field) => {
-            // Unset, the server and credentials are the work stream's, and so is the connection.
-            let spec = NatsSinkSpec {
-                url: spec.url.or_else(|| plan.source.url.clone()),
-                credentials: spec.credentials.or_else(|| plan.source.credentials.clone()),
-                ..spec
-            };
-            let sink =
-                if (&spec.url, &spec.credentials) == (&plan.source.url, &plan.source.credentials) {
-                    NatsSink::on(queue.nats.clone(), &spec, &key_field)?
-                } else {
-                    NatsSink::connect(&spec, &key_field)?
-                };
-            (Box::new(sink), PUBLISH_ROUND)
-        }
+    let connection = WorkerConnection {
+        url: source.url.clone(),
+        credentials: source.credentials.clone(),
+        nats: queue.nats.clone(),
     };
+    let inner = sink.open_for_worker(&key_field, &worker_tag(), &connection)?;
     let keep_alive = queue.nats.rt.spawn(queue.clone().keep_alive());
     let mut sink = AckingSink {
         inner,
         queue: queue.clone(),
         held: Vec::new(),
         since: None,
-        every: Duration::from_millis(plan.source.flush_ms),
+        every: Duration::from_millis(source.flush_ms),
         // Settle before the in-flight bound stops the pulling, or the worker idles until flush_ms.
-        most: most.min(plan.source.max_in_flight() / 2).max(1),
+        most: sink.flush_items().min(source.max_in_flight() / 2).max(1),
     };
     let hook_queue = queue.clone();
     options.on_failure = Some(Arc::new(move |f: &Failure| hook_queue.failed(f)));
@@ -601,12 +547,12 @@ pub(crate) fn run_worker(
     options.shard = crate::Shard::ALL;
     options.mode = Some(crate::Mode::Streaming);
     options.preserve_order = false;
-    let flush = Duration::from_millis(plan.source.flush_ms);
+    let flush = Duration::from_millis(source.flush_ms);
     options.batch_wait = Some(options.batch_wait.unwrap_or(flush / 3).min(flush / 3));
-    let pipeline = (plan.build)(Pull {
+    let pipeline = build(Box::new(Pull {
         queue: queue.clone(),
         exit_when_drained: worker.exit_when_drained,
-    });
+    }));
     let result = pipeline.run(&options, &mut sink);
     keep_alive.abort();
     // Whatever is still held (an aborted run) is left unacked: JetStream redelivers it.

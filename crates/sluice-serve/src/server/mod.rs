@@ -9,15 +9,11 @@ pub use auth::{AccessConfig, OpenRoutes};
 pub use v2::decode_request;
 mod guard;
 mod openapi;
+mod served;
 mod submit;
 mod translate;
 mod v1;
 mod v2;
-
-use submit::*;
-use translate::*;
-use v1::*;
-use v2::*;
 
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -26,55 +22,30 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
-use sluice_models::classifier::AudioClassifier;
+use sluice_models::service::{self, LoadContext, Model};
 use sluice_models::source::HubSettings;
-use sluice_models::{ModelSource, M2M100};
-use tokio::sync::{mpsc, oneshot, watch};
+use sluice_models::{with_service, DeviceSpec, ModelSource};
+use tokio::sync::{mpsc, watch};
 use utoipa::OpenApi;
 
 use crate::api::{
-    parse_json, ErrorBody, Payload, RecordIn, RecordOut, Status, TranslationRequest,
-    TranslationResponse,
+    ErrorBody, Payload, RecordIn, RecordOut, Status, TranslationRequest, TranslationResponse,
 };
-use crate::batcher::{self, Backend, BackendError, BatchConfig, Entry, EntryError, Queue};
-use crate::classify::Classify;
-use crate::error::{ApiError, InputProblem};
-use crate::infer::{
-    bad_input, Content, InferInput, InferOutput, InferRequest, InferResponse, InputAccess,
-    ModelInfo,
-};
-use crate::translation::{Limits, Translator};
+use crate::batcher::BatchConfig;
+use crate::error::ApiError;
+use crate::infer::{InferInput, InferOutput, InferRequest, InferResponse, InputAccess, ModelInfo};
+use crate::Limits;
+use served::Served;
 
 /// The name of the translation model when `--model` gives no name.
 pub const TRANSLATION_MODEL: &str = "m2m100";
-
-/// What a served model is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelKind {
-    /// M2M100 translation (a Hugging Face directory or hub id).
-    Translation,
-    /// An ONNX audio classifier (a directory with `sluice-model.toml`).
-    AudioClassifier,
-}
-
-impl ModelKind {
-    /// The name used in `GET /v1/models`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Translation => "translation",
-            Self::AudioClassifier => sluice_models::classifier::KIND,
-        }
-    }
-}
 
 /// One model to serve: its name in `/v1/models/{name}` and where it is loaded from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,9 +54,9 @@ pub struct ModelEntry {
     pub name: String,
     /// A directory or hub id.
     pub source: String,
-    /// What it is, told by the directory's contents (a hub id is presumed a translation model
-    /// until its files show otherwise at load).
-    pub kind: ModelKind,
+    /// What it is (`translation`, `audio-classifier`), told by the directory's contents (a hub
+    /// id is presumed a translation model until its files show otherwise at load).
+    pub kind: &'static str,
 }
 
 impl ModelEntry {
@@ -102,18 +73,17 @@ impl ModelEntry {
             ));
         }
         let dir = std::path::Path::new(source);
-        let kind = if AudioClassifier::is_classifier_dir(dir) {
-            ModelKind::AudioClassifier
-        } else {
-            ModelKind::Translation
+        let kind = match dir.is_dir() {
+            true => service::detect(dir).name,
+            false => service::translation::KIND_NAME,
         };
         let name = match name {
             Some(n) => n.to_owned(),
-            None if kind == ModelKind::AudioClassifier => dir
+            None if kind == service::translation::KIND_NAME => TRANSLATION_MODEL.to_owned(),
+            None => dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "classifier".to_owned()),
-            None => TRANSLATION_MODEL.to_owned(),
         };
         let valid = !name.is_empty()
             && name
@@ -166,8 +136,8 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     /// Seconds a refused client is told to wait (`Retry-After`).
     pub retry_after: u64,
-    /// Where translation models run: see [`sluice_models::device::select`].
-    pub device: String,
+    /// Where translation models run.
+    pub device: DeviceSpec,
     /// How translation models compute (int8 on the CPU by default).
     pub compute_type: sluice_models::m2m100::ComputeType,
 }
@@ -178,7 +148,7 @@ impl Default for ServeConfig {
             models: vec![ModelEntry {
                 name: TRANSLATION_MODEL.to_owned(),
                 source: sluice_models::source::DEFAULT_MODEL.to_owned(),
-                kind: ModelKind::Translation,
+                kind: service::translation::KIND_NAME,
             }],
             batch: BatchConfig::default(),
             window_capacity: NonZeroUsize::new(4096).expect("non-zero"),
@@ -192,29 +162,8 @@ impl Default for ServeConfig {
             deadline: None,
             shutdown_timeout: Duration::from_secs(30),
             retry_after: 1,
-            device: "auto".into(),
+            device: DeviceSpec::Auto,
             compute_type: sluice_models::m2m100::ComputeType::Auto,
-        }
-    }
-}
-
-/// A loaded model and its queue.
-enum Loaded {
-    Translation {
-        translator: Arc<Translator>,
-        queue: Arc<Queue<Translator>>,
-    },
-    Classifier {
-        classify: Arc<Classify>,
-        queue: Arc<Queue<Classify>>,
-    },
-}
-
-impl Loaded {
-    fn depth_capacity(&self) -> (usize, usize) {
-        match self {
-            Self::Translation { queue, .. } => (queue.depth(), queue.capacity()),
-            Self::Classifier { queue, .. } => (queue.depth(), queue.capacity()),
         }
     }
 }
@@ -222,15 +171,14 @@ impl Loaded {
 /// One served model: set once loaded and warm.
 struct Slot {
     entry: ModelEntry,
-    loaded: OnceLock<Loaded>,
+    loaded: OnceLock<Arc<dyn Served>>,
 }
 
 impl Slot {
     /// What the model is: as loaded, or as its source suggests until then.
-    fn kind(&self) -> ModelKind {
+    fn kind(&self) -> &'static str {
         match self.loaded.get() {
-            Some(Loaded::Translation { .. }) => ModelKind::Translation,
-            Some(Loaded::Classifier { .. }) => ModelKind::AudioClassifier,
+            Some(served) => served.kind(),
             None => self.entry.kind,
         }
     }
@@ -259,16 +207,12 @@ impl App {
     fn translation_slot(&self) -> Option<&Slot> {
         self.slots
             .iter()
-            .find(|s| s.kind() == ModelKind::Translation)
+            .find(|s| s.kind() == service::translation::KIND_NAME)
     }
 
-    fn translator_languages(&self) -> Option<&'static [&'static str]> {
-        match self.translation_slot()?.loaded.get()? {
-            Loaded::Translation { translator, .. } => {
-                Some(translator.model().tokenizer().languages())
-            }
-            Loaded::Classifier { .. } => None,
-        }
+    fn translator_languages(&self) -> Option<Vec<String>> {
+        let served = self.translation_slot()?.loaded.get()?;
+        served.description().languages.clone()
     }
 }
 
@@ -276,15 +220,15 @@ impl App {
 #[openapi(
     info(title = "Sluice", description = "Sluice model server"),
     paths(
-        translation,
-        infer,
-        list_models,
-        server_metadata,
-        live,
-        ready,
-        model_metadata,
-        model_ready,
-        infer_v2,
+        translate::translation,
+        v1::infer,
+        v1::list_models,
+        v2::server_metadata,
+        v2::live,
+        v2::ready,
+        v2::model_metadata,
+        v2::model_ready,
+        v2::infer_v2,
         healthz,
         readyz,
         metrics_route,
@@ -295,7 +239,7 @@ impl App {
         InferInput,
         InferResponse,
         InferOutput,
-        crate::infer::WindowScores,
+        sluice_models::service::WindowScores,
         ModelInfo,
         TranslationRequest,
         Payload,
@@ -310,7 +254,7 @@ struct ApiDoc;
 
 /// The OpenAPI document, with the model's language codes when a model is given and this
 /// server's bounds on what a request may ask for (`limits`).
-pub fn openapi(languages: Option<&[&str]>, limits: &Limits) -> utoipa::openapi::OpenApi {
+pub fn openapi(languages: Option<&[String]>, limits: &Limits) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::schema::{Schema, SchemaType, Type};
     use utoipa::openapi::RefOr;
     let mut doc = ApiDoc::openapi();
@@ -372,57 +316,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     crate::metrics::install();
     let addr = listener.local_addr()?;
-    if config.models.is_empty() {
-        anyhow::bail!("no model to serve: give at least one --model");
-    }
-    for (i, m) in config.models.iter().enumerate() {
-        if config.models[..i].iter().any(|o| o.name == m.name) {
-            anyhow::bail!(
-                "two models are named {:?}; name them apart with --model NAME=SOURCE",
-                m.name
-            );
-        }
-    }
-    if config.max_buffered_bytes < 2 * config.limits.max_body_bytes {
-        anyhow::bail!(
-            "--max-buffered-bytes {} cannot hold one request of --max-body-bytes {} (counted \
-             twice: the body and what is decoded from it); give at least {}",
-            config.max_buffered_bytes,
-            config.limits.max_body_bytes,
-            2 * config.limits.max_body_bytes
-        );
-    }
-    let body_budget = guard::BodyBudget::new(config.max_buffered_bytes);
-    let access = auth::Access::new(&config.access)?;
+    check(&config)?;
     let cors = auth::cors(&config.access.cors_origins)?;
-    let data_root = match &config.data_root {
-        Some(d) => Some(
-            sluice_core::confine::DataRoot::open(d)
-                .with_context(|| format!("--data-root {}", d.display()))?,
-        ),
-        None => None,
-    };
-    let app = Arc::new(App {
-        slots: config
-            .models
-            .iter()
-            .map(|entry| Slot {
-                entry: entry.clone(),
-                loaded: OnceLock::new(),
-            })
-            .collect(),
-        inputs: InputAccess {
-            data_root,
-            url_prefixes: config.allow_urls.clone(),
-            max_input_bytes: config.max_input_bytes,
-            storage_options: config.storage_options.clone(),
-        },
-        config,
-        draining: AtomicBool::new(false),
-        batchers: Mutex::new(Vec::new()),
-        body_budget,
-        access,
-    });
+    let app = Arc::new(App::new(config)?);
     let (load_failed_tx, mut load_failed) = mpsc::channel::<anyhow::Error>(app.slots.len());
     let loaders: Vec<_> = (0..app.slots.len())
         .map(|i| tokio::spawn(load(app.clone(), i, load_failed_tx.clone())))
@@ -458,6 +354,81 @@ pub async fn serve(
     }
     app.draining.store(true, Ordering::SeqCst);
     let _ = stop_tx.send(true);
+    drain(app, server, loaders).await?;
+    tracing::info!("stopped");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a configuration that cannot serve: no model, two models of one name, a buffer that
+/// cannot hold one request.
+fn check(config: &ServeConfig) -> anyhow::Result<()> {
+    if config.models.is_empty() {
+        anyhow::bail!("no model to serve: give at least one --model");
+    }
+    for (i, m) in config.models.iter().enumerate() {
+        if config.models[..i].iter().any(|o| o.name == m.name) {
+            anyhow::bail!(
+                "two models are named {:?}; name them apart with --model NAME=SOURCE",
+                m.name
+            );
+        }
+    }
+    if config.max_buffered_bytes < 2 * config.limits.max_body_bytes {
+        anyhow::bail!(
+            "--max-buffered-bytes {} cannot hold one request of --max-body-bytes {} (counted \
+             twice: the body and what is decoded from it); give at least {}",
+            config.max_buffered_bytes,
+            config.limits.max_body_bytes,
+            2 * config.limits.max_body_bytes
+        );
+    }
+    Ok(())
+}
+
+impl App {
+    /// The server's state before any model is loaded.
+    fn new(config: ServeConfig) -> anyhow::Result<Self> {
+        let data_root = match &config.data_root {
+            Some(d) => Some(
+                sluice_core::confine::DataRoot::open(d)
+                    .with_context(|| format!("--data-root {}", d.display()))?,
+            ),
+            None => None,
+        };
+        Ok(App {
+            slots: config
+                .models
+                .iter()
+                .map(|entry| Slot {
+                    entry: entry.clone(),
+                    loaded: OnceLock::new(),
+                })
+                .collect(),
+            inputs: InputAccess {
+                data_root,
+                url_prefixes: config.allow_urls.clone(),
+                max_input_bytes: config.max_input_bytes,
+                storage_options: config.storage_options.clone(),
+            },
+            body_budget: guard::BodyBudget::new(config.max_buffered_bytes),
+            access: auth::Access::new(&config.access)?,
+            config,
+            draining: AtomicBool::new(false),
+            batchers: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+/// Waits for in-flight requests (up to the shutdown timeout), then lets the batchers finish
+/// what they hold.
+async fn drain(
+    app: Arc<App>,
+    mut server: tokio::task::JoinHandle<std::io::Result<()>>,
+    loaders: Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
     let drained = match tokio::time::timeout(app.config.shutdown_timeout, &mut server).await {
         Ok(r) => {
             r.context("server task")?.context("serving")?;
@@ -486,36 +457,26 @@ pub async fn serve(
             b.abort();
         }
     }
-    tracing::info!("stopped");
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
+/// Loads and warms slot `index`'s model on a blocking thread, then starts its batcher.
 async fn load(app: Arc<App>, index: usize, failed: mpsc::Sender<anyhow::Error>) {
     let entry = app.slots[index].entry.clone();
-    let device = app.config.device.clone();
-    let compute = app.config.compute_type;
+    let context = LoadContext {
+        device: app.config.device,
+        compute: app.config.compute_type,
+        hub: HubSettings::from_env(),
+        translation: app.config.limits.translation(),
+    };
     let started = Instant::now();
     let name = entry.name.clone();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
         let source = ModelSource::parse(&entry.source);
-        let context = || format!("loading model {} ({source})", entry.name);
-        // A hub repo's kind is known once its files are here: a sluice-model.toml makes it a
-        // classifier.
-        let dir = source
-            .resolve(&HubSettings::from_env())
-            .with_context(context)?;
-        if AudioClassifier::is_classifier_dir(&dir) {
-            let classifier = AudioClassifier::load(&dir).with_context(context)?;
-            return Ok(Model::Classifier(classifier));
-        }
-        let device = sluice_models::device::select(&device).map_err(anyhow::Error::msg)?;
-        let model = M2M100::load(&dir, &device, compute).with_context(context)?;
-        let translator = Translator::new(Arc::new(model));
-        translator.warm_up().context("warming up the model")?;
-        Ok(Model::Translation(translator))
+        let context_line = || format!("loading model {} ({source})", entry.name);
+        let model = service::load(&source, &context).with_context(context_line)?;
+        with_service!(&model, s => s.warm_up()).context("warming up the model")?;
+        Ok(model)
     })
     .await;
     let model = match loaded {
@@ -531,44 +492,17 @@ async fn load(app: Arc<App>, index: usize, failed: mpsc::Sender<anyhow::Error>) 
             return;
         }
     };
-    let kind = match &model {
-        Model::Translation(_) => ModelKind::Translation,
-        Model::Classifier(_) => ModelKind::AudioClassifier,
-    };
-    let (loaded, finished) = match model {
-        Model::Translation(t) => {
-            let translator = Arc::new(t);
-            let running = batcher::start(translator.clone(), app.config.batch.clone(), &name);
-            let loaded = Loaded::Translation {
-                translator,
-                queue: running.queue,
-            };
-            (loaded, running.finished)
-        }
-        Model::Classifier(c) => {
-            let classify = Arc::new(Classify::new(Arc::new(c)));
-            // A window costs one unit: the batch size alone bounds a batch.
-            let config = BatchConfig {
-                max_tokens: usize::MAX,
-                queue_capacity: app.config.window_capacity,
-                ..app.config.batch.clone()
-            };
-            let running = batcher::start(classify.clone(), config, &name);
-            let loaded = Loaded::Classifier {
-                classify,
-                queue: running.queue,
-            };
-            (loaded, running.finished)
-        }
-    };
+    let (batch, windows) = (app.config.batch.clone(), app.config.window_capacity);
+    let (served, finished) = with_service!(model, s => served::start(s, batch, windows, &name));
+    let kind = served.kind();
     app.batchers
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(finished);
-    let _ = app.slots[index].loaded.set(loaded);
+    let _ = app.slots[index].loaded.set(served);
     tracing::info!(
         model = %name,
-        kind = kind.as_str(),
+        kind,
         seconds = started.elapsed().as_secs_f64(),
         "model loaded and warmed up"
     );
@@ -577,30 +511,30 @@ async fn load(app: Arc<App>, index: usize, failed: mpsc::Sender<anyhow::Error>) 
     }
 }
 
-/// A model loaded on a blocking thread, before its batcher starts.
-enum Model {
-    Translation(Translator),
-    Classifier(AudioClassifier),
-}
-
 fn router(app: Arc<App>, cors: Option<tower_http::cors::CorsLayer>) -> Router {
     let body_limit = app.config.limits.max_body_bytes;
     let router = Router::new()
-        .route("/translation", post(translation))
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{name}/infer", post(infer))
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
-        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/translation", post(translate::translation))
+        .route("/v1/models", get(v1::list_models))
+        .route("/v1/models/{name}/infer", post(v1::infer))
+        .route("/v2", get(v2::server_metadata))
+        .route("/v2/health/live", get(v2::live))
+        .route("/v2/health/ready", get(v2::ready))
+        .route("/v2/models/{name}", get(v2::model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(v2::model_metadata),
+        )
+        .route("/v2/models/{name}/ready", get(v2::model_ready))
         .route(
             "/v2/models/{name}/versions/{version}/ready",
-            get(model_ready),
+            get(v2::model_ready),
         )
-        .route("/v2/models/{name}/infer", post(infer_v2))
-        .route("/v2/models/{name}/versions/{version}/infer", post(infer_v2))
+        .route("/v2/models/{name}/infer", post(v2::infer_v2))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2::infer_v2),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_route))
@@ -723,7 +657,7 @@ fn readiness(app: &App) -> (&'static str, StatusCode, Option<(usize, usize)>) {
     let loaded: Option<Vec<(usize, usize)>> = app
         .slots
         .iter()
-        .map(|s| s.loaded.get().map(Loaded::depth_capacity))
+        .map(|s| s.loaded.get().map(|m| m.depth_capacity()))
         .collect();
     let Some(queues) = loaded else {
         return ("loading", unavailable, None);
@@ -752,21 +686,15 @@ async fn metrics_route() -> Response {
 async fn openapi_route(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     let langs = app.translator_languages();
     let limits = &app.config.limits;
-    let mut doc = serde_json::to_value(openapi(langs, limits)).unwrap_or_default();
+    let mut doc = serde_json::to_value(openapi(langs.as_deref(), limits)).unwrap_or_default();
     let models: Vec<_> = app
         .slots
         .iter()
-        .map(|slot| {
-            let kind = slot.kind();
-            openapi::ModelDoc {
-                name: &slot.entry.name,
-                kind,
-                languages: match kind {
-                    ModelKind::Translation => langs,
-                    ModelKind::AudioClassifier => None,
-                },
-                sources: v1::input_sources(&app, kind),
-            }
+        .map(|slot| openapi::ModelDoc {
+            name: &slot.entry.name,
+            description: slot.loaded.get().map(|m| m.description()),
+            kind: slot.kind(),
+            sources: v1::input_sources(&app, slot),
         })
         .collect();
     openapi::describe_models(&mut doc, &models, limits);

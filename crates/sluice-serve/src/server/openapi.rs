@@ -7,17 +7,18 @@
 
 use serde_json::{json, Value};
 
-use super::ModelKind;
-use crate::translation::Limits;
+use sluice_models::service::Description;
+
+use crate::Limits;
 
 /// What the document says about one served model.
 pub struct ModelDoc<'a> {
     /// The model's name in paths.
     pub name: &'a str,
-    /// What it does.
-    pub kind: ModelKind,
-    /// The language codes of a loaded translation model.
-    pub languages: Option<&'a [&'a str]>,
+    /// What it says about itself, once loaded.
+    pub description: Option<&'a Description>,
+    /// Its kind (until loaded, what its source suggests).
+    pub kind: &'static str,
     /// The input sources it takes (`text`, `data`, `path`, `url`).
     pub sources: Vec<&'static str>,
 }
@@ -97,42 +98,39 @@ fn request_schema(model: &ModelDoc, limits: &Limits) -> Value {
         "oneOf": one_of,
     });
     let inputs = json!({ "type": "array", "items": input, "maxItems": limits.max_records });
-    match model.kind {
-        ModelKind::Translation => {
-            let language = match model.languages {
-                Some(langs) => json!({ "type": "string", "enum": langs }),
-                None => json!({ "type": "string" }),
-            };
+    let (parameters, required) = match model.description {
+        Some(d) => d.parameters_schema.clone(),
+        // Until it is loaded a translation model's parameters are known but not its languages.
+        None if model.kind == sluice_models::service::translation::KIND_NAME => (
             json!({
                 "type": "object",
-                "additionalProperties": false,
-                "required": ["inputs", "parameters"],
+                "required": ["fromLang", "toLang"],
                 "properties": {
-                    "inputs": inputs,
-                    "parameters": {
-                        "type": "object",
-                        "additionalProperties": false,
-                        "required": ["fromLang", "toLang"],
-                        "properties": {
-                            "fromLang": language,
-                            "toLang": language,
-                            "beams": { "type": ["integer", "null"], "minimum": 1, "maximum": limits.max_beams.get() },
-                            "maxNewTokens": { "type": ["integer", "null"], "minimum": 1, "maximum": limits.max_new_tokens.get() },
-                        },
-                    },
+                    "fromLang": { "type": "string" },
+                    "toLang": { "type": "string" },
+                    "beams": { "type": ["integer", "null"], "minimum": 1, "maximum": limits.max_beams.get() },
+                    "maxNewTokens": { "type": ["integer", "null"], "minimum": 1, "maximum": limits.max_new_tokens.get() },
                 },
-            })
-        }
-        ModelKind::AudioClassifier => json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["inputs"],
-            "properties": {
-                "inputs": inputs,
-                "parameters": { "type": "object", "maxProperties": 0 },
-            },
-        }),
-    }
+                "additionalProperties": false,
+            }),
+            true,
+        ),
+        None => (json!({ "type": "object", "maxProperties": 0 }), false),
+    };
+    let required = if required {
+        json!(["inputs", "parameters"])
+    } else {
+        json!(["inputs"])
+    };
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": required,
+        "properties": {
+            "inputs": inputs,
+            "parameters": parameters,
+        },
+    })
 }
 
 /// The Open Inference Protocol's request: its structure, not each model's tensors (a tensor's

@@ -1,8 +1,22 @@
 //! What every route shares between parsing a request and answering it: limits on what one
 //! request may hold, the model's readiness, one submission path through a model's queue
-//! (admit, enqueue, await, deadline), and blocking work off the async threads.
+//! (admit, enqueue, await, deadline).
 
-use super::*;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use sluice_models::service::Batch;
+use tokio::sync::oneshot;
+
+use super::served::Served;
+use super::{App, Slot, DEADLINE_HEADER};
+use crate::batcher::{self, BackendError, Entry, EntryError, Queue};
+use crate::error::ApiError;
 
 pub(super) fn body_error(app: &App, r: BytesRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -23,7 +37,7 @@ pub(super) fn check_count(app: &App, count: usize, what: &'static str) -> Result
 }
 
 /// The slot's model once loaded, or the 503 that tells the client to come back.
-pub(super) fn loaded<'a>(app: &App, slot: &'a Slot) -> Result<&'a Loaded, ApiError> {
+pub(super) fn loaded<'a>(app: &App, slot: &'a Slot) -> Result<&'a Arc<dyn Served>, ApiError> {
     if app.draining.load(Ordering::SeqCst) {
         return Err(shutting_down(app));
     }
@@ -47,7 +61,7 @@ pub(crate) fn retry_after_secs(drain: Option<Duration>, fallback: u64) -> u64 {
     }
 }
 
-pub(super) fn overloaded<B: Backend>(
+pub(super) fn overloaded<B: Batch>(
     app: &App,
     queue: &Queue<B>,
     refused: batcher::Refused,
@@ -67,12 +81,11 @@ pub(super) fn shutting_down(app: &App) -> ApiError {
 /// One request's items through a model's queue, the same way for every route: admitted as a
 /// whole or refused with 503 + Retry-After, enqueued together (where they join other requests'
 /// items in batches), and awaited until each has its answer or the request's deadline passes.
-/// Items are `(input, padding cost)`; answers come back in the same order.
-pub(super) async fn submit<B: Backend>(
+/// Items are `(key, input, padding cost)`; answers come back in the same order.
+pub(super) async fn submit<B: Batch>(
     app: &App,
     queue: &Queue<B>,
-    key: B::Key,
-    items: Vec<(B::Input, usize)>,
+    items: Vec<(B::Key, B::Item, usize)>,
     deadline: Option<Instant>,
 ) -> Result<Vec<batcher::Reply<B>>, ApiError> {
     if items.is_empty() {
@@ -85,7 +98,7 @@ pub(super) async fn submit<B: Backend>(
     let now = Instant::now();
     let mut entries = Vec::with_capacity(items.len());
     let mut replies = Vec::with_capacity(items.len());
-    for (input, cost) in items {
+    for (key, input, cost) in items {
         let (reply, rx) = oneshot::channel();
         let permit = seats
             .as_mut()
@@ -94,7 +107,7 @@ pub(super) async fn submit<B: Backend>(
         entries.push(Entry {
             cost,
             input,
-            key: key.clone(),
+            key,
             reply,
             queued_at: now,
             deadline,
@@ -129,15 +142,6 @@ pub(super) fn item_error(e: EntryError) -> ApiError {
         EntryError::DeadlineExceeded => ApiError::DeadlineExceeded,
         EntryError::Backend(e) => ApiError::Model(e),
     }
-}
-
-/// Runs blocking work (file reads, decoding) off the async threads.
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ApiError::internal)?
 }
 
 /// A request's body, and the instant its deadline passes (its header's, else the server's

@@ -1,6 +1,21 @@
-//! `POST /translation`: the contract route (`docs/CONTRACT.md`) on the translation model.
+//! `POST /translation`: the contract route (`docs/CONTRACT.md`) on the first translation model,
+//! run like any `/v1` request with the payload's records as text inputs.
 
-use super::*;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use sluice_models::service::{InferInput, Parameters, Spelling};
+
+use super::submit::{accept, check_count, loaded};
+use super::App;
+use crate::api::{
+    parse_json, ErrorBody, Payload, RecordOut, TranslationRequest, TranslationResponse,
+};
+use crate::error::ApiError;
 
 /// Translate records from one language to another.
 #[utoipa::path(
@@ -29,50 +44,40 @@ pub(super) async fn translation(
     let Some(slot) = app.translation_slot() else {
         return Err(ApiError::NoTranslationModel);
     };
-    let (translator, queue) = match loaded(&app, slot)? {
-        Loaded::Translation { translator, queue } => (translator, queue),
-        Loaded::Classifier { .. } => unreachable!("the translation slot holds a translator"),
-    };
-    let result = translate(&app, translator, queue, payload, deadline).await?;
+    let model = loaded(&app, slot)?;
+    let (inputs, parameters) = as_inputs(payload);
+    let outputs = model
+        .infer(&app, inputs, parameters, Spelling::Payload, deadline)
+        .await?;
+    let result = outputs
+        .into_iter()
+        .map(|o| RecordOut {
+            id: o.id,
+            text: o.text.unwrap_or_default(),
+        })
+        .collect();
     Ok(Json(TranslationResponse { result }))
 }
 
-/// Queues the records of one request on the translation batcher and awaits them all.
-pub(super) async fn translate(
-    app: &App,
-    translator: &Arc<Translator>,
-    queue: &Arc<Queue<Translator>>,
-    payload: crate::api::Payload,
-    deadline: Option<Instant>,
-) -> Result<Vec<RecordOut>, ApiError> {
-    // Checked even with no records: an unknown language is the same mistake with none.
-    // Tokenizing hundreds of records is real work: keep it off the async threads.
-    let translator = translator.clone();
-    let limits = app.config.limits.clone();
-    let prepared = blocking(move || translator.prepare(&limits, payload)).await?;
-    // Empty texts are answered without the model.
-    let queued: Vec<bool> = prepared.items.iter().map(Option::is_some).collect();
-    let items = prepared
-        .items
+/// The payload's records as text inputs and its settings as `/v1` parameters.
+fn as_inputs(payload: Payload) -> (Vec<InferInput>, Parameters) {
+    let inputs = payload
+        .records
         .into_iter()
-        .flatten()
-        .map(|tokens| {
-            let cost = tokens.len();
-            (tokens, cost)
+        .map(|r| InferInput {
+            id: r.id,
+            text: Some(r.text),
+            ..InferInput::default()
         })
         .collect();
-    let mut answers = submit(app, queue, prepared.key, items, deadline)
-        .await?
-        .into_iter();
-    let mut result = Vec::with_capacity(prepared.ids.len());
-    for (id, queued) in prepared.ids.into_iter().zip(queued) {
-        let text = if queued {
-            let answer = answers.next().expect("one answer per queued record");
-            answer.map_err(item_error)?.text
-        } else {
-            String::new()
-        };
-        result.push(RecordOut { id, text });
+    let mut parameters = Parameters::new();
+    parameters.insert("fromLang".into(), payload.from_lang.into());
+    parameters.insert("toLang".into(), payload.to_lang.into());
+    if let Some(b) = payload.beams {
+        parameters.insert("beams".into(), b.into());
     }
-    Ok(result)
+    if let Some(n) = payload.max_new_tokens {
+        parameters.insert("maxNewTokens".into(), n.into());
+    }
+    (inputs, parameters)
 }

@@ -14,10 +14,22 @@
 //!   seconds), `input_index` (`INT32`, which input a window is from) and `duration` (`FP64`, one
 //!   per input). The labels are in the model's metadata (`parameters.labels`).
 
-use super::*;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
 use axum::http::header::{HeaderValue, CONTENT_TYPE};
-use axum::response::IntoResponse;
-use base64::Engine;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sluice_models::service::{NamedTensor, Spelling, Tensor};
+
+use super::submit::{accept, check_count, loaded};
+use super::{readiness, App, Slot};
+use crate::api::parse_json;
+use crate::error::ApiError;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -113,59 +125,27 @@ pub(super) async fn model_metadata(
 ) -> V2Result<Json<Value>> {
     let (name, version) = name_and_version(&path);
     let slot = model(&app, name, version)?;
-    let tensor = |name: &str, datatype: &str, shape: &[i64]| json!({"name": name, "datatype": datatype, "shape": shape});
-    let (platform, inputs, outputs, parameters) = match slot.kind() {
-        ModelKind::Translation => (
-            "sluice_m2m100",
-            vec![tensor("text", "BYTES", &[-1])],
-            vec![tensor("translation", "BYTES", &[-1])],
+    let sources = super::v1::input_sources(&app, slot);
+    let metadata = match slot.loaded.get() {
+        Some(model) => {
+            let d = model.description();
             json!({
-                "source_lang": "source language code (required)",
-                "target_lang": "target language code (required)",
-                "beams": "beams for beam search, 1 = greedy (optional)",
-                "max_new_tokens": "most generated tokens per text (optional)",
-            }),
-        ),
-        ModelKind::AudioClassifier => {
-            let labels = match slot.loaded.get() {
-                Some(Loaded::Classifier { classify, .. }) => {
-                    classify.classifier().spec().labels.clone()
-                }
-                _ => Vec::new(),
-            };
-            let mut inputs = vec![tensor("audio", "BYTES", &[-1])];
-            if app.inputs.data_root.is_some() {
-                inputs.push(tensor("path", "BYTES", &[-1]));
-            }
-            if !app.inputs.url_prefixes.is_empty() {
-                inputs.push(tensor("url", "BYTES", &[-1]));
-            }
-            let width = if labels.is_empty() {
-                -1
-            } else {
-                labels.len() as i64
-            };
-            (
-                "sluice_onnx_audio_classifier",
-                inputs,
-                vec![
-                    tensor("scores", "FP32", &[-1, width]),
-                    tensor("start", "FP64", &[-1]),
-                    tensor("end", "FP64", &[-1]),
-                    tensor("input_index", "INT32", &[-1]),
-                    tensor("duration", "FP64", &[-1]),
-                ],
-                json!({ "labels": labels }),
-            )
+                "platform": d.platform,
+                "inputs": model.v2_inputs(&sources),
+                "outputs": d.v2_outputs,
+                "parameters": d.v2_parameters,
+            })
         }
+        // Its tensors are known once it is loaded.
+        None => json!({"platform": "", "inputs": [], "outputs": [], "parameters": {}}),
     };
     Ok(Json(json!({
         "name": slot.entry.name,
         "versions": [VERSION],
-        "platform": platform,
-        "inputs": inputs,
-        "outputs": outputs,
-        "parameters": parameters,
+        "platform": metadata["platform"],
+        "inputs": metadata["inputs"],
+        "outputs": metadata["outputs"],
+        "parameters": metadata["parameters"],
     })))
 }
 
@@ -232,59 +212,40 @@ struct RequestedOutput {
     parameters: Map<String, Value>,
 }
 
-/// An output tensor before it is written as JSON or binary.
-enum Tensor {
-    Bytes(Vec<Vec<u8>>),
-    Fp32(Vec<f32>),
-    Fp64(Vec<f64>),
-    Int32(Vec<i32>),
+/// The binary tensor extension's layout: little-endian elements, `BYTES` as a 4-byte length
+/// before each element.
+fn binary_layout(tensor: &Tensor) -> Vec<u8> {
+    match tensor {
+        Tensor::Bytes(items) => items
+            .iter()
+            .flat_map(|b| (b.len() as u32).to_le_bytes().into_iter().chain(b.clone()))
+            .collect(),
+        Tensor::Fp32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Tensor::Fp64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Tensor::Int32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
 }
 
-impl Tensor {
-    fn datatype(&self) -> &'static str {
-        match self {
-            Tensor::Bytes(_) => "BYTES",
-            Tensor::Fp32(_) => "FP32",
-            Tensor::Fp64(_) => "FP64",
-            Tensor::Int32(_) => "INT32",
-        }
-    }
-
-    /// The binary tensor extension's layout: little-endian elements, `BYTES` as a 4-byte length
-    /// before each element.
-    fn binary(&self) -> Vec<u8> {
-        match self {
-            Tensor::Bytes(items) => items
+/// The JSON `data` array (row-major, flattened). Bytes that are not UTF-8 cannot be JSON.
+fn json_data<'a>(tensor: &'a Tensor, name: &str) -> V2Result<JsonData<'a>> {
+    Ok(match tensor {
+        Tensor::Bytes(items) => JsonData::Strings(
+            items
                 .iter()
-                .flat_map(|b| (b.len() as u32).to_le_bytes().into_iter().chain(b.clone()))
-                .collect(),
-            Tensor::Fp32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Tensor::Fp64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Tensor::Int32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        }
-    }
-
-    /// The JSON `data` array (row-major, flattened). Bytes that are not UTF-8 cannot be JSON.
-    fn json(&self, name: &str) -> V2Result<JsonData<'_>> {
-        Ok(match self {
-            Tensor::Bytes(items) => JsonData::Strings(
-                items
-                    .iter()
-                    .map(|b| {
-                        std::str::from_utf8(b).map_err(|_| {
-                            invalid(format!(
-                                "output {name} holds bytes that are not UTF-8; ask for it with \
+                .map(|b| {
+                    std::str::from_utf8(b).map_err(|_| {
+                        invalid(format!(
+                            "output {name} holds bytes that are not UTF-8; ask for it with \
                                  parameters.binary_data = true"
-                            ))
-                        })
+                        ))
                     })
-                    .collect::<V2Result<_>>()?,
-            ),
-            Tensor::Fp32(v) => JsonData::Fp32(v),
-            Tensor::Fp64(v) => JsonData::Fp64(v),
-            Tensor::Int32(v) => JsonData::Int32(v),
-        })
-    }
+                })
+                .collect::<V2Result<_>>()?,
+        ),
+        Tensor::Fp32(v) => JsonData::Fp32(v),
+        Tensor::Fp64(v) => JsonData::Fp64(v),
+        Tensor::Int32(v) => JsonData::Int32(v),
+    })
 }
 
 /// A tensor's JSON `data`, serialised from the values themselves (an `f32` in its shortest
@@ -357,35 +318,22 @@ pub(super) async fn infer_v2(
         ))
     })?;
     check_count(&app, elements.len(), "inputs")?;
-    let outputs: Vec<(&str, Vec<usize>, Tensor)> = match loaded(&app, slot)? {
-        Loaded::Translation { translator, queue } => {
-            if input_name != "text" {
-                return Err(invalid(format!(
-                    "model {name:?} (translation) takes the input \"text\", not {input_name:?}"
-                )));
-            }
-            let payload = translation_payload(&request.parameters, elements)?;
-            let out = translate(&app, translator, queue, payload, deadline).await?;
-            let texts = out.into_iter().map(|r| r.text.into_bytes()).collect();
-            let shape = shape.iter().map(|&d| d as usize).collect();
-            vec![("translation", shape, Tensor::Bytes(texts))]
-        }
-        Loaded::Classifier { classify, queue } => {
-            if let Some(k) = request
-                .parameters
-                .keys()
-                .find(|k| !is_protocol_parameter(k))
-            {
-                return Err(invalid(format!(
-                    "model {name:?} (an audio classifier) takes no parameters; got {k:?}"
-                )));
-            }
-            let inputs = classifier_inputs(&input_name, elements)?;
-            app.inputs.check(&inputs)?;
-            let outs = classify_inputs(&app, classify, queue, inputs, deadline).await?;
-            classifier_outputs(classify.classifier().spec().labels.len(), outs)
-        }
-    };
+    let model = loaded(&app, slot)?;
+    let parameters: Map<String, Value> = request
+        .parameters
+        .iter()
+        .filter(|(k, _)| !is_protocol_parameter(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let ids: Vec<String> = (0..elements.len()).map(|i| i.to_string()).collect();
+    let (inputs, parameters) = model
+        .v2_request(&input_name, elements, parameters)
+        .map_err(|e| ApiError::from_service(e, &ids, Spelling::V2))?;
+    app.inputs.check(&inputs)?;
+    let outputs = model
+        .infer(&app, inputs, parameters, Spelling::V2, deadline)
+        .await?;
+    let outputs = model.v2_outputs(&shape, outputs);
     respond(&request, slot, outputs)
 }
 
@@ -550,125 +498,12 @@ fn flatten_strings(name: &str, data: &Value, out: &mut Vec<Vec<u8>>) -> V2Result
     Ok(())
 }
 
-/// The translation payload of a v2 request: its texts and parameters.
-fn translation_payload(
-    parameters: &Map<String, Value>,
-    texts: Vec<Vec<u8>>,
-) -> V2Result<crate::api::Payload> {
-    let text = |k: &str| -> V2Result<String> {
-        match parameters.get(k) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err(invalid(format!(
-                "parameters.{k} must be a language code string"
-            ))),
-            None => Err(V2Error(ApiError::InvalidParameters(format!(
-                "parameters.{k} is required (a language code such as \"en\")"
-            )))),
-        }
-    };
-    let number = |k: &str| -> V2Result<Option<usize>> {
-        match parameters.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| invalid(format!("parameters.{k} must be a whole number"))),
-        }
-    };
-    let known = ["source_lang", "target_lang", "beams", "max_new_tokens"];
-    if let Some(k) = parameters
-        .keys()
-        .find(|k| !known.contains(&k.as_str()) && !is_protocol_parameter(k))
-    {
-        return Err(V2Error(ApiError::InvalidParameters(format!(
-            "unknown parameter {k:?}; a translation model takes {}",
-            known.join(", ")
-        ))));
-    }
-    let records = texts
-        .into_iter()
-        .enumerate()
-        .map(|(i, bytes)| {
-            String::from_utf8(bytes)
-                .map(|text| RecordIn {
-                    id: i.to_string(),
-                    text,
-                })
-                .map_err(|_| invalid(format!("text element {i} is not UTF-8")))
-        })
-        .collect::<V2Result<_>>()?;
-    Ok(crate::api::Payload {
-        from_lang: text("source_lang")?,
-        to_lang: text("target_lang")?,
-        records,
-        beams: number("beams")?,
-        max_new_tokens: number("max_new_tokens")?,
-    })
-}
-
-/// The `/v1` inputs a classifier's v2 input means: encoded audio travels as `data`, and paths
-/// and URLs as themselves, so every check and reader of `/v1` applies.
-fn classifier_inputs(input: &str, elements: Vec<Vec<u8>>) -> V2Result<Vec<InferInput>> {
-    let utf8 = |i: usize, b: Vec<u8>| {
-        String::from_utf8(b).map_err(|_| invalid(format!("{input} element {i} is not UTF-8")))
-    };
-    elements
-        .into_iter()
-        .enumerate()
-        .map(|(i, bytes)| {
-            let mut one = InferInput {
-                id: i.to_string(),
-                ..InferInput::default()
-            };
-            match input {
-                "audio" => one.data = Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-                "path" => one.path = Some(utf8(i, bytes)?),
-                "url" => one.url = Some(utf8(i, bytes)?),
-                other => {
-                    return Err(invalid(format!(
-                        "an audio classifier takes the input \"audio\", \"path\" or \"url\", \
-                         not {other:?}"
-                    )))
-                }
-            }
-            Ok(one)
-        })
-        .collect()
-}
-
-/// A classifier's outputs as the protocol's tensors: every input's windows in order.
-fn classifier_outputs(
-    labels: usize,
-    outputs: Vec<InferOutput>,
-) -> Vec<(&'static str, Vec<usize>, Tensor)> {
-    let (mut scores, mut start, mut end, mut index, mut duration) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (i, out) in outputs.into_iter().enumerate() {
-        duration.push(out.duration.unwrap_or(0.0));
-        for w in out.windows.unwrap_or_default() {
-            scores.extend(w.scores);
-            start.push(w.start);
-            end.push(w.end);
-            index.push(i as i32);
-        }
-    }
-    let windows = start.len();
-    vec![
-        ("scores", vec![windows, labels], Tensor::Fp32(scores)),
-        ("start", vec![windows], Tensor::Fp64(start)),
-        ("end", vec![windows], Tensor::Fp64(end)),
-        ("input_index", vec![windows], Tensor::Int32(index)),
-        ("duration", vec![duration.len()], Tensor::Fp64(duration)),
-    ]
-}
-
 /// The response: the outputs asked for (all when none are named), each as JSON or binary as
 /// asked, with the binary ones after the JSON part.
 fn respond(
     request: &InferenceRequest,
     slot: &Slot,
-    outputs: Vec<(&str, Vec<usize>, Tensor)>,
+    outputs: Vec<NamedTensor>,
 ) -> V2Result<Response> {
     let all_binary = request
         .parameters
@@ -676,17 +511,17 @@ fn respond(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let wanted: Vec<(&str, bool)> = match &request.outputs {
-        None => outputs.iter().map(|(n, ..)| (*n, all_binary)).collect(),
+        None => outputs.iter().map(|o| (o.name, all_binary)).collect(),
         Some(asked) => asked
             .iter()
             .map(|o| {
-                if !outputs.iter().any(|(n, ..)| *n == o.name) {
+                if !outputs.iter().any(|t| t.name == o.name) {
                     return Err(invalid(format!(
                         "no output named {:?}; this model's outputs are {}",
                         o.name,
                         outputs
                             .iter()
-                            .map(|(n, ..)| *n)
+                            .map(|t| t.name)
                             .collect::<Vec<_>>()
                             .join(", ")
                     )));
@@ -703,23 +538,23 @@ fn respond(
     let mut blobs = Vec::new();
     let mut tensors = Vec::new();
     for (name, binary) in wanted {
-        let (_, shape, tensor) = outputs
+        let tensor = outputs
             .iter()
-            .find(|(n, ..)| *n == name)
+            .find(|t| t.name == name)
             .expect("checked above");
         let mut out = OutputHead {
             name,
-            datatype: tensor.datatype(),
-            shape,
+            datatype: tensor.data.datatype(),
+            shape: &tensor.shape,
             parameters: None,
             data: None,
         };
         if binary {
-            let blob = tensor.binary();
+            let blob = binary_layout(&tensor.data);
             out.parameters = Some(json!({ "binary_data_size": blob.len() }));
             blobs.push(blob);
         } else {
-            out.data = Some(tensor.json(name)?);
+            out.data = Some(json_data(&tensor.data, name)?);
         }
         tensors.push(out);
     }

@@ -61,7 +61,7 @@ async fn health_readiness_metrics_and_openapi_describe_the_server() {
     assert_eq!(langs.len(), 100);
     assert!(langs.contains(&Value::from("ja")));
     // The bounds this server enforces, as it enforces them.
-    let limits = sluice_serve::translation::Limits::default();
+    let limits = sluice_serve::Limits::default();
     let payload = &doc["components"]["schemas"]["Payload"]["properties"];
     assert_eq!(payload["beams"]["minimum"], 1, "{payload}");
     assert_eq!(

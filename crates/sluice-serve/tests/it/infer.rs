@@ -14,6 +14,7 @@ use base64::Engine;
 use common::{model, TestServer};
 use serde_json::{json, Value};
 use sluice_models::classifier::AudioClassifier;
+use sluice_models::service::classifier::ClassifierService;
 
 /// Scores are compared with onnxruntime's within this (the bound).
 const TOLERANCE: f64 = 1e-5;
@@ -109,9 +110,10 @@ const CASES: &[(&str, &str, &str)] = &[
 #[test]
 fn in_process_scores_match_onnxruntime() {
     for &(_, dir, file) in CASES {
-        let classifier = AudioClassifier::load(&onnx(dir)).unwrap();
+        let service = ClassifierService::new(AudioClassifier::load(&onnx(dir)).unwrap());
+        let classifier = service.classifier();
         let bytes = std::fs::read(onnx(file)).unwrap();
-        let prepared = sluice_serve::classify::prepare(&classifier, &bytes, Some(file)).unwrap();
+        let prepared = service.windows_of(&bytes, Some(file)).unwrap();
         let samples: Vec<Vec<f32>> = prepared.windows.iter().map(|w| w.samples.clone()).collect();
         let scores = classifier.run(&samples).unwrap();
         let got: Vec<_> = prepared

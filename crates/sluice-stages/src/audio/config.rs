@@ -30,7 +30,7 @@
 
 use serde::Deserialize;
 use sluice_core::storage::{local_path, Matcher};
-use sluice_pipeline::config::{section, ConfigError, RawConfig, RawSection};
+use sluice_pipeline::config::{section, ConfigError, Kinds, RawConfig, RawSection, RawStage};
 use sluice_pipeline::{RunError, RunOptions};
 
 use crate::audio::convert::Step;
@@ -98,27 +98,76 @@ pub struct AudioPipeline {
 /// What an audio sink writes, where, and whether it redoes outputs older than their source.
 type AudioSink = (Output, String, PathRule, bool);
 
-/// Builds `[sink] kind = "audio" | "features"`.
-fn build_sink(sink: &RawSection) -> Result<AudioSink, ConfigError> {
+/// Builds a step of the streaming conversion from its `[[stage]]` table.
+type StepBuilder = fn(&RawStage) -> Result<Step, ConfigError>;
+
+/// Builds an audio `[sink]` from its table (without `kind`).
+type SinkBuilder = fn(&RawSection) -> Result<AudioSink, ConfigError>;
+
+/// The steps an audio pipeline's stages after `load_audio` may be.
+fn steps() -> Kinds<StepBuilder> {
+    Kinds::<StepBuilder>::new("[[stage]]")
+        .with("channels", channels_step)
+        .with("resample", resample_step)
+        .with("write_audio", moved_to_sink)
+        .with("write_features", moved_to_sink)
+}
+
+/// The sinks an audio pipeline may write.
+fn sinks() -> Kinds<SinkBuilder> {
+    Kinds::<SinkBuilder>::new("[sink]")
+        .with("audio", |s| build_sink(s, "audio"))
+        .with("features", |s| build_sink(s, "features"))
+}
+
+/// Builds `[sink]` with the builder its kind names.
+fn pick_sink(sink: &RawSection) -> Result<AudioSink, ConfigError> {
     let place = &sink.place;
-    let mut table = sink.table.clone();
-    let kind = match table.remove("kind").as_ref().and_then(|k| k.as_str()) {
-        Some(kind) => kind.to_string(),
-        None => {
-            return Err(ConfigError(format!(
-                "{place}: [sink]: needs a kind: \"audio\" or \"features\""
-            )))
-        }
+    let Some(kind) = sink.table.get("kind").and_then(|k| k.as_str()) else {
+        return Err(ConfigError(format!(
+            "{place}: [sink]: needs a kind: \"audio\" or \"features\""
+        )));
     };
+    let Some(build) = sinks().get(kind).copied() else {
+        return Err(ConfigError(format!(
+            "{place}: [sink] ({kind}): unknown kind {kind:?}: an audio pipeline writes \"audio\" \
+             or \"features\""
+        )));
+    };
+    let mut rest = sink.clone();
+    rest.table.remove("kind");
+    build(&rest)
+}
+
+fn channels_step(stage: &RawStage) -> Result<Step, ConfigError> {
+    let spec: ChannelsSection = stage.spec()?;
+    let op: ChannelOp = spec.to.parse().map_err(|e| stage.error(e))?;
+    Ok(Step::Channels(op))
+}
+
+fn resample_step(stage: &RawStage) -> Result<Step, ConfigError> {
+    let spec: ResampleSection = stage.spec()?;
+    if spec.sample_rate == 0 {
+        return Err(stage.error("sample_rate must be above 0"));
+    }
+    Ok(Step::Resample(spec.sample_rate))
+}
+
+fn moved_to_sink(stage: &RawStage) -> Result<Step, ConfigError> {
+    let kind = stage.kind.trim_start_matches("write_");
+    Err(stage.error(format!(
+        "audio is written by the sink now: replace this stage with [sink] kind = \"{kind}\" \
+         (its target becomes path)"
+    )))
+}
+
+/// Builds `[sink] kind = "audio" | "features"`.
+fn build_sink(sink: &RawSection, kind: &str) -> Result<AudioSink, ConfigError> {
+    let place = &sink.place;
     let what = format!("[sink] ({kind})");
     let bad = |e: String| ConfigError(format!("{place}: {what}: {e}"));
-    if kind != "audio" && kind != "features" {
-        return Err(bad(format!(
-            "unknown kind {kind:?}: an audio pipeline writes \"audio\" or \"features\""
-        )));
-    }
-    let spec: SinkSection = section(&table, &what, place)?;
-    let (write, default_suffix) = match kind.as_str() {
+    let spec: SinkSection = section(&sink.table, &what, place)?;
+    let (write, default_suffix) = match kind {
         "audio" => {
             let format: AudioFormat = spec
                 .format
@@ -173,7 +222,7 @@ impl AudioPipeline {
         if !load.table.is_empty() {
             return Err(load.error("takes only the shared stage settings"));
         }
-        let mut steps = Vec::new();
+        let (steps, mut steps_built) = (self::steps(), Vec::new());
         for stage in stages {
             // The steps run inside each file's streaming conversion, on load_audio's workers:
             // settings of their own would silently do nothing.
@@ -185,32 +234,13 @@ impl AudioPipeline {
                      cpus and retries on the load_audio stage",
                 ));
             }
-            match stage.kind.as_str() {
-                "channels" => {
-                    let spec: ChannelsSection = stage.spec()?;
-                    let op: ChannelOp = spec.to.parse().map_err(|e| stage.error(e))?;
-                    steps.push(Step::Channels(op));
-                }
-                "resample" => {
-                    let spec: ResampleSection = stage.spec()?;
-                    if spec.sample_rate == 0 {
-                        return Err(stage.error("sample_rate must be above 0"));
-                    }
-                    steps.push(Step::Resample(spec.sample_rate));
-                }
-                "write_audio" | "write_features" => {
-                    let kind = stage.kind.trim_start_matches("write_");
-                    return Err(stage.error(format!(
-                        "audio is written by the sink now: replace this stage with [sink] \
-                         kind = \"{kind}\" (its target becomes path)"
-                    )));
-                }
-                other => {
-                    return Err(stage.error(format!(
-                        "unknown kind {other:?}: expected channels or resample"
-                    )))
-                }
-            }
+            let Some(build) = steps.get(&stage.kind) else {
+                return Err(stage.error(format!(
+                    "unknown kind {:?}: expected channels or resample",
+                    stage.kind
+                )));
+            };
+            steps_built.push(build(stage)?);
         }
         let Some(sink) = &raw.sink else {
             return Err(ConfigError(format!(
@@ -219,7 +249,7 @@ impl AudioPipeline {
                 raw.file
             )));
         };
-        let (write, target, rule, redo_if_older) = build_sink(sink)?;
+        let (write, target, rule, redo_if_older) = pick_sink(sink)?;
         let mut options = raw.run_options(local_path(&target).as_deref());
         options
             .failures_path
@@ -228,7 +258,7 @@ impl AudioPipeline {
             source: src.url,
             matcher,
             load_options: load.options.clone(),
-            steps,
+            steps: steps_built,
             memory_budget: raw.memory_budget_mb().map(|mb| (mb as usize) << 20),
             target,
             write,

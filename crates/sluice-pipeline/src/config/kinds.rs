@@ -1,0 +1,188 @@
+//! The engine's own kinds, built from their sections: the sources read once (`lines`, `jsonl`,
+//! `parquet`, `files`), the `exec` stage, and the part-file sinks (`jsonl`, `parquet`). Brokers
+//! and tables register theirs from their own modules (`nats`, `postgres`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::{section, ConfigError, RawSection, RawStage, RecordStage, RecordStageFactory};
+use crate::connector::{DoneCheck, SinkConfig, SourceConfig};
+use crate::stages::{read_source, ExecStage, Record, SourceItems, SourceSpec};
+use crate::{PartFormat, PartSink, RunError, Sink, SinkError};
+
+impl SourceConfig for SourceSpec {
+    fn key_field(&self) -> Option<&str> {
+        match self {
+            SourceSpec::Jsonl { key, .. } => key.as_deref(),
+            #[cfg(feature = "parquet")]
+            SourceSpec::Parquet { key, .. } => key.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn open(&self) -> Result<SourceItems, RunError> {
+        read_source(self).map_err(|e| RunError::Invalid(format!("cannot open the source: {e}")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PathOnly {
+    path: PathBuf,
+}
+
+pub(super) fn lines_source(s: &RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError> {
+    let spec: PathOnly = section(&s.table, "[source] (lines)", &s.place)?;
+    Ok(Arc::new(SourceSpec::Lines { path: spec.path }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonlSource {
+    path: PathBuf,
+    key: Option<String>,
+}
+
+pub(super) fn jsonl_source(s: &RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError> {
+    let spec: JsonlSource = section(&s.table, "[source] (jsonl)", &s.place)?;
+    Ok(Arc::new(SourceSpec::Jsonl {
+        path: spec.path,
+        key: spec.key,
+    }))
+}
+
+#[cfg(feature = "parquet")]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParquetSource {
+    path: PathBuf,
+    #[serde(default)]
+    columns: Vec<String>,
+    key: Option<String>,
+    #[serde(default = "default_batch_rows")]
+    batch_rows: usize,
+}
+
+#[cfg(feature = "parquet")]
+fn default_batch_rows() -> usize {
+    8192
+}
+
+#[cfg(feature = "parquet")]
+pub(super) fn parquet_source(s: &RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError> {
+    let spec: ParquetSource = section(&s.table, "[source] (parquet)", &s.place)?;
+    Ok(Arc::new(SourceSpec::Parquet {
+        path: spec.path,
+        columns: spec.columns,
+        key: spec.key,
+        batch_rows: spec.batch_rows.max(1),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilesSource {
+    path: PathBuf,
+    #[serde(default)]
+    extensions: Vec<String>,
+}
+
+pub(super) fn files_source(s: &RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError> {
+    let spec: FilesSource = section(&s.table, "[source] (files)", &s.place)?;
+    Ok(Arc::new(SourceSpec::Files {
+        path: spec.path,
+        extensions: spec.extensions,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecSection {
+    command: Vec<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+}
+
+pub(super) fn exec_stage(stage: &RawStage) -> Result<RecordStageFactory, ConfigError> {
+    let spec: ExecSection = stage.spec()?;
+    if spec.command.is_empty() {
+        return Err(stage.error("command is empty"));
+    }
+    let mut exec = ExecStage::new(&stage.name, spec.command, stage.options.clone());
+    exec.env = spec.env.into_iter().collect();
+    Ok(Arc::new(move || Box::new(exec.clone()) as RecordStage))
+}
+
+/// Part files: `[sink] kind = "jsonl" | "parquet"`.
+#[derive(Clone)]
+pub struct Parts {
+    dir: PathBuf,
+    format: PartFormat,
+    part_items: usize,
+    explode: Option<String>,
+    key_field: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartsSection {
+    path: PathBuf,
+    key_field: Option<String>,
+    part_items: Option<usize>,
+    explode: Option<String>,
+}
+
+pub(super) fn parts_sink(
+    s: &RawSection,
+    format: PartFormat,
+) -> Result<Arc<dyn SinkConfig>, ConfigError> {
+    let spec: PartsSection = section(&s.table, "[sink]", &s.place)?;
+    if spec.part_items == Some(0) {
+        return Err(ConfigError(format!(
+            "{}: [sink]: part_items must be at least 1",
+            s.place
+        )));
+    }
+    Ok(Arc::new(Parts {
+        dir: spec.path,
+        format,
+        part_items: spec.part_items.unwrap_or(10_000),
+        explode: spec.explode,
+        key_field: spec.key_field,
+    }))
+}
+
+impl SinkConfig for Parts {
+    fn key_field(&self) -> Option<&str> {
+        self.key_field.as_deref()
+    }
+
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn local_dir(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+
+    fn open(&self, key_field: &str, tag: &str) -> Result<Box<dyn Sink<Record>>, SinkError> {
+        let sink = PartSink::new(self.format, &self.dir, key_field, self.part_items, tag)?;
+        Ok(Box::new(match &self.explode {
+            Some(field) => sink.explode(field),
+            None => sink,
+        }))
+    }
+
+    fn flush_items(&self) -> usize {
+        self.part_items
+    }
+
+    fn done_check(&self, key_field: &str) -> Result<Option<DoneCheck>, SinkError> {
+        let (dir, format, key_field) = (self.dir.clone(), self.format, key_field.to_owned());
+        Ok(Some(Box::new(move || {
+            PartSink::keys_in(&dir, format, &key_field).map(Some)
+        })))
+    }
+}
