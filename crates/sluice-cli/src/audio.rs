@@ -49,7 +49,8 @@ pub struct ClassifyArgs {
     /// Write the run summary as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
-    /// Write failed files as JSON lines here [default: OUTPUT/_failures.jsonl].
+    /// Write failed files as JSON lines here [default: OUTPUT/_failures.jsonl, or
+    /// `_failures.jsonl` in the working directory for a table URL].
     #[arg(long)]
     failures: Option<PathBuf>,
     /// streaming, batch or debug.
@@ -90,8 +91,8 @@ pub struct ResampleArgs {
     /// Write the run summary (with the audio totals and failed files) as JSON here.
     #[arg(long)]
     summary: Option<PathBuf>,
-    /// Write failed files as JSON lines here (default: `_failures.jsonl` in a local target, else
-    /// in the working directory).
+    /// Write failed files as JSON lines here (default: `_failures.jsonl` in the target, a local
+    /// directory or an object-storage prefix).
     #[arg(long)]
     failures: Option<PathBuf>,
     /// Files per batch. Memory does not depend on it: files stream in chunks (see

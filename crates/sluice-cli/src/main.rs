@@ -4,6 +4,7 @@
 mod audio;
 mod backfill;
 mod push;
+mod reference;
 mod stress;
 
 use std::io::{BufRead, BufWriter, Write};
@@ -28,7 +29,7 @@ struct Cli {
     command: Command,
 }
 
-/// What the exit status says, for schedulers that alert on it (also in README.md).
+/// What the exit status says, for schedulers that alert on it (also in docs/guides/operations.md).
 const EXIT_CODES: &str = "Exit status: 0 everything done; 1 error or aborted run; 2 usage error; \
 3 completed, but some records failed (run, worker, audio: they are in the failures file, and a \
 rerun retries them).";
@@ -88,6 +89,9 @@ enum Command {
     /// disk, object storage and PostgreSQL.
     #[command(subcommand)]
     Audio(audio::AudioCommand),
+    /// Write the reference pages (docs/reference) from the code.
+    #[command(hide = true)]
+    Reference(ReferenceArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -247,6 +251,12 @@ struct TranslateArgs {
     /// Print the generated token ids (space-separated, decoder start first) instead of text.
     #[arg(long)]
     output_ids: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ReferenceArgs {
+    /// The directory to write them into.
+    dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -568,6 +578,10 @@ fn main() -> std::process::ExitCode {
         Command::Audio(command) => audio::run(command),
         Command::Serve(args) => serve(args),
         Command::Stress(args) => runtime().and_then(|rt| rt.block_on(stress::run(args))),
+        Command::Reference(args) => {
+            use clap::CommandFactory;
+            reference::write(&args.dir, &Cli::command()).map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

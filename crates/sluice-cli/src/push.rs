@@ -15,42 +15,62 @@ pub struct Outcome<'a> {
     pub date: Option<&'a str>,
 }
 
+/// Every metric a run pushes: name, type, labels and help (also the generated reference).
+pub const METRICS: &[(&str, &str, &str, &str)] = &[
+    (
+        "sluice_run_last_completion_timestamp_seconds",
+        "gauge",
+        "",
+        "When the run ended (Unix seconds), however it ended",
+    ),
+    (
+        "sluice_run_last_success_timestamp_seconds",
+        "gauge",
+        "",
+        "When the run last completed (Unix seconds; failed records included)",
+    ),
+    (
+        "sluice_run_success",
+        "gauge",
+        "",
+        "1 when the run completed, 0 when it failed or was aborted",
+    ),
+    (
+        "sluice_run_duration_seconds",
+        "gauge",
+        "",
+        "Wall-clock seconds of the run",
+    ),
+    (
+        "sluice_run_items",
+        "gauge",
+        "outcome",
+        "Items of the run by outcome",
+    ),
+    ("sluice_run_info", "gauge", "date", "The run's logical date"),
+];
+
+/// The `# HELP` and `# TYPE` lines of metric `name`.
+fn head(name: &str) -> String {
+    let help = METRICS.iter().find(|m| m.0 == name).map_or("", |m| m.3);
+    format!("# HELP {name} {help}\n# TYPE {name} gauge")
+}
+
 /// The metrics in Prometheus' text exposition format.
 pub fn exposition(outcome: &Outcome, now_seconds: f64) -> String {
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
+    let mut gauge = |name: &str, value: f64| {
+        let _ = writeln!(out, "{}\n{name} {value}", head(name));
     };
-    gauge(
-        "sluice_run_last_completion_timestamp_seconds",
-        "When the run ended (Unix seconds), however it ended",
-        now_seconds,
-    );
+    gauge("sluice_run_last_completion_timestamp_seconds", now_seconds);
     if outcome.completed {
-        gauge(
-            "sluice_run_last_success_timestamp_seconds",
-            "When the run last completed (Unix seconds; failed records included)",
-            now_seconds,
-        );
+        gauge("sluice_run_last_success_timestamp_seconds", now_seconds);
     }
-    gauge(
-        "sluice_run_success",
-        "1 when the run completed, 0 when it failed or was aborted",
-        if outcome.completed { 1.0 } else { 0.0 },
-    );
+    let success = if outcome.completed { 1.0 } else { 0.0 };
+    gauge("sluice_run_success", success);
     if let Some(s) = outcome.summary {
-        gauge(
-            "sluice_run_duration_seconds",
-            "Wall-clock seconds of the run",
-            s.seconds,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP sluice_run_items Items of the run by outcome\n# TYPE sluice_run_items gauge"
-        );
+        gauge("sluice_run_duration_seconds", s.seconds);
+        let _ = writeln!(out, "{}", head("sluice_run_items"));
         for (outcome, n) in [
             ("read", s.items_read),
             ("skipped", s.skipped),
@@ -63,8 +83,8 @@ pub fn exposition(outcome: &Outcome, now_seconds: f64) -> String {
     if let Some(date) = outcome.date {
         let _ = writeln!(
             out,
-            "# HELP sluice_run_info The run's logical date\n# TYPE sluice_run_info gauge\n\
-             sluice_run_info{{date=\"{date}\"}} 1"
+            "{}\nsluice_run_info{{date=\"{date}\"}} 1",
+            head("sluice_run_info")
         );
     }
     out

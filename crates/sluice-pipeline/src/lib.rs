@@ -35,7 +35,7 @@ mod workers;
 use std::sync::Arc;
 
 pub use balance::{allocate, Demand};
-pub use monitor::{describe_metrics, Failure, Progress, RunSummary, StageSummary};
+pub use monitor::{describe_metrics, Failure, Progress, RunSummary, StageSummary, METRICS};
 pub use pipeline::{detect_gpus, FailureHook, Pipeline, RunOptions};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresSink, PostgresSpec};

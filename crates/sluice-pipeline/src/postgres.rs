@@ -1060,11 +1060,14 @@ impl ToSql for Cell {
     to_sql_checked!();
 }
 
-/// Builds `[sink] kind = "postgres"`.
-pub(crate) fn sink(
-    s: &crate::config::RawSection,
-) -> Result<Arc<dyn crate::connector::SinkConfig>, ConfigError> {
-    PostgresSpec::parse(&s.table, &s.place).map(|p| Arc::new(p) as _)
+/// `[sink] kind = "postgres"`.
+pub(crate) fn sink() -> crate::config::Kind<crate::config::SinkBuilder> {
+    let doc = crate::config::KindDoc::of::<PostgresSpec>(
+        "rows upserted into a PostgreSQL table by key, a transaction per part",
+    );
+    crate::config::Kind::new(doc, |s| {
+        PostgresSpec::parse(&s.table, &s.place).map(|p| Arc::new(p) as _)
+    })
 }
 
 /// Builds the sink a `postgres://` output URL names.

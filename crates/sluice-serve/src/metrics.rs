@@ -50,35 +50,76 @@ pub fn install() -> &'static PrometheusHandle {
 /// How often recorded histogram samples are folded into their buckets.
 const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Every metric the server records: name, type, labels and help (also the generated reference,
+/// `docs/reference/metrics.md`).
+pub const METRICS: &[(&str, &str, &str, &str)] = &[
+    (
+        "sluice_http_requests_total",
+        "counter",
+        "route, status",
+        "HTTP requests answered, by route and status",
+    ),
+    (
+        "sluice_http_request_duration_seconds",
+        "histogram",
+        "route",
+        "Time from request to response, by route",
+    ),
+    (
+        "sluice_queue_wait_seconds",
+        "histogram",
+        "model",
+        "Time items waited in the queue before their batch started",
+    ),
+    (
+        "sluice_queue_depth",
+        "gauge",
+        "model",
+        "Items queued or being computed",
+    ),
+    ("sluice_batch_size", "histogram", "model", "Items per batch"),
+    (
+        "sluice_batch_duration_seconds",
+        "histogram",
+        "model",
+        "Compute time per batch",
+    ),
+    (
+        "sluice_generated_tokens_total",
+        "counter",
+        "model",
+        "Tokens generated",
+    ),
+    (
+        "sluice_queue_dropped_total",
+        "counter",
+        "model, reason",
+        "Items dropped before compute, by reason (disconnected, deadline)",
+    ),
+    (
+        "sluice_batch_failures_total",
+        "counter",
+        "model",
+        "Batches the model failed on",
+    ),
+    (
+        "sluice_item_failures_total",
+        "counter",
+        "model",
+        "Items the model failed on alone, their batch answered",
+    ),
+];
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(
-        "sluice_http_requests_total",
-        "HTTP requests answered, by route and status"
-    );
-    describe_histogram!(
-        "sluice_http_request_duration_seconds",
-        Unit::Seconds,
-        "Time from request to response, by route"
-    );
-    describe_histogram!(
-        "sluice_queue_wait_seconds",
-        Unit::Seconds,
-        "Time items waited in the queue before their batch started"
-    );
-    describe_gauge!("sluice_queue_depth", "Items queued or being computed");
-    describe_histogram!("sluice_batch_size", "Items per batch");
-    describe_histogram!(
-        "sluice_batch_duration_seconds",
-        Unit::Seconds,
-        "Compute time per batch"
-    );
-    describe_counter!("sluice_generated_tokens_total", "Tokens generated");
-    describe_counter!(
-        "sluice_queue_dropped_total",
-        "Items dropped before compute, by reason (disconnected, deadline)"
-    );
-    describe_counter!("sluice_batch_failures_total", "Batches the model failed on");
+    for &(name, kind, _, help) in METRICS {
+        match kind {
+            "counter" => describe_counter!(name, help),
+            "gauge" => describe_gauge!(name, help),
+            _ if name.ends_with("_seconds") => describe_histogram!(name, Unit::Seconds, help),
+            _ => describe_histogram!(name, help),
+        }
+    }
 }
 
 /// `GET /metrics`: the metrics in Prometheus' text format, with its content type.

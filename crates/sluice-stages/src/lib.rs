@@ -41,8 +41,10 @@ pub fn registry() -> Registry {
 pub fn registry_with(defaults: ModelDefaults) -> Registry {
     let (translate, model) = (defaults.clone(), defaults);
     Registry::default()
-        .stage("translate", move |s| translate::build(s, &translate))
-        .stage("model", move |s| model::build(s, &model))
+        .stage("translate", translate::doc(), move |s| {
+            translate::build(s, &translate)
+        })
+        .stage("model", model::doc(), move |s| model::build(s, &model))
         .elsewhere(audio::config::SOURCE_KIND)
 }
 

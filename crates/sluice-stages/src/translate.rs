@@ -26,7 +26,7 @@ use sluice_models::service::{
 };
 use sluice_models::source::{HubSettings, ModelSource, DEFAULT_MODEL};
 use sluice_models::{DeviceSpec, ModelError};
-use sluice_pipeline::config::{ConfigError, RawStage, RecordStage, RecordStageFactory};
+use sluice_pipeline::config::{ConfigError, KindDoc, RawStage, RecordStage, RecordStageFactory};
 use sluice_pipeline::stages::Record;
 use sluice_pipeline::{ItemError, Stage, StageError, StageOptions, WorkerContext};
 
@@ -54,6 +54,11 @@ fn default_text_field() -> String {
 
 fn default_output_field() -> String {
     "translation".into()
+}
+
+/// What the reference says about `translate` stages.
+pub(crate) fn doc() -> KindDoc {
+    KindDoc::of::<TranslateSection>("a translation model in-process: one text field into another")
 }
 
 /// Builds a `translate` stage from its `[[stage]]` table.

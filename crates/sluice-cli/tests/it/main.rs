@@ -3,6 +3,7 @@
 mod audio;
 mod classify;
 mod deploy;
+mod docs;
 mod outage;
 mod postgres;
 mod python;

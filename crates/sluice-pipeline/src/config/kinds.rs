@@ -7,7 +7,11 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{section, ConfigError, RawSection, RawStage, RecordStage, RecordStageFactory};
+use super::doc::{Kind, KindDoc};
+use super::{
+    section, ConfigError, RawSection, RawStage, RecordStage, RecordStageFactory, SinkBuilder,
+    SourceBuilder,
+};
 use crate::connector::{DoneCheck, SinkConfig, SourceConfig};
 use crate::stages::{read_source, ExecStage, Record, SourceItems, SourceSpec};
 use crate::{PartFormat, PartSink, RunError, Sink, SinkError};
@@ -33,9 +37,14 @@ struct PathOnly {
     path: PathBuf,
 }
 
-pub(super) fn lines_source(s: &RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError> {
-    let spec: PathOnly = section(&s.table, "[source] (lines)", &s.place)?;
-    Ok(Arc::new(SourceSpec::Lines { path: spec.path }))
+pub(super) fn lines_source() -> Kind<SourceBuilder> {
+    let doc = KindDoc::of::<PathOnly>(
+        "each line of a text file as `{\"line\": ...}`, keyed by its number",
+    );
+    Kind::new(doc, |s| {
+        let spec: PathOnly = section(&s.table, "[source] (lines)", &s.place)?;
+        Ok(Arc::new(SourceSpec::Lines { path: spec.path }))
+    })
 }
 
 #[derive(Deserialize)]
@@ -45,12 +54,17 @@ struct JsonlSource {
     key: Option<String>,
 }
 
-pub(super) fn jsonl_source(s: &RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError> {
-    let spec: JsonlSource = section(&s.table, "[source] (jsonl)", &s.place)?;
-    Ok(Arc::new(SourceSpec::Jsonl {
-        path: spec.path,
-        key: spec.key,
-    }))
+pub(super) fn jsonl_source() -> Kind<SourceBuilder> {
+    let doc = KindDoc::of::<JsonlSource>(
+        "one JSON object per line, keyed by its field `key` or by its line number",
+    );
+    Kind::new(doc, |s| {
+        let spec: JsonlSource = section(&s.table, "[source] (jsonl)", &s.place)?;
+        Ok(Arc::new(SourceSpec::Jsonl {
+            path: spec.path,
+            key: spec.key,
+        }))
+    })
 }
 
 #[cfg(feature = "parquet")]
@@ -71,14 +85,19 @@ fn default_batch_rows() -> usize {
 }
 
 #[cfg(feature = "parquet")]
-pub(super) fn parquet_source(s: &RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError> {
-    let spec: ParquetSource = section(&s.table, "[source] (parquet)", &s.place)?;
-    Ok(Arc::new(SourceSpec::Parquet {
-        path: spec.path,
-        columns: spec.columns,
-        key: spec.key,
-        batch_rows: spec.batch_rows.max(1),
-    }))
+pub(super) fn parquet_source() -> Kind<SourceBuilder> {
+    let doc = KindDoc::of::<ParquetSource>(
+        "the rows of a Parquet file, or of the `.parquet` files under a directory or prefix",
+    );
+    Kind::new(doc, |s| {
+        let spec: ParquetSource = section(&s.table, "[source] (parquet)", &s.place)?;
+        Ok(Arc::new(SourceSpec::Parquet {
+            path: spec.path,
+            columns: spec.columns,
+            key: spec.key,
+            batch_rows: spec.batch_rows.max(1),
+        }))
+    })
 }
 
 #[derive(Deserialize)]
@@ -89,12 +108,18 @@ struct FilesSource {
     extensions: Vec<String>,
 }
 
-pub(super) fn files_source(s: &RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError> {
-    let spec: FilesSource = section(&s.table, "[source] (files)", &s.place)?;
-    Ok(Arc::new(SourceSpec::Files {
-        path: spec.path,
-        extensions: spec.extensions,
-    }))
+pub(super) fn files_source() -> Kind<SourceBuilder> {
+    let doc = KindDoc::of::<FilesSource>(
+        "each file under a directory as `{\"path\": ..., \"relpath\": ...}`, keyed by its \
+         relative path",
+    );
+    Kind::new(doc, |s| {
+        let spec: FilesSource = section(&s.table, "[source] (files)", &s.place)?;
+        Ok(Arc::new(SourceSpec::Files {
+            path: spec.path,
+            extensions: spec.extensions,
+        }))
+    })
 }
 
 #[derive(Deserialize)]
@@ -103,6 +128,10 @@ struct ExecSection {
     command: Vec<String>,
     #[serde(default)]
     env: std::collections::BTreeMap<String, String>,
+}
+
+pub(super) fn exec_doc() -> KindDoc {
+    KindDoc::of::<ExecSection>("a program in any language reading and writing JSON lines")
 }
 
 pub(super) fn exec_stage(stage: &RawStage) -> Result<RecordStageFactory, ConfigError> {
@@ -134,10 +163,19 @@ struct PartsSection {
     explode: Option<String>,
 }
 
-pub(super) fn parts_sink(
-    s: &RawSection,
-    format: PartFormat,
-) -> Result<Arc<dyn SinkConfig>, ConfigError> {
+pub(super) fn parts_sink(format: PartFormat) -> Kind<SinkBuilder> {
+    let doc = KindDoc::of::<PartsSection>(
+        "part files in a directory, each renamed into place when full; reruns skip their keys",
+    );
+    let build: SinkBuilder = match format {
+        PartFormat::Jsonl => |s| parts(s, PartFormat::Jsonl),
+        #[cfg(feature = "parquet")]
+        PartFormat::Parquet => |s| parts(s, PartFormat::Parquet),
+    };
+    Kind::new(doc, build)
+}
+
+fn parts(s: &RawSection, format: PartFormat) -> Result<Arc<dyn SinkConfig>, ConfigError> {
     let spec: PartsSection = section(&s.table, "[sink]", &s.place)?;
     if spec.part_items == Some(0) {
         return Err(ConfigError(format!(

@@ -26,13 +26,15 @@
 //! Every source, stage and sink kind is built by the builder a [`Registry`] holds for it, into
 //! a config the engine asks for its capabilities ([`crate::connector`]).
 
+mod doc;
 mod kinds;
 mod raw;
 mod registry;
 mod vars;
 
+pub use doc::{keys_of, Kind, KindDoc};
 pub use kinds::Parts;
-pub use raw::{RawConfig, RawSection, RawStage};
+pub use raw::{run_keys, stage_setting_keys, RawConfig, RawSection, RawStage};
 pub use registry::{
     Kinds, RecordStage, RecordStageFactory, Registry, SinkBuilder, SourceBuilder, StageBuilder,
     UrlSinkBuilder,

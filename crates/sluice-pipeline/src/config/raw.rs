@@ -52,17 +52,15 @@ struct Common {
     max_restarts: Option<u32>,
 }
 
-const COMMON_KEYS: [&str; 9] = [
-    "name",
-    "batch_size",
-    "workers",
-    "workers_per_node",
-    "cpus",
-    "gpus",
-    "max_retries",
-    "retry_backoff_ms",
-    "max_restarts",
-];
+/// The keys every `[[stage]]` takes besides its kind's own (`kind` aside).
+pub fn stage_setting_keys() -> Vec<&'static str> {
+    super::keys_of::<Common>()
+}
+
+/// The keys `[run]` takes.
+pub fn run_keys() -> Vec<&'static str> {
+    super::keys_of::<RunSection>()
+}
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -276,7 +274,7 @@ impl RawConfig {
                 }
             };
             let mut common_table = Table::new();
-            for key in COMMON_KEYS {
+            for key in stage_setting_keys() {
                 if let Some(v) = table.remove(key) {
                     common_table.insert(key.into(), v);
                 }

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use super::doc::{Kind, KindDoc};
 use super::{kinds, ConfigError, RawSection, RawStage};
 use crate::connector::{SinkConfig, SourceConfig};
 use crate::stages::Record;
@@ -36,12 +37,13 @@ pub type SinkBuilder = fn(&RawSection) -> Result<Arc<dyn SinkConfig>, ConfigErro
 /// the command chose, which the URL may override.
 pub type UrlSinkBuilder = fn(&str, &[(&str, &str)]) -> Result<Arc<dyn SinkConfig>, ConfigError>;
 
-/// Kinds of one part of a pipeline file (its sources, stages or sinks), each with its builder.
+/// Kinds of one part of a pipeline file (its sources, stages or sinks), each with its builder
+/// and what it says about itself.
 #[derive(Clone)]
 pub struct Kinds<B> {
     /// How messages name the part: `[source]`, `[sink]`.
     what: &'static str,
-    entries: Vec<(&'static str, B)>,
+    entries: Vec<(&'static str, Kind<B>)>,
 }
 
 impl<B: Clone> Kinds<B> {
@@ -54,14 +56,14 @@ impl<B: Clone> Kinds<B> {
     }
 
     /// Adds (or replaces) a kind.
-    pub fn add(&mut self, kind: &'static str, build: B) {
-        self.entries.retain(|(k, _)| *k != kind);
-        self.entries.push((kind, build));
+    pub fn add(&mut self, name: &'static str, kind: Kind<B>) {
+        self.entries.retain(|(k, _)| *k != name);
+        self.entries.push((name, kind));
     }
 
     /// With a kind added.
-    pub fn with(mut self, kind: &'static str, build: B) -> Self {
-        self.add(kind, build);
+    pub fn with(mut self, name: &'static str, kind: Kind<B>) -> Self {
+        self.add(name, kind);
         self
     }
 
@@ -70,7 +72,17 @@ impl<B: Clone> Kinds<B> {
         self.entries
             .iter()
             .find(|(k, _)| *k == kind)
-            .map(|(_, b)| b)
+            .map(|(_, b)| &b.build)
+    }
+
+    /// How messages name the part.
+    pub fn what(&self) -> &'static str {
+        self.what
+    }
+
+    /// Every kind with what it says about itself, in registration order.
+    pub fn docs(&self) -> impl Iterator<Item = (&'static str, &KindDoc)> {
+        self.entries.iter().map(|(k, b)| (*k, &b.doc))
     }
 
     /// The kinds, in registration order.
@@ -138,22 +150,22 @@ impl Default for Registry {
             url_sinks: Vec::new(),
             elsewhere: Vec::new(),
         }
-        .source("lines", kinds::lines_source)
-        .source("jsonl", kinds::jsonl_source)
-        .source("files", kinds::files_source)
-        .stage("exec", kinds::exec_stage)
-        .sink("jsonl", |s| kinds::parts_sink(s, PartFormat::Jsonl));
+        .source("lines", kinds::lines_source())
+        .source("jsonl", kinds::jsonl_source())
+        .source("files", kinds::files_source())
+        .stage("exec", kinds::exec_doc(), kinds::exec_stage)
+        .sink("jsonl", kinds::parts_sink(PartFormat::Jsonl));
         #[cfg(feature = "parquet")]
         let registry = registry
-            .source("parquet", kinds::parquet_source)
-            .sink("parquet", |s| kinds::parts_sink(s, PartFormat::Parquet));
+            .source("parquet", kinds::parquet_source())
+            .sink("parquet", kinds::parts_sink(PartFormat::Parquet));
         #[cfg(feature = "nats")]
         let registry = registry
-            .source("nats", crate::nats::source)
-            .sink("nats", crate::nats::sink);
+            .source("nats", crate::nats::source())
+            .sink("nats", crate::nats::sink());
         #[cfg(feature = "postgres")]
         let registry = registry
-            .sink("postgres", crate::postgres::sink)
+            .sink("postgres", crate::postgres::sink())
             .url_sink("postgres", crate::postgres::url_sink)
             .url_sink("postgresql", crate::postgres::url_sink);
         registry
@@ -162,25 +174,36 @@ impl Default for Registry {
 
 impl Registry {
     /// Adds (or replaces) a source kind.
-    pub fn source(mut self, kind: &'static str, build: SourceBuilder) -> Self {
-        self.sources.add(kind, build);
+    pub fn source(mut self, name: &'static str, kind: Kind<SourceBuilder>) -> Self {
+        self.sources.add(name, kind);
         self
     }
 
-    /// Adds (or replaces) a stage kind.
+    /// Adds (or replaces) a stage kind, documented by `doc`.
     pub fn stage(
         mut self,
-        kind: &'static str,
+        name: &'static str,
+        doc: KindDoc,
         build: impl Fn(&RawStage) -> Result<RecordStageFactory, ConfigError> + Send + Sync + 'static,
     ) -> Self {
-        self.stages.add(kind, Arc::new(build));
+        let build: StageBuilder = Arc::new(build);
+        self.stages.add(name, Kind::new(doc, build));
         self
     }
 
     /// Adds (or replaces) a sink kind.
-    pub fn sink(mut self, kind: &'static str, build: SinkBuilder) -> Self {
-        self.sinks.add(kind, build);
+    pub fn sink(mut self, name: &'static str, kind: Kind<SinkBuilder>) -> Self {
+        self.sinks.add(name, kind);
         self
+    }
+
+    /// The source, stage and sink kinds, each with what it says about itself.
+    pub fn parts(&self) -> [(&'static str, Vec<(&'static str, &KindDoc)>); 3] {
+        [
+            (self.sources.what(), self.sources.docs().collect()),
+            (self.stages.what(), self.stages.docs().collect()),
+            (self.sinks.what(), self.sinks.docs().collect()),
+        ]
     }
 
     /// Lets output URLs of `scheme` (`postgres` for `postgres://...`) name a sink, built by
@@ -320,7 +343,7 @@ mod tests {
     #[test]
     fn a_registered_stage_kind_is_built_and_run_like_the_engines_own() {
         let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::default().stage("upper", upper);
+        let registry = Registry::default().stage("upper", KindDoc::bare("upper-cases text"), upper);
         let mut pipeline =
             PipelineConfig::from_raw_with(config(dir.path(), "upper", "jsonl"), &registry).unwrap();
         pipeline.options.progress = Progress::Off;
@@ -353,7 +376,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut raw = config(dir.path(), "upper", "csv");
         let registry = Registry::default()
-            .stage("upper", upper)
+            .stage("upper", KindDoc::bare("upper-cases text"), upper)
             .elsewhere("match_files");
         let e = PipelineConfig::from_raw_with(raw.clone(), &registry)
             .err()
@@ -382,9 +405,12 @@ mod tests {
             .unwrap()
             .table
             .insert("part_items".into(), 0.into());
-        let e = PipelineConfig::from_raw_with(raw, &Registry::default().stage("upper", upper))
-            .err()
-            .unwrap();
+        let e = PipelineConfig::from_raw_with(
+            raw,
+            &Registry::default().stage("upper", KindDoc::bare("upper-cases text"), upper),
+        )
+        .err()
+        .unwrap();
         assert!(e.0.contains("[sink]: part_items must be at least 1"), "{e}");
     }
 }

@@ -11,4 +11,4 @@ pub use progress::Progress;
 pub(crate) use progress::{every, Reporter};
 pub(crate) use rebalance::{rebalance, LiveStage, Pools, Resize};
 pub(crate) use summary::stage_summary;
-pub use summary::{describe_metrics, Failure, RunSummary, StageSummary};
+pub use summary::{describe_metrics, Failure, RunSummary, StageSummary, METRICS};

@@ -151,34 +151,65 @@ pub(crate) fn stage_summary(s: &StageStats) -> StageSummary {
 /// Describes the metrics a run records (for `# HELP` lines); call once a recorder is installed.
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_gauge!("sluice_pipeline_workers", "Workers running now, by stage");
-    describe_gauge!(
-        "sluice_pipeline_workers_target",
-        "Workers the balancer (or a fixed count) wants, by stage"
-    );
-    describe_counter!(
-        "sluice_pipeline_items_total",
-        "Items a stage finished, by stage and outcome (ok, failed)"
-    );
-    describe_counter!(
-        "sluice_pipeline_received_total",
-        "Items a stage took from its input"
-    );
-    describe_counter!(
-        "sluice_pipeline_retries_total",
-        "Item attempts repeated after a transient error, by stage"
-    );
-    describe_counter!(
-        "sluice_pipeline_restarts_total",
-        "Workers replaced, by stage"
-    );
-    describe_histogram!(
-        "sluice_pipeline_batch_seconds",
-        Unit::Seconds,
-        "Time of each process() call, by stage; its _sum is the stage's busy time summed over workers"
-    );
-    describe_counter!(
-        "sluice_pipeline_source_items_total",
-        "Items read from the source, by outcome (emitted, skipped, other_shard)"
-    );
+    for &(name, kind, _, help) in METRICS {
+        match kind {
+            "counter" => describe_counter!(name, help),
+            "gauge" => describe_gauge!(name, help),
+            _ => describe_histogram!(name, Unit::Seconds, help),
+        }
+    }
 }
+
+/// Every metric a run records: name, type, labels and help (also the generated reference,
+/// `docs/reference/metrics.md`).
+pub const METRICS: &[(&str, &str, &str, &str)] = &[
+    (
+        "sluice_pipeline_workers",
+        "gauge",
+        "stage",
+        "Workers running now, by stage",
+    ),
+    (
+        "sluice_pipeline_workers_target",
+        "gauge",
+        "stage",
+        "Workers the balancer (or a fixed count) wants, by stage",
+    ),
+    (
+        "sluice_pipeline_items_total",
+        "counter",
+        "stage, outcome",
+        "Items a stage finished, by stage and outcome (ok, failed)",
+    ),
+    (
+        "sluice_pipeline_received_total",
+        "counter",
+        "stage",
+        "Items a stage took from its input",
+    ),
+    (
+        "sluice_pipeline_retries_total",
+        "counter",
+        "stage",
+        "Item attempts repeated after a transient error, by stage",
+    ),
+    (
+        "sluice_pipeline_restarts_total",
+        "counter",
+        "stage",
+        "Workers replaced, by stage",
+    ),
+    (
+        "sluice_pipeline_batch_seconds",
+        "histogram",
+        "stage",
+        "Time of each process() call, by stage; its _sum is the stage's busy time summed over \
+         workers",
+    ),
+    (
+        "sluice_pipeline_source_items_total",
+        "counter",
+        "outcome",
+        "Items read from the source, by outcome (emitted, skipped, other_shard)",
+    ),
+];

@@ -29,7 +29,7 @@ pub use publish::NatsSink;
 use publish::PUBLISH_ROUND;
 pub use spec::{NatsSinkSpec, NatsSource};
 
-use crate::config::{ConfigError, RawSection};
+use crate::config::{Kind, KindDoc, RawSection, SinkBuilder, SourceBuilder};
 use crate::connector::{BrokerSource, SinkConfig, SourceConfig, WorkerJob};
 use crate::stages::{Record, SourceItems};
 use crate::{RunError, RunSummary, Sink, SinkError};
@@ -142,14 +142,24 @@ impl Nats {
     }
 }
 
-/// Builds `[source] kind = "nats"`.
-pub(crate) fn source(s: &RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError> {
-    NatsSource::parse(&s.table, &s.place).map(|n| Arc::new(n) as Arc<dyn SourceConfig>)
+/// `[source] kind = "nats"`.
+pub(crate) fn source() -> Kind<SourceBuilder> {
+    let doc = KindDoc::of::<NatsSource>(
+        "a JetStream work stream that `sluice worker` pulls from through a durable consumer",
+    );
+    Kind::new(doc, |s: &RawSection| {
+        NatsSource::parse(&s.table, &s.place).map(|n| Arc::new(n) as Arc<dyn SourceConfig>)
+    })
 }
 
-/// Builds `[sink] kind = "nats"`.
-pub(crate) fn sink(s: &RawSection) -> Result<Arc<dyn SinkConfig>, ConfigError> {
-    NatsSinkSpec::parse(&s.table, &s.place).map(|n| Arc::new(n) as Arc<dyn SinkConfig>)
+/// `[sink] kind = "nats"`.
+pub(crate) fn sink() -> Kind<SinkBuilder> {
+    let doc = KindDoc::of::<NatsSinkSpec>(
+        "records published to a JetStream subject, deduplicated by key",
+    );
+    Kind::new(doc, |s: &RawSection| {
+        NatsSinkSpec::parse(&s.table, &s.place).map(|n| Arc::new(n) as Arc<dyn SinkConfig>)
+    })
 }
 
 impl SourceConfig for NatsSource {

@@ -30,7 +30,9 @@
 
 use serde::Deserialize;
 use sluice_core::storage::{local_path, Matcher};
-use sluice_pipeline::config::{section, ConfigError, Kinds, RawConfig, RawSection, RawStage};
+use sluice_pipeline::config::{
+    section, ConfigError, Kind, KindDoc, Kinds, RawConfig, RawSection, RawStage,
+};
 use sluice_pipeline::{RunError, RunOptions};
 
 use crate::audio::convert::Step;
@@ -106,18 +108,68 @@ type SinkBuilder = fn(&RawSection) -> Result<AudioSink, ConfigError>;
 
 /// The steps an audio pipeline's stages after `load_audio` may be.
 fn steps() -> Kinds<StepBuilder> {
-    Kinds::<StepBuilder>::new("[[stage]]")
-        .with("channels", channels_step)
-        .with("resample", resample_step)
-        .with("write_audio", moved_to_sink)
-        .with("write_features", moved_to_sink)
+    let step = |doc, build: StepBuilder| Kind::new(doc, build);
+    let moved = || KindDoc::bare("replaced by the `audio` and `features` sinks");
+    Kinds::new("[[stage]]")
+        .with(
+            "channels",
+            step(
+                KindDoc::of::<ChannelsSection>("keep, mix to mono or stereo, or pick a channel"),
+                channels_step,
+            ),
+        )
+        .with(
+            "resample",
+            step(
+                KindDoc::of::<ResampleSection>("resample to a rate, streaming (rubato)"),
+                resample_step,
+            ),
+        )
+        .with("write_audio", step(moved(), moved_to_sink))
+        .with("write_features", step(moved(), moved_to_sink))
 }
 
 /// The sinks an audio pipeline may write.
 fn sinks() -> Kinds<SinkBuilder> {
-    Kinds::<SinkBuilder>::new("[sink]")
-        .with("audio", |s| build_sink(s, "audio"))
-        .with("features", |s| build_sink(s, "features"))
+    let audio: SinkBuilder = |s| build_sink(s, "audio");
+    let features: SinkBuilder = |s| build_sink(s, "features");
+    Kinds::new("[sink]")
+        .with(
+            "audio",
+            Kind::new(
+                KindDoc::of::<SinkSection>("encoded audio files (WAV, FLAC), one per source file"),
+                audio,
+            ),
+        )
+        .with(
+            "features",
+            Kind::new(
+                KindDoc::of::<SinkSection>("decoded samples as `.npy` arrays, one per source file"),
+                features,
+            ),
+        )
+}
+
+/// The kinds of an audio pipeline file, each with what it says about itself: the `[source]`,
+/// the `[[stage]]` steps after `load_audio`, and the `[sink]`s.
+pub fn reference() -> [(&'static str, Vec<(&'static str, KindDoc)>); 3] {
+    let source = KindDoc::of::<AudioSourceSection>(
+        "audio files under a directory or object-storage URL (makes an audio pipeline)",
+    );
+    let load = KindDoc::bare("decodes each file (first stage; takes the shared stage settings)");
+    let owned = |kinds: Vec<(&'static str, &KindDoc)>| {
+        kinds
+            .into_iter()
+            .map(|(k, d)| (k, d.clone()))
+            .collect::<Vec<_>>()
+    };
+    let mut stages = vec![("load_audio", load)];
+    stages.extend(owned(steps().docs().collect()));
+    [
+        ("[source]", vec![(SOURCE_KIND, source)]),
+        ("[[stage]]", stages),
+        ("[sink]", owned(sinks().docs().collect())),
+    ]
 }
 
 /// Builds `[sink]` with the builder its kind names.

@@ -34,7 +34,7 @@ use serde_json::{Map, Value};
 use sluice_core::storage::Location;
 use sluice_models::m2m100::ComputeType;
 use sluice_models::service::InferOutput;
-use sluice_pipeline::config::{ConfigError, RawStage, RecordStage, RecordStageFactory};
+use sluice_pipeline::config::{ConfigError, KindDoc, RawStage, RecordStage, RecordStageFactory};
 use sluice_pipeline::stages::Record;
 use sluice_pipeline::{ItemError, Stage, StageError, StageOptions, WorkerContext};
 
@@ -167,6 +167,13 @@ impl ModelSpec {
         }
         Ok(())
     }
+}
+
+/// What the reference says about `model` stages.
+pub(crate) fn doc() -> KindDoc {
+    KindDoc::of::<ModelSpec>(
+        "any served model on one field of each record, in-process or on a remote Sluice server",
+    )
 }
 
 /// Builds a `model` stage from its `[[stage]]` table.
