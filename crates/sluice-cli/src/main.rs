@@ -778,8 +778,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .models
         .iter()
         .map(|m| sluice_serve::ModelEntry::parse(m))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+        .collect::<Result<Vec<_>, _>>()?;
     // A device this build or machine lacks fails now, not after a long download.
     args.device.select()?;
     let config = ServeConfig {

@@ -6,10 +6,19 @@
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::ApiBuilder;
+use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::{ModelError, Result};
+
+/// Whether the hub refused the request (401, 403): a token is missing or has no access.
+fn is_refusal(e: &ApiError) -> bool {
+    match e {
+        ApiError::RequestError(e) => matches!(**e, ureq::Error::Status(401 | 403, _)),
+        ApiError::TooManyRetries(inner) => is_refusal(inner),
+        _ => false,
+    }
+}
 
 /// The model Sluice serves when none is named.
 pub const DEFAULT_MODEL: &str = "facebook/m2m100_418M";
@@ -201,9 +210,7 @@ impl HubSettings {
                 hint: hint_fetch,
             });
         }
-        let hub_err = |file: &str, e: &dyn std::fmt::Display| {
-            let reason = e.to_string();
-            let refused = reason.contains("401") || reason.contains("403");
+        let hub_err = |file: &str, reason: String, refused: bool| {
             let hint = if refused && self.token.is_none() {
                 format!("a gated or private repository needs a token: set HF_TOKEN. {hint_fetch}")
             } else if refused {
@@ -221,6 +228,8 @@ impl HubSettings {
                 hint,
             }
         };
+        // A refusal (401, 403) is told by the answer's status, not by its message's text.
+        let api_err = |file: &str, e: &ApiError| hub_err(file, e.to_string(), is_refusal(e));
         let mut builder = ApiBuilder::from_cache(Cache::new(self.cache_dir.clone()))
             .with_progress(self.progress)
             .with_token(self.token.as_ref().map(|t| t.0.clone()))
@@ -228,21 +237,22 @@ impl HubSettings {
         if let Some(e) = &self.endpoint {
             builder = builder.with_endpoint(e.clone());
         }
-        let api = builder.build().map_err(|e| hub_err("(client)", &e))?;
+        let api = builder.build().map_err(|e| api_err("(client)", &e))?;
         let api_repo = api.repo(Self::repo(repo, revision));
-        let info = api_repo.info().map_err(|e| hub_err("the file list", &e))?;
+        let info = api_repo.info().map_err(|e| api_err("the file list", &e))?;
         let listed = |f: &str| info.siblings.iter().any(|s| s.rfilename == f);
         if listed(crate::classifier::SPEC_FILE) {
             let spec = api_repo
                 .get(crate::classifier::SPEC_FILE)
-                .map_err(|e| hub_err(crate::classifier::SPEC_FILE, &e))?;
+                .map_err(|e| api_err(crate::classifier::SPEC_FILE, &e))?;
             let name = classifier_graph(&spec).ok_or_else(|| {
                 hub_err(
                     crate::classifier::SPEC_FILE,
-                    &"it does not name a model file",
+                    "it does not name a model file".into(),
+                    false,
                 )
             })?;
-            let graph = api_repo.get(&name).map_err(|e| hub_err(&name, &e))?;
+            let graph = api_repo.get(&name).map_err(|e| api_err(&name, &e))?;
             let dir = spec
                 .parent()
                 .map(Path::to_owned)
@@ -254,31 +264,34 @@ impl HubSettings {
         }
         let mut files = Vec::new();
         for f in REQUIRED {
-            files.push(api_repo.get(f).map_err(|e| hub_err(f, &e))?);
+            files.push(api_repo.get(f).map_err(|e| api_err(f, &e))?);
         }
         match WEIGHTS.iter().find(|f| listed(f)) {
-            Some(weights) => files.push(api_repo.get(weights).map_err(|e| hub_err(weights, &e))?),
+            Some(weights) => files.push(api_repo.get(weights).map_err(|e| api_err(weights, &e))?),
             None if listed(WEIGHTS_INDEX) => {
                 let index = api_repo
                     .get(WEIGHTS_INDEX)
-                    .map_err(|e| hub_err(WEIGHTS_INDEX, &e))?;
-                let names = shards(&index)
-                    .ok_or_else(|| hub_err(WEIGHTS_INDEX, &"its weight_map names no shard"))?;
+                    .map_err(|e| api_err(WEIGHTS_INDEX, &e))?;
+                let names = shards(&index).ok_or_else(|| {
+                    hub_err(WEIGHTS_INDEX, "its weight_map names no shard".into(), false)
+                })?;
                 for shard in names {
-                    files.push(api_repo.get(&shard).map_err(|e| hub_err(&shard, &e))?);
+                    files.push(api_repo.get(&shard).map_err(|e| api_err(&shard, &e))?);
                 }
                 files.push(index);
             }
             None => {
                 return Err(hub_err(
                     "weights",
-                    &"the repository has none of model.safetensors, model.safetensors.index.json \
-                      or pytorch_model.bin",
+                    "the repository has none of model.safetensors, model.safetensors.index.json \
+                     or pytorch_model.bin"
+                        .into(),
+                    false,
                 ))
             }
         }
         for f in OPTIONAL.iter().filter(|f| listed(f)) {
-            files.push(api_repo.get(f).map_err(|e| hub_err(f, &e))?);
+            files.push(api_repo.get(f).map_err(|e| api_err(f, &e))?);
         }
         let dir = files[0]
             .parent()

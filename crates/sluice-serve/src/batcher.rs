@@ -548,26 +548,7 @@ fn compute_loop<B: Backend>(
             waiting.push((e.reply, e.permit));
         }
         let items = inputs.len();
-        // A panic in the model fails this batch, not the thread: later batches still run.
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            backend
-                .run(&key, inputs)
-                .map(|outs| {
-                    outs.into_iter()
-                        .map(|o| o.map_err(BackendError::from))
-                        .collect::<Vec<_>>()
-                })
-                .map_err(BackendError::from)
-        }))
-        .unwrap_or(Err(BackendError::Panicked));
-        let outputs = match result {
-            Ok(o) if o.len() == items => Ok(o),
-            Ok(o) => Err(BackendError::WrongCount {
-                got: o.len(),
-                want: items,
-            }),
-            Err(e) => Err(e),
-        };
+        let outputs = run_caught(backend, &key, inputs);
         let seconds = started.elapsed().as_secs_f64();
         if saturated {
             rate.observe(items, seconds, workers);
@@ -595,6 +576,36 @@ fn compute_loop<B: Backend>(
             }
         }
         let _ = done.send(());
+    }
+}
+
+/// Runs one batch; a panic in the model fails this batch, not the thread (later batches still
+/// run), and a wrong number of outputs fails it as a whole.
+#[allow(clippy::type_complexity)]
+fn run_caught<B: Backend>(
+    backend: &B,
+    key: &B::Key,
+    inputs: Vec<B::Item>,
+) -> Result<Vec<Result<B::Done, BackendError>>, BackendError> {
+    let items = inputs.len();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        backend
+            .run(key, inputs)
+            .map(|outs| {
+                outs.into_iter()
+                    .map(|o| o.map_err(BackendError::from))
+                    .collect::<Vec<_>>()
+            })
+            .map_err(BackendError::from)
+    }))
+    .unwrap_or(Err(BackendError::Panicked));
+    match result {
+        Ok(o) if o.len() == items => Ok(o),
+        Ok(o) => Err(BackendError::WrongCount {
+            got: o.len(),
+            want: items,
+        }),
+        Err(e) => Err(e),
     }
 }
 

@@ -11,4 +11,6 @@ pub mod metrics;
 pub mod server;
 
 pub use limits::Limits;
-pub use server::{serve, AccessConfig, ModelEntry, OpenRoutes, ServeConfig};
+pub use server::{
+    serve, AccessConfig, ModelEntry, ModelEntryError, OpenRoutes, ServeConfig, UnknownRouteGroup,
+};

@@ -64,19 +64,21 @@ impl ClassifierService {
 
     /// Decodes `bytes` (any format the audio stages read; `name` gives the extension hint) and
     /// cuts all its windows, held in memory: for tests and short clips.
-    pub fn windows_of(&self, bytes: &[u8], name: Option<&str>) -> Result<PreparedAudio, String> {
+    pub fn windows_of(
+        &self,
+        bytes: &[u8],
+        name: Option<&str>,
+    ) -> Result<PreparedAudio, StreamError> {
         let mut windows = Vec::new();
-        let duration = self
-            .stream(
-                std::io::Cursor::new(bytes.to_vec()),
-                name,
-                sluice_audio::decode::DEFAULT_CHUNK_FRAMES,
-                &mut |mut cut| {
-                    windows.append(&mut cut);
-                    Ok(())
-                },
-            )
-            .map_err(|e| e.to_string())?;
+        let duration = self.stream(
+            std::io::Cursor::new(bytes.to_vec()),
+            name,
+            sluice_audio::decode::DEFAULT_CHUNK_FRAMES,
+            &mut |mut cut| {
+                windows.append(&mut cut);
+                Ok(())
+            },
+        )?;
         Ok(PreparedAudio { duration, windows })
     }
 

@@ -22,6 +22,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use super::App;
 use crate::error::ApiError;
 
+/// A route group `--open-routes` does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown open route group {0:?}: give health, metrics or openapi")]
+pub struct UnknownRouteGroup(pub String);
+
 /// Routes that can be left open when keys are required.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenRoutes {
@@ -35,14 +40,12 @@ pub enum OpenRoutes {
 
 impl OpenRoutes {
     /// Parses `health`, `metrics` or `openapi`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnknownRouteGroup> {
         match s {
             "health" => Ok(Self::Health),
             "metrics" => Ok(Self::Metrics),
             "openapi" => Ok(Self::OpenApi),
-            other => Err(format!(
-                "unknown open route group {other:?}: give health, metrics or openapi"
-            )),
+            other => Err(UnknownRouteGroup(other.to_owned())),
         }
     }
 

@@ -5,7 +5,7 @@
 //! that window get 503 with `Retry-After` rather than a refused connection.
 
 mod auth;
-pub use auth::{AccessConfig, OpenRoutes};
+pub use auth::{AccessConfig, OpenRoutes, UnknownRouteGroup};
 pub use v2::decode_request;
 mod guard;
 mod openapi;
@@ -62,15 +62,13 @@ pub struct ModelEntry {
 impl ModelEntry {
     /// Parses `name=<dir|hub-id>`, or a bare `<dir|hub-id>`: a classifier directory is then named
     /// after the directory and a translation model `m2m100`.
-    pub fn parse(arg: &str) -> Result<Self, String> {
+    pub fn parse(arg: &str) -> Result<Self, ModelEntryError> {
         let (name, source) = match arg.split_once('=') {
             Some((n, s)) => (Some(n.trim()), s.trim()),
             None => (None, arg.trim()),
         };
         if source.is_empty() {
-            return Err(format!(
-                "--model {arg:?}: no directory or hub id after the name"
-            ));
+            return Err(ModelEntryError::NoSource(arg.to_owned()));
         }
         let dir = std::path::Path::new(source);
         let kind = match dir.is_dir() {
@@ -90,9 +88,10 @@ impl ModelEntry {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !valid {
-            return Err(format!(
-                "--model {arg:?}: the name {name:?} must be letters, digits, '-', '_' or '.'"
-            ));
+            return Err(ModelEntryError::BadName {
+                arg: arg.to_owned(),
+                name,
+            });
         }
         Ok(Self {
             name,
@@ -100,6 +99,22 @@ impl ModelEntry {
             kind,
         })
     }
+}
+
+/// Why a `--model` argument cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelEntryError {
+    /// A name with nothing after the `=`.
+    #[error("--model {0:?}: no directory or hub id after the name")]
+    NoSource(String),
+    /// A name that cannot be part of a URL path.
+    #[error("--model {arg:?}: the name {name:?} must be letters, digits, '-', '_' or '.'")]
+    BadName {
+        /// The argument.
+        arg: String,
+        /// The name it gives.
+        name: String,
+    },
 }
 
 /// Header that sets a per-request deadline in milliseconds (504 once it passes).

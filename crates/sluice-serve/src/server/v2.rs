@@ -374,10 +374,10 @@ fn decode(header: Option<&str>, body: &[u8]) -> V2Result<(InferenceRequest, Vec<
 
 /// Decodes a v2 request body as the inference route does before any model is involved: the number of
 /// input elements, or the error the request would be answered with (for the fuzz targets).
-pub fn decode_request(header: Option<&str>, body: &[u8]) -> Result<usize, String> {
+pub fn decode_request(header: Option<&str>, body: &[u8]) -> Result<usize, ApiError> {
     decode(header, body)
         .map(|(_, inputs)| inputs.iter().map(|(_, _, e)| e.len()).sum())
-        .map_err(|e| e.0.to_string())
+        .map_err(|e| e.0)
 }
 
 /// The JSON part of a body and the binary part after it, by `Inference-Header-Content-Length`.
@@ -498,43 +498,48 @@ fn flatten_strings(name: &str, data: &Value, out: &mut Vec<Vec<u8>>) -> V2Result
     Ok(())
 }
 
-/// The response: the outputs asked for (all when none are named), each as JSON or binary as
-/// asked, with the binary ones after the JSON part.
-fn respond(
-    request: &InferenceRequest,
-    slot: &Slot,
-    outputs: Vec<NamedTensor>,
-) -> V2Result<Response> {
+/// The outputs a request asks for (all when it names none), each with whether it goes binary.
+fn wanted<'a>(
+    request: &'a InferenceRequest,
+    outputs: &[NamedTensor],
+) -> V2Result<Vec<(&'a str, bool)>> {
     let all_binary = request
         .parameters
         .get("binary_data_output")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let wanted: Vec<(&str, bool)> = match &request.outputs {
-        None => outputs.iter().map(|o| (o.name, all_binary)).collect(),
-        Some(asked) => asked
-            .iter()
-            .map(|o| {
-                if !outputs.iter().any(|t| t.name == o.name) {
-                    return Err(invalid(format!(
-                        "no output named {:?}; this model's outputs are {}",
-                        o.name,
-                        outputs
-                            .iter()
-                            .map(|t| t.name)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-                let binary = o
-                    .parameters
-                    .get("binary_data")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(all_binary);
-                Ok((o.name.as_str(), binary))
-            })
-            .collect::<V2Result<_>>()?,
+    let Some(asked) = &request.outputs else {
+        return Ok(outputs.iter().map(|o| (o.name, all_binary)).collect());
     };
+    asked
+        .iter()
+        .map(|o| {
+            if !outputs.iter().any(|t| t.name == o.name) {
+                let names: Vec<&str> = outputs.iter().map(|t| t.name).collect();
+                return Err(invalid(format!(
+                    "no output named {:?}; this model's outputs are {}",
+                    o.name,
+                    names.join(", ")
+                )));
+            }
+            let binary = o
+                .parameters
+                .get("binary_data")
+                .and_then(Value::as_bool)
+                .unwrap_or(all_binary);
+            Ok((o.name.as_str(), binary))
+        })
+        .collect()
+}
+
+/// The response: the outputs asked for, each as JSON or binary as asked, with the binary ones
+/// after the JSON part.
+fn respond(
+    request: &InferenceRequest,
+    slot: &Slot,
+    outputs: Vec<NamedTensor>,
+) -> V2Result<Response> {
+    let wanted = wanted(request, &outputs)?;
     let mut blobs = Vec::new();
     let mut tensors = Vec::new();
     for (name, binary) in wanted {

@@ -91,7 +91,10 @@ impl ConvertFiles {
     }
 
     fn convert_one(&mut self, file: &FileEntry) -> Result<Written, ItemError> {
-        let out_rel = self.rule.apply(&file.rel).map_err(ItemError::permanent)?;
+        let out_rel = self
+            .rule
+            .apply(&file.rel)
+            .map_err(|e| ItemError::permanent(e.to_string()))?;
         let input = self
             .source
             .open_blocking(&file.rel)

@@ -54,14 +54,12 @@ impl PathRule {
     }
 
     /// The output path of `source`, or why it has none (it is outside `from_prefix`).
-    pub fn apply(&self, source: &str) -> Result<String, String> {
+    pub fn apply(&self, source: &str) -> Result<String, OutsidePrefix> {
         let rest = source
             .strip_prefix(self.from_prefix.as_str())
-            .ok_or_else(|| {
-                format!(
-                    "{source} is not under the source prefix {:?}",
-                    self.from_prefix
-                )
+            .ok_or_else(|| OutsidePrefix {
+                path: source.to_owned(),
+                prefix: self.from_prefix.clone(),
             })?;
         let moved = format!("{}{rest}", self.to_prefix);
         Ok(match &self.suffix {
@@ -78,6 +76,16 @@ impl PathRule {
             }
         })
     }
+}
+
+/// A source path a [`PathRule`] cannot map: it is outside the rule's source prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path} is not under the source prefix {prefix:?}")]
+pub struct OutsidePrefix {
+    /// The source path.
+    pub path: String,
+    /// The prefix it should start with.
+    pub prefix: String,
 }
 
 #[cfg(test)]
@@ -107,6 +115,7 @@ mod tests {
         assert!(rule
             .apply("other/x.flac")
             .unwrap_err()
+            .to_string()
             .contains("not under"));
     }
 }
