@@ -609,6 +609,7 @@ fn translate(args: TranslateArgs) -> anyhow::Result<()> {
         device: DeviceSpec::Cpu,
         compute: args.compute_type,
         hub: hub_settings(),
+        objects: sluice_models::source::ObjectSettings::from_env(),
         translation: TranslationLimits::none(),
     };
     let started = std::time::Instant::now();
@@ -832,6 +833,10 @@ fn fetch(args: FetchArgs) -> anyhow::Result<()> {
         ModelSource::Dir(d) => anyhow::bail!(
             "{} looks like a path; fetch-model takes a hub id such as {DEFAULT_MODEL}",
             d.display()
+        ),
+        ModelSource::Object(url) => anyhow::bail!(
+            "{url} is in object storage: serve or run it by that URL (it is copied into the \
+             model cache, SLUICE_MODEL_CACHE), or copy it with your store's tools"
         ),
     };
     let files = fetch_model(&repo, &revision, &args.to, &hub_settings())?;

@@ -73,7 +73,16 @@ pub const OTHER_VARIABLES: &[(&str, &str)] = &[
         "Object-storage endpoints and credentials (`s3://`, `gs://`, `az://`), as the `object_store` \
          crate reads them",
     ),
-    ("HOME", "Where `~/.pgpass` and the Hugging Face cache are looked for"),
+    (
+        "SLUICE_MODEL_CACHE",
+        "Where models given as object-storage URLs (`s3://`, `gs://`, `az://`) are copied \
+         (default `$XDG_CACHE_HOME/sluice/models`, else `~/.cache/sluice/models`)",
+    ),
+    ("XDG_CACHE_HOME", "The cache home the model cache defaults into"),
+    (
+        "HOME",
+        "Where `~/.pgpass`, the Hugging Face cache and the model cache are looked for",
+    ),
 ];
 
 /// Writes the four pages into `dir`.

@@ -13,6 +13,7 @@ pub mod error;
 pub mod gemv;
 pub mod int8;
 pub mod m2m100;
+pub mod objects;
 pub mod pool;
 pub mod rowops;
 pub mod service;

@@ -10,6 +10,7 @@ use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::{ModelError, Result};
+pub use crate::objects::ObjectSettings;
 
 /// Whether the hub refused the request (401, 403): a token is missing or has no access.
 fn is_refusal(e: &ApiError) -> bool {
@@ -36,7 +37,8 @@ const WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 /// The index of sharded safetensors weights, naming the shards in its `weight_map`.
 const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
 
-/// A model given on the command line: a directory, or a hub id (`org/name[@revision]`).
+/// A model given on the command line: a directory, an object-storage prefix, or a hub id
+/// (`org/name[@revision]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
     /// A directory in the Hugging Face layout.
@@ -48,11 +50,21 @@ pub enum ModelSource {
         /// Branch, tag or commit (default `main`).
         revision: String,
     },
+    /// A prefix in object storage (`s3://bucket/models/m2m100/`, `gs://`, `az://`) holding the
+    /// model's files, copied into the model cache.
+    Object(String),
 }
 
 impl ModelSource {
-    /// Reads `--model`: an existing path or anything path-like is a directory, else a hub id.
+    /// Reads `--model`: an object-storage URL, an existing path or anything path-like is a
+    /// directory, else a hub id.
     pub fn parse(s: &str) -> Self {
+        if let Some(path) = s.strip_prefix("file://") {
+            return Self::Dir(PathBuf::from(path));
+        }
+        if crate::objects::is_object_url(s) {
+            return Self::Object(s.to_owned());
+        }
         let path_like = s.starts_with(['.', '/', '~'])
             || s.contains('\\')
             || s.matches('/').count() > 1
@@ -67,12 +79,19 @@ impl ModelSource {
         }
     }
 
-    /// A local directory holding the model, downloading into the hub cache when needed.
+    /// A local directory holding the model, downloading into the hub cache when needed (an
+    /// object-storage model into the model cache the environment names).
     pub fn resolve(&self, hub: &HubSettings) -> Result<PathBuf> {
+        self.resolve_with(hub, &ObjectSettings::from_env())
+    }
+
+    /// As [`ModelSource::resolve`], with explicit object-storage settings.
+    pub fn resolve_with(&self, hub: &HubSettings, objects: &ObjectSettings) -> Result<PathBuf> {
         match self {
             Self::Dir(d) if d.is_dir() => Ok(d.clone()),
             Self::Dir(d) => Err(ModelError::NoSuchDirectory(d.clone())),
             Self::Hub { repo, revision } => hub.snapshot(repo, revision).map(|s| s.dir),
+            Self::Object(url) => objects.fetch(url),
         }
     }
 }
@@ -81,6 +100,7 @@ impl std::fmt::Display for ModelSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Dir(d) => write!(f, "{}", d.display()),
+            Self::Object(url) => f.write_str(url),
             Self::Hub { repo, revision } if revision == "main" => write!(f, "{repo}"),
             Self::Hub { repo, revision } => write!(f, "{repo}@{revision}"),
         }

@@ -24,7 +24,7 @@ use sluice_models::service::translation::{Translate, TranslationService};
 use sluice_models::service::{
     LoadContext, Model, ServiceError, Spelling, TranslationLimits, TranslationParams,
 };
-use sluice_models::source::{HubSettings, ModelSource, DEFAULT_MODEL};
+use sluice_models::source::{HubSettings, ModelSource, ObjectSettings, DEFAULT_MODEL};
 use sluice_models::{DeviceSpec, ModelError};
 use sluice_pipeline::config::{ConfigError, KindDoc, RawStage, RecordStage, RecordStageFactory};
 use sluice_pipeline::stages::Record;
@@ -132,6 +132,7 @@ pub fn load_model(
         device: worker_device(worker)?,
         compute,
         hub: HubSettings::from_env(),
+        objects: ObjectSettings::from_env(),
         translation: TranslationLimits::none(),
     };
     let source = ModelSource::parse(model);

@@ -28,7 +28,7 @@ pub use translation::{Spelling, TranslationLimits, TranslationParams};
 
 use crate::device::DeviceSpec;
 use crate::m2m100::ComputeType;
-use crate::source::{HubSettings, ModelSource};
+use crate::source::{HubSettings, ModelSource, ObjectSettings};
 use crate::ModelError;
 
 /// What a load needs besides the source, passed as values (never through the environment).
@@ -40,6 +40,8 @@ pub struct LoadContext {
     pub compute: ComputeType,
     /// How hub ids are resolved.
     pub hub: HubSettings,
+    /// Where object-storage models are cached and how the store is reached.
+    pub objects: ObjectSettings,
     /// Bounds on what one translation request may ask for.
     pub translation: TranslationLimits,
 }
@@ -52,6 +54,7 @@ impl LoadContext {
             device: DeviceSpec::Cpu,
             compute,
             hub: HubSettings::from_env(),
+            objects: ObjectSettings::from_env(),
             translation: TranslationLimits::none(),
         }
     }
@@ -117,10 +120,10 @@ pub fn detect(dir: &Path) -> &'static Kind {
         .unwrap_or(&KINDS[KINDS.len() - 1])
 }
 
-/// Loads the model `source` names: a hub id is resolved (downloaded into the cache) first, so
-/// its files decide its kind like a directory's do.
+/// Loads the model `source` names: a hub id or an object-storage prefix is resolved (copied
+/// into its cache) first, so its files decide its kind like a directory's do.
 pub fn load(source: &ModelSource, context: &LoadContext) -> Result<Model, ModelError> {
-    let dir = source.resolve(&context.hub)?;
+    let dir = source.resolve_with(&context.hub, &context.objects)?;
     let kind = detect(&dir);
     let model = (kind.load)(&dir, context)?;
     tracing::info!(source = %source, kind = kind.name, "loaded model");

@@ -4,3 +4,4 @@ mod failure_policy;
 mod hub;
 mod load_errors;
 mod m2m100_parity;
+mod objects;

@@ -30,7 +30,7 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use sluice_models::service::{self, LoadContext, Model};
-use sluice_models::source::HubSettings;
+use sluice_models::source::{HubSettings, ObjectSettings};
 use sluice_models::{with_service, DeviceSpec, ModelSource};
 use tokio::sync::{mpsc, watch};
 use utoipa::OpenApi;
@@ -482,6 +482,10 @@ async fn load(app: Arc<App>, index: usize, failed: mpsc::Sender<anyhow::Error>) 
         device: app.config.device,
         compute: app.config.compute_type,
         hub: HubSettings::from_env(),
+        objects: ObjectSettings {
+            options: app.config.storage_options.clone(),
+            ..ObjectSettings::from_env()
+        },
         translation: app.config.limits.translation(),
     };
     let started = Instant::now();
