@@ -63,4 +63,13 @@ pub enum AudioError {
     /// The encoder failed.
     #[error("encoding failed: {0}")]
     Encode(String),
+    /// Writing the encoded bytes failed (a full disk, a closed pipe): unlike the audio, this
+    /// may pass.
+    #[error("encoding failed: {format} output: {source}")]
+    Output {
+        /// The format being written (`WAV`, `FLAC`, `.npy`).
+        format: &'static str,
+        /// The write's error.
+        source: std::io::Error,
+    },
 }

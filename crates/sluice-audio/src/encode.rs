@@ -189,7 +189,7 @@ impl<W: Write + Seek> StreamWriter<W> {
                 self.sample_rate
             )));
         }
-        let wav = |e: hound::Error| AudioError::Encode(format!("WAV: {e}"));
+        let wav = wav_error;
         match &mut self.kind {
             Kind::Wav(w, WavSample::F32) => {
                 for x in interleaved(chunk) {
@@ -216,9 +216,7 @@ impl<W: Write + Seek> StreamWriter<W> {
     /// Completes the file (lengths, checksums written into its header) and flushes it.
     pub fn finish(self) -> Result<(), AudioError> {
         match self.kind {
-            Kind::Wav(w, _) => w
-                .finalize()
-                .map_err(|e| AudioError::Encode(format!("WAV: {e}"))),
+            Kind::Wav(w, _) => w.finalize().map_err(wav_error),
             Kind::Flac(f) => f.finish(),
             Kind::Npy(n) => n.finish(),
         }
@@ -264,7 +262,7 @@ fn wav_writer<W: Write + Seek>(
         bits_per_sample: bits,
         sample_format,
     };
-    hound::WavWriter::new(out, spec).map_err(|e| AudioError::Encode(format!("WAV: {e}")))
+    hound::WavWriter::new(out, spec).map_err(wav_error)
 }
 
 /// FLAC written frame by frame: a STREAMINFO with placeholder totals first, each frame as soon as
@@ -281,6 +279,25 @@ struct FlacStream<W: Write + Seek> {
     channels: usize,
     bits: u32,
     frames: usize,
+}
+
+/// A WAV writer's error: its output's I/O failures apart from the rest.
+fn wav_error(e: hound::Error) -> AudioError {
+    match e {
+        hound::Error::IoError(source) => AudioError::Output {
+            format: "WAV",
+            source,
+        },
+        other => AudioError::Encode(format!("WAV: {other}")),
+    }
+}
+
+/// A FLAC output's I/O failure.
+fn flac_output(source: std::io::Error) -> AudioError {
+    AudioError::Output {
+        format: "FLAC",
+        source,
+    }
 }
 
 fn flac_error(what: &str, e: &dyn std::fmt::Display) -> AudioError {
@@ -364,7 +381,7 @@ impl<W: Write + Seek> FlacStream<W> {
         // libFLAC writes it.
         info.set_block_sizes(self.block_size, self.block_size)
             .map_err(|e| flac_error("stream info", &e))?;
-        let io = |e: std::io::Error| AudioError::Encode(format!("FLAC output: {e}"));
+        let io = flac_output;
         self.out.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
         write_bits(&mut self.out, &self.stream)?;
         self.out.seek(std::io::SeekFrom::End(0)).map_err(io)?;
@@ -375,8 +392,6 @@ impl<W: Write + Seek> FlacStream<W> {
 /// Writes a FLAC component (a frame, or a stream with no frames: `fLaC` and its STREAMINFO).
 fn write_bits<W: Write>(out: &mut W, part: &impl BitRepr) -> Result<(), AudioError> {
     let mut sink = flacenc::bitsink::ByteSink::with_capacity(part.count_bits());
-    part.write(&mut sink)
-        .map_err(|e| flac_error("output", &e))?;
-    out.write_all(sink.as_slice())
-        .map_err(|e| AudioError::Encode(format!("FLAC output: {e}")))
+    part.write(&mut sink).map_err(|e| flac_error("bits", &e))?;
+    out.write_all(sink.as_slice()).map_err(flac_output)
 }

@@ -98,8 +98,11 @@ impl<W: Write + Seek> NpyStream<W> {
     }
 }
 
-fn io(e: std::io::Error) -> AudioError {
-    AudioError::Encode(format!(".npy output: {e}"))
+fn io(source: std::io::Error) -> AudioError {
+    AudioError::Output {
+        format: ".npy",
+        source,
+    }
 }
 
 /// The header of a `(frames, channels)` array, padded to [`STREAM_HEADER`] bytes.

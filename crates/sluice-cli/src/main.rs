@@ -15,7 +15,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_models::m2m100::{ComputeType, EarlyStopping};
-use sluice_models::service::{LoadContext, Spelling, TranslationLimits, TranslationParams};
+use sluice_models::service::translation::Translation;
+use sluice_models::service::{
+    LoadContext, ServiceError, Spelling, TranslationLimits, TranslationParams,
+};
 use sluice_models::source::{fetch_model, HubSettings, DEFAULT_MODEL};
 use sluice_models::{DeviceSpec, ModelSource};
 use sluice_serve::batcher::BatchConfig;
@@ -650,27 +653,8 @@ fn translate(args: TranslateArgs) -> anyhow::Result<()> {
         if chunk.is_empty() {
             break;
         }
-        for (i, translated) in service
-            .translate(&request, &chunk, batch)
-            .into_iter()
-            .enumerate()
-        {
-            // A line that fails keeps its place: an empty line, its error on stderr.
-            let line = match translated {
-                Ok(t) if args.output_ids => {
-                    let ids: Vec<String> = t.ids.iter().map(u32::to_string).collect();
-                    ids.join(" ")
-                }
-                // A translation never spans lines: one input line, one output line.
-                Ok(t) => t.text.replace(['\n', '\r'], " "),
-                Err(e) => {
-                    failed += 1;
-                    eprintln!("line {}: {e}", count + i + 1);
-                    String::new()
-                }
-            };
-            writeln!(out, "{line}")?;
-        }
+        let translated = service.translate(&request, &chunk, batch);
+        failed += write_translations(&mut out, translated, count, args.output_ids)?;
         out.flush()?;
         count += chunk.len();
     }
@@ -689,6 +673,34 @@ fn translate(args: TranslateArgs) -> anyhow::Result<()> {
         }
         .into()),
     }
+}
+
+/// Writes one line per translation (its ids with `ids`); a text that failed keeps its place as an
+/// empty line, its error on stderr numbered from `first + 1`. Returns how many failed.
+fn write_translations(
+    out: &mut impl Write,
+    translated: Vec<Result<Translation, ServiceError>>,
+    first: usize,
+    ids: bool,
+) -> anyhow::Result<u64> {
+    let mut failed = 0;
+    for (i, translated) in translated.into_iter().enumerate() {
+        let line = match translated {
+            Ok(t) if ids => {
+                let ids: Vec<String> = t.ids.iter().map(u32::to_string).collect();
+                ids.join(" ")
+            }
+            // A translation never spans lines: one input line, one output line.
+            Ok(t) => t.text.replace(['\n', '\r'], " "),
+            Err(e) => {
+                failed += 1;
+                eprintln!("line {}: {e}", first + i + 1);
+                String::new()
+            }
+        };
+        writeln!(out, "{line}")?;
+    }
+    Ok(failed)
 }
 
 /// Process-wide settings for model inference, applied before any thread starts.

@@ -343,7 +343,7 @@ fn bytes_of(chunk: &Audio) -> u64 {
 fn audio_error(e: AudioError) -> ItemError {
     match e {
         // A full disk or a closed pipe may pass; what the audio is will not change.
-        AudioError::Encode(m) if m.contains("output") => ItemError::transient(m),
+        e @ AudioError::Output { .. } => ItemError::transient(e.to_string()),
         other => ItemError::permanent(other.to_string()),
     }
 }
