@@ -247,6 +247,10 @@ struct TranslateArgs {
     /// Sentences translated together.
     #[arg(long, env = "SLUICE_BATCH_SIZE", default_value_t = 16)]
     batch_size: usize,
+    /// Most source tokens per line; a longer line fails alone (an empty output line, its error
+    /// on stderr, exit status 3) [default: no limit].
+    #[arg(long)]
+    max_input_tokens: Option<usize>,
     /// int8 (int8 weights and activations, float32 scales), float32, or auto (int8: this command
     /// runs on the CPU).
     #[arg(long, env = "SLUICE_COMPUTE_TYPE", default_value = "auto")]
@@ -613,7 +617,10 @@ fn translate(args: TranslateArgs) -> anyhow::Result<()> {
         compute: args.compute_type,
         hub: hub_settings(),
         objects: sluice_models::source::ObjectSettings::from_env(),
-        translation: TranslationLimits::none(),
+        translation: TranslationLimits {
+            max_input_tokens: args.max_input_tokens.or(Some(usize::MAX)),
+            ..TranslationLimits::none()
+        },
     };
     let started = std::time::Instant::now();
     let model = sluice_models::service::load(&source, &context)

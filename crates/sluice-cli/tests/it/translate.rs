@@ -301,3 +301,58 @@ fn a_kernel_the_cpu_lacks_or_an_unknown_one_is_refused_with_the_choices() {
     )
     .unwrap();
 }
+
+/// A line that cannot be translated (here: over --max-input-tokens) fails alone: it keeps its
+/// place as an empty line, its error names the line, the others are translated as always, and
+/// the exit status is 3 (as a run with failed records).
+#[test]
+fn a_line_that_fails_fails_alone_with_exit_status_3() {
+    let r = reference();
+    let case = &r["generation"][0];
+    let texts: Vec<&str> = r["tokenize"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    let long = texts
+        .iter()
+        .position(|t| t.len() > 200)
+        .expect("a long text");
+    let model = fixture_dir();
+    let out = sluice(
+        &[
+            "translate",
+            "--model",
+            model.to_str().unwrap(),
+            "--from",
+            "en",
+            "--to",
+            case["tgt"].as_str().unwrap(),
+            "--beams",
+            "1",
+            "--max-input-tokens",
+            "40",
+        ],
+        &(texts.join("\n") + "\n"),
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!("line {}: a text of", long + 1))
+            && stderr.contains("over the limit of 40 tokens"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let got: Vec<&str> = stdout.lines().collect();
+    assert_eq!(got.len(), texts.len(), "one output line per input line");
+    for (i, text) in texts.iter().enumerate() {
+        let want = if i == long || text.is_empty() {
+            ""
+        } else {
+            case["texts"][i].as_str().unwrap()
+        };
+        assert_eq!(got[i], want, "line {i}");
+    }
+}

@@ -328,7 +328,7 @@ pub enum ServiceError {
         valid: Vec<String>,
     },
     /// A text over the token limit.
-    #[error("text {index} is {tokens} tokens long; the limit is {max} tokens: split the text")]
+    #[error("a text of {tokens} tokens is over the limit of {max} tokens: split it")]
     TextTooLong {
         /// The input's position.
         index: usize,
