@@ -301,7 +301,10 @@ pub enum ServiceError {
     #[error("{0}")]
     InvalidParameters(String),
     /// A decoding setting out of its range.
-    #[error("{field} is {value}; it must be between 1 and {max}")]
+    #[error(
+        "{field} is {value}; it must be {}",
+        if *max == usize::MAX { "at least 1".to_owned() } else { format!("between 1 and {max}") }
+    )]
     ParameterOutOfRange {
         /// The setting as the caller spelled it.
         field: String,

@@ -2,4 +2,5 @@
 //! one file on disk) instead of one per file.
 mod audio_config;
 mod audio_job;
+mod model;
 mod translate;
