@@ -38,15 +38,26 @@ fn sluice(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn check_case(case_index: usize, extra: &[&str]) {
-    let r = reference();
-    let case = &r["generation"][case_index];
-    let texts: Vec<&str> = r["tokenize"]
+/// The reference's texts, in order (the empty one included).
+fn reference_texts(r: &Value) -> Vec<&str> {
+    r["tokenize"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| c["text"].as_str().unwrap())
-        .collect();
+        .collect()
+}
+
+fn check_case(case_index: usize, extra: &[&str]) {
+    check_case_failing(case_index, extra, None);
+}
+
+/// Translates the reference's texts as `case_index` does and checks every line; the line
+/// `failing` (when given) must fail alone: an empty line, exit status 3.
+fn check_case_failing(case_index: usize, extra: &[&str], failing: Option<usize>) {
+    let r = reference();
+    let case = &r["generation"][case_index];
+    let texts = reference_texts(&r);
     let model = fixture_dir();
     let mut args = vec![
         "translate",
@@ -59,16 +70,21 @@ fn check_case(case_index: usize, extra: &[&str]) {
     ];
     args.extend_from_slice(extra);
     let out = sluice(&args, &(texts.join("\n") + "\n"), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want_status = if failing.is_some() { 3 } else { 0 };
+    assert_eq!(out.status.code(), Some(want_status), "{stderr}");
+    if let Some(line) = failing {
+        assert!(
+            stderr.contains(&format!("line {}: a text of", line + 1))
+                && stderr.contains("over the limit of"),
+            "{stderr}"
+        );
+    }
     let stdout = String::from_utf8(out.stdout).unwrap();
     let got: Vec<&str> = stdout.lines().collect();
     assert_eq!(got.len(), texts.len(), "one output line per input line");
     for (i, text) in texts.iter().enumerate() {
-        let want = if text.is_empty() {
+        let want = if text.is_empty() || failing == Some(i) {
             ""
         } else {
             case["texts"][i].as_str().unwrap()
@@ -308,51 +324,9 @@ fn a_kernel_the_cpu_lacks_or_an_unknown_one_is_refused_with_the_choices() {
 #[test]
 fn a_line_that_fails_fails_alone_with_exit_status_3() {
     let r = reference();
-    let case = &r["generation"][0];
-    let texts: Vec<&str> = r["tokenize"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["text"].as_str().unwrap())
-        .collect();
-    let long = texts
+    let long = reference_texts(&r)
         .iter()
         .position(|t| t.len() > 200)
         .expect("a long text");
-    let model = fixture_dir();
-    let out = sluice(
-        &[
-            "translate",
-            "--model",
-            model.to_str().unwrap(),
-            "--from",
-            "en",
-            "--to",
-            case["tgt"].as_str().unwrap(),
-            "--beams",
-            "1",
-            "--max-input-tokens",
-            "40",
-        ],
-        &(texts.join("\n") + "\n"),
-        &[],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(
-        stderr.contains(&format!("line {}: a text of", long + 1))
-            && stderr.contains("over the limit of 40 tokens"),
-        "{stderr}"
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let got: Vec<&str> = stdout.lines().collect();
-    assert_eq!(got.len(), texts.len(), "one output line per input line");
-    for (i, text) in texts.iter().enumerate() {
-        let want = if i == long || text.is_empty() {
-            ""
-        } else {
-            case["texts"][i].as_str().unwrap()
-        };
-        assert_eq!(got[i], want, "line {i}");
-    }
+    check_case_failing(0, &["--beams", "1", "--max-input-tokens", "40"], Some(long));
 }
