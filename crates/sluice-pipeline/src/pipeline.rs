@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -36,7 +36,8 @@ pub(crate) enum Flow<T> {
     Stored(Store<T>),
 }
 
-/// Everything a plan needs while it is being started.
+/// Everything a plan needs while it is being started, and the counters the summary reads at
+/// the end.
 pub(crate) struct Run {
     shared: Arc<Shared>,
     mode: Mode,
@@ -78,6 +79,135 @@ impl Run {
 
     fn register(&self, stats: Arc<StageStats>, resize: Option<Arc<dyn Resize>>) {
         lock(&self.shared.stages).push((stats, resize));
+    }
+
+    /// Starts a streaming stage's workers on `input`; balanced stages register their resize
+    /// handle with the monitor.
+    fn stream_stage<S: Stage>(
+        &self,
+        make: Factory<S>,
+        stats: Arc<StageStats>,
+        input: Receiver<Envelope<S::In>>,
+        out_capacity: usize,
+    ) -> Flow<S::Out> {
+        let (tx, rx) = bounded(out_capacity);
+        let workers = stats.options.workers.fixed().unwrap_or(1);
+        let balanced = stats.options.workers == Workers::Auto;
+        let handle = StageRun::start(make, stats.clone(), self.shared.clone(), input, tx, workers);
+        let resize = balanced.then(|| Arc::new(handle) as Arc<dyn Resize>);
+        self.register(stats, resize);
+        Flow::Stream(rx)
+    }
+
+    /// Runs a batch stage over every stored item with `max_workers` workers, storing its outputs
+    /// for the next stage.
+    fn batch_stage<S>(
+        &self,
+        make: Factory<S>,
+        stats: Arc<StageStats>,
+        store: Store<S::In>,
+        max_workers: usize,
+    ) -> Flow<S::Out>
+    where
+        S: Stage,
+        S::In: Item,
+        S::Out: Item,
+    {
+        self.spilled.fetch_add(store.spilled_chunks(), Relaxed);
+        let capacity = stats.options.batch_size.max(1) * max_workers;
+        let (in_tx, in_rx) = bounded(capacity);
+        let (tx, rx) = bounded(capacity);
+        let shared = self.shared.clone();
+        self.shared
+            .spawn_named(format!("{}-feeder", stats.name), move || {
+                for item in store.drain() {
+                    match item {
+                        Ok(item) => {
+                            if in_tx.send(item).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            shared.abort(format!("reading spilled items back: {e}"));
+                            break;
+                        }
+                    }
+                }
+            });
+        self.register(stats.clone(), None);
+        StageRun::start(make, stats, self.shared.clone(), in_rx, tx, max_workers);
+        let mut out = self.new_store();
+        for item in rx {
+            if let Err(e) = out.push(item) {
+                self.shared.abort(format!("spilling between stages: {e}"));
+                break;
+            }
+        }
+        Flow::Stored(out)
+    }
+
+    /// Starts the thread that shows progress and, in streaming runs, re-sizes balanced stages
+    /// every `balance_every`, until `stop` is set.
+    fn start_monitor(
+        &self,
+        stop: Arc<AtomicBool>,
+        reporter: Arc<Mutex<Reporter>>,
+        balance_every: Duration,
+    ) -> std::thread::JoinHandle<()> {
+        let (shared, source) = (self.shared.clone(), self.source.clone());
+        let (mode, pools) = (self.mode, self.pools);
+        let mut last_balance = Instant::now();
+        monitor::every(Duration::from_millis(200), stop, move || {
+            let stages = lock(&shared.stages).clone();
+            if mode == Mode::Streaming
+                && last_balance.elapsed() >= balance_every
+                && !shared.is_aborted()
+            {
+                last_balance = Instant::now();
+                monitor::rebalance(&stages, pools);
+            }
+            let stats: Vec<_> = stages.iter().map(|(s, _)| s.clone()).collect();
+            lock(&reporter).tick(&stats, &source);
+        })
+    }
+
+    /// What the run did, from the counters, the stages and the failures kept for the summary.
+    fn summary(
+        &self,
+        options: &RunOptions,
+        started: Instant,
+        written: u64,
+        failures: Vec<Failure>,
+    ) -> RunSummary {
+        // Taken out, not read in place: a stage's resize handle holds the shared state, and
+        // leaving it there would keep that state (and what it owns) alive after the run.
+        let stages: Vec<_> = std::mem::take(&mut *lock(&self.shared.stages))
+            .iter()
+            .map(|(s, _)| monitor::stage_summary(s))
+            .collect();
+        let reason = lock(&self.shared.abort_reason).clone();
+        let source = &self.source;
+        RunSummary {
+            status: if reason.is_some() {
+                "aborted"
+            } else {
+                "completed"
+            }
+            .into(),
+            error: reason,
+            mode: self.mode,
+            shard: options.shard.to_string(),
+            items_read: source.read.load(Relaxed),
+            other_shards: source.other_shards.load(Relaxed),
+            skipped: source.skipped.load(Relaxed),
+            items_in: source.emitted.load(Relaxed),
+            items_out: written,
+            failed: stages.iter().map(|s| s.failed).sum(),
+            seconds: started.elapsed().as_secs_f64(),
+            stages,
+            spilled_chunks: self.spilled.load(Relaxed),
+            failures,
+        }
     }
 }
 
@@ -287,22 +417,7 @@ impl<T: Item> Pipeline<T> {
             let flow = prev(run, options.batch_size.max(1) * max_workers)?;
             let stats = Arc::new(StageStats::new(name, options.clone()));
             Ok(match flow {
-                Flow::Stream(input) => {
-                    let (tx, rx) = bounded(out_capacity);
-                    let workers = options.workers.fixed().unwrap_or(1);
-                    let handle = StageRun::start(
-                        make,
-                        stats.clone(),
-                        run.shared.clone(),
-                        input,
-                        tx,
-                        workers,
-                    );
-                    let resize = (options.workers == Workers::Auto)
-                        .then(|| Arc::new(handle) as Arc<dyn Resize>);
-                    run.register(stats, resize);
-                    Flow::Stream(rx)
-                }
+                Flow::Stream(input) => run.stream_stage(make, stats, input, out_capacity),
                 Flow::Debug(input) => {
                     run.register(stats.clone(), None);
                     Flow::Debug(Box::new(DebugStage::new(
@@ -312,39 +427,7 @@ impl<T: Item> Pipeline<T> {
                         run.shared.clone(),
                     )))
                 }
-                Flow::Stored(store) => {
-                    run.spilled.fetch_add(store.spilled_chunks(), Relaxed);
-                    let capacity = options.batch_size.max(1) * max_workers;
-                    let (in_tx, in_rx) = bounded(capacity);
-                    let (tx, rx) = bounded(capacity);
-                    let shared = run.shared.clone();
-                    run.shared
-                        .spawn_named(format!("{}-feeder", stats.name), move || {
-                            for item in store.drain() {
-                                match item {
-                                    Ok(item) => {
-                                        if in_tx.send(item).is_err() {
-                                            break;
-                                        }
-                                    }
-                                    Err(e) => {
-                                        shared.abort(format!("reading spilled items back: {e}"));
-                                        break;
-                                    }
-                                }
-                            }
-                        });
-                    run.register(stats.clone(), None);
-                    StageRun::start(make, stats, run.shared.clone(), in_rx, tx, max_workers);
-                    let mut out = run.new_store();
-                    for item in rx {
-                        if let Err(e) = out.push(item) {
-                            run.shared.abort(format!("spilling between stages: {e}"));
-                            break;
-                        }
-                    }
-                    Flow::Stored(out)
-                }
+                Flow::Stored(store) => run.batch_stage(make, stats, store, max_workers),
             })
         });
         Pipeline {
@@ -375,31 +458,8 @@ impl<T: Item> Pipeline<T> {
     /// done, and starts the failures writer and the monitor.
     fn start(&self, options: &RunOptions, sink: &mut dyn Sink<T>) -> Result<Started, RunError> {
         let started = Instant::now();
-        let gpus = options.gpus.unwrap_or_else(|| detect_gpus() as f64);
-        let cpus = options.cpus.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1) as f64
-        });
-        let mode = options.mode.unwrap_or(if gpus == 1.0 {
-            Mode::Batch
-        } else {
-            Mode::Streaming
-        });
-        for (name, stage) in &self.stages {
-            if stage.uses_gpu() && stage.gpus > gpus {
-                return Err(RunError::Invalid(format!(
-                    "stage {name} needs {} GPU per worker but this run has {gpus} (set the run's gpus, or the \
-                     stage's gpus to 0 to run it on CPU)",
-                    stage.gpus
-                )));
-            }
-            if stage.cpus < 0.0 || stage.gpus < 0.0 {
-                return Err(RunError::Invalid(format!(
-                    "stage {name}: cpus and gpus cannot be negative"
-                )));
-            }
-        }
+        let (pools, mode) = resources(options);
+        self.check_stages(pools.gpus)?;
         let skip = if options.skip_completed {
             Some(sink.completed()?.ok_or_else(|| {
                 RunError::Invalid(
@@ -410,33 +470,8 @@ impl<T: Item> Pipeline<T> {
             None
         };
         let ordered = options.preserve_order && mode != Mode::Debug;
-        let (failures_tx, failures_rx) = unbounded::<Failure>();
-        let (gone_tx, gone_rx) = unbounded::<u64>();
-        let failures_path = options.failures_path.clone();
-        let on_failure = options.on_failure.clone();
-        let failure_thread = std::thread::Builder::new()
-            .name("sluice-failures".into())
-            .spawn(move || {
-                collect_failures(
-                    failures_rx,
-                    failures_path,
-                    ordered.then_some(gone_tx),
-                    on_failure,
-                )
-            })
-            .map_err(|e| RunError::Invalid(format!("starting the failures writer: {e}")))?;
-        // One directory per run: batch mode's spill and the row files stages hand to the sink
-        // ([`crate::rows`]); removed when the run is over.
-        let base = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let scratch = tempfile::Builder::new()
-            .prefix("sluice-run-")
-            .tempdir_in(&base)
-            .map_err(|e| {
-                RunError::Invalid(format!(
-                    "cannot make the run's scratch directory in {}: {e}",
-                    base.display()
-                ))
-            })?;
+        let (failures_tx, gone_rx, failure_thread) = start_failures(options, ordered)?;
+        let scratch = scratch_dir(options)?;
         let shared = Arc::new(Shared {
             failures: Mutex::new(Some(failures_tx)),
             aborted: AtomicBool::new(false),
@@ -444,7 +479,7 @@ impl<T: Item> Pipeline<T> {
             threads: Mutex::new(Vec::new()),
             stages: Mutex::new(Vec::new()),
             next_gpu: AtomicUsize::new(0),
-            gpus,
+            gpus: pools.gpus,
             batch_wait: options.batch_wait,
             scratch: scratch.path().to_path_buf(),
         });
@@ -454,9 +489,8 @@ impl<T: Item> Pipeline<T> {
             total: self.total,
             ..SourceStats::default()
         });
-        let pools = Pools { cpus, gpus };
         let run = Run {
-            shared: shared.clone(),
+            shared,
             mode,
             pools,
             shard: options.shard,
@@ -479,23 +513,7 @@ impl<T: Item> Pipeline<T> {
             &names,
             source.total,
         )));
-        let monitor = {
-            let (shared, source, reporter) = (shared.clone(), source.clone(), reporter.clone());
-            let balance_every = options.balance_interval;
-            let mut last_balance = Instant::now();
-            monitor::every(Duration::from_millis(200), stop.clone(), move || {
-                let stages = lock(&shared.stages).clone();
-                if mode == Mode::Streaming
-                    && last_balance.elapsed() >= balance_every
-                    && !shared.is_aborted()
-                {
-                    last_balance = Instant::now();
-                    monitor::rebalance(&stages, pools);
-                }
-                let stats: Vec<_> = stages.iter().map(|(s, _)| s.clone()).collect();
-                lock(&reporter).tick(&stats, &source);
-            })
-        };
+        let monitor = run.start_monitor(stop.clone(), reporter.clone(), options.balance_interval);
         Ok(Started {
             started,
             run,
@@ -507,6 +525,81 @@ impl<T: Item> Pipeline<T> {
             reporter,
         })
     }
+
+    /// Refuses stages that need more GPUs per worker than the run has, or negative resources.
+    fn check_stages(&self, gpus: f64) -> Result<(), RunError> {
+        for (name, stage) in &self.stages {
+            if stage.uses_gpu() && stage.gpus > gpus {
+                return Err(RunError::Invalid(format!(
+                    "stage {name} needs {} GPU per worker but this run has {gpus} (set the run's gpus, or the \
+                     stage's gpus to 0 to run it on CPU)",
+                    stage.gpus
+                )));
+            }
+            if stage.cpus < 0.0 || stage.gpus < 0.0 {
+                return Err(RunError::Invalid(format!(
+                    "stage {name}: cpus and gpus cannot be negative"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The CPU and GPU pools the options give (the machine's when unset), and the mode: the
+/// options', else batch on a machine with exactly one GPU and streaming elsewhere.
+fn resources(options: &RunOptions) -> (Pools, Mode) {
+    let gpus = options.gpus.unwrap_or_else(|| detect_gpus() as f64);
+    let cpus = options.cpus.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64
+    });
+    let mode = options.mode.unwrap_or(if gpus == 1.0 {
+        Mode::Batch
+    } else {
+        Mode::Streaming
+    });
+    (Pools { cpus, gpus }, mode)
+}
+
+/// Starts the failures writer: returns where workers send failures, where failed items'
+/// positions come back when outputs are `ordered`, and the writer's thread.
+fn start_failures(
+    options: &RunOptions,
+    ordered: bool,
+) -> Result<(Sender<Failure>, Receiver<u64>, FailureThread), RunError> {
+    let (failures_tx, failures_rx) = unbounded::<Failure>();
+    let (gone_tx, gone_rx) = unbounded::<u64>();
+    let failures_path = options.failures_path.clone();
+    let on_failure = options.on_failure.clone();
+    let failure_thread = std::thread::Builder::new()
+        .name("sluice-failures".into())
+        .spawn(move || {
+            collect_failures(
+                failures_rx,
+                failures_path,
+                ordered.then_some(gone_tx),
+                on_failure,
+            )
+        })
+        .map_err(|e| RunError::Invalid(format!("starting the failures writer: {e}")))?;
+    Ok((failures_tx, gone_rx, failure_thread))
+}
+
+/// One directory per run: batch mode's spill and the row files stages hand to the sink
+/// ([`crate::rows`]); removed when the run is over.
+fn scratch_dir(options: &RunOptions) -> Result<tempfile::TempDir, RunError> {
+    let base = options.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new()
+        .prefix("sluice-run-")
+        .tempdir_in(&base)
+        .map_err(|e| {
+            RunError::Invalid(format!(
+                "cannot make the run's scratch directory in {}: {e}",
+                base.display()
+            ))
+        })
 }
 
 /// A run whose bookkeeping is going: what [`drive`] and [`Started::finish`] share.
@@ -517,7 +610,7 @@ struct Started {
     ordered: bool,
     /// Positions of failed items, for putting outputs in order.
     gone_rx: Receiver<u64>,
-    failure_thread: std::thread::JoinHandle<(Vec<Failure>, Option<std::io::Error>)>,
+    failure_thread: FailureThread,
     stop: Arc<AtomicBool>,
     monitor: std::thread::JoinHandle<()>,
     reporter: Arc<Mutex<Reporter>>,
@@ -545,63 +638,12 @@ impl Started {
             Reporter::new(Progress::Off, &[], None),
         )
         .finish();
-        shared.close_failures();
-        loop {
-            let handles = std::mem::take(&mut *lock(&shared.threads));
-            if handles.is_empty() {
-                break;
-            }
-            for handle in handles {
-                let _ = handle.join();
-            }
-        }
-        let (failures, failures_error) = self
-            .failure_thread
-            .join()
-            .unwrap_or_else(|_| (Vec::new(), None));
-        if let Some(e) = failures_error {
-            shared.abort(format!("writing failures: {e}"));
-        }
-
-        // Taken out, not read in place: a stage's resize handle holds the shared state, and
-        // leaving it there would keep that state (and what it owns) alive after the run.
-        let stages: Vec<_> = std::mem::take(&mut *lock(&shared.stages))
-            .iter()
-            .map(|(s, _)| monitor::stage_summary(s))
-            .collect();
-        let reason = lock(&shared.abort_reason).clone();
-        let source = &self.run.source;
-        let summary = RunSummary {
-            status: if reason.is_some() {
-                "aborted"
-            } else {
-                "completed"
-            }
-            .into(),
-            error: reason.clone(),
-            mode: self.run.mode,
-            shard: options.shard.to_string(),
-            items_read: source.read.load(Relaxed),
-            other_shards: source.other_shards.load(Relaxed),
-            skipped: source.skipped.load(Relaxed),
-            items_in: source.emitted.load(Relaxed),
-            items_out: written,
-            failed: stages.iter().map(|s| s.failed).sum(),
-            seconds: self.started.elapsed().as_secs_f64(),
-            stages,
-            spilled_chunks: self.run.spilled.load(Relaxed),
-            failures,
-        };
+        let failures = join_all(shared, self.failure_thread);
+        let summary = self.run.summary(options, self.started, written, failures);
         if let Some(path) = &options.summary_path {
-            sluice_core::storage::write_output(path, |out| {
-                serde_json::to_writer_pretty(&mut *out, &summary)?;
-                out.write_all(b"\n")
-            })
-            .map_err(|e| {
-                RunError::Invalid(format!("writing the summary to {}: {e}", path.display()))
-            })?;
+            write_summary(path, &summary)?;
         }
-        match reason {
+        match summary.error.clone() {
             Some(reason) => Err(RunError::Aborted {
                 reason,
                 summary: Box::new(summary),
@@ -609,6 +651,39 @@ impl Started {
             None => Ok(summary),
         }
     }
+}
+
+/// The failures writer's thread: it returns the failures kept for the summary and why writing
+/// the failures file failed, if it did.
+type FailureThread = std::thread::JoinHandle<(Vec<Failure>, Option<std::io::Error>)>;
+
+/// Closes the failures channel, joins every worker and source thread (including any started
+/// while joining) and then the failures writer; returns the failures kept for the summary.
+fn join_all(shared: &Shared, failure_thread: FailureThread) -> Vec<Failure> {
+    shared.close_failures();
+    loop {
+        let handles = std::mem::take(&mut *lock(&shared.threads));
+        if handles.is_empty() {
+            break;
+        }
+        for handle in handles {
+            let _ = handle.join();
+        }
+    }
+    let (failures, failures_error) = failure_thread.join().unwrap_or_else(|_| (Vec::new(), None));
+    if let Some(e) = failures_error {
+        shared.abort(format!("writing failures: {e}"));
+    }
+    failures
+}
+
+/// Writes the summary as JSON to `path` (replaced atomically).
+fn write_summary(path: &std::path::Path, summary: &RunSummary) -> Result<(), RunError> {
+    sluice_core::storage::write_output(path, |out| {
+        serde_json::to_writer_pretty(&mut *out, summary)?;
+        out.write_all(b"\n")
+    })
+    .map_err(|e| RunError::Invalid(format!("writing the summary to {}: {e}", path.display())))
 }
 
 /// Writes the last stage's outputs to the sink as they come (in input order when asked),
@@ -632,27 +707,7 @@ fn drive<T: Item>(
     };
     match flow {
         Err(e) => shared.abort(e.to_string()),
-        Ok(Flow::Stream(rx)) if ordered => {
-            let mut write = |item: Envelope<T>| emit(Some(item));
-            let mut order = Reorder::default();
-            let mut outputs_open = true;
-            let never = crossbeam_channel::never();
-            loop {
-                let outputs = if outputs_open { &rx } else { &never };
-                crossbeam_channel::select! {
-                    recv(outputs) -> item => match item {
-                        Ok(item) => if !order.item(item, &mut write) { break },
-                        Err(_) => { outputs_open = false; shared.close_failures(); }
-                    },
-                    recv(gone_rx) -> seq => match seq {
-                        Ok(seq) => if !order.gone(seq, &mut write) { break },
-                        Err(_) => if !outputs_open { break },
-                    },
-                }
-            }
-            drop(rx);
-            order.flush(&mut write);
-        }
+        Ok(Flow::Stream(rx)) if ordered => drive_ordered(rx, gone_rx, shared, &mut emit),
         Ok(Flow::Stream(rx)) => loop {
             // Sinks that hold outputs (the NATS worker's) flush on time even when none come.
             let ok = match rx.recv_timeout(Duration::from_millis(200)) {
@@ -672,35 +727,79 @@ fn drive<T: Item>(
             }
         }
         Ok(Flow::Stored(store)) => {
-            let mut write = |item: Envelope<T>| emit(Some(item));
             started
                 .run
                 .spilled
                 .fetch_add(store.spilled_chunks(), Relaxed);
-            let mut order = Reorder::default();
-            if ordered {
-                shared.close_failures();
-                for seq in gone_rx.iter() {
-                    order.gone(seq, &mut |_| true);
-                }
-            }
-            for item in store.drain() {
-                let ok = match item {
-                    Ok(item) if ordered => order.item(item, &mut write),
-                    Ok(item) => write(item),
-                    Err(e) => {
-                        shared.abort(format!("reading spilled items back: {e}"));
-                        false
-                    }
-                };
-                if !ok {
-                    break;
-                }
-            }
-            order.flush(&mut write);
+            drive_stored(store, ordered, gone_rx, shared, &mut emit);
         }
     }
     written
+}
+
+/// Where [`drive`]'s helpers send outputs: `Some` an output, `None` a tick; false once the sink
+/// failed.
+type Emit<'a, T> = dyn FnMut(Option<Envelope<T>>) -> bool + 'a;
+
+/// Streaming outputs in input order: each waits until every earlier item came out or failed.
+fn drive_ordered<T>(
+    rx: Receiver<Envelope<T>>,
+    gone_rx: &Receiver<u64>,
+    shared: &Shared,
+    emit: &mut Emit<'_, T>,
+) {
+    let mut write = |item: Envelope<T>| emit(Some(item));
+    let mut order = Reorder::default();
+    let mut outputs_open = true;
+    let never = crossbeam_channel::never();
+    loop {
+        let outputs = if outputs_open { &rx } else { &never };
+        crossbeam_channel::select! {
+            recv(outputs) -> item => match item {
+                Ok(item) => if !order.item(item, &mut write) { break },
+                Err(_) => { outputs_open = false; shared.close_failures(); }
+            },
+            recv(gone_rx) -> seq => match seq {
+                Ok(seq) => if !order.gone(seq, &mut write) { break },
+                Err(_) => if !outputs_open { break },
+            },
+        }
+    }
+    drop(rx);
+    order.flush(&mut write);
+}
+
+/// Batch mode's stored outputs; in input order when `ordered`, which waits for every failure
+/// first (the stages are done by now, so they are all known).
+fn drive_stored<T: Item>(
+    store: Store<T>,
+    ordered: bool,
+    gone_rx: &Receiver<u64>,
+    shared: &Shared,
+    emit: &mut Emit<'_, T>,
+) {
+    let mut write = |item: Envelope<T>| emit(Some(item));
+    let mut order = Reorder::default();
+    if ordered {
+        shared.close_failures();
+        for seq in gone_rx.iter() {
+            order.gone(seq, &mut |_| true);
+        }
+    }
+    for item in store.drain() {
+        let ok = match item {
+            Ok(item) if ordered => order.item(item, &mut write),
+            Ok(item) => write(item),
+            Err(e) => {
+                shared.abort(format!("reading spilled items back: {e}"));
+                false
+            }
+        };
+        if !ok {
+            break;
+        }
+    }
+    order.flush(&mut write);
 }
 
 fn exact_len<I: Iterator>(iter: &I) -> Option<u64> {

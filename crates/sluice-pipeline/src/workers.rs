@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::monitor::{Failure, LiveStage, Resize, StageStats};
-use crate::{lock, Envelope, Key, Stage, WorkerContext};
+use crate::{lock, Envelope, ItemError, Key, Stage, WorkerContext};
 
 /// Makes a fresh, not yet set up, instance of a stage for a new worker.
 pub(crate) type Factory<S> = Arc<dyn Fn() -> S + Send + Sync>;
+
+/// An item's position and key, kept beside its value while a batch is processed.
+type Meta = (u64, Key);
 
 /// State shared by every part of one run.
 pub(crate) struct Shared {
@@ -190,6 +193,13 @@ impl<S: Stage> WorkerCore<S> {
         });
     }
 
+    /// Fails every item of `metas` with the same `error`.
+    fn fail_all(&self, metas: Vec<Meta>, error: &str, attempts: u32) {
+        for meta in metas {
+            self.fail(meta, error.to_string(), attempts);
+        }
+    }
+
     /// Processes a batch with retries; outputs go to `emit`, failures to the failures output.
     /// False when the run must stop (aborted, or `emit` found nobody downstream).
     pub fn run_batch(
@@ -197,54 +207,24 @@ impl<S: Stage> WorkerCore<S> {
         batch: Vec<Envelope<S::In>>,
         emit: &mut dyn FnMut(Envelope<S::Out>) -> bool,
     ) -> bool {
-        let (mut metas, mut values): (Vec<(u64, Key)>, Vec<S::In>) =
+        let (mut metas, mut values): (Vec<Meta>, Vec<S::In>) =
             batch.into_iter().map(|e| ((e.seq, e.key), e.value)).unzip();
         let mut attempt: u32 = 0;
         while !values.is_empty() {
             attempt += 1;
             let Some(stage) = self.instance.as_mut() else {
-                for meta in metas {
-                    self.fail(meta, "worker could not be restarted".into(), attempt);
-                }
+                self.fail_all(metas, "worker could not be restarted", attempt);
                 return false;
             };
             let started = Instant::now();
             let result = catch_unwind(AssertUnwindSafe(|| stage.process(&values)));
-            let took = started.elapsed();
-            self.stats
-                .busy_ns
-                .fetch_add(took.as_nanos() as u64, Relaxed);
-            // Seconds as a histogram: its `_sum` is the busy time in the base unit (the metrics
-            // facade's counters are whole numbers), its buckets the time per batch.
-            metrics::histogram!("sluice_pipeline_batch_seconds", "stage" => self.stats.name.clone())
-                .record(took.as_secs_f64());
-            self.stats
-                .timed_items
-                .fetch_add(values.len() as u64, Relaxed);
+            self.timed(started.elapsed(), values.len());
             let broken = match result {
                 Ok(Ok(results)) if results.len() == values.len() => {
-                    let mut retry = (Vec::new(), Vec::new());
-                    for ((meta, value), result) in metas.into_iter().zip(values).zip(results) {
-                        match result {
-                            Ok(out) => {
-                                self.stats.out.fetch_add(1, Relaxed);
-                                if !emit(Envelope {
-                                    seq: meta.0,
-                                    key: meta.1,
-                                    value: out,
-                                }) {
-                                    return false;
-                                }
-                            }
-                            Err(e) if e.transient && attempt <= self.stats.options.max_retries => {
-                                self.stats.retries.fetch_add(1, Relaxed);
-                                retry.0.push(meta);
-                                retry.1.push(value);
-                            }
-                            Err(e) => self.fail(meta, e.message, attempt),
-                        }
+                    match self.deliver(metas, values, results, attempt, emit) {
+                        Some(retry) => (metas, values) = retry,
+                        None => return false,
                     }
-                    (metas, values) = retry;
                     if !values.is_empty() {
                         std::thread::sleep(self.backoff(attempt));
                         if self.shared.is_aborted() {
@@ -259,16 +239,12 @@ impl<S: Stage> WorkerCore<S> {
                         results.len(),
                         values.len()
                     );
-                    for meta in metas {
-                        self.fail(meta, message.clone(), attempt);
-                    }
+                    self.fail_all(metas, &message, attempt);
                     return true;
                 }
                 Ok(Err(e)) if e.is_fatal() => {
                     let message = format!("worker failed: {e}");
-                    for meta in metas {
-                        self.fail(meta, message.clone(), attempt);
-                    }
+                    self.fail_all(metas, &message, attempt);
                     self.shared.abort(format!(
                         "stage {}: {message} (not retried: every worker would fail the same way)",
                         self.stats.name
@@ -282,12 +258,57 @@ impl<S: Stage> WorkerCore<S> {
             if let Some(stage) = self.instance.take() {
                 let _ = catch_unwind(AssertUnwindSafe(move || drop(stage)));
             }
-            for meta in metas {
-                self.fail(meta, broken.clone(), attempt);
-            }
+            self.fail_all(metas, &broken, attempt);
             return self.broken(broken);
         }
         true
+    }
+
+    /// Counts a processed batch's time and items for balancing and the batch-time metric.
+    fn timed(&self, took: Duration, items: usize) {
+        self.stats
+            .busy_ns
+            .fetch_add(took.as_nanos() as u64, Relaxed);
+        // Seconds as a histogram: its `_sum` is the busy time in the base unit (the metrics
+        // facade's counters are whole numbers), its buckets the time per batch.
+        metrics::histogram!("sluice_pipeline_batch_seconds", "stage" => self.stats.name.clone())
+            .record(took.as_secs_f64());
+        self.stats.timed_items.fetch_add(items as u64, Relaxed);
+    }
+
+    /// Passes a batch's outputs on and fails its items that failed for good; returns the items
+    /// to try again (transient failures within the retry limit), or `None` when `emit` found
+    /// nobody downstream.
+    fn deliver(
+        &self,
+        metas: Vec<Meta>,
+        values: Vec<S::In>,
+        results: Vec<Result<S::Out, ItemError>>,
+        attempt: u32,
+        emit: &mut dyn FnMut(Envelope<S::Out>) -> bool,
+    ) -> Option<(Vec<Meta>, Vec<S::In>)> {
+        let mut retry = (Vec::new(), Vec::new());
+        for ((meta, value), result) in metas.into_iter().zip(values).zip(results) {
+            match result {
+                Ok(out) => {
+                    self.stats.out.fetch_add(1, Relaxed);
+                    if !emit(Envelope {
+                        seq: meta.0,
+                        key: meta.1,
+                        value: out,
+                    }) {
+                        return None;
+                    }
+                }
+                Err(e) if e.transient && attempt <= self.stats.options.max_retries => {
+                    self.stats.retries.fetch_add(1, Relaxed);
+                    retry.0.push(meta);
+                    retry.1.push(value);
+                }
+                Err(e) => self.fail(meta, e.message, attempt),
+            }
+        }
+        Some(retry)
     }
 }
 

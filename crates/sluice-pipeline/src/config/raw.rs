@@ -225,30 +225,7 @@ impl RawConfig {
         sets: &[String],
         vars: &super::Vars,
     ) -> Result<Self, ConfigError> {
-        super::vars::check(file, text, vars)?;
-        let mut doc: Document = toml::from_str(text).map_err(|e| {
-            let place = e
-                .span()
-                .map(|s| at(file, text, s.start))
-                .unwrap_or_else(|| file.display().to_string());
-            ConfigError(format!("{place}: {}", e.message().trim_end()))
-        })?;
-        for set in sets {
-            apply_set(&mut doc, set)?;
-        }
-        // Every string, `--set` ones included (the file's were checked line by line above).
-        let tables = doc
-            .run
-            .iter_mut()
-            .chain(std::iter::once(&mut doc.source))
-            .chain(doc.stage.iter_mut())
-            .chain(doc.sink.iter_mut());
-        for table in tables {
-            for (_, value) in table.get_mut().iter_mut() {
-                super::vars::expand_value(value, vars)
-                    .map_err(|e| ConfigError(format!("--set: {e}")))?;
-            }
-        }
+        let doc = read_document(file, text, sets, vars)?;
         let where_of = |span: std::ops::Range<usize>| {
             if span.is_empty() {
                 "--set".to_string()
@@ -263,40 +240,11 @@ impl RawConfig {
         let mut stages = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, spanned) in doc.stage.iter().enumerate() {
-            let place = where_of(spanned.span());
-            let mut table = spanned.get_ref().clone();
-            let kind = match table.remove("kind") {
-                Some(Value::String(kind)) => kind,
-                _ => {
-                    return Err(ConfigError(format!(
-                        "{place}: [[stage]] {i}: needs a kind, e.g. kind = \"exec\""
-                    )))
-                }
-            };
-            let mut common_table = Table::new();
-            for key in stage_setting_keys() {
-                if let Some(v) = table.remove(key) {
-                    common_table.insert(key.into(), v);
-                }
+            let stage = raw_stage(i, spanned.get_ref(), where_of(spanned.span()))?;
+            if !names.insert(stage.name.clone()) {
+                return Err(stage.error(format!("another stage is already named {:?}", stage.name)));
             }
-            let what = format!("[[stage]] {i} ({kind})");
-            let common: Common = section(&common_table, &what, &place)?;
-            let options =
-                stage_options(&common).map_err(|e| ConfigError(format!("{place}: {what}: {e}")))?;
-            let name = common.name.unwrap_or_else(|| format!("{kind}-{i}"));
-            if !names.insert(name.clone()) {
-                return Err(ConfigError(format!(
-                    "{place}: {what}: another stage is already named {name:?}"
-                )));
-            }
-            stages.push(RawStage {
-                place,
-                index: i,
-                kind,
-                name,
-                options,
-                table,
-            });
+            stages.push(stage);
         }
         Ok(RawConfig {
             file: file.display().to_string(),
@@ -344,6 +292,73 @@ impl RawConfig {
             batch_wait: run.batch_wait_ms.map(Duration::from_millis),
         }
     }
+}
+
+/// The file's sections, with `--set` overrides applied and `${name}` expanded in every string.
+fn read_document(
+    file: &Path,
+    text: &str,
+    sets: &[String],
+    vars: &super::Vars,
+) -> Result<Document, ConfigError> {
+    super::vars::check(file, text, vars)?;
+    let mut doc: Document = toml::from_str(text).map_err(|e| {
+        let place = e
+            .span()
+            .map(|s| at(file, text, s.start))
+            .unwrap_or_else(|| file.display().to_string());
+        ConfigError(format!("{place}: {}", e.message().trim_end()))
+    })?;
+    for set in sets {
+        apply_set(&mut doc, set)?;
+    }
+    // Every string, `--set` ones included (the file's were checked line by line above).
+    let tables = doc
+        .run
+        .iter_mut()
+        .chain(std::iter::once(&mut doc.source))
+        .chain(doc.stage.iter_mut())
+        .chain(doc.sink.iter_mut());
+    for table in tables {
+        for (_, value) in table.get_mut().iter_mut() {
+            super::vars::expand_value(value, vars)
+                .map_err(|e| ConfigError(format!("--set: {e}")))?;
+        }
+    }
+    Ok(doc)
+}
+
+/// The `index`th `[[stage]]` (at `place`) with the settings every kind shares read and checked;
+/// the kind's own keys stay in its table.
+fn raw_stage(index: usize, stage: &Table, place: String) -> Result<RawStage, ConfigError> {
+    let mut table = stage.clone();
+    let kind = match table.remove("kind") {
+        Some(Value::String(kind)) => kind,
+        _ => {
+            return Err(ConfigError(format!(
+                "{place}: [[stage]] {index}: needs a kind, e.g. kind = \"exec\""
+            )))
+        }
+    };
+    let mut common_table = Table::new();
+    for key in stage_setting_keys() {
+        if let Some(v) = table.remove(key) {
+            common_table.insert(key.into(), v);
+        }
+    }
+    let what = format!("[[stage]] {index} ({kind})");
+    let common: Common = section(&common_table, &what, &place)?;
+    let options =
+        stage_options(&common).map_err(|e| ConfigError(format!("{place}: {what}: {e}")))?;
+    let name = common.name.unwrap_or_else(|| format!("{kind}-{index}"));
+    Ok(RawStage {
+        place,
+        index,
+        kind,
+        name,
+        options,
+        table,
+    })
 }
 
 fn stage_options(common: &Common) -> Result<StageOptions, String> {

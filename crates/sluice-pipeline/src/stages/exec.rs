@@ -10,7 +10,7 @@
 //! (`EX_CONFIG` of sysexits.h) before answering its batch.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 
 use crate::stages::Record;
 use crate::{ItemError, Stage, StageError, StageOptions, WorkerContext};
@@ -53,6 +53,71 @@ impl Drop for Process {
     }
 }
 
+/// One reply line read: the item's result, or the worker's failure.
+type Reply = Result<Result<Record, ItemError>, StageError>;
+
+impl Process {
+    /// Writes `batch` to the program and reads its replies, one per record, stopping early at a
+    /// fatal reply or when the program closes its output; returns how writing went and the
+    /// replies read.
+    fn exchange(&mut self, batch: &[Record]) -> (std::io::Result<()>, Vec<Reply>) {
+        let Process { stdin, stdout, .. } = self;
+        // Write on another thread: a program that answers while it reads would otherwise fill
+        // the stdout pipe and block while we block on a full stdin pipe.
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| -> std::io::Result<()> {
+                for record in batch {
+                    serde_json::to_writer(&mut *stdin, record)?;
+                    stdin.write_all(b"\n")?;
+                }
+                stdin.flush()
+            });
+            let mut replies = Vec::with_capacity(batch.len());
+            let mut line = String::new();
+            while replies.len() < batch.len() {
+                line.clear();
+                match stdout.read_line(&mut line) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        let reply = reply_to_result(line.trim_end());
+                        let fatal = matches!(&reply, Err(e) if e.is_fatal());
+                        replies.push(reply);
+                        if fatal {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        replies.push(Err(StageError::new(format!(
+                            "reading the program's output: {e}"
+                        ))));
+                        break;
+                    }
+                }
+            }
+            (
+                writer
+                    .join()
+                    .unwrap_or(Err(std::io::Error::other("the writer thread panicked"))),
+                replies,
+            )
+        })
+    }
+
+    /// The program's exit status, waiting up to half a second for it to exit; `None` while it
+    /// still runs.
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        let mut exited = self.child.try_wait().ok().flatten();
+        for _ in 0..50 {
+            if exited.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            exited = self.child.try_wait().ok().flatten();
+        }
+        exited
+    }
+}
+
 impl ExecStage {
     /// A stage running `command` in each worker.
     pub fn new(name: &str, command: Vec<String>, options: StageOptions) -> Self {
@@ -66,7 +131,7 @@ impl ExecStage {
     }
 }
 
-fn reply_to_result(line: &str) -> Result<Result<Record, ItemError>, StageError> {
+fn reply_to_result(line: &str) -> Reply {
     let value: Record = serde_json::from_str(line).map_err(|e| {
         StageError::new(format!(
             "program answered a line that is not JSON ({e}): {line:.200}"
@@ -148,50 +213,7 @@ impl Stage for ExecStage {
             .process
             .as_mut()
             .ok_or_else(|| StageError::new("exec stage was not set up"))?;
-        let Process {
-            child,
-            stdin,
-            stdout,
-        } = process;
-        // Write on another thread: a program that answers while it reads would otherwise fill
-        // the stdout pipe and block while we block on a full stdin pipe.
-        let (written, replies) = std::thread::scope(|scope| {
-            let writer = scope.spawn(|| -> std::io::Result<()> {
-                for record in batch {
-                    serde_json::to_writer(&mut *stdin, record)?;
-                    stdin.write_all(b"\n")?;
-                }
-                stdin.flush()
-            });
-            let mut replies = Vec::with_capacity(batch.len());
-            let mut line = String::new();
-            while replies.len() < batch.len() {
-                line.clear();
-                match stdout.read_line(&mut line) {
-                    Ok(0) => break,
-                    Ok(_) => {
-                        let reply = reply_to_result(line.trim_end());
-                        let fatal = matches!(&reply, Err(e) if e.is_fatal());
-                        replies.push(reply);
-                        if fatal {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        replies.push(Err(StageError::new(format!(
-                            "reading the program's output: {e}"
-                        ))));
-                        break;
-                    }
-                }
-            }
-            (
-                writer
-                    .join()
-                    .unwrap_or(Err(std::io::Error::other("the writer thread panicked"))),
-                replies,
-            )
-        });
+        let (written, replies) = process.exchange(batch);
         if let Some(fatal) = replies
             .iter()
             .find_map(|r| r.as_ref().err().filter(|e| e.is_fatal()))
@@ -201,14 +223,7 @@ impl Stage for ExecStage {
         if replies.len() < batch.len() {
             // The output closed: the program is exiting; give it a moment to be reaped, so
             // that its status can say whether restarting it could help.
-            let mut exited = child.try_wait().ok().flatten();
-            for _ in 0..50 {
-                if exited.is_some() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                exited = child.try_wait().ok().flatten();
-            }
+            let exited = process.exit_status();
             let status = exited.map_or_else(|| "still running".into(), |s| s.to_string());
             let message = format!(
                 "program {:?} answered {} of {} lines and closed its output ({status})",
