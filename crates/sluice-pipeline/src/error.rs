@@ -19,6 +19,16 @@ pub enum SinkError {
     Encode(String),
 }
 
+impl RunError {
+    /// An I/O failure while `what`.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        RunError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
 impl SinkError {
     /// An I/O error on `path`.
     pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
@@ -32,9 +42,33 @@ impl SinkError {
 /// A run that could not start or did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The options or the pipeline do not fit this machine.
+    /// The stages ask for what the run does not have (GPUs), or for negative resources.
     #[error("{0}")]
-    Invalid(String),
+    Resources(String),
+    /// Skip-completed asked of a sink that cannot tell which items are done.
+    #[error("this sink cannot tell which items are done; run without skip_completed")]
+    CannotSkip,
+    /// The source could not be opened.
+    #[error("cannot open the source: {0}")]
+    Source(#[source] std::io::Error),
+    /// A source or output location that cannot be used.
+    #[error(transparent)]
+    Storage(#[from] sluice_core::storage::StorageError),
+    /// The pipeline is run by another command (a broker's source by `sluice worker`, any other
+    /// by `sluice run`); the message names it.
+    #[error("{0}")]
+    WrongCommand(String),
+    /// The broker could not be reached or set up.
+    #[error("{0}")]
+    Broker(String),
+    /// A file of the run's own (failures, summary, scratch, spill) could not be written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
     /// The run stopped early; the summary says what was done.
     #[error("run aborted: {reason}")]
     Aborted {

@@ -375,7 +375,7 @@ impl<T: Item> Pipeline<T> {
                     for item in admitted {
                         store
                             .push(item)
-                            .map_err(|e| RunError::Invalid(format!("spilling the input: {e}")))?;
+                            .map_err(|e| RunError::io("spilling the input", e))?;
                     }
                     Flow::Stored(store)
                 }
@@ -461,11 +461,7 @@ impl<T: Item> Pipeline<T> {
         let (pools, mode) = resources(options);
         self.check_stages(pools.gpus)?;
         let skip = if options.skip_completed {
-            Some(sink.completed()?.ok_or_else(|| {
-                RunError::Invalid(
-                    "this sink cannot tell which items are done; run without skip_completed".into(),
-                )
-            })?)
+            Some(sink.completed()?.ok_or(RunError::CannotSkip)?)
         } else {
             None
         };
@@ -530,14 +526,14 @@ impl<T: Item> Pipeline<T> {
     fn check_stages(&self, gpus: f64) -> Result<(), RunError> {
         for (name, stage) in &self.stages {
             if stage.uses_gpu() && stage.gpus > gpus {
-                return Err(RunError::Invalid(format!(
+                return Err(RunError::Resources(format!(
                     "stage {name} needs {} GPU per worker but this run has {gpus} (set the run's gpus, or the \
                      stage's gpus to 0 to run it on CPU)",
                     stage.gpus
                 )));
             }
             if stage.cpus < 0.0 || stage.gpus < 0.0 {
-                return Err(RunError::Invalid(format!(
+                return Err(RunError::Resources(format!(
                     "stage {name}: cpus and gpus cannot be negative"
                 )));
             }
@@ -583,7 +579,7 @@ fn start_failures(
                 on_failure,
             )
         })
-        .map_err(|e| RunError::Invalid(format!("starting the failures writer: {e}")))?;
+        .map_err(|e| RunError::io("starting the failures writer", e))?;
     Ok((failures_tx, gone_rx, failure_thread))
 }
 
@@ -595,10 +591,10 @@ fn scratch_dir(options: &RunOptions) -> Result<tempfile::TempDir, RunError> {
         .prefix("sluice-run-")
         .tempdir_in(&base)
         .map_err(|e| {
-            RunError::Invalid(format!(
-                "cannot make the run's scratch directory in {}: {e}",
-                base.display()
-            ))
+            RunError::io(
+                format!("making the run's scratch directory in {}", base.display()),
+                e,
+            )
         })
 }
 
@@ -683,7 +679,7 @@ fn write_summary(path: &std::path::Path, summary: &RunSummary) -> Result<(), Run
         serde_json::to_writer_pretty(&mut *out, summary)?;
         out.write_all(b"\n")
     })
-    .map_err(|e| RunError::Invalid(format!("writing the summary to {}: {e}", path.display())))
+    .map_err(|e| RunError::io(format!("writing the summary to {}", path.display()), e))
 }
 
 /// Writes the last stage's outputs to the sink as they come (in input order when asked),

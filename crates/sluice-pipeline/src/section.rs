@@ -5,17 +5,96 @@
 use serde::Deserialize;
 use toml::{Table, Value};
 
-/// A config that cannot be used; the message names the file, the line and the fix.
+/// A pipeline file (or a setting given for it) that cannot be used: where, and what is wrong.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+#[error("{place}: {problem}")]
+pub struct ConfigError {
+    /// `file:line`, the file, or the flag (`--set ...`, `--output`) the problem is in.
+    pub place: String,
+    /// What is wrong, with the fix where there is one.
+    pub problem: ConfigProblem,
+}
 
-/// Reads a section's `table` as `T`; errors start with `where_` (`file:line`) and `what`.
+/// What is wrong with a pipeline file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigProblem {
+    /// The file cannot be read.
+    #[error("cannot read the pipeline file: {0}")]
+    Read(#[source] std::io::Error),
+    /// The text is not TOML a pipeline file can be (the parser's message).
+    #[error("{0}")]
+    Toml(String),
+    /// A section without a kind.
+    #[error("{part}: needs a kind: {expected}")]
+    MissingKind {
+        /// `[source]`, `[[stage]] 2`, `[sink]`.
+        part: String,
+        /// The kinds there are.
+        expected: String,
+    },
+    /// A kind nothing is registered for.
+    #[error("{part}: unknown kind {kind:?}: {expected}")]
+    UnknownKind {
+        /// `[source]`, `[[stage]] 2`, `[sink] (jsonl)`.
+        part: String,
+        /// The kind named.
+        kind: String,
+        /// The kinds there are.
+        expected: String,
+    },
+    /// A setting of a section that cannot be used.
+    #[error("{part}: {message}")]
+    Invalid {
+        /// The section: `[sink] (postgres)`, `[[stage]] 0 (exec)`.
+        part: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A section the file must have.
+    #[error("{0}")]
+    Missing(String),
+    /// A `--set` that cannot be applied.
+    #[error("{0}")]
+    Override(String),
+    /// An output URL that cannot name a sink (`postgres://...` without a table, say).
+    #[error("{0}")]
+    Url(String),
+    /// A `${variable}` that cannot be expanded.
+    #[error(transparent)]
+    Variable(#[from] crate::config::VarError),
+}
+
+impl ConfigError {
+    /// `problem` at `place`.
+    pub fn new(place: impl Into<String>, problem: ConfigProblem) -> Self {
+        Self {
+            place: place.into(),
+            problem,
+        }
+    }
+
+    /// A setting of section `part` at `place` that cannot be used, and why.
+    pub fn invalid(
+        place: impl Into<String>,
+        part: impl Into<String>,
+        message: impl std::fmt::Display,
+    ) -> Self {
+        Self::new(
+            place,
+            ConfigProblem::Invalid {
+                part: part.into(),
+                message: message.to_string(),
+            },
+        )
+    }
+}
+
+/// Reads a section's `table` as `T`; errors name `where_` (`file:line`) and `what`.
 pub fn section<T: for<'de> Deserialize<'de>>(
     table: &Table,
     what: &str,
     where_: &str,
 ) -> Result<T, ConfigError> {
     T::deserialize(Value::Table(table.clone()))
-        .map_err(|e| ConfigError(format!("{where_}: {what}: {}", e.message())))
+        .map_err(|e| ConfigError::invalid(where_, what, e.message()))
 }

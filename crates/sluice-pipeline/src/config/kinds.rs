@@ -27,7 +27,7 @@ impl SourceConfig for SourceSpec {
     }
 
     fn open(&self) -> Result<SourceItems, RunError> {
-        read_source(self).map_err(|e| RunError::Invalid(format!("cannot open the source: {e}")))
+        read_source(self).map_err(RunError::Source)
     }
 }
 
@@ -178,10 +178,11 @@ pub(super) fn parts_sink(format: PartFormat) -> Kind<SinkBuilder> {
 fn parts(s: &RawSection, format: PartFormat) -> Result<Arc<dyn SinkConfig>, ConfigError> {
     let spec: PartsSection = section(&s.table, "[sink]", &s.place)?;
     if spec.part_items == Some(0) {
-        return Err(ConfigError(format!(
-            "{}: [sink]: part_items must be at least 1",
-            s.place
-        )));
+        return Err(ConfigError::invalid(
+            &s.place,
+            "[sink]",
+            "part_items must be at least 1",
+        ));
     }
     Ok(Arc::new(Parts {
         dir: spec.path,

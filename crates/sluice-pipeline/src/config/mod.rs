@@ -39,7 +39,7 @@ pub use registry::{
     Kinds, RecordStage, RecordStageFactory, Registry, SinkBuilder, SourceBuilder, StageBuilder,
     UrlSinkBuilder,
 };
-pub use vars::Vars;
+pub use vars::{VarError, Vars};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ use crate::connector::{SinkConfig, SourceConfig, WorkerCounts, WorkerJob, Worker
 use crate::stages::Record;
 use crate::{map, ItemError, Pipeline, RunError, RunOptions, RunSummary, StageOptions};
 
-pub use crate::section::{section, ConfigError};
+pub use crate::section::{section, ConfigError, ConfigProblem};
 
 /// A validated config, ready to run.
 pub struct PipelineConfig {
@@ -86,11 +86,13 @@ impl PipelineConfig {
             .map(|stage| registry.build_stage(stage))
             .collect::<Result<Vec<_>, _>>()?;
         let Some(sink_section) = raw.sink.take() else {
-            return Err(ConfigError(format!(
-                "{}: needs a [sink] (kind = one of {}, path = ...)",
-                raw.file,
-                registry.sink_names().join(", ")
-            )));
+            return Err(ConfigError::new(
+                &raw.file,
+                ConfigProblem::Missing(format!(
+                    "needs a [sink] (kind = one of {}, path = ...)",
+                    registry.sink_names().join(", ")
+                )),
+            ));
         };
         let (kind, sink) = registry.build_sink(&sink_section)?;
         let key_field = sink
@@ -101,10 +103,11 @@ impl PipelineConfig {
         let mut options = raw.run_options(sink.local_dir());
         if let Some(why) = sink.cannot_skip() {
             if raw.run.skip_completed == Some(true) {
-                return Err(ConfigError(format!(
-                    "{}: [sink] ({kind}): {why}",
-                    sink_section.place
-                )));
+                return Err(ConfigError::invalid(
+                    &sink_section.place,
+                    format!("[sink] ({kind})"),
+                    why,
+                ));
             }
             options.skip_completed = false;
         }
@@ -142,7 +145,7 @@ impl PipelineConfig {
     /// and what happened to the messages.
     pub fn run_worker(self, worker: WorkerOptions) -> Result<(RunSummary, WorkerCounts), RunError> {
         let Some(broker) = self.source.broker() else {
-            return Err(RunError::Invalid(
+            return Err(RunError::WrongCommand(
                 "sluice worker reads a broker's [source] (kind = \"nats\"); run other \
                  pipelines with sluice run"
                     .into(),

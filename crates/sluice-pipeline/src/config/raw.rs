@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Spanned, Table, Value};
 
-use crate::section::{section, ConfigError};
+use crate::section::{section, ConfigError, ConfigProblem};
 use crate::{Mode, Progress, RunOptions, Shard, StageOptions, Workers};
 
 #[derive(Deserialize)]
@@ -82,9 +82,10 @@ fn at(file: &Path, text: &str, offset: usize) -> String {
 /// Applies `--set a.b.c=value` to the parsed document. `stage.N` (from 0) or `stage.NAME` picks a
 /// stage; the value is read as TOML (`8`, `true`, `"x"`, `[1, 2]`) or else taken as a string.
 fn apply_set(doc: &mut Document, assignment: &str) -> Result<(), ConfigError> {
+    let set = |problem: String| ConfigError::new("--set", ConfigProblem::Override(problem));
     let (path, raw) = assignment.split_once('=').ok_or_else(|| {
-        ConfigError(format!(
-            "--set {assignment:?}: expected KEY=VALUE, e.g. stage.0.batch_size=8"
+        set(format!(
+            "{assignment:?}: expected KEY=VALUE, e.g. stage.0.batch_size=8"
         ))
     })?;
     let value: Value = toml::from_str::<Table>(&format!("v = {raw}"))
@@ -93,8 +94,8 @@ fn apply_set(doc: &mut Document, assignment: &str) -> Result<(), ConfigError> {
         .unwrap_or_else(|| Value::String(raw.to_string()));
     let parts: Vec<&str> = path.trim().split('.').collect();
     let bad = || {
-        ConfigError(format!(
-            "--set {path}: expected run.KEY, source.KEY, sink.KEY or stage.N.KEY / stage.NAME.KEY"
+        set(format!(
+            "{path}: expected run.KEY, source.KEY, sink.KEY or stage.N.KEY / stage.NAME.KEY"
         ))
     };
     let (table, key) = match parts.as_slice() {
@@ -118,16 +119,13 @@ fn apply_set(doc: &mut Document, assignment: &str) -> Result<(), ConfigError> {
                     .stage
                     .iter()
                     .position(|s| s.get_ref().get("name").and_then(|n| n.as_str()) == Some(*which))
-                    .ok_or_else(|| {
-                        ConfigError(format!("--set {path}: no stage is named {which:?}"))
-                    })?,
+                    .ok_or_else(|| set(format!("{path}: no stage is named {which:?}")))?,
             };
             let count = doc.stage.len();
-            let stage = doc.stage.get_mut(index).ok_or_else(|| {
-                ConfigError(format!(
-                    "--set {path}: there are {count} stages, numbered from 0"
-                ))
-            })?;
+            let stage = doc
+                .stage
+                .get_mut(index)
+                .ok_or_else(|| set(format!("{path}: there are {count} stages, numbered from 0")))?;
             (stage.get_mut(), *key)
         }
         _ => return Err(bad()),
@@ -170,7 +168,7 @@ impl RawStage {
 
     /// An error about this stage, starting with its place and name.
     pub fn error(&self, message: impl std::fmt::Display) -> ConfigError {
-        ConfigError(format!("{}: {}: {message}", self.place, self.what()))
+        ConfigError::invalid(&self.place, self.what(), message)
     }
 
     /// The kind's own keys read as `T` (unknown keys refused with the stage's place).
@@ -209,7 +207,7 @@ impl RawConfig {
         vars: &super::Vars,
     ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file)
-            .map_err(|e| ConfigError(format!("cannot read pipeline {}: {e}", file.display())))?;
+            .map_err(|e| ConfigError::new(file.display().to_string(), ConfigProblem::Read(e)))?;
         Self::parse_with(file, &text, sets, vars)
     }
 
@@ -307,7 +305,10 @@ fn read_document(
             .span()
             .map(|s| at(file, text, s.start))
             .unwrap_or_else(|| file.display().to_string());
-        ConfigError(format!("{place}: {}", e.message().trim_end()))
+        ConfigError::new(
+            place,
+            ConfigProblem::Toml(e.message().trim_end().to_owned()),
+        )
     })?;
     for set in sets {
         apply_set(&mut doc, set)?;
@@ -322,7 +323,7 @@ fn read_document(
     for table in tables {
         for (_, value) in table.get_mut().iter_mut() {
             super::vars::expand_value(value, vars)
-                .map_err(|e| ConfigError(format!("--set: {e}")))?;
+                .map_err(|e| ConfigError::new("--set", e.into()))?;
         }
     }
     Ok(doc)
@@ -335,9 +336,13 @@ fn raw_stage(index: usize, stage: &Table, place: String) -> Result<RawStage, Con
     let kind = match table.remove("kind") {
         Some(Value::String(kind)) => kind,
         _ => {
-            return Err(ConfigError(format!(
-                "{place}: [[stage]] {index}: needs a kind, e.g. kind = \"exec\""
-            )))
+            return Err(ConfigError::new(
+                place,
+                ConfigProblem::MissingKind {
+                    part: format!("[[stage]] {index}"),
+                    expected: "e.g. kind = \"exec\"".into(),
+                },
+            ))
         }
     };
     let mut common_table = Table::new();
@@ -348,8 +353,7 @@ fn raw_stage(index: usize, stage: &Table, place: String) -> Result<RawStage, Con
     }
     let what = format!("[[stage]] {index} ({kind})");
     let common: Common = section(&common_table, &what, &place)?;
-    let options =
-        stage_options(&common).map_err(|e| ConfigError(format!("{place}: {what}: {e}")))?;
+    let options = stage_options(&common).map_err(|e| ConfigError::invalid(&place, &what, e))?;
     let name = common.name.unwrap_or_else(|| format!("{kind}-{index}"));
     Ok(RawStage {
         place,

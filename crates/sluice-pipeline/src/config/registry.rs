@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::doc::{Kind, KindDoc};
-use super::{kinds, ConfigError, RawSection, RawStage};
+use super::{kinds, ConfigError, ConfigProblem, RawSection, RawStage};
 use crate::connector::{SinkConfig, SourceConfig};
 use crate::stages::Record;
 use crate::{ItemError, PartFormat, Stage, StageOptions};
@@ -103,10 +103,13 @@ impl<B: Clone> Kinds<B> {
         let kind = match section.table.get("kind") {
             Some(toml::Value::String(kind)) => kind.as_str(),
             _ => {
-                return Err(ConfigError(format!(
-                    "{place}: {what}: needs a kind: one of {}",
-                    names.join(", ")
-                )))
+                return Err(ConfigError::new(
+                    place,
+                    ConfigProblem::MissingKind {
+                        part: what.into(),
+                        expected: format!("one of {}", names.join(", ")),
+                    },
+                ))
             }
         };
         let Some(build) = self.get(kind) else {
@@ -119,11 +122,14 @@ impl<B: Clone> Kinds<B> {
 
     /// The error for a kind not in the table.
     pub fn unknown(&self, place: &str, kind: &str, names: &[&str]) -> ConfigError {
-        ConfigError(format!(
-            "{place}: {}: unknown kind {kind:?}: expected one of {}",
-            self.what,
-            names.join(", ")
-        ))
+        ConfigError::new(
+            place,
+            ConfigProblem::UnknownKind {
+                part: self.what.into(),
+                kind: kind.into(),
+                expected: format!("expected one of {}", names.join(", ")),
+            },
+        )
     }
 }
 
@@ -224,11 +230,14 @@ impl Registry {
     pub fn build_source(&self, section: &RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError> {
         let kind = section.table.get("kind").and_then(|k| k.as_str());
         if let Some(other) = kind.filter(|k| self.elsewhere.contains(k)) {
-            return Err(ConfigError(format!(
-                "{}: [source]: kind {other:?} makes another kind of pipeline than this command \
-                 runs (run it with `sluice run`)",
-                section.place
-            )));
+            return Err(ConfigError::invalid(
+                &section.place,
+                "[source]",
+                format!(
+                    "kind {other:?} makes another kind of pipeline than this command runs (run \
+                     it with `sluice run`)"
+                ),
+            ));
         }
         let (build, section) = self.sources.pick(section, &self.elsewhere)?;
         build(&section)
@@ -238,13 +247,14 @@ impl Registry {
     pub fn build_stage(&self, stage: &RawStage) -> Result<RecordStageFactory, ConfigError> {
         match self.stages.get(&stage.kind) {
             Some(build) => build(stage),
-            None => Err(ConfigError(format!(
-                "{}: [[stage]] {}: unknown kind {:?}: expected one of {}",
-                stage.place,
-                stage.index,
-                stage.kind,
-                self.stage_names()
-            ))),
+            None => Err(ConfigError::new(
+                &stage.place,
+                ConfigProblem::UnknownKind {
+                    part: format!("[[stage]] {}", stage.index),
+                    kind: stage.kind.clone(),
+                    expected: format!("expected one of {}", self.stage_names()),
+                },
+            )),
         }
     }
 
@@ -366,7 +376,8 @@ mod tests {
         .err()
         .unwrap();
         assert!(
-            e.0.contains("p.toml:6: [[stage]] 0: unknown kind \"upper\": expected one of exec"),
+            e.to_string()
+                .contains("p.toml:6: [[stage]] 0: unknown kind \"upper\": expected one of exec"),
             "{e}"
         );
     }
@@ -382,18 +393,19 @@ mod tests {
             .err()
             .unwrap();
         assert!(
-            e.0.contains("p.toml:9: [sink]: unknown kind \"csv\": expected one of jsonl"),
+            e.to_string()
+                .contains("p.toml:9: [sink]: unknown kind \"csv\": expected one of jsonl"),
             "{e}"
         );
         raw.source.table.insert("kind".into(), "tsv".into());
         let e = PipelineConfig::from_raw_with(raw, &registry).err().unwrap();
         assert!(
-            e.0.contains(
+            e.to_string().contains(
                 "p.toml:1: [source]: unknown kind \"tsv\": expected one of lines, jsonl, files"
             ),
             "{e}"
         );
-        assert!(e.0.ends_with("match_files"), "{e}");
+        assert!(e.to_string().ends_with("match_files"), "{e}");
     }
 
     #[test]
@@ -411,6 +423,10 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(e.0.contains("[sink]: part_items must be at least 1"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("[sink]: part_items must be at least 1"),
+            "{e}"
+        );
     }
 }

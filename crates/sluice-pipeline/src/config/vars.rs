@@ -12,6 +12,62 @@ use chrono::NaiveDate;
 
 use super::ConfigError;
 
+/// A run variable that cannot be set or expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VarError {
+    /// A `--var` without `=`.
+    #[error("--var {0:?}: expected NAME=VALUE")]
+    NotAssignment(String),
+    /// A `--var` name that is not letters, digits and `_`.
+    #[error("--var {0:?}: a name is letters, digits and '_'")]
+    BadName(String),
+    /// A `--var` setting a built-in name.
+    #[error("--var {pair:?}: {name} is built in; set the run's date with --date")]
+    BuiltIn {
+        /// The argument.
+        pair: String,
+        /// The built-in name.
+        name: String,
+    },
+    /// A `--date` that is not a date.
+    #[error("--date {given:?}: expected YYYY-MM-DD, today or yesterday ({reason})")]
+    BadDate {
+        /// What was given.
+        given: String,
+        /// Why it is not a date.
+        reason: String,
+    },
+    /// `${` without its `}`.
+    #[error("\"${{{0}\" is not closed with '}}'")]
+    Unclosed(String),
+    /// A name no variable has.
+    #[error("${{{name}}} is not defined: give --var {name}=VALUE (defined: {defined})")]
+    Undefined {
+        /// The name.
+        name: String,
+        /// The names that are defined.
+        defined: String,
+    },
+    /// `${name:FORMAT}` of a value that is not a date.
+    #[error("${{{spec}}}: {name} = {value:?} is not a date to format")]
+    NotADate {
+        /// What was written inside `${}`.
+        spec: String,
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+    /// A format strftime does not know.
+    #[error("${{{spec}}}: {format:?} is not a date format")]
+    BadFormat {
+        /// What was written inside `${}`.
+        spec: String,
+        /// The format.
+        format: String,
+    },
+}
+
 /// The names set from the logical date.
 const BUILT_IN: [&str; 3] = ["date", "yesterday", "tomorrow"];
 
@@ -24,7 +80,7 @@ pub struct Vars {
 impl Vars {
     /// The built-ins for logical date `date`, then `given` (`name=value`; a built-in name is
     /// refused: the date comes from `--date`).
-    pub fn new(date: NaiveDate, given: &[String]) -> Result<Self, String> {
+    pub fn new(date: NaiveDate, given: &[String]) -> Result<Self, VarError> {
         let mut values = BTreeMap::new();
         values.insert("date".to_owned(), date.to_string());
         let day = chrono::Days::new(1);
@@ -37,15 +93,16 @@ impl Vars {
         for pair in given {
             let (name, value) = pair
                 .split_once('=')
-                .ok_or_else(|| format!("--var {pair:?}: expected NAME=VALUE"))?;
+                .ok_or_else(|| VarError::NotAssignment(pair.clone()))?;
             let name = name.trim();
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("--var {pair:?}: a name is letters, digits and '_'"));
+                return Err(VarError::BadName(pair.clone()));
             }
             if BUILT_IN.contains(&name) {
-                return Err(format!(
-                    "--var {pair:?}: {name} is built in; set the run's date with --date"
-                ));
+                return Err(VarError::BuiltIn {
+                    pair: pair.clone(),
+                    name: name.to_owned(),
+                });
             }
             values.insert(name.to_owned(), value.to_owned());
         }
@@ -54,16 +111,20 @@ impl Vars {
 
     /// From the command line: `date` as `YYYY-MM-DD`, `today` or `yesterday` (in UTC; today
     /// without it), and `--var`s.
-    pub fn from_args(date: Option<&str>, given: &[String]) -> Result<Self, String> {
+    pub fn from_args(date: Option<&str>, given: &[String]) -> Result<Self, VarError> {
         let today = chrono::Utc::now().date_naive();
         let date = match date {
             None | Some("today") => today,
             // What a daily schedule runs on: the day that has just ended.
             Some("yesterday") => today
                 .checked_sub_days(chrono::Days::new(1))
-                .ok_or("--date yesterday: before the first date")?,
-            Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|e| {
-                format!("--date {d:?}: expected YYYY-MM-DD, today or yesterday ({e})")
+                .ok_or_else(|| VarError::BadDate {
+                    given: "yesterday".into(),
+                    reason: "before the first date".into(),
+                })?,
+            Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|e| VarError::BadDate {
+                given: d.to_owned(),
+                reason: e.to_string(),
             })?,
         };
         Self::new(date, given)
@@ -80,7 +141,7 @@ impl Vars {
     }
 
     /// `text` with every `${...}` replaced; an error names what is wrong.
-    pub fn expand(&self, text: &str) -> Result<String, String> {
+    pub fn expand(&self, text: &str) -> Result<String, VarError> {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(at) = rest.find('$') {
@@ -98,7 +159,7 @@ impl Vars {
             };
             let end = body
                 .find('}')
-                .ok_or_else(|| format!("\"${{{body}\" is not closed with '}}'"))?;
+                .ok_or_else(|| VarError::Unclosed(body.to_owned()))?;
             out.push_str(&self.value(&body[..end])?);
             rest = &body[end + 1..];
         }
@@ -107,28 +168,33 @@ impl Vars {
     }
 
     /// The value of `name` or `name:FORMAT`.
-    fn value(&self, spec: &str) -> Result<String, String> {
+    fn value(&self, spec: &str) -> Result<String, VarError> {
         let (name, format) = match spec.split_once(':') {
             Some((n, f)) => (n.trim(), Some(f)),
             None => (spec.trim(), None),
         };
-        let value = self.values.get(name).ok_or_else(|| {
-            format!(
-                "${{{name}}} is not defined: give --var {name}=VALUE (defined: {})",
-                self.values.keys().cloned().collect::<Vec<_>>().join(", ")
-            )
+        let value = self.values.get(name).ok_or_else(|| VarError::Undefined {
+            name: name.to_owned(),
+            defined: self.values.keys().cloned().collect::<Vec<_>>().join(", "),
         })?;
         let Some(format) = format else {
             return Ok(value.clone());
         };
-        let date = NaiveDate::parse_from_str(value, "%Y-%m-%d")
-            .map_err(|_| format!("${{{spec}}}: {name} = {value:?} is not a date to format"))?;
+        let date =
+            NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| VarError::NotADate {
+                spec: spec.to_owned(),
+                name: name.to_owned(),
+                value: value.clone(),
+            })?;
         let items: Vec<_> = chrono::format::StrftimeItems::new(format).collect();
         if items
             .iter()
             .any(|i| matches!(i, chrono::format::Item::Error))
         {
-            return Err(format!("${{{spec}}}: {format:?} is not a date format"));
+            return Err(VarError::BadFormat {
+                spec: spec.to_owned(),
+                format: format.to_owned(),
+            });
         }
         Ok(date.format_with_items(items.into_iter()).to_string())
     }
@@ -140,7 +206,10 @@ pub fn check(file: &Path, text: &str, vars: &Vars) -> Result<(), ConfigError> {
     for (n, line) in text.lines().enumerate() {
         let code = strip_comment(line);
         if let Err(e) = vars.expand(code) {
-            return Err(ConfigError(format!("{}:{}: {e}", file.display(), n + 1)));
+            return Err(ConfigError::new(
+                format!("{}:{}", file.display(), n + 1),
+                e.into(),
+            ));
         }
     }
     Ok(())
@@ -161,7 +230,7 @@ fn strip_comment(line: &str) -> &str {
 }
 
 /// Expands the variables in every string of `value`.
-pub(super) fn expand_value(value: &mut toml::Value, vars: &Vars) -> Result<(), String> {
+pub(super) fn expand_value(value: &mut toml::Value, vars: &Vars) -> Result<(), VarError> {
     match value {
         toml::Value::String(s) => *s = vars.expand(s)?,
         toml::Value::Array(items) => {
@@ -207,7 +276,7 @@ mod tests {
         );
         // The date is the run's: --date sets it, not --var.
         let e = Vars::new(NaiveDate::MIN, &["date=2024-02-29".into()]).unwrap_err();
-        assert!(e.contains("--date"), "{e}");
+        assert!(e.to_string().contains("--date"), "{e}");
     }
 
     #[test]
@@ -228,23 +297,22 @@ mod tests {
         );
         assert!(Vars::from_args(Some("31.01.2026"), &[])
             .unwrap_err()
+            .to_string()
             .contains("expected YYYY-MM-DD, today or yesterday"));
     }
 
     #[test]
     fn what_cannot_expand_is_named() {
         let v = vars(&["bucket=logs"]);
-        let e = v.expand("in/${region}/x").unwrap_err();
+        let e = v.expand("in/${region}/x").unwrap_err().to_string();
         assert!(
             e.contains("${region} is not defined") && e.contains("--var region="),
             "{e}"
         );
-        assert!(v.expand("${bucket:%Y}").unwrap_err().contains("not a date"));
-        assert!(v
-            .expand("${date:%Q}")
-            .unwrap_err()
-            .contains("not a date format"));
-        assert!(v.expand("${date").unwrap_err().contains("not closed"));
+        let e = |text: &str| v.expand(text).unwrap_err().to_string();
+        assert!(e("${bucket:%Y}").contains("not a date"));
+        assert!(e("${date:%Q}").contains("not a date format"));
+        assert!(e("${date").contains("not closed"));
         assert!(Vars::new(NaiveDate::MIN, &["x".into()]).is_err());
         let e = check(
             Path::new("p.toml"),
@@ -252,6 +320,6 @@ mod tests {
             &v,
         )
         .unwrap_err();
-        assert_eq!(e.0, "p.toml:3: ${nope} is not defined: give --var nope=VALUE (defined: bucket, date, tomorrow, yesterday)");
+        assert_eq!(e.to_string(), "p.toml:3: ${nope} is not defined: give --var nope=VALUE (defined: bucket, date, tomorrow, yesterday)");
     }
 }

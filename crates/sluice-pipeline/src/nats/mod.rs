@@ -168,7 +168,7 @@ impl SourceConfig for NatsSource {
     }
 
     fn open(&self) -> Result<SourceItems, RunError> {
-        Err(RunError::Invalid(
+        Err(RunError::WrongCommand(
             "a [source] of kind = \"nats\" is read by workers that run until stopped: use \
              `sluice worker FILE` (with --exit-when-drained to stop once the stream is empty)"
                 .into(),

@@ -68,7 +68,7 @@ impl NatsSource {
     /// Reads `[source]` (without its `kind`) and checks the settings fit together.
     pub fn parse(table: &toml::Table, place: &str) -> Result<Self, ConfigError> {
         let spec: NatsSource = section(table, "[source] (nats)", place)?;
-        let bad = |m: String| Err(ConfigError(format!("{place}: [source] (nats): {m}")));
+        let bad = |m: String| Err(ConfigError::invalid(place, "[source] (nats)", m));
         if spec.fetch == 0 || spec.max_deliver == 0 || spec.max_in_flight == Some(0) {
             return bad("fetch, max_in_flight and max_deliver must be at least 1".into());
         }
@@ -138,9 +138,11 @@ impl NatsSinkSpec {
         let spec: NatsSinkSpec = section(table, "[sink] (nats)", place)?;
         if let Some(r) = &spec.retention {
             if r != "limits" && r != "workqueue" {
-                return Err(ConfigError(format!(
-                    "{place}: [sink] (nats): retention = {r:?}: expected \"limits\" or \"workqueue\""
-                )));
+                return Err(ConfigError::invalid(
+                    place,
+                    "[sink] (nats)",
+                    format!("retention = {r:?}: expected \"limits\" or \"workqueue\""),
+                ));
             }
         }
         Ok(spec)

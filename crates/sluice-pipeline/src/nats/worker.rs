@@ -522,7 +522,7 @@ pub(crate) fn run_worker(
     } = job;
     let done_check = sink.done_check(&key_field)?;
     let queue = Held::open(source, worker.stop.clone(), done_check);
-    let queue = Arc::new(queue.map_err(crate::RunError::Invalid)?);
+    let queue = Arc::new(queue.map_err(crate::RunError::Broker)?);
     let connection = WorkerConnection {
         url: source.url.clone(),
         credentials: source.credentials.clone(),

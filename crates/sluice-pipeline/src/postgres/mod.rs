@@ -28,7 +28,7 @@ use std::sync::Arc;
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
-use crate::section::{section, ConfigError};
+use crate::section::{section, ConfigError, ConfigProblem};
 use crate::sink::Sink;
 use crate::SinkError;
 
@@ -102,16 +102,17 @@ impl PostgresSpec {
     pub fn parse(table: &toml::Table, place: &str) -> Result<Self, ConfigError> {
         let spec: PostgresSpec = section(table, "[sink] (postgres)", place)?;
         spec.check()
-            .map_err(|m| ConfigError(format!("{place}: [sink] (postgres): {m}")))?;
+            .map_err(|m| ConfigError::invalid(place, "[sink] (postgres)", m))?;
         Ok(spec)
     }
 
     /// Reads an output URL, `postgres://user@host/db?table=results&create=true&key=path`: the
     /// sink's own settings are query parameters, the rest is the connection; `defaults` are
     /// sink settings the URL may override (a command's own choice of key, say).
-    pub fn from_url(url: &str, defaults: &[(&str, &str)]) -> Result<Self, String> {
+    pub fn from_url(url: &str, defaults: &[(&str, &str)]) -> Result<Self, ConfigError> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let shown = redact(url);
+        let bad = |message: String| ConfigError::new(&shown, ConfigProblem::Url(message));
         let mut table = toml::Table::new();
         let mut rest = Vec::new();
         let pairs = query.split('&').filter(|p| !p.is_empty()).map(|pair| {
@@ -128,27 +129,25 @@ impl PostgresSpec {
                 "create" => toml::Value::Boolean(match &*value {
                     "true" | "1" => true,
                     "false" | "0" => false,
-                    other => {
-                        return Err(format!("{shown}: create={other}: expected true or false"))
-                    }
+                    other => return Err(bad(format!("create={other}: expected true or false"))),
                 }),
                 "batch_rows" => toml::Value::Integer(
                     value
                         .parse()
-                        .map_err(|_| format!("{shown}: batch_rows={value}: expected a number"))?,
+                        .map_err(|_| bad(format!("batch_rows={value}: expected a number")))?,
                 ),
                 "retry_for_s" => toml::Value::Float(
                     value
                         .parse()
-                        .map_err(|_| format!("{shown}: retry_for_s={value}: expected seconds"))?,
+                        .map_err(|_| bad(format!("retry_for_s={value}: expected seconds")))?,
                 ),
                 _ => toml::Value::String(value.into_owned()),
             };
             table.insert(name.to_owned(), value);
         }
         if !table.contains_key("table") {
-            return Err(format!(
-                "{shown}: names no table: add ?table=NAME (and &create=true to create it)"
+            return Err(bad(
+                "names no table: add ?table=NAME (and &create=true to create it)".into(),
             ));
         }
         let connection = if rest.is_empty() {
@@ -157,8 +156,8 @@ impl PostgresSpec {
             format!("{base}?{}", rest.join("&"))
         };
         table.insert("url".into(), toml::Value::String(connection));
-        let spec: PostgresSpec = table.try_into().map_err(|e| format!("{shown}: {e}"))?;
-        spec.check().map_err(|m| format!("{shown}: {m}"))?;
+        let spec: PostgresSpec = table.try_into().map_err(|e| bad(e.to_string()))?;
+        spec.check().map_err(bad)?;
         Ok(spec)
     }
 
@@ -251,9 +250,7 @@ pub(crate) fn url_sink(
     url: &str,
     defaults: &[(&str, &str)],
 ) -> Result<Arc<dyn crate::connector::SinkConfig>, ConfigError> {
-    PostgresSpec::from_url(url, defaults)
-        .map(|p| Arc::new(p) as _)
-        .map_err(ConfigError)
+    PostgresSpec::from_url(url, defaults).map(|p| Arc::new(p) as _)
 }
 
 impl crate::connector::SinkConfig for PostgresSpec {
@@ -306,12 +303,16 @@ mod tests {
             spec.url.as_deref(),
             Some("postgres://u:secret@db:5433/results?sslmode=disable")
         );
-        let e = PostgresSpec::from_url("postgres://u:secret@db/results", &[]).unwrap_err();
+        let e = PostgresSpec::from_url("postgres://u:secret@db/results", &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("postgres://u:***@db/results: names no table"),
             "{e}"
         );
-        let e = PostgresSpec::from_url("postgres://db/r?table=t&create=maybe", &[]).unwrap_err();
+        let e = PostgresSpec::from_url("postgres://db/r?table=t&create=maybe", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("create=maybe"), "{e}");
     }
 

@@ -31,7 +31,7 @@
 use serde::Deserialize;
 use sluice_core::storage::{local_path, Matcher};
 use sluice_pipeline::config::{
-    section, ConfigError, Kind, KindDoc, Kinds, RawConfig, RawSection, RawStage,
+    section, ConfigError, ConfigProblem, Kind, KindDoc, Kinds, RawConfig, RawSection, RawStage,
 };
 use sluice_pipeline::{RunError, RunOptions};
 
@@ -176,15 +176,23 @@ pub fn reference() -> [(&'static str, Vec<(&'static str, KindDoc)>); 3] {
 fn pick_sink(sink: &RawSection) -> Result<AudioSink, ConfigError> {
     let place = &sink.place;
     let Some(kind) = sink.table.get("kind").and_then(|k| k.as_str()) else {
-        return Err(ConfigError(format!(
-            "{place}: [sink]: needs a kind: \"audio\" or \"features\""
-        )));
+        return Err(ConfigError::new(
+            place,
+            ConfigProblem::MissingKind {
+                part: "[sink]".into(),
+                expected: "\"audio\" or \"features\"".into(),
+            },
+        ));
     };
     let Some(build) = sinks().get(kind).copied() else {
-        return Err(ConfigError(format!(
-            "{place}: [sink] ({kind}): unknown kind {kind:?}: an audio pipeline writes \"audio\" \
-             or \"features\""
-        )));
+        return Err(ConfigError::new(
+            place,
+            ConfigProblem::UnknownKind {
+                part: format!("[sink] ({kind})"),
+                kind: kind.into(),
+                expected: "an audio pipeline writes \"audio\" or \"features\"".into(),
+            },
+        ));
     };
     let mut rest = sink.clone();
     rest.table.remove("kind");
@@ -217,7 +225,7 @@ fn moved_to_sink(stage: &RawStage) -> Result<Step, ConfigError> {
 fn build_sink(sink: &RawSection, kind: &str) -> Result<AudioSink, ConfigError> {
     let place = &sink.place;
     let what = format!("[sink] ({kind})");
-    let bad = |e: String| ConfigError(format!("{place}: {what}: {e}"));
+    let bad = |e: String| ConfigError::invalid(place, &what, e);
     let spec: SinkSection = section(&sink.table, &what, place)?;
     let (write, default_suffix) = match kind {
         "audio" => {
@@ -251,13 +259,14 @@ impl AudioPipeline {
         let src: AudioSourceSection = section(&raw.source.table, "[source]", &raw.source.place)?;
         let matcher = match (&src.glob, src.suffix.is_empty()) {
             (Some(_), false) => {
-                return Err(ConfigError(format!(
-                    "{}: [source]: give suffix or glob, not both",
-                    raw.source.place
-                )))
+                return Err(ConfigError::invalid(
+                    &raw.source.place,
+                    "[source]",
+                    "give suffix or glob, not both",
+                ))
             }
             (Some(glob), true) => Matcher::glob(glob)
-                .map_err(|e| ConfigError(format!("{}: [source]: {e}", raw.source.place)))?,
+                .map_err(|e| ConfigError::invalid(&raw.source.place, "[source]", e))?,
             (None, false) => Matcher::suffixes(&src.suffix),
             (None, true) => Matcher::All,
         };
@@ -266,10 +275,12 @@ impl AudioPipeline {
             .next()
             .filter(|s| s.kind == "load_audio")
             .ok_or_else(|| {
-                ConfigError(format!(
-                    "{}: an audio pipeline starts with a [[stage]] of kind = \"load_audio\"",
-                    raw.file
-                ))
+                ConfigError::new(
+                    &raw.file,
+                    ConfigProblem::Missing(
+                        "an audio pipeline starts with a [[stage]] of kind = \"load_audio\"".into(),
+                    ),
+                )
             })?;
         if !load.table.is_empty() {
             return Err(load.error("takes only the shared stage settings"));
@@ -295,11 +306,14 @@ impl AudioPipeline {
             steps_built.push(build(stage)?);
         }
         let Some(sink) = &raw.sink else {
-            return Err(ConfigError(format!(
-                "{}: an audio pipeline needs a [sink] of kind = \"audio\" or \"features\" \
-                 (path = ...)",
-                raw.file
-            )));
+            return Err(ConfigError::new(
+                &raw.file,
+                ConfigProblem::Missing(
+                    "an audio pipeline needs a [sink] of kind = \"audio\" or \"features\" \
+                     (path = ...)"
+                        .into(),
+                ),
+            ));
         };
         let (write, target, rule, redo_if_older) = pick_sink(sink)?;
         let mut options = raw.run_options(local_path(&target).as_deref());

@@ -252,9 +252,8 @@ pub(crate) struct Conversion {
 impl Conversion {
     /// Runs the job; `Err` only when it could not start. An aborted run still reports.
     pub fn run(self) -> Result<Result<JobReport, (String, JobReport)>, RunError> {
-        let invalid = |e: sluice_core::storage::StorageError| RunError::Invalid(e.to_string());
-        let source = Location::parse_source(&self.source).map_err(invalid)?;
-        let target = Location::parse(&self.target).map_err(invalid)?;
+        let source = Location::parse_source(&self.source)?;
+        let target = Location::parse(&self.target)?;
         let stats = Arc::new(DecodeStats::default());
         let budget = self.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET);
         let convert = ConvertFiles::new(
@@ -269,17 +268,14 @@ impl Conversion {
             stats.clone(),
         );
         let mut options = self.options;
-        let files = crate::audio::stages::match_files(&source, &self.matcher).map_err(invalid)?;
+        let files = crate::audio::stages::match_files(&source, &self.matcher)?;
         let completed = if options.skip_completed {
-            Some(
-                completed_sources(
-                    &files,
-                    &target,
-                    std::slice::from_ref(&self.rule),
-                    self.redo_if_older,
-                )
-                .map_err(invalid)?,
-            )
+            Some(completed_sources(
+                &files,
+                &target,
+                std::slice::from_ref(&self.rule),
+                self.redo_if_older,
+            )?)
         } else {
             None
         };
@@ -305,7 +301,7 @@ impl Conversion {
         if let Some(path) = summary_path {
             let json = serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default();
             sluice_core::fs::write_atomic(&path, |out| out.write_all(&json))
-                .map_err(|e| RunError::Invalid(format!("writing {}: {e}", path.display())))?;
+                .map_err(|e| RunError::io(format!("writing {}", path.display()), e))?;
         }
         Ok(match aborted {
             None => Ok(report),

@@ -17,8 +17,8 @@ fn build(text: &str) -> Result<AudioPipeline, String> {
 }
 
 fn build_with(text: &str, sets: &[String]) -> Result<AudioPipeline, String> {
-    let raw = RawConfig::parse(Path::new("audio.toml"), text, sets).map_err(|e| e.0)?;
-    AudioPipeline::from_raw(raw).map_err(|e| e.0)
+    let raw = RawConfig::parse(Path::new("audio.toml"), text, sets).map_err(|e| e.to_string())?;
+    AudioPipeline::from_raw(raw).map_err(|e| e.to_string())
 }
 
 #[test]
