@@ -195,6 +195,26 @@ struct Sentence {
 }
 
 impl Sentence {
+    /// A sentence before its first step: `beams` copies of the start token, only the first of
+    /// which may be extended (the others start blocked), and no finished hypothesis.
+    fn new(p: &GenerateParams, beams: usize) -> Self {
+        Sentence {
+            running: vec![vec![p.decoder_start]; beams],
+            running_scores: (0..beams)
+                .map(|j| if j == 0 { 0.0 } else { BLOCKED })
+                .collect(),
+            slots: vec![
+                FinishedSlot {
+                    score: BLOCKED,
+                    finished: false,
+                    tokens: Vec::new(),
+                };
+                beams
+            ],
+            improvable: true,
+        }
+    }
+
     fn is_full(&self) -> bool {
         self.slots.iter().all(|s| s.finished)
     }
@@ -202,6 +222,167 @@ impl Sentence {
     /// Whether nothing can change any more, so the sentence may leave the batch.
     fn is_frozen(&self, p: &GenerateParams) -> bool {
         !self.improvable || (p.early_stopping == EarlyStopping::True && self.is_full())
+    }
+
+    /// Running beam `flat / vocab` extended with token `flat % vocab`.
+    fn extended(&self, flat: usize, vocab: usize) -> Vec<u32> {
+        let mut seq = self.running[flat / vocab].clone();
+        seq.push((flat % vocab) as u32);
+        seq
+    }
+
+    /// Takes one step's candidates (best first): the finished ones merge into the slots, the best
+    /// unfinished ones become the running beams, and the search may stop being improvable.
+    /// Returns the decoder row each new beam continues (the sentence's rows start at `first_row`).
+    fn advance(&mut self, cands: &[(usize, f32)], step: &Step, first_row: u32) -> Vec<u32> {
+        let vocab = step.vocab;
+        let hits: Vec<bool> = cands
+            .iter()
+            .map(|&(flat, _)| step.at_max || step.p.eos.contains(&((flat % vocab) as u32)))
+            .collect();
+        let slots = self.finished_slots(cands, &hits, step);
+        let (chosen, scores) = next_beams(cands, &hits, step.beams);
+        let running: Vec<Vec<u32>> = chosen
+            .iter()
+            .map(|&c| self.extended(cands[c].0, vocab))
+            .collect();
+        let sources: Vec<u32> = chosen
+            .iter()
+            .map(|&c| first_row + (cands[c].0 / vocab) as u32)
+            .collect();
+        self.running = running;
+        self.running_scores = scores;
+        self.slots = slots;
+        let can_improve = self.can_improve(step);
+        self.improvable &= can_improve;
+        sources
+    }
+
+    /// The best `beams` of the slots so far and this step's candidates, each scored
+    /// `score / divisor` and blocked unless it finishes among the best `beams` while the sentence
+    /// can still take it (the blocked ones hold slots as placeholders).
+    fn finished_slots(
+        &self,
+        cands: &[(usize, f32)],
+        hits: &[bool],
+        step: &Step,
+    ) -> Vec<FinishedSlot> {
+        let (p, k) = (step.p, step.beams);
+        let full_penalty = if p.early_stopping == EarlyStopping::True && self.is_full() {
+            BLOCKED
+        } else {
+            0.0
+        };
+        let frozen_penalty = if self.improvable { 0.0 } else { BLOCKED };
+        let mut merged_scores: Vec<f32> = self.slots.iter().map(|sl| sl.score).collect();
+        for (c, &(_, score)) in cands.iter().enumerate() {
+            let just_finished = hits[c] && c < k;
+            let mut f = score / step.divisor;
+            f += full_penalty;
+            f += frozen_penalty;
+            f += if just_finished { 0.0 } else { BLOCKED };
+            merged_scores.push(f);
+        }
+        top_k(&merged_scores, k)
+            .into_iter()
+            .map(|m| {
+                if m < k {
+                    self.slots[m].clone()
+                } else {
+                    let c = m - k;
+                    let finished = hits[c] && c < k;
+                    FinishedSlot {
+                        score: merged_scores[m],
+                        finished,
+                        tokens: if finished {
+                            self.extended(cands[c].0, step.vocab)
+                        } else {
+                            Vec::new()
+                        },
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Whether a running beam can still beat the worst finished hypothesis.
+    fn can_improve(&self, step: &Step) -> bool {
+        let p = step.p;
+        let hyp_len = if p.early_stopping == EarlyStopping::Never && p.length_penalty > 0.0 {
+            p.max_length - 1
+        } else {
+            step.cur_len
+        };
+        let best_possible =
+            self.running_scores[0] / ((hyp_len as f64).powf(p.length_penalty)) as f32;
+        let worst_all = self
+            .slots
+            .iter()
+            .map(|sl| sl.score)
+            .fold(f32::INFINITY, f32::min);
+        self.slots
+            .iter()
+            .any(|sl| best_possible > if sl.finished { worst_all } else { BLOCKED })
+    }
+
+    /// The best finished hypothesis, or the best running beam when none finished.
+    fn into_best(self) -> Vec<u32> {
+        let best = &self.slots[0];
+        if best.finished {
+            best.tokens.clone()
+        } else {
+            self.running[0].clone()
+        }
+    }
+}
+
+/// The best `beams` candidates that did not just finish (finished ones enter blocked), as indices
+/// into `cands` with their scores.
+fn next_beams(cands: &[(usize, f32)], hits: &[bool], beams: usize) -> (Vec<usize>, Vec<f32>) {
+    let running_vals: Vec<f32> = cands
+        .iter()
+        .zip(hits)
+        .map(|(&(_, sc), &h)| sc + if h { BLOCKED } else { 0.0 })
+        .collect();
+    let chosen = top_k(&running_vals, beams);
+    let scores = chosen.iter().map(|&c| running_vals[c]).collect();
+    (chosen, scores)
+}
+
+/// What every sentence's update shares in one beam-search step.
+struct Step<'a> {
+    p: &'a GenerateParams,
+    /// Beams per sentence.
+    beams: usize,
+    vocab: usize,
+    /// Decoder length before this step's token, start token included.
+    cur_len: usize,
+    /// This step's token reaches `max_length`: every candidate finishes.
+    at_max: bool,
+    /// `cur_len ^ length_penalty`, which divides the scores of hypotheses finished at this step.
+    divisor: f32,
+    /// Candidates kept per sentence.
+    keep: usize,
+}
+
+impl Step<'_> {
+    /// Each sentence's `keep` best (flat index into its `beams × vocab` block, score) candidates,
+    /// best first. Every row on its own thread, while its 128k values are in cache: log-softmax,
+    /// the processors, its best continuations; then each sentence merges its beams' lists.
+    fn candidates(&self, log_probs: &mut [f32], running: &[f32]) -> Vec<Vec<(usize, f32)>> {
+        let row_cands: Vec<Vec<(usize, f32)>> = log_probs
+            .par_chunks_mut(self.vocab)
+            .zip(running.par_iter())
+            .map(|(row, &base)| {
+                rowops::log_softmax(row);
+                self.p.process(row, self.cur_len);
+                top_of_row(row, base, self.keep)
+            })
+            .collect();
+        row_cands
+            .chunks(self.beams)
+            .map(|rows| merge_rows(rows, self.vocab, self.keep))
+            .collect()
     }
 }
 
@@ -273,21 +454,7 @@ fn beam_search(
     let n = enc.hidden.dim(0)?;
     // Enough candidates that `k` remain after every end-of-sequence id has taken one per beam.
     let keep = 2.max(1 + p.eos.len()) * k;
-    let mut sentences: Vec<Sentence> = (0..n)
-        .map(|_| Sentence {
-            running: vec![vec![p.decoder_start]; k],
-            running_scores: (0..k).map(|j| if j == 0 { 0.0 } else { BLOCKED }).collect(),
-            slots: vec![
-                FinishedSlot {
-                    score: BLOCKED,
-                    finished: false,
-                    tokens: Vec::new(),
-                };
-                k
-            ],
-            improvable: true,
-        })
-        .collect();
+    let mut sentences: Vec<Sentence> = (0..n).map(|_| Sentence::new(p, k)).collect();
     let mut state = model.start_decoding(enc, k)?;
     // One position per step: the start token and every generated token but the last.
     state.reserve(p.max_length - 1);
@@ -301,116 +468,27 @@ fn beam_search(
             .flat_map(|&s| sentences[s].running.iter().map(|b| b[b.len() - 1]))
             .collect();
         model.decode_step_into(&tokens, &mut state, &mut log_probs)?;
-        let at_max = cur_len + 1 >= p.max_length;
-        let divisor = ((cur_len as f64).powf(p.length_penalty)) as f32;
-        // Every row on its own thread, while its 128k values are in cache: log-softmax, the
-        // processors, its best continuations; then each sentence merges its beams' lists.
+        let step = Step {
+            p,
+            beams: k,
+            vocab,
+            cur_len,
+            at_max: cur_len + 1 >= p.max_length,
+            divisor: ((cur_len as f64).powf(p.length_penalty)) as f32,
+            keep,
+        };
         let running: Vec<f32> = active
             .iter()
             .flat_map(|&s| sentences[s].running_scores.iter().copied())
             .collect();
-        let row_cands: Vec<Vec<(usize, f32)>> = log_probs
-            .par_chunks_mut(vocab)
-            .zip(running.par_iter())
-            .map(|(row, &base)| {
-                rowops::log_softmax(row);
-                p.process(row, cur_len);
-                top_of_row(row, base, keep)
-            })
-            .collect();
-        let all_cands: Vec<Vec<(usize, f32)>> = row_cands
-            .chunks(k)
-            .map(|rows| merge_rows(rows, vocab, keep))
-            .collect();
+        let all_cands = step.candidates(&mut log_probs, &running);
         let mut next_rows: Vec<u32> = Vec::with_capacity(active.len() * k);
         let mut kept_sentences: Vec<u32> = Vec::with_capacity(active.len());
         let mut still_active = Vec::with_capacity(active.len());
         for ((a, &s), cands) in active.iter().enumerate().zip(all_cands) {
             let sent = &mut sentences[s];
-            let hits: Vec<bool> = cands
-                .iter()
-                .map(|&(flat, _)| at_max || p.eos.contains(&((flat % vocab) as u32)))
-                .collect();
-            let extend = |flat: usize| {
-                let mut seq = sent.running[flat / vocab].clone();
-                seq.push((flat % vocab) as u32);
-                seq
-            };
-
-            // Finished hypotheses: merge the new ones into the slots, keep the best k.
-            let full_penalty = if p.early_stopping == EarlyStopping::True && sent.is_full() {
-                BLOCKED
-            } else {
-                0.0
-            };
-            let frozen_penalty = if sent.improvable { 0.0 } else { BLOCKED };
-            let mut merged_scores: Vec<f32> = sent.slots.iter().map(|sl| sl.score).collect();
-            for (c, &(_, score)) in cands.iter().enumerate() {
-                let just_finished = hits[c] && c < k;
-                let mut f = score / divisor;
-                f += full_penalty;
-                f += frozen_penalty;
-                f += if just_finished { 0.0 } else { BLOCKED };
-                merged_scores.push(f);
-            }
-            let new_slots: Vec<FinishedSlot> = top_k(&merged_scores, k)
-                .into_iter()
-                .map(|m| {
-                    if m < k {
-                        sent.slots[m].clone()
-                    } else {
-                        let c = m - k;
-                        let finished = hits[c] && c < k;
-                        FinishedSlot {
-                            score: merged_scores[m],
-                            finished,
-                            tokens: if finished {
-                                extend(cands[c].0)
-                            } else {
-                                Vec::new()
-                            },
-                        }
-                    }
-                })
-                .collect();
-
-            // Running beams: the best k candidates that did not just finish.
-            let running_vals: Vec<f32> = cands
-                .iter()
-                .zip(&hits)
-                .map(|(&(_, sc), &h)| sc + if h { BLOCKED } else { 0.0 })
-                .collect();
-            let chosen = top_k(&running_vals, k);
-            let base_row = (a * k) as u32;
-            let running: Vec<Vec<u32>> = chosen.iter().map(|&c| extend(cands[c].0)).collect();
-            let sources: Vec<u32> = chosen
-                .iter()
-                .map(|&c| base_row + (cands[c].0 / vocab) as u32)
-                .collect();
-            sent.running = running;
-            sent.running_scores = chosen.iter().map(|&c| running_vals[c]).collect();
-            sent.slots = new_slots;
-
-            // Can a running beam still beat the worst finished one?
-            let hyp_len = if p.early_stopping == EarlyStopping::Never && p.length_penalty > 0.0 {
-                p.max_length - 1
-            } else {
-                cur_len
-            };
-            let best_possible =
-                sent.running_scores[0] / ((hyp_len as f64).powf(p.length_penalty)) as f32;
-            let worst_all = sent
-                .slots
-                .iter()
-                .map(|sl| sl.score)
-                .fold(f32::INFINITY, f32::min);
-            let can_improve = sent
-                .slots
-                .iter()
-                .any(|sl| best_possible > if sl.finished { worst_all } else { BLOCKED });
-            sent.improvable &= can_improve;
-
-            if !at_max && !sent.is_frozen(p) {
+            let sources = sent.advance(&cands, &step, (a * k) as u32);
+            if !step.at_max && !sent.is_frozen(p) {
                 still_active.push(s);
                 kept_sentences.push(a as u32);
                 next_rows.extend(sources);
@@ -422,17 +500,7 @@ fn beam_search(
             state.select(&kept_sentences, &next_rows)?;
         }
     }
-    Ok(sentences
-        .into_iter()
-        .map(|s| {
-            let best = &s.slots[0];
-            if best.finished {
-                best.tokens.clone()
-            } else {
-                s.running[0].clone()
-            }
-        })
-        .collect())
+    Ok(sentences.into_iter().map(Sentence::into_best).collect())
 }
 
 #[cfg(test)]

@@ -43,6 +43,63 @@ struct TokenizerConfig {
     clean_up_tokenization_spaces: bool,
 }
 
+impl TokenizerConfig {
+    /// `tokenizer_config.json` when the directory has one, else the defaults.
+    fn read(path: Option<&Path>) -> Result<Self> {
+        match path {
+            Some(p) => {
+                let t = std::fs::read_to_string(p).map_err(|e| ModelError::io(p, e))?;
+                serde_json::from_str(&t).map_err(|e| ModelError::InvalidFile {
+                    path: p.to_owned(),
+                    reason: format!("not valid JSON: {e}"),
+                })
+            }
+            None => Ok(TokenizerConfig::default()),
+        }
+    }
+
+    /// The language codes `language_codes` names; `path` (the file read) is for the error.
+    fn languages(&self, path: Option<&Path>) -> Result<&'static [&'static str]> {
+        let languages: &'static [&'static str] = match self.language_codes.as_deref() {
+            None | Some("m2m100") => &M2M100_LANGUAGES,
+            Some("wmt21") => &WMT21_LANGUAGES,
+            Some(other) => {
+                return Err(ModelError::InvalidFile {
+                    path: path.map(Path::to_owned).unwrap_or_default(),
+                    reason: format!("language_codes {other:?} is not m2m100 or wmt21"),
+                })
+            }
+        };
+        Ok(languages)
+    }
+
+    /// The special tokens' strings, `[bos, eos, sep, pad, unk]`, transformers' defaults where
+    /// the file names none.
+    fn special_names(&self) -> [String; 5] {
+        let name = |spec: &Option<TokenSpec>, default: &str| {
+            spec.as_ref()
+                .map(|s| s.content().to_owned())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        [
+            name(&self.bos_token, "<s>"),
+            name(&self.eos_token, "</s>"),
+            name(&self.sep_token, "</s>"),
+            name(&self.pad_token, "<pad>"),
+            name(&self.unk_token, "<unk>"),
+        ]
+    }
+}
+
+/// `vocab.json`: piece -> id.
+fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::InvalidFile {
+        path: path.to_owned(),
+        reason: format!("expected a JSON object of piece -> id: {e}"),
+    })
+}
+
 /// SentencePiece segmentation + `vocab.json` ids + language tokens.
 pub struct M2M100Tokenizer {
     sp: SentencePieceProcessor,
@@ -72,48 +129,14 @@ impl std::fmt::Debug for M2M100Tokenizer {
 impl M2M100Tokenizer {
     /// Loads `vocab.json`, `sentencepiece.bpe.model` and (if present) `tokenizer_config.json`.
     pub fn from_files(vocab: &Path, spm: &Path, tokenizer_config: Option<&Path>) -> Result<Self> {
-        let text = std::fs::read_to_string(vocab).map_err(|e| ModelError::io(vocab, e))?;
-        let vocab_map: HashMap<String, u32> =
-            serde_json::from_str(&text).map_err(|e| ModelError::InvalidFile {
-                path: vocab.to_owned(),
-                reason: format!("expected a JSON object of piece -> id: {e}"),
-            })?;
+        let vocab_map = read_vocab(vocab)?;
         let sp = SentencePieceProcessor::open(spm).map_err(|e| ModelError::InvalidFile {
             path: spm.to_owned(),
             reason: format!("not a SentencePiece model: {e}"),
         })?;
-        let cfg: TokenizerConfig = match tokenizer_config {
-            Some(p) => {
-                let t = std::fs::read_to_string(p).map_err(|e| ModelError::io(p, e))?;
-                serde_json::from_str(&t).map_err(|e| ModelError::InvalidFile {
-                    path: p.to_owned(),
-                    reason: format!("not valid JSON: {e}"),
-                })?
-            }
-            None => TokenizerConfig::default(),
-        };
-        let languages: &'static [&'static str] = match cfg.language_codes.as_deref() {
-            None | Some("m2m100") => &M2M100_LANGUAGES,
-            Some("wmt21") => &WMT21_LANGUAGES,
-            Some(other) => {
-                return Err(ModelError::InvalidFile {
-                    path: tokenizer_config.map(Path::to_owned).unwrap_or_default(),
-                    reason: format!("language_codes {other:?} is not m2m100 or wmt21"),
-                })
-            }
-        };
-        let name = |spec: &Option<TokenSpec>, default: &str| {
-            spec.as_ref()
-                .map(|s| s.content().to_owned())
-                .unwrap_or_else(|| default.to_owned())
-        };
-        let (bos, eos, sep, pad, unk) = (
-            name(&cfg.bos_token, "<s>"),
-            name(&cfg.eos_token, "</s>"),
-            name(&cfg.sep_token, "</s>"),
-            name(&cfg.pad_token, "<pad>"),
-            name(&cfg.unk_token, "<unk>"),
-        );
+        let cfg = TokenizerConfig::read(tokenizer_config)?;
+        let languages = cfg.languages(tokenizer_config)?;
+        let [bos, eos, sep, pad, unk] = cfg.special_names();
         let lookup = |tok: &str| {
             vocab_map
                 .get(tok)

@@ -1,0 +1,100 @@
+//! The x86-64 SIMD kernels (AVX2, AVX-VNNI, AVX-512 VNNI), apart from the dispatch in the parent
+//! module so that the `unsafe` intrinsics code of one kernel family reads on its own.
+//!
+//! Each kernel computes `MR` activation rows × `NR` weight rows, 32 or 64 bytes of K per step.
+
+use super::NR;
+use std::arch::x86_64::*;
+
+/// Sum of the eight `i32` lanes.
+#[inline(always)]
+unsafe fn hsum256(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+/// AVX-512 VNNI: `vpdpbusd` of `u8` (offset) activations with `i8` weights.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn avx512_vnni<const MR: usize>(
+    a: *const u8,
+    w: *const i8,
+    k: usize,
+    acc: &mut [i32],
+) {
+    let mut s = [[_mm512_setzero_si512(); NR]; MR];
+    let mut off = 0;
+    while off < k {
+        let mut wv = [_mm512_setzero_si512(); NR];
+        for (j, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_loadu_si512(w.add(j * k + off) as *const _);
+        }
+        for (i, row) in s.iter_mut().enumerate() {
+            let av = _mm512_loadu_si512(a.add(i * k + off) as *const _);
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = _mm512_dpbusd_epi32(*v, av, wv[j]);
+            }
+        }
+        off += 64;
+    }
+    for (i, row) in s.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            acc[i * NR + j] = _mm512_reduce_add_epi32(*v);
+        }
+    }
+}
+
+/// `MR` rows × `NR` channels on 256-bit registers, 32 bytes of K per step; `step(acc, a, w)`
+/// adds the products of one register of activations and one of weights into `acc`.
+#[inline(always)]
+unsafe fn ymm_tile<const MR: usize>(
+    a: *const u8,
+    w: *const i8,
+    k: usize,
+    acc: &mut [i32],
+    step: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+) {
+    let mut s = [[_mm256_setzero_si256(); NR]; MR];
+    let mut off = 0;
+    while off < k {
+        let mut wv = [_mm256_setzero_si256(); NR];
+        for (j, v) in wv.iter_mut().enumerate() {
+            *v = _mm256_loadu_si256(w.add(j * k + off) as *const _);
+        }
+        for (i, row) in s.iter_mut().enumerate() {
+            let av = _mm256_loadu_si256(a.add(i * k + off) as *const _);
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = step(*v, av, wv[j]);
+            }
+        }
+        off += 32;
+    }
+    for (i, row) in s.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            acc[i * NR + j] = hsum256(*v);
+        }
+    }
+}
+
+/// AVX-VNNI: `vpdpbusd` on 256-bit registers.
+#[target_feature(enable = "avx2,avxvnni")]
+pub(super) unsafe fn avx_vnni<const MR: usize>(
+    a: *const u8,
+    w: *const i8,
+    k: usize,
+    acc: &mut [i32],
+) {
+    ymm_tile::<MR>(a, w, k, acc, |s, a, w| _mm256_dpbusd_avx_epi32(s, a, w))
+}
+
+/// AVX2: `|a| × sign(w, a)` with `vpmaddubsw` (at most 2 × 127 × 127 per pair, so the 16-bit
+/// sums never saturate), widened with `vpmaddwd`.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn avx2<const MR: usize>(a: *const u8, w: *const i8, k: usize, acc: &mut [i32]) {
+    let ones = _mm256_set1_epi16(1);
+    ymm_tile::<MR>(a, w, k, acc, |s, a, w| {
+        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(a), _mm256_sign_epi8(w, a));
+        _mm256_add_epi32(s, _mm256_madd_epi16(p, ones))
+    })
+}
