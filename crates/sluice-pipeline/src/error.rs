@@ -14,9 +14,30 @@ pub enum SinkError {
         /// Why.
         source: std::io::Error,
     },
-    /// An item could not be encoded, or an existing output could not be read back.
+    /// An item that cannot be written as JSON.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// Writing an encoded part failed.
+    #[error("writing: {0}")]
+    Write(#[source] std::io::Error),
+    /// The output format's encoder failed (Parquet, Arrow).
     #[error("{0}")]
     Encode(String),
+    /// A record that does not fit its output (a missing key field, a field without a column, a
+    /// value a column cannot hold) or an output without what the records need (a table, its key
+    /// column): the message names which.
+    #[error("{0}")]
+    Schema(String),
+    /// An existing output that cannot be read back (a damaged part or row file).
+    #[error("{0}")]
+    Unreadable(String),
+    /// The destination (an object store, a broker, a database) refused or could not be reached,
+    /// retries included.
+    #[error("{0}")]
+    Destination(String),
+    /// The sink's settings cannot be used (a connection string, an environment variable).
+    #[error("{0}")]
+    Settings(String),
 }
 
 impl RunError {

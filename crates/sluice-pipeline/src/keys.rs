@@ -19,7 +19,7 @@ pub(crate) fn missing_key(path: &Path, line: Option<usize>, key_field: &str) -> 
         Some(n) => format!("{}:{n}", path.display()),
         None => path.display().to_string(),
     };
-    SinkError::Encode(format!(
+    SinkError::Schema(format!(
         "{at}: record has no {key_field:?} field, so a rerun cannot tell which items are done"
     ))
 }

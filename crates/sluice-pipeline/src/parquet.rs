@@ -80,7 +80,7 @@ pub(crate) fn read_keys(
     done: &mut HashSet<String>,
 ) -> Result<(), SinkError> {
     let unreadable = |e: &dyn std::fmt::Display| {
-        SinkError::Encode(format!(
+        SinkError::Unreadable(format!(
             "{}: not a readable Parquet part: {e}",
             path.display()
         ))

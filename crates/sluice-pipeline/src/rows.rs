@@ -102,7 +102,7 @@ pub(crate) fn read(
         .map(move |(n, line)| {
             let line = line.map_err(|e| SinkError::io(&path, e))?;
             serde_json::from_str(&line).map_err(|e| {
-                SinkError::Encode(format!("{}:{}: not a JSON row: {e}", path.display(), n + 1))
+                SinkError::Unreadable(format!("{}:{}: not a JSON row: {e}", path.display(), n + 1))
             })
         }))
 }

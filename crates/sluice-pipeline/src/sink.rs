@@ -86,8 +86,7 @@ fn keyed_value<T: Serialize>(
     item: &Envelope<T>,
     key_field: &str,
 ) -> Result<serde_json::Value, SinkError> {
-    let mut value =
-        serde_json::to_value(&item.value).map_err(|e| SinkError::Encode(e.to_string()))?;
+    let mut value = serde_json::to_value(&item.value)?;
     match &mut value {
         serde_json::Value::Object(map) => {
             map.entry(key_field.to_owned())
@@ -159,10 +158,8 @@ impl PartFormat {
         match self {
             PartFormat::Jsonl => {
                 for row in rows.iter()? {
-                    serde_json::to_writer(&mut *out, &row?)
-                        .map_err(|e| SinkError::Encode(e.to_string()))?;
-                    out.write_all(b"\n")
-                        .map_err(|e| SinkError::Encode(e.to_string()))?;
+                    serde_json::to_writer(&mut *out, &row?)?;
+                    out.write_all(b"\n").map_err(SinkError::Write)?;
                 }
                 Ok(())
             }
@@ -184,7 +181,7 @@ impl PartFormat {
                 for (n, line) in BufReader::new(file).lines().enumerate() {
                     let line = line.map_err(|e| SinkError::io(path, e))?;
                     let record: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
-                        SinkError::Encode(format!(
+                        SinkError::Unreadable(format!(
                             "{}:{}: not a JSON record: {e}",
                             path.display(),
                             n + 1
@@ -295,7 +292,7 @@ impl PartSink {
         let mut done = HashSet::new();
         if is_object_url(dir) {
             let url = dir.to_string_lossy();
-            let store = |e: StorageError| SinkError::Encode(format!("{url}: {e}"));
+            let store = |e: StorageError| SinkError::Destination(format!("{url}: {e}"));
             let location = Location::parse(&url).map_err(store)?;
             let pattern = format!("part-*.{}", format.extension());
             let parts = location

@@ -32,7 +32,7 @@ impl NatsSink {
             spec.credentials.as_ref(),
             "sluice-sink",
         )
-        .map_err(SinkError::Encode)?;
+        .map_err(SinkError::Destination)?;
         Self::on(nats, spec, default_key_field)
     }
 
@@ -49,7 +49,7 @@ impl NatsSink {
             };
             let window = Duration::from_secs_f64(spec.duplicate_window_s.unwrap_or(600.0));
             nats.ensure_stream(name, &spec.subject, retention, window)
-                .map_err(SinkError::Encode)?;
+                .map_err(SinkError::Destination)?;
         }
         Ok(NatsSink {
             nats,
@@ -88,7 +88,7 @@ impl NatsSink {
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
-                    return Err(SinkError::Encode(format!(
+                    return Err(SinkError::Destination(format!(
                         "{e} (still failing after {:.0} s: retry_for_s)",
                         started.elapsed().as_secs_f64()
                     )))
@@ -130,7 +130,7 @@ impl NatsSink {
 impl<T: Serialize> Sink<T> for NatsSink {
     fn write(&mut self, item: Envelope<T>) -> Result<(), SinkError> {
         let value = crate::sink::keyed_record(&item, &self.key_field)?;
-        let payload = serde_json::to_vec(&value).map_err(|e| SinkError::Encode(e.to_string()))?;
+        let payload = serde_json::to_vec(&value)?;
         self.held.push((item.key.to_string(), payload.into()));
         if self.held.len() >= PUBLISH_ROUND {
             self.publish_held()?;

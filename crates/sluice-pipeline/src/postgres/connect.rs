@@ -18,7 +18,7 @@ impl PostgresSpec {
     pub(super) fn connection(&self) -> Result<postgres::Config, SinkError> {
         let mut config: postgres::Config = match &self.url {
             Some(url) => url.parse().map_err(|e| {
-                SinkError::Encode(format!("[sink] (postgres): url {}: {e}", redact(url)))
+                SinkError::Settings(format!("[sink] (postgres): url {}: {e}", redact(url)))
             })?,
             None => postgres::Config::new(),
         };
@@ -28,9 +28,9 @@ impl PostgresSpec {
         }
         if config.get_ports().is_empty() {
             if let Some(port) = env("PGPORT") {
-                let port = port
-                    .parse()
-                    .map_err(|_| SinkError::Encode(format!("PGPORT={port}: not a port number")))?;
+                let port = port.parse().map_err(|_| {
+                    SinkError::Settings(format!("PGPORT={port}: not a port number"))
+                })?;
                 config.port(port);
             }
         }
@@ -38,7 +38,7 @@ impl PostgresSpec {
             match env("PGUSER").or_else(|| env("USER")) {
                 Some(user) => config.user(&user),
                 None => {
-                    return Err(SinkError::Encode(
+                    return Err(SinkError::Settings(
                         "[sink] (postgres): no user: put one in the url or set PGUSER".into(),
                     ))
                 }
@@ -69,7 +69,7 @@ impl PostgresSpec {
     /// A rustls connector trusting `ca_file` (or `PGSSLROOTCERT`), else the system's roots.
     pub(super) fn tls(&self) -> Result<MakeRustlsConnect, SinkError> {
         use rustls_pki_types::pem::PemObject;
-        let bad = |m: String| SinkError::Encode(format!("[sink] (postgres): {m}"));
+        let bad = |m: String| SinkError::Settings(format!("[sink] (postgres): {m}"));
         let ca_file = self
             .ca_file
             .clone()

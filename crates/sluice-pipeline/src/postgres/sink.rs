@@ -86,7 +86,7 @@ impl PostgresSink {
             match step(self) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Final(message)) => {
-                    return Err(SinkError::Encode(format!(
+                    return Err(SinkError::Destination(format!(
                         "postgres {} ({what}): {message}",
                         self.target()
                     )))
@@ -94,7 +94,7 @@ impl PostgresSink {
                 Err(Failure::Retry(message)) => {
                     self.client = None;
                     if Instant::now() + pause > deadline {
-                        return Err(SinkError::Encode(format!(
+                        return Err(SinkError::Destination(format!(
                             "postgres {} ({what}): {message}; gave up after retrying for {} s",
                             self.target(),
                             self.spec.retry_for_s
@@ -167,14 +167,14 @@ impl PostgresSink {
                 })?;
                 self.with_retry("reading the table", |s| s.read_columns())?
                     .ok_or_else(|| {
-                        SinkError::Encode(format!(
+                        SinkError::Destination(format!(
                             "postgres {}: created but not found",
                             self.target()
                         ))
                     })?
             }
             None => {
-                return Err(SinkError::Encode(format!(
+                return Err(SinkError::Schema(format!(
                     "postgres {}: the table does not exist (create it, or set create = true to \
                      create it from the records' fields)",
                     self.target()
@@ -183,7 +183,7 @@ impl PostgresSink {
         };
         for key in self.spec.key_columns() {
             if !columns.contains_key(&key) {
-                return Err(SinkError::Encode(format!(
+                return Err(SinkError::Schema(format!(
                     "postgres {}: has no key column {key:?}",
                     self.target()
                 )));
@@ -229,7 +229,7 @@ impl PostgresSink {
             .map(|n| format!("{n:?}"))
             .collect();
         if !missing.is_empty() {
-            return Err(SinkError::Encode(format!(
+            return Err(SinkError::Schema(format!(
                 "postgres {}: records have fields the table has no column for: {} (add them with \
                  ALTER TABLE ... ADD COLUMN; nothing of this part was written)",
                 self.target(),
@@ -246,7 +246,7 @@ impl PostgresSink {
             for column in used {
                 let value = row.get(&column.name).unwrap_or(&serde_json::Value::Null);
                 cells.push(Cell::encode(value, &column.ty).map_err(|why| {
-                    SinkError::Encode(format!(
+                    SinkError::Schema(format!(
                         "postgres {}: record {}: field {:?}: {why}",
                         self.target(),
                         row.get(&self.spec.key).map(key_text).unwrap_or_default(),
