@@ -39,12 +39,12 @@ mod workers;
 pub use balance::{allocate, Demand};
 pub use error::{RunError, SinkError};
 pub use item::{Envelope, Key};
-pub use mode::Mode;
+pub use mode::{Mode, UnknownMode};
 pub use monitor::{describe_metrics, Failure, Progress, RunSummary, StageSummary, METRICS};
 pub use pipeline::{detect_gpus, FailureHook, Pipeline, RunOptions};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresSink, PostgresSpec};
-pub use shard::Shard;
+pub use shard::{BadShard, Shard};
 pub use sink::{Completed, FileSink, PartFormat, PartSink, Sink, VecSink};
 pub use stage::{
     map, ItemError, MapStage, Stage, StageError, StageOptions, WorkerContext, Workers,

@@ -24,17 +24,20 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// A mode that is not `streaming`, `batch` or `debug`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown mode {0:?}: expected streaming, batch or debug")]
+pub struct UnknownMode(pub String);
+
 impl std::str::FromStr for Mode {
-    type Err = String;
+    type Err = UnknownMode;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "streaming" => Ok(Mode::Streaming),
             "batch" => Ok(Mode::Batch),
             "debug" => Ok(Mode::Debug),
-            other => Err(format!(
-                "unknown mode {other:?}: expected streaming, batch or debug"
-            )),
+            other => Err(UnknownMode(other.to_owned())),
         }
     }
 }

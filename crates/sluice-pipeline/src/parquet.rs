@@ -29,7 +29,7 @@ const CHUNK_ROWS: usize = 8192;
 /// Writes the rows `rows` yields (JSON objects) as one Parquet file to `out`: a first pass infers
 /// the schema from every row, a second decodes and writes them a chunk at a time.
 pub(crate) fn encode<'a>(
-    rows: &dyn Fn() -> Result<crate::sink::RowIter<'a>, SinkError>,
+    rows: &dyn Fn() -> Result<crate::rows::RowIter<'a>, SinkError>,
     out: &mut (dyn Write + Send),
 ) -> Result<(), SinkError> {
     let mut failed = None;

@@ -24,6 +24,11 @@ use serde_json::Value;
 
 use crate::SinkError;
 
+/// The rows of a part, one at a time.
+/// Buffered rows are lent, rows read from a row file owned: no pass copies the buffer.
+pub(crate) type RowIter<'a> =
+    Box<dyn Iterator<Item = Result<std::borrow::Cow<'a, Value>, SinkError>> + 'a>;
+
 /// The field of a reference that names its row file.
 const ROWS_FIELD: &str = "$rows";
 

@@ -61,7 +61,7 @@ pub enum ConfigProblem {
     Url(String),
     /// A `${variable}` that cannot be expanded.
     #[error(transparent)]
-    Variable(#[from] crate::config::VarError),
+    Variable(#[from] VarError),
 }
 
 impl ConfigError {
@@ -97,4 +97,60 @@ pub fn section<T: for<'de> Deserialize<'de>>(
 ) -> Result<T, ConfigError> {
     T::deserialize(Value::Table(table.clone()))
         .map_err(|e| ConfigError::invalid(where_, what, e.message()))
+}
+
+/// A run variable that cannot be set or expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VarError {
+    /// A `--var` without `=`.
+    #[error("--var {0:?}: expected NAME=VALUE")]
+    NotAssignment(String),
+    /// A `--var` name that is not letters, digits and `_`.
+    #[error("--var {0:?}: a name is letters, digits and '_'")]
+    BadName(String),
+    /// A `--var` setting a built-in name.
+    #[error("--var {pair:?}: {name} is built in; set the run's date with --date")]
+    BuiltIn {
+        /// The argument.
+        pair: String,
+        /// The built-in name.
+        name: String,
+    },
+    /// A `--date` that is not a date.
+    #[error("--date {given:?}: expected YYYY-MM-DD, today or yesterday ({reason})")]
+    BadDate {
+        /// What was given.
+        given: String,
+        /// Why it is not a date.
+        reason: String,
+    },
+    /// `${` without its `}`.
+    #[error("\"${{{0}\" is not closed with '}}'")]
+    Unclosed(String),
+    /// A name no variable has.
+    #[error("${{{name}}} is not defined: give --var {name}=VALUE (defined: {defined})")]
+    Undefined {
+        /// The name.
+        name: String,
+        /// The names that are defined.
+        defined: String,
+    },
+    /// `${name:FORMAT}` of a value that is not a date.
+    #[error("${{{spec}}}: {name} = {value:?} is not a date to format")]
+    NotADate {
+        /// What was written inside `${}`.
+        spec: String,
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+    /// A format strftime does not know.
+    #[error("${{{spec}}}: {format:?} is not a date format")]
+    BadFormat {
+        /// What was written inside `${}`.
+        spec: String,
+        /// The format.
+        format: String,
+    },
 }

@@ -32,11 +32,16 @@ impl Shard {
     }
 }
 
+/// A shard that is not `INDEX/COUNT` with `0 <= INDEX < COUNT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shard {0:?} is not INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4")]
+pub struct BadShard(pub String);
+
 impl FromStr for Shard {
-    type Err = String;
+    type Err = BadShard;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("shard {s:?} is not INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4");
+        let bad = || BadShard(s.to_owned());
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let index: u64 = i.trim().parse().map_err(|_| bad())?;
         let count: u64 = n.trim().parse().map_err(|_| bad())?;

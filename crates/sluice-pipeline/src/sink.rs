@@ -114,10 +114,7 @@ struct Tail {
     file: PathBuf,
 }
 
-/// The rows of a part, one at a time.
-/// Buffered rows are lent, rows read from a row file owned: no pass copies the buffer.
-pub(crate) type RowIter<'a> =
-    Box<dyn Iterator<Item = Result<Cow<'a, serde_json::Value>, SinkError>> + 'a>;
+pub(crate) use crate::rows::RowIter;
 
 impl PartRows<'_> {
     /// Every row of the part from the first (a part is read once per encoding pass).

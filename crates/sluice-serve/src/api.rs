@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+pub use crate::error::{ErrorBody, ErrorDetail};
 
 /// `POST /translation` body.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -102,22 +103,6 @@ pub struct Status {
     /// Items the queue holds at most.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_capacity: Option<usize>,
-}
-
-/// Body of every error answer.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong.
-    pub error: ErrorDetail,
-}
-
-/// A machine-readable code and a message for people.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable code, e.g. `unknown_language`, `overloaded`.
-    pub code: String,
-    /// What happened and, where possible, what to do.
-    pub message: String,
 }
 
 /// Parses a JSON body, naming the field at fault (`payload.records[2].id: ...`) on error.

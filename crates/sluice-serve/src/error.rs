@@ -12,8 +12,23 @@ use sluice_core::storage::StorageError;
 
 use sluice_models::service::{self, ServiceError, Spelling};
 
-use crate::api::{ErrorBody, ErrorDetail};
 use crate::batcher::BackendError;
+
+/// Body of every error answer.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable code and a message for people.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `unknown_language`, `overloaded`.
+    pub code: String,
+    /// What happened and, where possible, what to do.
+    pub message: String,
+}
 
 /// Why a request got no result.
 #[derive(Debug, thiserror::Error)]

@@ -148,12 +148,37 @@ impl fmt::Display for Isa {
     }
 }
 
+/// A `SLUICE_CPU_ISA` that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IsaError {
+    /// A kernel this CPU lacks.
+    #[error("SLUICE_CPU_ISA={given}: this CPU has no {isa} (it supports: {supported}, or auto)")]
+    Unsupported {
+        /// What was given.
+        given: String,
+        /// The kernel it names.
+        isa: Isa,
+        /// The kernels this CPU has.
+        supported: String,
+    },
+    /// Not a kernel's name.
+    #[error(
+        "SLUICE_CPU_ISA={given} is not a kernel name (this CPU supports: {supported}, or auto)"
+    )]
+    Unknown {
+        /// What was given.
+        given: String,
+        /// The kernels this CPU has.
+        supported: String,
+    },
+}
+
 /// The kernel to use: the best this CPU supports, or the one `SLUICE_CPU_ISA` names.
 ///
 /// Decided once per process; an unknown or unsupported `SLUICE_CPU_ISA` is an error saying what
 /// this CPU supports.
-pub fn selected_isa() -> Result<Isa, String> {
-    static ISA: OnceLock<Result<Isa, String>> = OnceLock::new();
+pub fn selected_isa() -> Result<Isa, IsaError> {
+    static ISA: OnceLock<Result<Isa, IsaError>> = OnceLock::new();
     ISA.get_or_init(|| {
         let best = *Isa::supported_all()
             .last()
@@ -169,14 +194,15 @@ pub fn selected_isa() -> Result<Isa, String> {
                 };
                 match Isa::parse(&v) {
                     Some(i) if i.supported() => Ok(i),
-                    Some(i) => Err(format!(
-                        "SLUICE_CPU_ISA={v}: this CPU has no {i} (it supports: {}, or auto)",
-                        names()
-                    )),
-                    None => Err(format!(
-                        "SLUICE_CPU_ISA={v} is not a kernel name (this CPU supports: {}, or auto)",
-                        names()
-                    )),
+                    Some(i) => Err(IsaError::Unsupported {
+                        given: v.clone(),
+                        isa: i,
+                        supported: names(),
+                    }),
+                    None => Err(IsaError::Unknown {
+                        given: v.clone(),
+                        supported: names(),
+                    }),
                 }
             }
             _ => Ok(best),

@@ -156,15 +156,15 @@ impl<'de> Deserialize<'de> for EarlyStopping {
 }
 
 impl std::str::FromStr for EarlyStopping {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = ModelError;
+    fn from_str(s: &str) -> std::result::Result<Self, ModelError> {
         match s {
             "true" => Ok(Self::True),
             "false" => Ok(Self::Heuristic),
             "never" => Ok(Self::Never),
-            _ => Err(format!(
+            _ => Err(ModelError::InvalidSettings(format!(
                 "early stopping must be true, false or never, not {s:?}"
-            )),
+            ))),
         }
     }
 }

@@ -46,7 +46,7 @@ impl ComputeType {
             )),
             ComputeType::Auto | ComputeType::Int8 => int8::selected_isa()
                 .map(Precision::Int8)
-                .map_err(ModelError::InvalidSettings),
+                .map_err(|e| ModelError::InvalidSettings(e.to_string())),
         }
     }
 }
@@ -59,17 +59,17 @@ impl<'de> serde::Deserialize<'de> for ComputeType {
 }
 
 impl std::str::FromStr for ComputeType {
-    type Err = String;
+    type Err = ModelError;
 
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    fn from_str(s: &str) -> std::result::Result<Self, ModelError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" | "default" => Ok(ComputeType::Auto),
             "int8" | "int8_float32" => Ok(ComputeType::Int8),
             "float32" | "f32" | "fp32" => Ok(ComputeType::Float32),
-            other => Err(format!(
+            other => Err(ModelError::InvalidSettings(format!(
                 "unknown compute type {other:?}: expected one of {}",
                 ComputeType::NAMES.join(", ")
-            )),
+            ))),
         }
     }
 }

@@ -26,20 +26,20 @@
 //! Every source, stage and sink kind is built by the builder a [`Registry`] holds for it, into
 //! a config the engine asks for its capabilities ([`crate::connector`]).
 
-mod doc;
+pub(crate) mod doc;
+mod fields;
 mod kinds;
-mod raw;
+pub(crate) mod raw;
 mod registry;
 mod vars;
 
-pub use doc::{keys_of, Kind, KindDoc};
+pub use doc::{keys_of, Kind, KindDoc, SinkBuilder, SourceBuilder};
 pub use kinds::Parts;
 pub use raw::{run_keys, stage_setting_keys, RawConfig, RawSection, RawStage};
 pub use registry::{
-    Kinds, RecordStage, RecordStageFactory, Registry, SinkBuilder, SourceBuilder, StageBuilder,
-    UrlSinkBuilder,
+    Kinds, RecordStage, RecordStageFactory, Registry, StageBuilder, UrlSinkBuilder,
 };
-pub use vars::{VarError, Vars};
+pub use vars::Vars;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ use crate::connector::{SinkConfig, SourceConfig, WorkerCounts, WorkerJob, Worker
 use crate::stages::Record;
 use crate::{map, ItemError, Pipeline, RunError, RunOptions, RunSummary, StageOptions};
 
-pub use crate::section::{section, ConfigError, ConfigProblem};
+pub use crate::section::{section, ConfigError, ConfigProblem, VarError};
 
 /// A validated config, ready to run.
 pub struct PipelineConfig {
@@ -170,9 +170,9 @@ impl PipelineConfig {
         // they are reported like any other failed item instead of stopping the run.
         let keyed = items.enumerate().map(|(i, item)| match item {
             Ok(pair) => pair,
-            Err(message) => (
+            Err(unreadable) => (
                 format!("unreadable-{}", i + 1),
-                serde_json::json!({ READ_ERROR: message }),
+                serde_json::json!({ READ_ERROR: unreadable.0 }),
             ),
         });
         let mut sink = self

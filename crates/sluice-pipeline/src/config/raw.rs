@@ -54,12 +54,12 @@ struct Common {
 
 /// The keys every `[[stage]]` takes besides its kind's own (`kind` aside).
 pub fn stage_setting_keys() -> Vec<&'static str> {
-    super::keys_of::<Common>()
+    super::fields::keys_of::<Common>()
 }
 
 /// The keys `[run]` takes.
 pub fn run_keys() -> Vec<&'static str> {
-    super::keys_of::<RunSection>()
+    super::fields::keys_of::<RunSection>()
 }
 
 #[derive(Deserialize)]
@@ -196,7 +196,7 @@ pub struct RawConfig {
 impl RawConfig {
     /// Reads and checks a pipeline file, applying `--set` overrides first; `${date}` is today.
     pub fn load(file: &Path, sets: &[String]) -> Result<Self, ConfigError> {
-        Self::load_with(file, sets, &super::Vars::today())
+        Self::load_with(file, sets, &super::vars::Vars::today())
     }
 
     /// Reads and checks a pipeline file with the run's variables, applying `--set` overrides
@@ -204,7 +204,7 @@ impl RawConfig {
     pub fn load_with(
         file: &Path,
         sets: &[String],
-        vars: &super::Vars,
+        vars: &super::vars::Vars,
     ) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| ConfigError::new(file.display().to_string(), ConfigProblem::Read(e)))?;
@@ -213,7 +213,7 @@ impl RawConfig {
 
     /// Checks config text; `file` is only used in messages; `${date}` is today.
     pub fn parse(file: &Path, text: &str, sets: &[String]) -> Result<Self, ConfigError> {
-        Self::parse_with(file, text, sets, &super::Vars::today())
+        Self::parse_with(file, text, sets, &super::vars::Vars::today())
     }
 
     /// Checks config text with the run's variables (`${name}` in any string).
@@ -221,7 +221,7 @@ impl RawConfig {
         file: &Path,
         text: &str,
         sets: &[String],
-        vars: &super::Vars,
+        vars: &super::vars::Vars,
     ) -> Result<Self, ConfigError> {
         let doc = read_document(file, text, sets, vars)?;
         let where_of = |span: std::ops::Range<usize>| {
@@ -297,7 +297,7 @@ fn read_document(
     file: &Path,
     text: &str,
     sets: &[String],
-    vars: &super::Vars,
+    vars: &super::vars::Vars,
 ) -> Result<Document, ConfigError> {
     super::vars::check(file, text, vars)?;
     let mut doc: Document = toml::from_str(text).map_err(|e| {

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::doc::{Kind, KindDoc};
+use super::doc::{Kind, KindDoc, SinkBuilder, SourceBuilder};
 use super::{kinds, ConfigError, ConfigProblem, RawSection, RawStage};
 use crate::connector::{SinkConfig, SourceConfig};
 use crate::stages::Record;
@@ -22,16 +22,10 @@ pub type RecordStage = Box<dyn Stage<In = Record, Out = Record>>;
 /// Makes one [`RecordStage`] per worker.
 pub type RecordStageFactory = Arc<dyn Fn() -> RecordStage + Send + Sync>;
 
-/// Builds a `[source]` of one kind from its table (without `kind`).
-pub type SourceBuilder = fn(&RawSection) -> Result<Arc<dyn SourceConfig>, ConfigError>;
-
 /// Builds a stage of one kind from its `[[stage]]` table (a closure, so a crate can register a
 /// builder holding its command line's defaults).
 pub type StageBuilder =
     Arc<dyn Fn(&RawStage) -> Result<RecordStageFactory, ConfigError> + Send + Sync>;
-
-/// Builds a `[sink]` of one kind from its table (without `kind`).
-pub type SinkBuilder = fn(&RawSection) -> Result<Arc<dyn SinkConfig>, ConfigError>;
 
 /// Builds a sink of one kind from an output URL (`postgres://...?table=t`) and the settings
 /// the command chose, which the URL may override.

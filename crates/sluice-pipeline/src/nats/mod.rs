@@ -29,7 +29,8 @@ pub use publish::NatsSink;
 use publish::PUBLISH_ROUND;
 pub use spec::{NatsSinkSpec, NatsSource};
 
-use crate::config::{Kind, KindDoc, RawSection, SinkBuilder, SourceBuilder};
+use crate::config::doc::{Kind, KindDoc, SinkBuilder, SourceBuilder};
+use crate::config::raw::RawSection;
 use crate::connector::{BrokerSource, SinkConfig, SourceConfig, WorkerJob};
 use crate::stages::{Record, SourceItems};
 use crate::{RunError, RunSummary, Sink, SinkError};

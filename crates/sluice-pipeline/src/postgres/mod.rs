@@ -28,6 +28,7 @@ use std::sync::Arc;
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
+use crate::config::doc::{Kind, KindDoc, SinkBuilder};
 use crate::section::{section, ConfigError, ConfigProblem};
 use crate::sink::Sink;
 use crate::SinkError;
@@ -236,11 +237,11 @@ fn ident(name: &str) -> String {
 }
 
 /// `[sink] kind = "postgres"`.
-pub(crate) fn sink() -> crate::config::Kind<crate::config::SinkBuilder> {
-    let doc = crate::config::KindDoc::of::<PostgresSpec>(
+pub(crate) fn sink() -> Kind<SinkBuilder> {
+    let doc = KindDoc::of::<PostgresSpec>(
         "rows upserted into a PostgreSQL table by key, a transaction per part",
     );
-    crate::config::Kind::new(doc, |s| {
+    Kind::new(doc, |s| {
         PostgresSpec::parse(&s.table, &s.place).map(|p| Arc::new(p) as _)
     })
 }

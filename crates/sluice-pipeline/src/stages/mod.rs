@@ -4,7 +4,7 @@ pub mod exec;
 pub mod source;
 
 pub use exec::ExecStage;
-pub use source::{read_source, SourceItems, SourceSpec};
+pub use source::{read_source, SourceItems, SourceSpec, UnreadableRecord};
 
 /// The item type of config-driven pipelines.
 pub type Record = serde_json::Value;

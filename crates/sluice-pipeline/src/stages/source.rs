@@ -72,11 +72,24 @@ fn walk(dir: &Path, extensions: &[String], out: &mut Vec<PathBuf>) -> std::io::R
     Ok(())
 }
 
-/// `(key, record)` pairs, or why a line could not be read.
-pub type SourceItems = Box<dyn Iterator<Item = Result<(String, Record), String>> + Send>;
+/// `(key, record)` pairs, or why a record could not be read.
+pub type SourceItems = Box<dyn Iterator<Item = Result<(String, Record), UnreadableRecord>> + Send>;
+
+/// A record of the source that cannot be read, with where it is: it fails alone, as an item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnreadableRecord(pub String);
+
+/// The pairs as the readers below make them, their errors still text.
+type Pairs = Box<dyn Iterator<Item = Result<(String, Record), String>> + Send>;
 
 /// Opens the source; lines that are not JSON objects come out as errors with their line number.
 pub fn read_source(spec: &SourceSpec) -> std::io::Result<SourceItems> {
+    let pairs = read_pairs(spec)?;
+    Ok(Box::new(pairs.map(|p| p.map_err(UnreadableRecord))))
+}
+
+fn read_pairs(spec: &SourceSpec) -> std::io::Result<Pairs> {
     match spec {
         SourceSpec::Lines { path } => {
             let reader = BufReader::new(open_input(path)?);
@@ -228,7 +241,7 @@ fn parquet_rows(
     columns: Vec<String>,
     key: Option<String>,
     batch_rows: usize,
-) -> std::io::Result<SourceItems> {
+) -> std::io::Result<Pairs> {
     let files = parquet_files(path)?;
     if files.is_empty() {
         return Err(std::io::Error::other(format!(

@@ -7,6 +7,7 @@
 //! groups as it is cut, the decoder waiting while a group is scored, so a request holds a bounded
 //! amount of work whatever its files' lengths; any other kind's work is admitted as a whole.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,8 +17,8 @@ use sluice_models::service::{
     Parameters, ServiceError, Spelling, TensorInfo, Work,
 };
 
-use super::submit::{item_error, submit};
-use super::App;
+use super::submit::{item_error, shutting_down, submit};
+use super::{App, Slot};
 use crate::batcher::{self, BatchConfig, Queue};
 use crate::error::{bad_input, ApiError, InputProblem};
 
@@ -254,4 +255,15 @@ fn read(app: &App, i: usize, input: &InferInput, kind: InputKind) -> Result<Cont
         });
     }
     app.inputs.read(i, input)
+}
+
+/// The slot's model once loaded, or the 503 that tells the client to come back.
+pub(super) fn loaded<'a>(app: &App, slot: &'a Slot) -> Result<&'a Arc<dyn Served>, ApiError> {
+    if app.draining.load(Ordering::SeqCst) {
+        return Err(shutting_down(app));
+    }
+    slot.loaded.get().ok_or_else(|| ApiError::ModelLoading {
+        name: slot.entry.name.clone(),
+        retry_after: app.config.retry_after,
+    })
 }

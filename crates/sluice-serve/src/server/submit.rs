@@ -3,8 +3,6 @@
 //! (admit, enqueue, await, deadline).
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -13,8 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use sluice_models::service::Batch;
 use tokio::sync::oneshot;
 
-use super::served::Served;
-use super::{App, Slot, DEADLINE_HEADER};
+use super::{App, DEADLINE_HEADER};
 use crate::batcher::{self, BackendError, Entry, EntryError, Queue};
 use crate::error::ApiError;
 
@@ -34,17 +31,6 @@ pub(super) fn check_count(app: &App, count: usize, what: &'static str) -> Result
         return Err(ApiError::TooManyItems { count, what, max });
     }
     Ok(())
-}
-
-/// The slot's model once loaded, or the 503 that tells the client to come back.
-pub(super) fn loaded<'a>(app: &App, slot: &'a Slot) -> Result<&'a Arc<dyn Served>, ApiError> {
-    if app.draining.load(Ordering::SeqCst) {
-        return Err(shutting_down(app));
-    }
-    slot.loaded.get().ok_or_else(|| ApiError::ModelLoading {
-        name: slot.entry.name.clone(),
-        retry_after: app.config.retry_after,
-    })
 }
 
 /// The longest `Retry-After` a refused request is given: past a minute the estimate says more

@@ -10,7 +10,8 @@ use axum::http::HeaderMap;
 use axum::Json;
 use sluice_models::service::{InferInput, Parameters, Spelling};
 
-use super::submit::{accept, check_count, loaded};
+use super::served::loaded;
+use super::submit::{accept, check_count};
 use super::App;
 use crate::api::{
     parse_json, ErrorBody, Payload, RecordOut, TranslationRequest, TranslationResponse,

@@ -10,7 +10,8 @@ use axum::http::HeaderMap;
 use axum::Json;
 use sluice_models::service::{InputKind, Spelling};
 
-use super::submit::{accept, check_count, loaded};
+use super::served::loaded;
+use super::submit::{accept, check_count};
 use super::{App, Slot};
 use crate::api::{parse_json, ErrorBody};
 use crate::error::ApiError;

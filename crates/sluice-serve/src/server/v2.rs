@@ -26,7 +26,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sluice_models::service::{NamedTensor, Spelling, Tensor};
 
-use super::submit::{accept, check_count, loaded};
+use super::served::loaded;
+use super::submit::{accept, check_count};
 use super::{readiness, App, Slot};
 use crate::api::parse_json;
 use crate::error::ApiError;

@@ -8,7 +8,7 @@
 use candle_core::{Device, Tensor};
 use candle_nn::LayerNorm;
 
-use super::kv_cache::{KvCache, SelfKv};
+use super::kv_cache::{KvCache, SelfKv, StepScratch};
 use super::quantized;
 use super::{
     linear, with_f32_slice, Attention, CResult, DecoderLayer, DecoderState, FeedForward,
@@ -24,16 +24,6 @@ pub(super) struct Cross<'a> {
     pub(super) kv: &'a (Tensor, Tensor),
     pub(super) mask: &'a [f32],
     pub(super) beams: usize,
-}
-
-/// Buffers a CPU decoding step reuses from layer to layer and step to step (written before
-/// they are read, so never zeroed again).
-#[derive(Debug, Clone, Default)]
-pub(super) struct StepScratch {
-    /// Layer-normalised rows.
-    h: Vec<f32>,
-    /// Attention outputs.
-    o: Vec<f32>,
 }
 
 impl M2M100Model {

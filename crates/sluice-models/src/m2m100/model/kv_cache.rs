@@ -8,9 +8,18 @@
 
 use candle_core::Tensor;
 
-use super::cpu_step::StepScratch;
 use super::CResult;
 use crate::rowops::{self, KvView};
+
+/// Buffers a CPU decoding step reuses from layer to layer and step to step (written before
+/// they are read, so never zeroed again); held with the caches, so a sentence's steps share them.
+#[derive(Debug, Clone, Default)]
+pub(super) struct StepScratch {
+    /// Layer-normalised rows.
+    pub(super) h: Vec<f32>,
+    /// Attention outputs.
+    pub(super) o: Vec<f32>,
+}
 
 /// One copy within a cache buffer: `(to, from, count)`.
 type RowCopy = (usize, usize, usize);

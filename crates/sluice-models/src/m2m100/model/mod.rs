@@ -23,7 +23,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
-use self::cpu_step::{Cross, StepScratch};
+use self::cpu_step::Cross;
+use self::kv_cache::StepScratch;
 use self::kv_cache::{KvCache, SelfKv};
 use self::quantized::QLinear;
 use super::config::{Activation, Config};
