@@ -384,14 +384,27 @@ impl M2M100 {
                 Err(e) => out[i] = Err(e),
             }
         }
-        encoded.sort_by_key(|(_, ids)| ids.len());
-        let (at, sources): (Vec<usize>, Vec<Vec<u32>>) = encoded.into_iter().unzip();
-        let size = (*batch_size).max(1);
-        for (at, batch) in at.chunks(size).zip(sources.chunks(size)) {
-            for (&i, ids) in at.iter().zip(self.generate_each(batch, &params)) {
-                out[i] = ids;
-            }
+        for (i, ids) in self.generate_by_length(encoded, &params, *batch_size) {
+            out[i] = ids;
         }
         Ok(out)
+    }
+
+    /// Generated ids for encoded sources, each with its position: grouped by token length to
+    /// limit padding, `batch_size` at a time, each group under [`M2M100::generate_each`]'s
+    /// policy. Every translation call that has its sources encoded goes through here.
+    pub fn generate_by_length(
+        &self,
+        mut encoded: Vec<(usize, Vec<u32>)>,
+        params: &GenerateParams,
+        batch_size: usize,
+    ) -> Vec<(usize, Result<Vec<u32>>)> {
+        encoded.sort_by_key(|(_, ids)| ids.len());
+        let (at, sources): (Vec<usize>, Vec<Vec<u32>>) = encoded.into_iter().unzip();
+        let size = batch_size.max(1);
+        at.chunks(size)
+            .zip(sources.chunks(size))
+            .flat_map(|(at, batch)| at.iter().copied().zip(self.generate_each(batch, params)))
+            .collect()
     }
 }

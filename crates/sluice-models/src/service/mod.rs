@@ -385,12 +385,12 @@ impl ServiceError {
 /// `max_items` items (by key, shortest first), folding the results into one output per input:
 /// how in-process callers use a service without a batcher. `folded` is called on an input's
 /// output each time results were added to it (a caller may move a long output's windows out of
-/// memory there). An input that cannot be read or prepared fails alone (`Err` in its place); a
-/// batch that fails as a whole fails the call.
+/// memory there). An input that cannot be prepared fails alone (`Err` in its place); a batch
+/// that fails as a whole fails the call.
 pub fn run_inline<S: ModelService>(
     service: &S,
     params: &S::Params,
-    inputs: Vec<Result<Content, ServiceError>>,
+    inputs: Vec<Content>,
     max_items: usize,
     folded: impl FnMut(usize, &mut InferOutput) -> Result<(), ServiceError>,
 ) -> Result<Vec<Result<InferOutput, ServiceError>>, ServiceError> {
@@ -405,19 +405,18 @@ pub fn run_inline<S: ModelService>(
     for (index, content) in inputs.into_iter().enumerate() {
         run.outputs.push(Ok(InferOutput::default()));
         let mut cut: Vec<Work<S>> = Vec::new();
-        let prepared = content.and_then(|content| {
-            service.prepare(params, index, content, &mut |work| {
-                cut.push(work);
-                if service.streams() && run.pending.len() + cut.len() >= run.max_items {
-                    // A long input is scored as it is cut, with the batch's other waiting items.
-                    run.pending.extend(cut.drain(..).map(|w| (index, w)));
-                    run.flush();
-                    if run.failed.is_some() {
-                        return Err(ServiceError::Cancelled);
-                    }
+        let streams = service.streams();
+        let prepared = service.prepare(params, index, content, &mut |work| {
+            cut.push(work);
+            if streams && run.pending.len() + cut.len() >= run.max_items {
+                // A long input is scored as it is cut, with the batch's other waiting items.
+                run.pending.extend(cut.drain(..).map(|w| (index, w)));
+                run.flush();
+                if run.failed.is_some() {
+                    return Err(ServiceError::Cancelled);
                 }
-                Ok(())
-            })
+            }
+            Ok(())
         });
         if let Some(e) = run.failed.take() {
             return Err(e);

@@ -393,25 +393,21 @@ impl TranslationService {
                 Err(e) => out[i] = Err(e),
             }
         }
-        encoded.sort_by_key(|(_, ids)| ids.len());
-        let (at, sources): (Vec<usize>, Vec<Vec<u32>>) = encoded.into_iter().unzip();
-        let size = batch_size.max(1);
-        for (at, batch) in at.chunks(size).zip(sources.chunks(size)) {
-            match self.run(&translate.key, batch.to_vec()) {
-                Ok(done) => {
-                    for (&i, t) in at.iter().zip(done) {
-                        out[i] = t.map_err(ServiceError::from);
-                    }
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    for &i in at {
-                        out[i] = Err(ModelError::InvalidSettings(message.clone()).into());
-                    }
-                }
-            }
+        let params = self
+            .model
+            .params(translate.key.tgt, &Self::options(&translate.key));
+        for (i, ids) in self.model.generate_by_length(encoded, &params, batch_size) {
+            out[i] = ids
+                .and_then(|ids| self.decode(ids))
+                .map_err(ServiceError::from);
         }
         out
+    }
+
+    /// The text of generated ids, with them.
+    fn decode(&self, ids: Vec<u32>) -> Result<Translation, ModelError> {
+        let text = self.model.tokenizer().decode(&ids)?;
+        Ok(Translation { text, ids })
     }
 
     fn options(key: &TranslateKey) -> GenerationOptions {
@@ -438,15 +434,11 @@ impl Batch for TranslationService {
         items: Vec<Vec<u32>>,
     ) -> Result<Vec<Result<Translation, ModelError>>, ModelError> {
         let params = self.model.params(key.tgt, &Self::options(key));
-        let decode = |ids: Vec<u32>| {
-            let text = self.model.tokenizer().decode(&ids)?;
-            Ok(Translation { text, ids })
-        };
         Ok(self
             .model
             .generate_each(&items, &params)
             .into_iter()
-            .map(|ids| ids.and_then(decode))
+            .map(|ids| ids.and_then(|ids| self.decode(ids)))
             .collect())
     }
 

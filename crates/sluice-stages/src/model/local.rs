@@ -47,6 +47,8 @@ pub(super) trait LocalModel: Send + Sync {
 struct Local<S: ModelService> {
     service: Arc<S>,
     params: S::Params,
+    /// What its inputs hold (read once: describing a model builds its whole description).
+    input: InputKind,
 }
 
 /// Loads `model` on the worker's device and checks the stage's parameters against it.
@@ -63,7 +65,12 @@ pub(super) fn load(
         let params = service
             .parameters(&spec.parameters, Spelling::Toml)
             .map_err(service_error)?;
-        Ok(Box::new(Local { service, params }) as Box<dyn LocalModel>)
+        let input = service.describe().input;
+        Ok(Box::new(Local {
+            service,
+            params,
+            input,
+        }) as Box<dyn LocalModel>)
     })
 }
 
@@ -74,21 +81,19 @@ impl<S: ModelService> LocalModel for Local<S> {
         batch: &[Record],
         scratch: Option<&Path>,
     ) -> Vec<Result<Value, ItemError>> {
-        let kind = self.service.describe().input;
         let mut results: Vec<Result<Value, ItemError>> = Vec::with_capacity(batch.len());
-        let mut ready = Vec::new();
-        let mut names = Vec::new();
-        for record in batch {
-            match content(spec, record, kind) {
+        // The records read, each with its place in the batch and the name messages give it.
+        let (mut read, mut contents) = (Vec::new(), Vec::new());
+        for (at, record) in batch.iter().enumerate() {
+            results.push(Ok(Value::Null));
+            match content(spec, record, self.input) {
                 Ok((content, name)) => {
-                    results.push(Ok(Value::Null));
-                    ready.push((results.len() - 1, content));
-                    names.push(name);
+                    contents.push(content);
+                    read.push((at, name));
                 }
-                Err(e) => results.push(Err(e)),
+                Err(e) => results[at] = Err(e),
             }
         }
-        let (at, contents): (Vec<usize>, Vec<Content>) = ready.into_iter().unzip();
         let max_items = match self.service.streams() {
             true => WINDOW_RUN,
             false => contents.len().max(1),
@@ -97,7 +102,7 @@ impl<S: ModelService> LocalModel for Local<S> {
         let outputs = run_inline(
             &*self.service,
             &self.params,
-            contents.into_iter().map(Ok).collect(),
+            contents,
             max_items,
             |i, out| spill(&mut rows, i, out, scratch),
         );
@@ -108,11 +113,7 @@ impl<S: ModelService> LocalModel for Local<S> {
                 return all_failed(batch, e);
             }
         };
-        for ((i, out), (at, name)) in outputs
-            .into_iter()
-            .enumerate()
-            .zip(at.into_iter().zip(names))
-        {
+        for ((i, out), (at, name)) in outputs.into_iter().enumerate().zip(read) {
             let written = rows.remove(&i);
             results[at] = match out {
                 Ok(out) => finish(out, written),
@@ -260,6 +261,7 @@ mod tests {
                 AudioClassifier::load(&model).unwrap(),
             )),
             params: (),
+            input: InputKind::Audio,
         };
         let spec = ModelSpec::local(model.to_str().unwrap());
         let batch = [
