@@ -312,13 +312,11 @@ impl PipelineArgs {
         sluice_pipeline::config::Vars,
         sluice_stages::ModelDefaults,
     )> {
-        let vars = sluice_pipeline::config::Vars::from_args(self.date.as_deref(), &self.vars)
-            .map_err(anyhow::Error::msg)?;
+        let vars = sluice_pipeline::config::Vars::from_args(self.date.as_deref(), &self.vars)?;
         let raw = sluice_pipeline::config::RawConfig::load_with(&self.pipeline, &self.sets, &vars)?;
         let defaults = sluice_stages::ModelDefaults {
             compute_type: self.compute_type.unwrap_or_default(),
         };
-        serve_metrics(self.metrics_addr.as_deref())?;
         Ok((raw, vars, defaults))
     }
 }
@@ -424,6 +422,7 @@ fn serve_metrics(addr: Option<&str>) -> anyhow::Result<()> {
 
 fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let (raw, _, defaults) = args.common.load()?;
+    serve_metrics(args.common.metrics_addr.as_deref())?;
     let registry = sluice_stages::registry_with(defaults);
     let mut config = sluice_pipeline::config::PipelineConfig::from_raw_with(raw, &registry)?;
     config.options.progress = args.common.progress.into();
@@ -471,6 +470,7 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<()> {
         return backfill::run(range, args.parallel);
     }
     let (raw, vars, defaults) = args.common.load()?;
+    serve_metrics(args.common.metrics_addr.as_deref())?;
     let mut pipeline = sluice_stages::load(raw, defaults)?;
     apply_run_args(pipeline.options_mut(), &args);
     let config = match pipeline {

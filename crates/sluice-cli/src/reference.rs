@@ -121,9 +121,18 @@ fn cli_page(cli: &Command) -> String {
          with an environment variable takes its value from it when the flag is not given. \
          Exit statuses: see [operations](../guides/operations.md).\n"
     );
+    for (path, cmd) in commands(cli) {
+        command_section(&mut out, &path, &cmd);
+    }
+    out
+}
+
+/// Every visible command, each with its path (`sluice audio classify`), depth first in the
+/// order the parser declares them.
+fn commands(cli: &Command) -> Vec<(String, Command)> {
+    let mut out = Vec::new();
     let mut stack = vec![(cli.get_name().to_owned(), cli.clone())];
     while let Some((path, cmd)) = stack.pop() {
-        command_section(&mut out, &path, &cmd);
         let mut subs: Vec<_> = cmd
             .get_subcommands()
             .filter(|s| !s.is_hide_set() && s.get_name() != "help")
@@ -131,6 +140,7 @@ fn cli_page(cli: &Command) -> String {
             .collect();
         subs.reverse();
         stack.extend(subs);
+        out.push((path, cmd));
     }
     out
 }
@@ -182,8 +192,7 @@ fn command_section(out: &mut String, path: &str, cmd: &Command) {
 fn environment_page(cli: &Command) -> String {
     // Variable -> the commands' flags it stands for.
     let mut flags: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut stack = vec![(cli.get_name().to_owned(), cli.clone())];
-    while let Some((path, cmd)) = stack.pop() {
+    for (path, cmd) in commands(cli) {
         for arg in cmd.get_arguments() {
             if let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) {
                 flags
@@ -192,10 +201,6 @@ fn environment_page(cli: &Command) -> String {
                     .push(format!("`{path} --{long}`"));
             }
         }
-        stack.extend(
-            cmd.get_subcommands()
-                .map(|s| (format!("{path} {}", s.get_name()), s.clone())),
-        );
     }
     let mut out = format!(
         "{GENERATED}# Environment variables\n\nThe variables that stand for a flag, with the flags \
@@ -220,8 +225,8 @@ fn pipeline_page() -> String {
          its own keys, every `[[stage]]` takes the shared settings and the file may have a \
          `[run]` table; the [pipelines guide](../guides/pipelines.md) explains them.\n\n\
          ## Shared by every stage\n\n{}\n\n## `[run]`\n\n{}\n",
-        keys(&sluice_pipeline::config::stage_setting_keys()),
-        keys(&sluice_pipeline::config::run_keys())
+        keys_list(&sluice_pipeline::config::stage_setting_keys()),
+        keys_list(&sluice_pipeline::config::run_keys())
     );
     out.push_str("\n## Record pipelines\n");
     for (part, kinds) in sluice_stages::registry().parts() {
@@ -256,10 +261,6 @@ fn kinds_table(
             keys_list(&keys)
         );
     }
-}
-
-fn keys(keys: &[&str]) -> String {
-    keys_list(keys)
 }
 
 fn keys_list(keys: &[&str]) -> String {

@@ -12,7 +12,7 @@ use sluice_core::storage::{Location, StorageError};
 pub use sluice_models::service::io::{
     InferInput, InferOutput, InferRequest, InferResponse, WindowScores,
 };
-use sluice_models::service::Content;
+use sluice_models::service::{Content, InputKind};
 use utoipa::ToSchema;
 
 use crate::error::{bad_input, ApiError, InputProblem};
@@ -53,33 +53,6 @@ pub struct InputAccess {
     pub storage_options: Vec<(String, String)>,
     /// Largest file read for one input, in bytes.
     pub max_input_bytes: u64,
-}
-
-/// Audio an input names, readable from its start: inline bytes, or a file.
-#[derive(Debug)]
-pub enum AudioSource {
-    /// Inline data.
-    Memory(std::io::Cursor<Vec<u8>>),
-    /// A file under the data root, or a local copy of an object.
-    File(std::fs::File),
-}
-
-impl std::io::Read for AudioSource {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            AudioSource::Memory(c) => c.read(buf),
-            AudioSource::File(f) => f.read(buf),
-        }
-    }
-}
-
-impl std::io::Seek for AudioSource {
-    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
-        match self {
-            AudioSource::Memory(c) => c.seek(pos),
-            AudioSource::File(f) => f.seek(pos),
-        }
-    }
 }
 
 impl InputAccess {
@@ -135,46 +108,53 @@ impl InputAccess {
         Ok(())
     }
 
-    /// Opens one audio input for reading in chunks (blocking): inline data decoded (and held,
-    /// under its byte limit), a path under the data root or a URL opened without a size limit,
-    /// an object copied to a temporary file as it downloads. Returns it with its name.
-    pub fn open_audio(
+    /// One input's content as a model whose inputs are `kind` takes it (blocking: files and
+    /// objects are read here): a path or URL for an audio model is opened to be read in chunks
+    /// (no size limit; an object copied to a temporary file as it downloads), anything else is
+    /// read whole, up to the byte limit.
+    pub fn content(
         &self,
         i: usize,
         input: &InferInput,
-    ) -> Result<(AudioSource, Option<String>), ApiError> {
-        refuse_text_for_audio(i, input)?;
+        kind: InputKind,
+    ) -> Result<Content, ApiError> {
+        if kind == InputKind::Audio {
+            refuse_text_for_audio(i, input)?;
+            if let Some((file, name)) = self.open_file(i, input)? {
+                return Ok(Content::Stream {
+                    reader: Box::new(file),
+                    name: Some(name),
+                });
+            }
+        }
+        self.read(i, input)
+    }
+
+    /// The file a `path` or `url` input names, opened, with its name; `None` for inline inputs.
+    fn open_file(
+        &self,
+        i: usize,
+        input: &InferInput,
+    ) -> Result<Option<(std::fs::File, String)>, ApiError> {
         if let Some(p) = &input.path {
             let root = self.data_root.as_ref().expect("checked before reading");
             let file = root
                 .open_file(p)
                 .map_err(|e| bad_input(i, input, InputProblem::Path(e)))?;
-            return Ok((AudioSource::File(file), Some(p.clone())));
+            return Ok(Some((file, p.clone())));
         }
-        if let Some(url) = &input.url {
-            let file =
-                Location::open_url_blocking(url, &self.storage_options).map_err(|error| {
-                    bad_input(
-                        i,
-                        input,
-                        InputProblem::Storage {
-                            url: url.to_owned(),
-                            error,
-                        },
-                    )
-                })?;
-            return Ok((AudioSource::File(file), Some(url.clone())));
-        }
-        match self.read(i, input)? {
-            Content::Bytes { bytes, name } => {
-                Ok((AudioSource::Memory(std::io::Cursor::new(bytes)), name))
-            }
-            Content::Text(_) | Content::Stream { .. } => unreachable!("text was refused above"),
-        }
+        let Some(url) = &input.url else {
+            return Ok(None);
+        };
+        let file = Location::open_url_blocking(url, &self.storage_options).map_err(|error| {
+            let url = url.to_owned();
+            bad_input(i, input, InputProblem::Storage { url, error })
+        })?;
+        Ok(Some((file, url.clone())))
     }
 
-    /// Reads one input's content (blocking: files and object storage are read here).
-    pub fn read(&self, i: usize, input: &InferInput) -> Result<Content, ApiError> {
+    /// Reads one input's content whole (blocking: files and object storage are read here).
+    fn read(&self, i: usize, input: &InferInput) -> Result<Content, ApiError> {
         if let Some(t) = &input.text {
             return Ok(Content::Text(t.clone()));
         }

@@ -457,18 +457,7 @@ impl ModelService for TranslationService {
 
     fn describe(&self) -> Description {
         let languages: Vec<String> = self.languages().iter().map(|l| l.to_string()).collect();
-        let language = json!({ "type": "string", "enum": languages });
-        let schema = json!({
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["fromLang", "toLang"],
-            "properties": {
-                "fromLang": language,
-                "toLang": language,
-                "beams": { "type": ["integer", "null"], "minimum": 1, "maximum": self.limits.max_beams.get() },
-                "maxNewTokens": { "type": ["integer", "null"], "minimum": 1, "maximum": self.limits.max_new_tokens.get() },
-            },
-        });
+        let schema = parameters_schema(Some(&languages), &self.limits);
         Description {
             input: InputKind::Text,
             parameters: parameter_docs(),
@@ -597,6 +586,26 @@ impl ModelService for TranslationService {
             data: Tensor::Bytes(texts),
         }]
     }
+}
+
+/// The JSON Schema of a translation model's `/v1` parameters under `limits`, its language codes
+/// listed when they are known (a model still loading has none yet).
+pub fn parameters_schema(languages: Option<&[String]>, limits: &TranslationLimits) -> Value {
+    let language = match languages {
+        Some(codes) => json!({ "type": "string", "enum": codes }),
+        None => json!({ "type": "string" }),
+    };
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["fromLang", "toLang"],
+        "properties": {
+            "fromLang": language,
+            "toLang": language,
+            "beams": { "type": ["integer", "null"], "minimum": 1, "maximum": limits.max_beams.get() },
+            "maxNewTokens": { "type": ["integer", "null"], "minimum": 1, "maximum": limits.max_new_tokens.get() },
+        },
+    })
 }
 
 /// The `/v1` parameters of a translation model, described for `GET /v1/models`.

@@ -115,7 +115,7 @@ impl<B: Clone> Kinds<B> {
     }
 
     /// The error for a kind not in the table.
-    pub fn unknown(&self, place: &str, kind: &str, names: &[&str]) -> ConfigError {
+    fn unknown(&self, place: &str, kind: &str, names: &[&str]) -> ConfigError {
         ConfigError::new(
             place,
             ConfigProblem::UnknownKind {

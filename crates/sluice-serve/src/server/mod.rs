@@ -71,10 +71,8 @@ impl ModelEntry {
             return Err(ModelEntryError::NoSource(arg.to_owned()));
         }
         let dir = std::path::Path::new(source);
-        let kind = match dir.is_dir() {
-            true => service::detect(dir).name,
-            false => service::translation::KIND_NAME,
-        };
+        // A hub id or a URL is no directory: translation, the kind of any other directory.
+        let kind = service::detect(dir).name;
         let name = match name {
             Some(n) => n.to_owned(),
             None if kind == service::translation::KIND_NAME => TRANSLATION_MODEL.to_owned(),

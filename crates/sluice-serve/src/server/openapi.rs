@@ -7,7 +7,7 @@
 
 use serde_json::{json, Value};
 
-use sluice_models::service::Description;
+use sluice_models::service::{translation, Description};
 
 use crate::Limits;
 
@@ -101,18 +101,8 @@ fn request_schema(model: &ModelDoc, limits: &Limits) -> Value {
     let (parameters, required) = match model.description {
         Some(d) => d.parameters_schema.clone(),
         // Until it is loaded a translation model's parameters are known but not its languages.
-        None if model.kind == sluice_models::service::translation::KIND_NAME => (
-            json!({
-                "type": "object",
-                "required": ["fromLang", "toLang"],
-                "properties": {
-                    "fromLang": { "type": "string" },
-                    "toLang": { "type": "string" },
-                    "beams": { "type": ["integer", "null"], "minimum": 1, "maximum": limits.max_beams.get() },
-                    "maxNewTokens": { "type": ["integer", "null"], "minimum": 1, "maximum": limits.max_new_tokens.get() },
-                },
-                "additionalProperties": false,
-            }),
+        None if model.kind == translation::KIND_NAME => (
+            translation::parameters_schema(None, &limits.translation()),
             true,
         ),
         None => (json!({ "type": "object", "maxProperties": 0 }), false),

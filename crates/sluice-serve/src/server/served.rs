@@ -13,14 +13,15 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 use sluice_models::service::{
-    self, Content, Description, InferInput, InferOutput, InputKind, ModelService, NamedTensor,
-    Parameters, ServiceError, Spelling, TensorInfo, Work,
+    self, Description, InferInput, InferOutput, InputKind, ModelService, NamedTensor, Parameters,
+    ServiceError, Spelling, TensorInfo, Work,
 };
 
 use super::submit::{item_error, shutting_down, submit};
 use super::{App, Slot};
 use crate::batcher::{self, BatchConfig, Queue};
-use crate::error::{bad_input, ApiError, InputProblem};
+use crate::error::ApiError;
+use crate::infer::refuse_text_for_audio;
 
 /// A loaded model as the routes use it.
 pub(super) trait Served: Send + Sync {
@@ -47,17 +48,19 @@ pub(super) trait Served: Send + Sync {
     /// The Open Inference Protocol's input tensors on this server.
     fn v2_inputs(&self, sources: &[&str]) -> Vec<TensorInfo>;
 
-    /// A v2 request's input tensor as inputs and parameters.
-    fn v2_request(
-        &self,
-        input: &str,
-        elements: Vec<Vec<u8>>,
+    /// Runs a v2 request's one input tensor (its name, shape and elements) with its parameters:
+    /// read as the inputs it means, checked and run as `/v1` runs them, answered as tensors.
+    fn infer_tensor<'a>(
+        &'a self,
+        app: &'a Arc<App>,
+        tensor: V2Input<'a>,
         parameters: Parameters,
-    ) -> Result<(Vec<InferInput>, Parameters), ServiceError>;
-
-    /// Outputs as the protocol's tensors.
-    fn v2_outputs(&self, shape: &[i64], outputs: Vec<InferOutput>) -> Vec<NamedTensor>;
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Vec<NamedTensor>, ApiError>>;
 }
+
+/// A v2 request's input tensor: its name, shape and elements.
+pub(super) type V2Input<'a> = (&'a str, &'a [i64], Vec<Vec<u8>>);
 
 /// A model service with its running batcher.
 pub(super) struct Running<S: ModelService> {
@@ -123,17 +126,25 @@ impl<S: ModelService> Served for Running<S> {
         self.service.v2_inputs(sources)
     }
 
-    fn v2_request(
-        &self,
-        input: &str,
-        elements: Vec<Vec<u8>>,
+    fn infer_tensor<'a>(
+        &'a self,
+        app: &'a Arc<App>,
+        (name, shape, elements): V2Input<'a>,
         parameters: Parameters,
-    ) -> Result<(Vec<InferInput>, Parameters), ServiceError> {
-        self.service.v2_request(input, elements, parameters)
-    }
-
-    fn v2_outputs(&self, shape: &[i64], outputs: Vec<InferOutput>) -> Vec<NamedTensor> {
-        self.service.v2_outputs(shape, outputs)
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Vec<NamedTensor>, ApiError>> {
+        Box::pin(async move {
+            let ids: Vec<String> = (0..elements.len()).map(|i| i.to_string()).collect();
+            let (inputs, parameters) = self
+                .service
+                .v2_request(name, elements, parameters)
+                .map_err(|e| ApiError::from_service(e, &ids, Spelling::V2))?;
+            app.inputs.check(&inputs)?;
+            let outputs = self
+                .run(app, inputs, parameters, Spelling::V2, deadline)
+                .await?;
+            Ok(self.service.v2_outputs(shape, outputs))
+        })
     }
 }
 
@@ -158,10 +169,7 @@ impl<S: ModelService> Running<S> {
         if input_kind == InputKind::Audio {
             // All refused before any is decoded.
             for (i, input) in inputs.iter().enumerate() {
-                if input.text.is_some() {
-                    let kind = service::classifier::TEXT_REFUSED;
-                    return Err(bad_input(i, input, InputProblem::WrongKind(kind)));
-                }
+                refuse_text_for_audio(i, input)?;
             }
         }
         let group = if self.service.streams() {
@@ -170,17 +178,17 @@ impl<S: ModelService> Running<S> {
             usize::MAX
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Cut<S>, ApiError>>(1);
-        let (app2, service, spelling2) = (app.clone(), self.service.clone(), spelling);
-        let ids2 = ids.clone();
+        let (app2, service, ids2) = (app.clone(), self.service.clone(), ids.clone());
         let reading = tokio::task::spawn_blocking(move || {
             for (i, input) in inputs.iter().enumerate() {
-                let prepared = read(&app2, i, input, input_kind).and_then(|content| {
+                let content = app2.inputs.content(i, input, input_kind);
+                let prepared = content.and_then(|content| {
                     service
                         .prepare(&params, i, content, &mut |work| {
                             tx.blocking_send(Ok(Cut::Work(i, work)))
                                 .map_err(|_| ServiceError::Cancelled)
                         })
-                        .map_err(|e| ApiError::from_service(e, &ids2, spelling2))
+                        .map_err(|e| ApiError::from_service(e, &ids2, spelling))
                 });
                 let sent = tx.blocking_send(prepared.map(|out| Cut::Prepared(i, out)));
                 if sent.is_err() {
@@ -241,20 +249,6 @@ impl<S: ModelService> Running<S> {
         }
         Ok(())
     }
-}
-
-/// Reads input `i` for a model whose inputs are `kind` (blocking: files and objects are read
-/// here): text models get their bytes whole (up to the server's limit), audio models a stream
-/// of any length.
-fn read(app: &App, i: usize, input: &InferInput, kind: InputKind) -> Result<Content, ApiError> {
-    if kind == InputKind::Audio && (input.path.is_some() || input.url.is_some()) {
-        let (reader, name) = app.inputs.open_audio(i, input)?;
-        return Ok(Content::Stream {
-            reader: Box::new(reader),
-            name,
-        });
-    }
-    app.inputs.read(i, input)
 }
 
 /// The slot's model once loaded, or the 503 that tells the client to come back.

@@ -24,7 +24,7 @@ use axum::http::header::{HeaderValue, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use sluice_models::service::{NamedTensor, Spelling, Tensor};
+use sluice_models::service::{NamedTensor, Tensor};
 
 use super::served::loaded;
 use super::submit::{accept, check_count};
@@ -126,28 +126,21 @@ pub(super) async fn model_metadata(
 ) -> V2Result<Json<Value>> {
     let (name, version) = name_and_version(&path);
     let slot = model(&app, name, version)?;
-    let sources = super::v1::input_sources(&app, slot);
-    let metadata = match slot.loaded.get() {
-        Some(model) => {
-            let d = model.description();
-            json!({
-                "platform": d.platform,
-                "inputs": model.v2_inputs(&sources),
-                "outputs": d.v2_outputs,
-                "parameters": d.v2_parameters,
-            })
-        }
-        // Its tensors are known once it is loaded.
-        None => json!({"platform": "", "inputs": [], "outputs": [], "parameters": {}}),
-    };
-    Ok(Json(json!({
+    let mut metadata = json!({
         "name": slot.entry.name,
         "versions": [VERSION],
-        "platform": metadata["platform"],
-        "inputs": metadata["inputs"],
-        "outputs": metadata["outputs"],
-        "parameters": metadata["parameters"],
-    })))
+        // Its tensors are known once it is loaded.
+        "platform": "", "inputs": [], "outputs": [], "parameters": {},
+    });
+    if let Some(model) = slot.loaded.get() {
+        let d = model.description();
+        let sources = super::v1::input_sources(&app, slot);
+        metadata["platform"] = json!(d.platform);
+        metadata["inputs"] = json!(model.v2_inputs(&sources));
+        metadata["outputs"] = json!(d.v2_outputs);
+        metadata["parameters"] = d.v2_parameters.clone();
+    }
+    Ok(Json(metadata))
 }
 
 /// `GET /v2/models/{name}[/versions/{version}]/ready`: 200 once loaded, 503 while loading or
@@ -326,15 +319,9 @@ pub(super) async fn infer_v2(
         .filter(|(k, _)| !is_protocol_parameter(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let ids: Vec<String> = (0..elements.len()).map(|i| i.to_string()).collect();
-    let (inputs, parameters) = model
-        .v2_request(&input_name, elements, parameters)
-        .map_err(|e| ApiError::from_service(e, &ids, Spelling::V2))?;
-    app.inputs.check(&inputs)?;
     let outputs = model
-        .infer(&app, inputs, parameters, Spelling::V2, deadline)
+        .infer_tensor(&app, (&input_name, &shape, elements), parameters, deadline)
         .await?;
-    let outputs = model.v2_outputs(&shape, outputs);
     respond(&request, slot, outputs)
 }
 
