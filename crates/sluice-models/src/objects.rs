@@ -5,8 +5,9 @@
 //! The cache mirrors the URL (`s3://bucket/models/m2m100` → `CACHE/s3/bucket/models/m2m100`), so
 //! it reads like the store. Each file is downloaded to a temporary name and renamed, so a killed
 //! download never leaves a half file; a manifest records each object's size and modification time,
-//! so an unchanged object is never downloaded again and a changed one always is. When the store
-//! cannot be listed (an outage, no network), a complete earlier copy is used, with a warning.
+//! so an unchanged object is never downloaded again and a changed one always is, and whether the
+//! last copy finished. When the store cannot be listed (an outage, no network), a finished earlier
+//! copy is used, with a warning; a half-made one is not.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,8 +19,17 @@ use crate::error::{ModelError, Result};
 /// URL schemes that name a model in object storage.
 const SCHEMES: [&str; 4] = ["s3", "gs", "az", "memory"];
 
-/// The manifest of a cached copy: object path → (size, modification in ms).
+/// The file of a cached copy's [`Manifest`].
 const MANIFEST: &str = ".sluice-objects.json";
+
+/// What a cached copy holds.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    /// Object path → (size, modification in ms) of each object copied.
+    objects: BTreeMap<String, (u64, i64)>,
+    /// Whether the last copy finished: every object the store listed is here as listed.
+    complete: bool,
+}
 
 /// Whether `s` names an object-storage prefix.
 pub fn is_object_url(s: &str) -> bool {
@@ -69,7 +79,7 @@ impl ObjectSettings {
             .and_then(|location| Ok((location.list_blocking(&Matcher::All)?, location)));
         let (files, location) = match listed {
             Ok(listed) => listed,
-            Err(e) if read_manifest(&dir).is_some_and(|m| !m.is_empty()) => {
+            Err(e) if read_manifest(&dir).is_some_and(|m| m.complete) => {
                 tracing::warn!(url, error = %e, "cannot list the model's objects; using the copy in {}", dir.display());
                 return Ok(dir);
             }
@@ -80,11 +90,21 @@ impl ObjectSettings {
         }
         std::fs::create_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
         let mut manifest = read_manifest(&dir).unwrap_or_default();
+        // What the store holds now, and no longer what it held: a deleted object is not part
+        // of the copy the next outage falls back on.
+        manifest
+            .objects
+            .retain(|rel, _| files.iter().any(|f| &f.rel == rel));
         for file in &files {
             let stamp = (file.size, file.modified_ms);
             let local = dir.join(&file.rel);
-            if manifest.get(&file.rel) == Some(&stamp) && local.is_file() {
+            if manifest.objects.get(&file.rel) == Some(&stamp) && local.is_file() {
                 continue;
+            }
+            if manifest.complete {
+                // Until every object is copied again, the copy is not one to fall back on.
+                manifest.complete = false;
+                write_manifest(&dir, &manifest)?;
             }
             download(&location, &file.rel, &local).map_err(|e| match e {
                 Fetch::Io(e) => ModelError::io(&local, e),
@@ -95,7 +115,12 @@ impl ObjectSettings {
                     hint: "the copy is resumed on the next load".into(),
                 },
             })?;
-            manifest.insert(file.rel.clone(), stamp);
+            // Recorded one by one, so a copy killed half-way resumes where it stopped.
+            manifest.objects.insert(file.rel.clone(), stamp);
+            write_manifest(&dir, &manifest)?;
+        }
+        if !manifest.complete {
+            manifest.complete = true;
             write_manifest(&dir, &manifest)?;
         }
         tracing::info!(url, dir = %dir.display(), files = files.len(), "model copied from object storage");
@@ -133,12 +158,12 @@ fn download(location: &Location, rel: &str, to: &Path) -> std::result::Result<()
     Ok(())
 }
 
-fn read_manifest(dir: &Path) -> Option<BTreeMap<String, (u64, i64)>> {
+fn read_manifest(dir: &Path) -> Option<Manifest> {
     let text = std::fs::read_to_string(dir.join(MANIFEST)).ok()?;
     serde_json::from_str(&text).ok()
 }
 
-fn write_manifest(dir: &Path, manifest: &BTreeMap<String, (u64, i64)>) -> Result<()> {
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     let path = dir.join(MANIFEST);
     let text = serde_json::to_vec(manifest).unwrap_or_default();
     sluice_core::fs::write_atomic(&path, |out| std::io::Write::write_all(out, &text))
