@@ -13,9 +13,9 @@ use serde_json::json;
 use sluice_audio::{ChannelOp, ResamplerCache};
 
 use super::{
-    Batch, Content, Description, InferInput, InferOutput, InputKind, InputProblem, Kind,
-    LoadContext, Model, ModelService, NamedTensor, Parameters, ServiceError, Spelling, Tensor,
-    TensorInfo, WindowScores, Work,
+    element_text, tensor_inputs, Batch, Content, Description, InferInput, InferOutput, InputKind,
+    InputProblem, Kind, LoadContext, Model, ModelService, NamedTensor, Parameters, ServiceError,
+    Spelling, Tensor, TensorInfo, WindowScores, Work,
 };
 use crate::classifier::{AudioClassifier, Window};
 use crate::ModelError;
@@ -321,35 +321,20 @@ impl ModelService for ClassifierService {
         elements: Vec<Vec<u8>>,
         parameters: Parameters,
     ) -> Result<(Vec<InferInput>, Parameters), ServiceError> {
-        let utf8 = |i: usize, b: Vec<u8>| {
-            String::from_utf8(b).map_err(|_| {
-                ServiceError::InvalidRequest(format!("{input} element {i} is not UTF-8"))
-            })
-        };
-        let inputs = elements
-            .into_iter()
-            .enumerate()
-            .map(|(i, bytes)| {
-                let mut one = InferInput {
-                    id: i.to_string(),
-                    ..InferInput::default()
-                };
-                match input {
-                    "audio" => {
-                        one.data = Some(base64::engine::general_purpose::STANDARD.encode(bytes))
-                    }
-                    "path" => one.path = Some(utf8(i, bytes)?),
-                    "url" => one.url = Some(utf8(i, bytes)?),
-                    other => {
-                        return Err(ServiceError::InvalidRequest(format!(
-                            "an audio classifier takes the input \"audio\", \"path\" or \"url\", \
-                             not {other:?}"
-                        )))
-                    }
-                }
-                Ok(one)
-            })
-            .collect::<Result<_, _>>()?;
+        if !["audio", "path", "url"].contains(&input) {
+            return Err(ServiceError::InvalidRequest(format!(
+                "an audio classifier takes the input \"audio\", \"path\" or \"url\", not \
+                 {input:?}"
+            )));
+        }
+        let inputs = tensor_inputs(elements, |one, i, bytes| {
+            match input {
+                "audio" => one.data = Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                "path" => one.path = Some(element_text(input, i, bytes)?),
+                _ => one.url = Some(element_text(input, i, bytes)?),
+            }
+            Ok(())
+        })?;
         Ok((inputs, parameters))
     }
 

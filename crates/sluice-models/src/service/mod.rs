@@ -291,6 +291,32 @@ pub trait ModelService: Batch {
     fn v2_outputs(&self, shape: &[i64], outputs: Vec<InferOutput>) -> Vec<NamedTensor>;
 }
 
+/// A v2 input tensor's elements as `/v1` inputs, each numbered by its position; `set` puts
+/// element `i` where the kind reads it.
+fn tensor_inputs(
+    elements: Vec<Vec<u8>>,
+    mut set: impl FnMut(&mut InferInput, usize, Vec<u8>) -> Result<(), ServiceError>,
+) -> Result<Vec<InferInput>, ServiceError> {
+    elements
+        .into_iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            let mut one = InferInput {
+                id: i.to_string(),
+                ..InferInput::default()
+            };
+            set(&mut one, i, bytes)?;
+            Ok(one)
+        })
+        .collect()
+}
+
+/// Element `i` of the v2 input tensor `input`, which must be UTF-8.
+fn element_text(input: &str, i: usize, bytes: Vec<u8>) -> Result<String, ServiceError> {
+    String::from_utf8(bytes)
+        .map_err(|_| ServiceError::InvalidRequest(format!("{input} element {i} is not UTF-8")))
+}
+
 /// Why a request to a model service got no result.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

@@ -10,9 +10,9 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::{
-    Batch, Content, Description, InferInput, InferOutput, InputKind, InputProblem, Kind,
-    LoadContext, Model, ModelService, NamedTensor, Parameters, ServiceError, Tensor, TensorInfo,
-    Work,
+    element_text, tensor_inputs, Batch, Content, Description, InferInput, InferOutput, InputKind,
+    InputProblem, Kind, LoadContext, Model, ModelService, NamedTensor, Parameters, ServiceError,
+    Tensor, TensorInfo, Work,
 };
 use crate::m2m100::{EarlyStopping, GenerationOptions, M2M100};
 use crate::ModelError;
@@ -557,21 +557,10 @@ impl ModelService for TranslationService {
                 "a translation model takes the input \"text\", not {input:?}"
             )));
         }
-        let inputs = elements
-            .into_iter()
-            .enumerate()
-            .map(|(i, bytes)| {
-                String::from_utf8(bytes)
-                    .map(|text| InferInput {
-                        id: i.to_string(),
-                        text: Some(text),
-                        ..InferInput::default()
-                    })
-                    .map_err(|_| {
-                        ServiceError::InvalidRequest(format!("text element {i} is not UTF-8"))
-                    })
-            })
-            .collect::<Result<_, _>>()?;
+        let inputs = tensor_inputs(elements, |one, i, bytes| {
+            one.text = Some(element_text(input, i, bytes)?);
+            Ok(())
+        })?;
         Ok((inputs, parameters))
     }
 
