@@ -21,10 +21,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sluice_models::m2m100::ComputeType;
 use sluice_models::service::translation::{Translate, TranslationService};
-use sluice_models::service::{
-    LoadContext, Model, ServiceError, Spelling, TranslationLimits, TranslationParams,
-};
-use sluice_models::source::{HubSettings, ModelSource, ObjectSettings, DEFAULT_MODEL};
+use sluice_models::service::{LoadContext, Model, ServiceError, Spelling, TranslationParams};
+use sluice_models::source::{ModelSource, DEFAULT_MODEL};
 use sluice_models::{DeviceSpec, ModelError};
 use sluice_pipeline::config::{ConfigError, KindDoc, RawStage, RecordStage, RecordStageFactory};
 use sluice_pipeline::stages::Record;
@@ -130,10 +128,7 @@ pub fn load_model(
 ) -> Result<Model, StageError> {
     let context = LoadContext {
         device: worker_device(worker)?,
-        compute,
-        hub: HubSettings::from_env(),
-        objects: ObjectSettings::from_env(),
-        translation: TranslationLimits::none(),
+        ..LoadContext::cpu(compute)
     };
     let source = ModelSource::parse(model);
     sluice_models::service::load(&source, &context)
