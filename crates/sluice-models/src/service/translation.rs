@@ -460,19 +460,14 @@ impl ModelService for TranslationService {
         let schema = parameters_schema(Some(&languages), &self.limits);
         Description {
             input: InputKind::Text,
-            parameters: parameter_docs(),
+            parameters: parameter_docs(Spelling::Http),
             parameters_schema: (schema, true),
             details: json!({ "languages": languages }),
             languages: Some(languages),
             labels: None,
             platform: "sluice_m2m100",
             v2_outputs: vec![TensorInfo::new("translation", "BYTES", &[-1])],
-            v2_parameters: json!({
-                "source_lang": "source language code (required)",
-                "target_lang": "target language code (required)",
-                "beams": "beams for beam search, 1 = greedy (optional)",
-                "max_new_tokens": "most generated tokens per text (optional)",
-            }),
+            v2_parameters: parameter_docs(Spelling::V2),
         }
     }
 
@@ -597,14 +592,22 @@ pub fn parameters_schema(languages: Option<&[String]>, limits: &TranslationLimit
     })
 }
 
-/// The `/v1` parameters of a translation model, described for `GET /v1/models`.
-pub fn parameter_docs() -> Value {
-    json!({
-        "fromLang": "source language code (required)",
-        "toLang": "target language code (required)",
-        "beams": "beams for beam search, 1 = greedy (optional)",
-        "maxNewTokens": "most generated tokens per input (optional)",
-    })
+/// The parameters of a translation model as `spelling` names them, each with what it means
+/// (`GET /v1/models`, v2 model metadata).
+pub fn parameter_docs(spelling: Spelling) -> Value {
+    Param::ALL
+        .iter()
+        .map(|&p| {
+            let doc = match p {
+                Param::From => "source language code (required)",
+                Param::To => "target language code (required)",
+                Param::Beams => "beams for beam search, 1 = greedy (optional)",
+                Param::MaxNewTokens => "most generated tokens per text (optional)",
+            };
+            (spelling.keys(p)[0].to_owned(), Value::from(doc))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 fn utf8(index: usize, bytes: Vec<u8>) -> Result<String, ServiceError> {

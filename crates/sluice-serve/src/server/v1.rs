@@ -103,7 +103,9 @@ pub(super) async fn list_models(State(app): State<Arc<App>>) -> Json<Vec<ModelIn
                 Some(d) => (d.parameters.clone(), d.input.as_str()),
                 // Until it is loaded, a model is what its source suggests.
                 None if slot.kind() == sluice_models::service::translation::KIND_NAME => (
-                    sluice_models::service::translation::parameter_docs(),
+                    sluice_models::service::translation::parameter_docs(
+                        sluice_models::service::Spelling::Http,
+                    ),
                     "text",
                 ),
                 None => (serde_json::json!({}), "audio"),
