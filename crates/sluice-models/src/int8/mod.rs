@@ -669,38 +669,30 @@ unsafe fn kernel(w: &QMatrix, a: &Activations, m0: usize, mr: usize, n0: usize, 
     let ap = a.data.as_ptr().add(m0 * a.stride);
     let k = w.stride;
     let cols = w.isa.tile_cols();
+    let wp = w.data.as_ptr().add(n0 * k);
     match w.isa {
-        Isa::Portable => portable(ap, w.data.as_ptr().add(n0 * k), k, mr, acc),
+        Isa::Portable => portable(ap, wp, k, mr, acc),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            let wp = w.data.as_ptr().add(n0 * k);
-            match mr {
-                1 => x86::avx2::<1>(ap, wp, k, acc),
-                _ => x86::avx2::<2>(ap, wp, k, acc),
-            }
-        }
+        Isa::Avx2 => match mr {
+            1 => x86::avx2::<1>(ap, wp, k, acc),
+            _ => x86::avx2::<2>(ap, wp, k, acc),
+        },
         #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => {
-            let wp = w.data.as_ptr().add(n0 * k);
-            match mr {
-                1 => x86::avx_vnni::<1>(ap, wp, k, acc),
-                _ => x86::avx_vnni::<2>(ap, wp, k, acc),
-            }
-        }
+        Isa::AvxVnni => match mr {
+            1 => x86::avx_vnni::<1>(ap, wp, k, acc),
+            _ => x86::avx_vnni::<2>(ap, wp, k, acc),
+        },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            let wp = w.data.as_ptr().add(n0 * k);
-            match mr {
-                1 => x86::avx512_vnni::<1>(ap, wp, k, acc),
-                2 => x86::avx512_vnni::<2>(ap, wp, k, acc),
-                3 => x86::avx512_vnni::<3>(ap, wp, k, acc),
-                _ => x86::avx512_vnni::<4>(ap, wp, k, acc),
-            }
-        }
+        Isa::Avx512Vnni => match mr {
+            1 => x86::avx512_vnni::<1>(ap, wp, k, acc),
+            2 => x86::avx512_vnni::<2>(ap, wp, k, acc),
+            3 => x86::avx512_vnni::<3>(ap, wp, k, acc),
+            _ => x86::avx512_vnni::<4>(ap, wp, k, acc),
+        },
         #[cfg(target_arch = "x86_64")]
-        Isa::Amx => amx::tile(ap, a.stride, mr, w.data.as_ptr().add(n0 * k), k, acc),
+        Isa::Amx => amx::tile(ap, a.stride, mr, wp, k, acc),
         #[cfg(not(target_arch = "x86_64"))]
-        _ => portable(ap, w.data.as_ptr().add(n0 * k), k, mr, acc),
+        _ => portable(ap, wp, k, mr, acc),
     }
     if a.offset {
         for row in acc.chunks_mut(cols).take(mr) {

@@ -428,10 +428,10 @@ pub fn run_inline<S: ModelService>(
         folded,
         failed: None,
     };
+    let streams = service.streams();
     for (index, content) in inputs.into_iter().enumerate() {
         run.outputs.push(Ok(InferOutput::default()));
         let mut cut: Vec<Work<S>> = Vec::new();
-        let streams = service.streams();
         let prepared = service.prepare(params, index, content, &mut |work| {
             cut.push(work);
             if streams && run.pending.len() + cut.len() >= run.max_items {
