@@ -14,7 +14,7 @@ against the same engine's float32, as the share of positions where the tokens ag
 of tokens before the first disagreement.
 
 Usage (from the repository root, after `cargo build --release -p sluice-cli`):
-    python bench/translate_bench.py [--threads 2] [--work bench/.work] [--out bench/results.json]
+    python bench/translate_bench.py [--threads 2] [--isa avx2] [--work bench/.work] [--out bench/results.json]
 Needs: pip install -r tools/requirements.txt ctranslate2
 """
 
@@ -49,6 +49,21 @@ SENTENCES = [
     "The recipe calls for two eggs, a cup of flour and a pinch of salt.",
     "Whales sing long songs that travel hundreds of kilometres under the sea.",
 ]
+
+
+# What forces each engine to one instruction set. CTranslate2's own kernels read
+# CT2_FORCE_CPU_ISA; its int8 and float32 GEMMs run in Intel MKL and oneDNN, which read their own
+# variables, so all three are set or the peer keeps its AVX-512 GEMM; torch reads
+# ATEN_CPU_CAPABILITY. Sluice's float32 products (candle's `gemm` crate on stable Rust) have no
+# AVX-512 kernel, so they are AVX2 + FMA either way.
+ISA_ENV = {
+    "avx2": {"SLUICE_CPU_ISA": "avx2", "CT2_FORCE_CPU_ISA": "AVX2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "ATEN_CPU_CAPABILITY": "avx2"},
+    "avx512vnni": {"SLUICE_CPU_ISA": "avx512vnni", "CT2_FORCE_CPU_ISA": "AVX512",
+                   "MKL_ENABLE_INSTRUCTIONS": "AVX512_E1", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI",
+                   "ATEN_CPU_CAPABILITY": "avx512"},
+}
 
 
 def build_model(work: Path) -> Path:
@@ -246,6 +261,8 @@ def main():
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results-translate.json")
     ap.add_argument("--systems", default="sluice-int8,sluice-float32,transformers,ctranslate2,ctranslate2-int8")
     ap.add_argument("--no-agreement", action="store_true", help="skip the int8 fidelity comparison")
+    ap.add_argument("--isa", choices=sorted(ISA_ENV),
+                    help="force every engine to one instruction set (default: each picks its best)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--beams", type=int, help=argparse.SUPPRESS)
@@ -260,6 +277,9 @@ def main():
         print(json.dumps(fn(a.dir, a.batch, a.beams, a.n, a.threads)))
         return
 
+    if a.isa:
+        # Set before any engine starts: workers and sluice inherit the environment.
+        os.environ.update(ISA_ENV[a.isa])
     a.work.mkdir(parents=True, exist_ok=True)
     model_dir = build_model(a.work)
     systems = a.systems.split(",")
@@ -304,7 +324,8 @@ def main():
         for k, (same, prefix) in fidelity.items():
             print(f"int8 vs float32 greedy tokens, {k}: {same:.1%} agree by position, "
                   f"{prefix:.1%} before the first disagreement", flush=True)
-    a.out.write_text(json.dumps({"threads": a.threads, "new_tokens": NEW_TOKENS, "results": results,
+    a.out.write_text(json.dumps({"threads": a.threads, "new_tokens": NEW_TOKENS, "isa": a.isa or "native",
+                                 "results": results,
                                  "int8_agreement": fidelity}, indent=1))
 
 

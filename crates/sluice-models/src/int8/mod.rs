@@ -55,7 +55,8 @@ pub enum Output {
 pub enum Isa {
     /// Plain Rust, any CPU.
     Portable,
-    /// x86-64 AVX2: `vpmaddubsw`/`vpmaddwd` with the sign trick (no 16-bit saturation).
+    /// x86-64 AVX2: `vpmaddubsw`/`vpmaddwd` with the sign trick (no 16-bit saturation), on
+    /// panels of 16 channels.
     Avx2,
     /// x86-64 AVX-VNNI: `vpdpbusd` on 256-bit registers.
     AvxVnni,
@@ -128,8 +129,8 @@ impl Isa {
     fn max_rows(self) -> usize {
         match self {
             Isa::Amx => 32,
-            Isa::Avx512Vnni | Isa::Portable => 4,
-            Isa::Avx2 | Isa::AvxVnni => 2,
+            Isa::Avx512Vnni | Isa::Portable | Isa::Avx2 => 4,
+            Isa::AvxVnni => 2,
         }
     }
 
@@ -137,8 +138,15 @@ impl Isa {
     fn tile_cols(self) -> usize {
         match self {
             Isa::Amx => 32,
+            Isa::Avx2 => 16,
             _ => NR,
         }
+    }
+
+    /// Whether weights are stored in blocks of 16 channels laid out for the kernel (see
+    /// [`weight_offset`]) rather than row-major.
+    fn packed(self) -> bool {
+        matches!(self, Isa::Amx | Isa::Avx2)
     }
 }
 
@@ -284,7 +292,7 @@ pub struct QMatrix {
     /// `rows` rounded up to the kernel's tile width; the extra rows are zeros.
     padded_rows: usize,
     isa: Isa,
-    /// Row-major `padded_rows × stride` bytes, or AMX tiles (see [`amx_offset`]).
+    /// `padded_rows × stride` bytes, laid out as [`weight_offset`] says.
     data: Vec<i8>,
     scales: Vec<f32>,
     /// `128 × Σ w` per row: what the +128 offset of `u8` activations adds to each dot product.
@@ -299,6 +307,24 @@ impl fmt::Debug for QMatrix {
             self.rows, self.cols, self.isa
         )
     }
+}
+
+/// Where weight `(n, k)` of a matrix quantised for `isa` lives in its data: row-major, or in
+/// blocks of 16 channels (`16 × stride` bytes each, in channel order) for the packed kernels.
+fn weight_offset(isa: Isa, n: usize, k: usize, stride: usize) -> usize {
+    match isa {
+        Isa::Amx => amx_offset(n, k, stride),
+        Isa::Avx2 => panel_offset(n, k, stride),
+        _ => n * stride + k,
+    }
+}
+
+/// Where weight `(n, k)` lives in the AVX2 layout: blocks of 16 channels; inside a block, the
+/// inputs in groups of four, each group holding the four inputs of channels 0–7 and then of
+/// channels 8–15 (two registers of 8 channels × 4 inputs, what the kernel multiplies by a
+/// broadcast of four activation bytes).
+fn panel_offset(n: usize, k: usize, stride: usize) -> usize {
+    (n / 16) * 16 * stride + (k / 4) * 64 + (n % 16) * 4 + k % 4
 }
 
 /// Where weight `(n, k)` lives in the AMX layout: blocks of 16 channels × 64 inputs (1 KiB, one
@@ -327,14 +353,14 @@ impl QMatrix {
                 *s = quantize_row(row, &mut q[..cols]);
                 *o = 128 * q.iter().map(|&v| v as i32).sum::<i32>();
             });
-        if isa == Isa::Amx {
+        if isa.packed() {
             // One channel block (16 rows) at a time, so the extra memory is one block's worth.
             let mut block = vec![0i8; 16 * stride];
             for nb in 0..padded_rows / 16 {
                 let rows = &mut data[nb * 16 * stride..(nb + 1) * 16 * stride];
                 for (nl, row) in rows.chunks(stride).enumerate() {
                     for (k, &v) in row.iter().enumerate() {
-                        block[amx_offset(nl, k, stride)] = v;
+                        block[weight_offset(isa, nl, k, stride)] = v;
                     }
                 }
                 rows.copy_from_slice(&block);
@@ -374,11 +400,7 @@ impl QMatrix {
 
     /// Quantised weight `(n, k)`.
     fn at(&self, n: usize, k: usize) -> i8 {
-        if self.isa == Isa::Amx {
-            self.data[amx_offset(n, k, self.stride)]
-        } else {
-            self.data[n * self.stride + k]
-        }
+        self.data[weight_offset(self.isa, n, k, self.stride)]
     }
 
     /// Row `r` back in float32 (`q × scale`), for embedding lookups from a tied head.
@@ -675,7 +697,9 @@ unsafe fn kernel(w: &QMatrix, a: &Activations, m0: usize, mr: usize, n0: usize, 
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match mr {
             1 => x86::avx2::<1>(ap, wp, k, acc),
-            _ => x86::avx2::<2>(ap, wp, k, acc),
+            2 => x86::avx2::<2>(ap, wp, k, acc),
+            3 => x86::avx2::<3>(ap, wp, k, acc),
+            _ => x86::avx2::<4>(ap, wp, k, acc),
         },
         #[cfg(target_arch = "x86_64")]
         Isa::AvxVnni => match mr {

@@ -1,7 +1,8 @@
 //! The x86-64 SIMD kernels (AVX2, AVX-VNNI, AVX-512 VNNI), apart from the dispatch in the parent
 //! module so that the `unsafe` intrinsics code of one kernel family reads on its own.
 //!
-//! Each kernel computes `MR` activation rows × `NR` weight rows, 32 or 64 bytes of K per step.
+//! Each kernel computes `MR` activation rows × a tile of channels (`NR` weight rows, or a panel of
+//! 16 for AVX2), 4, 32 or 64 bytes of K per step.
 
 use super::NR;
 use std::arch::x86_64::*;
@@ -88,13 +89,43 @@ pub(super) unsafe fn avx_vnni<const MR: usize>(
     ymm_tile::<MR>(a, w, k, acc, |s, a, w| _mm256_dpbusd_avx_epi32(s, a, w))
 }
 
-/// AVX2: `|a| × sign(w, a)` with `vpmaddubsw` (at most 2 × 127 × 127 per pair, so the 16-bit
-/// sums never saturate), widened with `vpmaddwd`.
+/// AVX2 on panels of 16 channels (see `panel_offset`): each step broadcasts four bytes of an
+/// activation row against 8 channels × 4 inputs per register, so a tile's results land one channel
+/// per lane (no horizontal sums) and one call computes `MR` rows × 16 channels. Products are
+/// `|w| × sign(a, w)` with `vpmaddubsw` (at most 2 × 127 × 127 per pair, so the 16-bit sums never
+/// saturate), widened with `vpmaddwd`; `|w|` is taken once per step and shared by every row
+/// (a single row takes `|a| × sign(w, a)`, the same products).
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn avx2<const MR: usize>(a: *const u8, w: *const i8, k: usize, acc: &mut [i32]) {
     let ones = _mm256_set1_epi16(1);
-    ymm_tile::<MR>(a, w, k, acc, |s, a, w| {
-        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(a), _mm256_sign_epi8(w, a));
-        _mm256_add_epi32(s, _mm256_madd_epi16(p, ones))
-    })
+    let mut s = [[_mm256_setzero_si256(); 2]; MR];
+    let mut off = 0;
+    while off < k {
+        let w0 = _mm256_loadu_si256(w.add(off * 16) as *const _);
+        let w1 = _mm256_loadu_si256(w.add(off * 16 + 32) as *const _);
+        if MR == 1 {
+            // One row: `|a| × sign(w, a)` takes one absolute value per step instead of two.
+            let av = _mm256_set1_epi32((a.add(off) as *const i32).read_unaligned());
+            let m = _mm256_abs_epi8(av);
+            let p0 = _mm256_maddubs_epi16(m, _mm256_sign_epi8(w0, av));
+            let p1 = _mm256_maddubs_epi16(m, _mm256_sign_epi8(w1, av));
+            s[0][0] = _mm256_add_epi32(s[0][0], _mm256_madd_epi16(p0, ones));
+            s[0][1] = _mm256_add_epi32(s[0][1], _mm256_madd_epi16(p1, ones));
+        } else {
+            let (m0, m1) = (_mm256_abs_epi8(w0), _mm256_abs_epi8(w1));
+            for (i, row) in s.iter_mut().enumerate() {
+                let av = _mm256_set1_epi32((a.add(i * k + off) as *const i32).read_unaligned());
+                let p0 = _mm256_maddubs_epi16(m0, _mm256_sign_epi8(av, w0));
+                let p1 = _mm256_maddubs_epi16(m1, _mm256_sign_epi8(av, w1));
+                row[0] = _mm256_add_epi32(row[0], _mm256_madd_epi16(p0, ones));
+                row[1] = _mm256_add_epi32(row[1], _mm256_madd_epi16(p1, ones));
+            }
+        }
+        off += 4;
+    }
+    for (i, row) in s.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            _mm256_storeu_si256(acc.as_mut_ptr().add(i * 16 + j * 8) as *mut _, *v);
+        }
+    }
 }
