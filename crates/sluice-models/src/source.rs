@@ -24,8 +24,14 @@ fn is_refusal(e: &ApiError) -> bool {
 /// The model Sluice serves when none is named.
 pub const DEFAULT_MODEL: &str = "facebook/m2m100_418M";
 
-/// Tokenizer and config files every M2M100 directory needs.
-const REQUIRED: [&str; 3] = ["config.json", "vocab.json", "sentencepiece.bpe.model"];
+/// The config file every translation model directory needs.
+const CONFIG: &str = "config.json";
+/// The tokenizer files of each translation family, in order of preference: M2M100's, then
+/// NLLB-200's (whose repositories have no vocab.json).
+const TOKENIZERS: [&[&str]; 2] = [
+    &["vocab.json", "sentencepiece.bpe.model"],
+    &["tokenizer.json"],
+];
 /// Files read when present.
 const OPTIONAL: [&str; 3] = [
     "generation_config.json",
@@ -192,10 +198,12 @@ impl HubSettings {
                 files: vec![spec, graph],
             });
         }
-        let mut files: Vec<PathBuf> = REQUIRED
-            .iter()
-            .map(|f| cache.get(f))
-            .collect::<Option<_>>()?;
+        let mut files = vec![cache.get(CONFIG)?];
+        files.extend(
+            TOKENIZERS
+                .iter()
+                .find_map(|set| set.iter().map(|f| cache.get(f)).collect::<Option<Vec<_>>>())?,
+        );
         match WEIGHTS.iter().find_map(|f| cache.get(f)) {
             Some(weights) => files.push(weights),
             None => {
@@ -282,8 +290,13 @@ impl HubSettings {
                 files: vec![spec, graph],
             });
         }
-        let mut files = Vec::new();
-        for f in REQUIRED {
+        let mut files = vec![api_repo.get(CONFIG).map_err(|e| api_err(CONFIG, &e))?];
+        // A set the repository lists, else the first (its download error names the file).
+        let tokenizer = TOKENIZERS
+            .iter()
+            .find(|set| set.iter().all(|f| listed(f)))
+            .unwrap_or(&TOKENIZERS[0]);
+        for f in tokenizer.iter() {
             files.push(api_repo.get(f).map_err(|e| api_err(f, &e))?);
         }
         match WEIGHTS.iter().find(|f| listed(f)) {

@@ -330,3 +330,44 @@ fn a_line_that_fails_fails_alone_with_exit_status_3() {
         .expect("a long text");
     check_case_failing(0, &["--beams", "1", "--max-input-tokens", "40"], Some(long));
 }
+
+#[test]
+fn an_nllb_model_takes_iso_and_nllb_codes_alike_and_names_its_codes_when_refusing() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-nllb");
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let case = &r["generation"][0];
+    assert_eq!(case["name"], "defaults");
+    let texts = reference_texts(&r);
+    let input: String = texts.iter().map(|t| format!("{t}\n")).collect();
+    let want: Vec<&str> = case["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let model = dir.to_str().unwrap();
+    for (from, to) in [("en", "fr"), ("eng_Latn", "fra_Latn")] {
+        let out = sluice(
+            &["translate", "--model", model, "--from", from, "--to", to],
+            &input,
+            &[],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{from}->{to}: {err}");
+        let got: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+        assert_eq!(got, want, "{from}->{to}");
+    }
+    let out = sluice(
+        &["translate", "--model", model, "--from", "en", "--to", "fra"],
+        "hello\n",
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("unknown language code \"fra\" (did you mean \"fra_Latn\"?)"),
+        "{err}"
+    );
+}

@@ -4,6 +4,7 @@ pub mod config;
 pub mod generate;
 pub mod languages;
 pub mod model;
+pub mod nllb;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -13,7 +14,8 @@ use candle_core::{DType, Device};
 pub use config::{Config, EarlyStopping, GenerationConfig};
 pub use generate::GenerateParams;
 pub use model::{M2M100Model, Precision};
-pub use tokenizer::M2M100Tokenizer;
+pub use nllb::NllbTokenizer;
+pub use tokenizer::{M2M100Tokenizer, Tokenizer};
 
 use crate::error::{ModelError, Result};
 use crate::int8;
@@ -145,7 +147,7 @@ impl<'a, S: AsRef<str>> TranslateTexts<'a, S> {
 pub struct M2M100 {
     config: Config,
     generation: GenerationConfig,
-    tokenizer: M2M100Tokenizer,
+    tokenizer: Tokenizer,
     model: M2M100Model,
     precision: Precision,
     dir: PathBuf,
@@ -159,8 +161,9 @@ fn required(dir: &Path, file: &str) -> Result<PathBuf> {
         Err(ModelError::MissingFile {
             dir: dir.to_owned(),
             file: file.to_owned(),
-            hint: "an M2M100 directory in the Hugging Face layout holds config.json, vocab.json, \
-                   sentencepiece.bpe.model and model.safetensors or pytorch_model.bin \
+            hint: "an M2M100 or NLLB-200 directory in the Hugging Face layout holds config.json, \
+                   vocab.json and sentencepiece.bpe.model (NLLB-200: tokenizer.json), \
+                   and model.safetensors or pytorch_model.bin \
                    (`sluice fetch-model facebook/m2m100_418M --to DIR` writes one)"
                 .to_owned(),
         })
@@ -169,6 +172,30 @@ fn required(dir: &Path, file: &str) -> Result<PathBuf> {
 
 fn optional(dir: &Path, file: &str) -> Option<PathBuf> {
     Some(dir.join(file)).filter(|p| p.is_file())
+}
+
+/// The directory's tokenizer: NLLB-200's when `tokenizer_config.json` names an NLLB tokenizer or
+/// the directory has `tokenizer.json` but no `vocab.json` (NLLB checkpoints on the hub), else
+/// M2M100's.
+fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let config = optional(dir, "tokenizer_config.json");
+    let class = tokenizer::TokenizerConfig::read(config.as_deref())?.tokenizer_class;
+    let nllb = match class.as_deref() {
+        Some(c) => c.starts_with("Nllb"),
+        None => optional(dir, "vocab.json").is_none() && optional(dir, "tokenizer.json").is_some(),
+    };
+    Ok(if nllb {
+        Tokenizer::Nllb(Box::new(NllbTokenizer::from_files(
+            &required(dir, "tokenizer.json")?,
+            config.as_deref(),
+        )?))
+    } else {
+        Tokenizer::M2M100(Box::new(M2M100Tokenizer::from_files(
+            &required(dir, "vocab.json")?,
+            &required(dir, "sentencepiece.bpe.model")?,
+            config.as_deref(),
+        )?))
+    })
 }
 
 impl M2M100 {
@@ -189,17 +216,14 @@ impl M2M100 {
             &config_path,
             optional(dir, "generation_config.json").as_deref(),
         )?;
-        let tokenizer = M2M100Tokenizer::from_files(
-            &required(dir, "vocab.json")?,
-            &required(dir, "sentencepiece.bpe.model")?,
-            optional(dir, "tokenizer_config.json").as_deref(),
-        )?;
-        let needed = tokenizer.vocab_len() + tokenizer.languages().len();
+        let tokenizer = load_tokenizer(dir)?;
+        let needed = tokenizer.len();
         if needed > config.vocab_size {
             return Err(ModelError::InvalidFile {
                 path: config_path,
                 reason: format!(
-                    "vocab_size {} is smaller than vocab.json plus language tokens ({needed})",
+                    "vocab_size {} is smaller than the tokenizer's vocabulary with its language \
+                     tokens ({needed})",
                     config.vocab_size
                 ),
             });
@@ -234,7 +258,7 @@ impl M2M100 {
     }
 
     /// The tokenizer.
-    pub fn tokenizer(&self) -> &M2M100Tokenizer {
+    pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
 

@@ -12,6 +12,7 @@ use sentencepiece::SentencePieceProcessor;
 use serde::Deserialize;
 
 use super::languages::{M2M100_LANGUAGES, WMT21_LANGUAGES};
+use super::nllb::NllbTokenizer;
 use crate::error::{ModelError, Result};
 
 /// A special token as `tokenizer_config.json` writes it: a string or an `AddedToken` object.
@@ -32,7 +33,12 @@ impl TokenSpec {
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct TokenizerConfig {
+pub(super) struct TokenizerConfig {
+    /// `NllbTokenizer` / `NllbTokenizerFast` for NLLB-200 checkpoints.
+    pub(super) tokenizer_class: Option<String>,
+    /// NLLB's old input layout, `pieces </s> src_lang`, when true.
+    #[serde(default)]
+    pub(super) legacy_behaviour: bool,
     language_codes: Option<String>,
     bos_token: Option<TokenSpec>,
     eos_token: Option<TokenSpec>,
@@ -40,12 +46,12 @@ struct TokenizerConfig {
     pad_token: Option<TokenSpec>,
     unk_token: Option<TokenSpec>,
     #[serde(default)]
-    clean_up_tokenization_spaces: bool,
+    pub(super) clean_up_tokenization_spaces: bool,
 }
 
 impl TokenizerConfig {
     /// `tokenizer_config.json` when the directory has one, else the defaults.
-    fn read(path: Option<&Path>) -> Result<Self> {
+    pub(super) fn read(path: Option<&Path>) -> Result<Self> {
         match path {
             Some(p) => {
                 let t = std::fs::read_to_string(p).map_err(|e| ModelError::io(p, e))?;
@@ -75,7 +81,7 @@ impl TokenizerConfig {
 
     /// The special tokens' strings, `[bos, eos, sep, pad, unk]`, transformers' defaults where
     /// the file names none.
-    fn special_names(&self) -> [String; 5] {
+    pub(super) fn special_names(&self) -> [String; 5] {
         let name = |spec: &Option<TokenSpec>, default: &str| {
             spec.as_ref()
                 .map(|s| s.content().to_owned())
@@ -98,6 +104,72 @@ fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
         path: path.to_owned(),
         reason: format!("expected a JSON object of piece -> id: {e}"),
     })
+}
+
+/// A checkpoint's tokenizer: M2M100's (`vocab.json` and a SentencePiece model) or NLLB-200's
+/// (`tokenizer.json`). Both lay an input out as `[src_lang] pieces [</s>]`.
+#[derive(Debug)]
+pub enum Tokenizer {
+    /// M2M100: `__en__` language tokens after `vocab.json`.
+    M2M100(Box<M2M100Tokenizer>),
+    /// NLLB-200: `eng_Latn` language tokens in `tokenizer.json`.
+    Nllb(Box<NllbTokenizer>),
+}
+
+impl Tokenizer {
+    /// The language codes this tokenizer knows, in id order.
+    pub fn languages(&self) -> &'static [&'static str] {
+        match self {
+            Tokenizer::M2M100(t) => t.languages(),
+            Tokenizer::Nllb(t) => t.languages(),
+        }
+    }
+
+    /// Other codes accepted for a language, each with the code it stands for (NLLB-200's ISO
+    /// 639-1 codes; none for M2M100).
+    pub fn aliases(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Tokenizer::M2M100(_) => &[],
+            Tokenizer::Nllb(_) => &super::languages::ISO_TO_NLLB,
+        }
+    }
+
+    /// Id of the language token for `code`, or an error naming the code and the valid ones.
+    pub fn lang_id(&self, code: &str) -> Result<u32> {
+        match self {
+            Tokenizer::M2M100(t) => t.lang_id(code),
+            Tokenizer::Nllb(t) => t.lang_id(code),
+        }
+    }
+
+    /// Ids this tokenizer can produce (the model's embedding must have as many rows).
+    pub fn len(&self) -> usize {
+        match self {
+            Tokenizer::M2M100(t) => t.vocab_len() + t.languages().len(),
+            Tokenizer::Nllb(t) => t.len(),
+        }
+    }
+
+    /// Whether the tokenizer has no ids at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Encoder input for `text` in the language `src_lang_id`.
+    pub fn encode(&self, text: &str, src_lang_id: u32) -> Result<Vec<u32>> {
+        match self {
+            Tokenizer::M2M100(t) => t.encode(text, src_lang_id),
+            Tokenizer::Nllb(t) => t.encode(text, src_lang_id),
+        }
+    }
+
+    /// Text of generated ids, special tokens dropped, as the reference decodes them.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        match self {
+            Tokenizer::M2M100(t) => t.decode(ids),
+            Tokenizer::Nllb(t) => t.decode(ids),
+        }
+    }
 }
 
 /// SentencePiece segmentation + `vocab.json` ids + language tokens.
@@ -311,7 +383,7 @@ fn python_strip(s: &str) -> &str {
 }
 
 /// transformers' `clean_up_tokenization`, applied when tokenizer_config.json asks for it.
-fn clean_up_tokenization(s: &str) -> String {
+pub(super) fn clean_up_tokenization(s: &str) -> String {
     s.replace(" .", ".")
         .replace(" ?", "?")
         .replace(" !", "!")

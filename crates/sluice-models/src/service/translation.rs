@@ -457,7 +457,19 @@ impl ModelService for TranslationService {
 
     fn describe(&self) -> Description {
         let languages: Vec<String> = self.languages().iter().map(|l| l.to_string()).collect();
-        let schema = parameters_schema(Some(&languages), &self.limits);
+        // The schema takes every code a request may use: the model's and their aliases.
+        let accepted: Vec<String> = languages
+            .iter()
+            .cloned()
+            .chain(
+                self.model
+                    .tokenizer()
+                    .aliases()
+                    .iter()
+                    .map(|(alias, _)| alias.to_string()),
+            )
+            .collect();
+        let schema = parameters_schema(Some(&accepted), &self.limits);
         Description {
             input: InputKind::Text,
             parameters: parameter_docs(Spelling::Http),

@@ -1,6 +1,7 @@
 //! Downloads from the hub, against a fake hub on loopback (`sluice_testkit::FakeHub`, the two
 //! endpoints hf-hub calls): a gated repository needs the token and gets it in every request, and
-//! sharded safetensors weights (an index and its shards) download and load as the whole file.
+//! sharded safetensors weights (an index and its shards) download and load as the whole file, and
+//! an NLLB-200 repository (tokenizer.json, no vocab.json) downloads and loads, then from the cache.
 
 use std::path::Path;
 
@@ -16,8 +17,12 @@ fn fixture() -> std::path::PathBuf {
 
 /// The fixture's model files (what a hub repository of it holds), without `skip`.
 fn repo_files(skip: &[&str]) -> Vec<(String, Vec<u8>)> {
+    files_of(&fixture(), skip)
+}
+
+fn files_of(dir: &Path, skip: &[&str]) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(fixture()).unwrap() {
+    for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
         if !skip.contains(&name.as_str()) && name != "reference.json" {
@@ -35,6 +40,21 @@ fn settings(cache: &Path, hub: &FakeHub, token: Option<&str>) -> HubSettings {
         progress: false,
         token: token.map(|t| Token(t.to_owned())),
     }
+}
+
+#[test]
+fn an_nllb_repository_downloads_its_tokenizer_json_and_loads_then_from_the_cache() {
+    let nllb = sluice_testkit::fixture("tiny-nllb");
+    let hub = FakeHub::start("facebook/nllb-tiny", files_of(&nllb, &[]), None);
+    let cache = tempfile::tempdir().unwrap();
+    let source = ModelSource::parse("facebook/nllb-tiny");
+    let dir = source.resolve(&settings(cache.path(), &hub, None)).unwrap();
+    assert!(dir.join("tokenizer.json").is_file());
+    assert!(!dir.join("vocab.json").exists());
+    assert_eq!(translate(&dir), translate(&nllb));
+    let mut offline = settings(cache.path(), &hub, None);
+    offline.offline = true;
+    assert_eq!(source.resolve(&offline).unwrap(), dir);
 }
 
 /// Greedy token ids of two sentences, to compare two loads of the same weights.

@@ -4,4 +4,5 @@ mod failure_policy;
 mod hub;
 mod load_errors;
 mod m2m100_parity;
+mod nllb_parity;
 mod objects;

@@ -7,5 +7,6 @@ mod contract;
 mod errors;
 mod health;
 mod infer;
+mod nllb;
 mod shutdown;
 mod v2;
