@@ -2,7 +2,9 @@
 """Translation throughput and peak memory: `sluice translate` (int8 and float32) vs Python
 transformers (float32) vs CTranslate2 (float32 and int8).
 
-All run the same random-weight model with the full facebook/m2m100_418M architecture (no weights
+All run the same random-weight model with the full facebook/m2m100_418M architecture, or with
+`--family nllb` facebook/nllb-200-distilled-600M's (the same layers with a 256,206-token
+vocabulary, and the tiny NLLB fixture's tokenizer.json, whose ids are a subset of it) (no weights
 can be downloaded here; speed does not depend on the weight values) on the CPU, at batch 1 and 16,
 greedy and 5 beams, with every sentence forced to exactly 32 new tokens (min_new_tokens =
 max_new_tokens = 32). Each measurement runs in its own process so its peak RSS (ru_maxrss of that
@@ -14,7 +16,7 @@ against the same engine's float32, as the share of positions where the tokens ag
 of tokens before the first disagreement.
 
 Usage (from the repository root, after `cargo build --release -p sluice-cli`):
-    python bench/translate_bench.py [--threads 2] [--isa avx2] [--work bench/.work] [--out bench/results.json]
+    python bench/translate_bench.py [--threads 2] [--family m2m100|nllb] [--isa avx2] [--work bench/.work] [--out bench/results.json]
 Needs: pip install -r tools/requirements.txt ctranslate2
 """
 
@@ -30,6 +32,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny-m2m100"
+NLLB_FIXTURE = ROOT / "tests" / "fixtures" / "tiny-nllb"
+# The model family measured (`--family`); workers get it on their command line.
+FAMILY = "m2m100"
+# The target language token of each family.
+TARGET = {"m2m100": "__ja__", "nllb": "jpn_Jpan"}
 NEW_TOKENS = 32
 SENTENCES = [
     "Life is like a box of chocolates, you never know what you're gonna get.",
@@ -67,8 +74,10 @@ ISA_ENV = {
 
 
 def build_model(work: Path) -> Path:
-    """Writes a random-weight M2M100 with the 418M configuration (once)."""
-    model_dir = work / "m2m100-418m-random"
+    """Writes a random-weight M2M100 with the 418M configuration, or NLLB-200 with the
+    distilled-600M one (once)."""
+    nllb = FAMILY == "nllb"
+    model_dir = work / ("nllb-600m-random" if nllb else "m2m100-418m-random")
     if (model_dir / "model.safetensors").exists():
         write_tokenizer(model_dir)
         return model_dir
@@ -76,7 +85,7 @@ def build_model(work: Path) -> Path:
     from transformers import GenerationConfig, M2M100Config, M2M100ForConditionalGeneration
 
     config = M2M100Config(
-        vocab_size=128112,
+        vocab_size=256206 if nllb else 128112,
         d_model=1024,
         encoder_layers=12,
         decoder_layers=12,
@@ -105,8 +114,12 @@ def build_model(work: Path) -> Path:
 
 
 def write_tokenizer(model_dir: Path):
-    """The tiny fixture's tokenizer, its vocab.json padded to the real model's 128004 entries so the
+    """NLLB: the tiny NLLB fixture's tokenizer files. M2M100: the tiny fixture's tokenizer, its vocab.json padded to the real model's 128004 entries so the
     language tokens get the real ids (128004..128103) and the vocabulary fills the 128112 rows."""
+    if FAMILY == "nllb":
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(NLLB_FIXTURE / f, model_dir / f)
+        return
     vocab = json.loads((FIXTURE / "vocab.json").read_text(encoding="utf-8"))
     for i in range(len(vocab), 128004):
         vocab[f"<filler{i}>"] = i
@@ -116,7 +129,20 @@ def write_tokenizer(model_dir: Path):
 
 
 def convert_ct2(model_dir: Path, work: Path) -> Path:
-    out = work / "m2m100-418m-random-ct2"
+    out = work / (model_dir.name + "-ct2")
+    if FAMILY == "nllb" and not (out / "model.bin").exists():
+        import ctranslate2
+        from ctranslate2.converters import transformers as ct2_transformers
+
+        def nllb_vocabulary(_self, _model, tokenizer):
+            # The fixture tokenizer's tokens, then fillers up to the model's 256,206 rows.
+            tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+            return tokens + [f"<filler{i}>" for i in range(len(tokens), 256206)]
+
+        ct2_transformers.M2M100Loader.get_vocabulary = nllb_vocabulary
+        ctranslate2.converters.TransformersConverter(str(model_dir)).convert(str(out), force=True)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(model_dir / f, out / f)
     if not (out / "model.bin").exists():
         import ctranslate2
         from ctranslate2.converters import transformers as ct2_transformers
@@ -138,6 +164,10 @@ def convert_ct2(model_dir: Path, work: Path) -> Path:
 
 
 def tokenizer(model_dir):
+    if FAMILY == "nllb":
+        from transformers import NllbTokenizer
+
+        return NllbTokenizer.from_pretrained(str(model_dir), src_lang="eng_Latn")
     from transformers import M2M100Tokenizer
     from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES
 
@@ -160,7 +190,7 @@ def worker_hf(model_dir: Path, batch: int, beams: int, n: int, threads: int) -> 
     load = time.perf_counter() - t0
     texts = (SENTENCES * 4)[:n]
     kw = dict(num_beams=beams, min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS,
-              forced_bos_token_id=tok.get_lang_id("ja"), early_stopping=True)
+              forced_bos_token_id=tok.convert_tokens_to_ids(TARGET[FAMILY]), early_stopping=True)
     tokens = 0
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
@@ -190,7 +220,7 @@ def worker_ct2(ct2_dir: Path, batch: int, beams: int, n: int, threads: int,
         chunk = sources[i:i + batch]
         # The target prefix (language token) counts towards the decoding length, as in transformers.
         res = translator.translate_batch(
-            chunk, target_prefix=[["__ja__"]] * len(chunk), beam_size=beams,
+            chunk, target_prefix=[[TARGET[FAMILY]]] * len(chunk), beam_size=beams,
             min_decoding_length=NEW_TOKENS, max_decoding_length=NEW_TOKENS, max_batch_size=batch,
         )
         tokens += sum(len(r.hypotheses[0]) for r in res)
@@ -261,6 +291,8 @@ def main():
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results-translate.json")
     ap.add_argument("--systems", default="sluice-int8,sluice-float32,transformers,ctranslate2,ctranslate2-int8")
     ap.add_argument("--no-agreement", action="store_true", help="skip the int8 fidelity comparison")
+    ap.add_argument("--family", choices=sorted(TARGET), default="m2m100",
+                    help="the model architecture measured (random weights)")
     ap.add_argument("--isa", choices=sorted(ISA_ENV),
                     help="force every engine to one instruction set (default: each picks its best)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -270,6 +302,8 @@ def main():
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
 
+    global FAMILY
+    FAMILY = a.family
     if a.worker:
         fn = {"transformers": worker_hf, "ctranslate2": worker_ct2, "ctranslate2-int8": worker_ct2_int8,
               "ct2-ids-float32": lambda *x: worker_ct2(*x, hypotheses=True),
@@ -296,7 +330,8 @@ def main():
                     r = run_sluice(a.sluice, model_dir, batch, beams, n, a.threads, ct)
                 else:
                     cmd = [sys.executable, __file__, "--worker", system, "--dir", str(dirs[system]),
-                           "--batch", str(batch), "--beams", str(beams), "--n", str(n), "--threads", str(a.threads)]
+                           "--batch", str(batch), "--beams", str(beams), "--n", str(n), "--threads", str(a.threads),
+                           "--family", a.family]
                     out, _, rss = measure(cmd, "")
                     r = json.loads(out.strip().splitlines()[-1])
                     r["peak_rss_mib"] = rss
@@ -317,14 +352,15 @@ def main():
             hyps = {}
             for ct in ("float32", "int8"):
                 cmd = [sys.executable, __file__, "--worker", f"ct2-ids-{ct}", "--dir", str(dirs["ctranslate2"]),
-                       "--batch", "16", "--beams", "1", "--n", "16", "--threads", str(a.threads)]
+                       "--batch", "16", "--beams", "1", "--n", "16", "--threads", str(a.threads),
+                       "--family", a.family]
                 out, _, _ = measure(cmd, "")
                 hyps[ct] = [h[1:] for h in json.loads(out.strip().splitlines()[-1])["hypotheses"]]
             fidelity["ctranslate2"] = agreement(hyps["float32"], hyps["int8"])
         for k, (same, prefix) in fidelity.items():
             print(f"int8 vs float32 greedy tokens, {k}: {same:.1%} agree by position, "
                   f"{prefix:.1%} before the first disagreement", flush=True)
-    a.out.write_text(json.dumps({"threads": a.threads, "new_tokens": NEW_TOKENS, "isa": a.isa or "native",
+    a.out.write_text(json.dumps({"threads": a.threads, "new_tokens": NEW_TOKENS, "isa": a.isa or "native", "family": a.family,
                                  "results": results,
                                  "int8_agreement": fidelity}, indent=1))
 
