@@ -60,7 +60,7 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-VNNI: `vpdpbusd` on 256-bit registers.
     AvxVnni,
-    /// x86-64 AVX-512 VNNI: `vpdpbusd` on 512-bit registers.
+    /// x86-64 AVX-512 VNNI: `vpdpbusd` on 512-bit registers, on panels of 32 channels.
     Avx512Vnni,
     /// x86-64 AMX-INT8: `tdpbusd` on 16 × 64-byte tiles (Sapphire Rapids and later).
     Amx,
@@ -129,7 +129,8 @@ impl Isa {
     fn max_rows(self) -> usize {
         match self {
             Isa::Amx => 32,
-            Isa::Avx512Vnni | Isa::Portable | Isa::Avx2 => 4,
+            Isa::Avx512Vnni => 8,
+            Isa::Portable | Isa::Avx2 => 4,
             Isa::AvxVnni => 2,
         }
     }
@@ -137,16 +138,16 @@ impl Isa {
     /// Channels one kernel call computes (weights are padded to a multiple).
     fn tile_cols(self) -> usize {
         match self {
-            Isa::Amx => 32,
+            Isa::Amx | Isa::Avx512Vnni => 32,
             Isa::Avx2 => 16,
             _ => NR,
         }
     }
 
-    /// Whether weights are stored in blocks of 16 channels laid out for the kernel (see
+    /// Whether weights are stored in tiles of channels laid out for the kernel (see
     /// [`weight_offset`]) rather than row-major.
     fn packed(self) -> bool {
-        matches!(self, Isa::Amx | Isa::Avx2)
+        matches!(self, Isa::Amx | Isa::Avx2 | Isa::Avx512Vnni)
     }
 }
 
@@ -310,21 +311,21 @@ impl fmt::Debug for QMatrix {
 }
 
 /// Where weight `(n, k)` of a matrix quantised for `isa` lives in its data: row-major, or in
-/// blocks of 16 channels (`16 × stride` bytes each, in channel order) for the packed kernels.
+/// tiles of channels (`tile_cols × stride` bytes each, in channel order) for the packed kernels.
 fn weight_offset(isa: Isa, n: usize, k: usize, stride: usize) -> usize {
     match isa {
         Isa::Amx => amx_offset(n, k, stride),
-        Isa::Avx2 => panel_offset(n, k, stride),
+        Isa::Avx2 | Isa::Avx512Vnni => panel_offset(n, k, stride, isa.tile_cols()),
         _ => n * stride + k,
     }
 }
 
-/// Where weight `(n, k)` lives in the AVX2 layout: blocks of 16 channels; inside a block, the
-/// inputs in groups of four, each group holding the four inputs of channels 0–7 and then of
-/// channels 8–15 (two registers of 8 channels × 4 inputs, what the kernel multiplies by a
-/// broadcast of four activation bytes).
-fn panel_offset(n: usize, k: usize, stride: usize) -> usize {
-    (n / 16) * 16 * stride + (k / 4) * 64 + (n % 16) * 4 + k % 4
+/// Where weight `(n, k)` lives in a panel layout of `width` channels (16 for AVX2, 32 for
+/// AVX-512 VNNI): inside a panel, the inputs in groups of four, each group holding the four
+/// inputs of every channel in channel order (registers of 8 or 16 channels × 4 inputs, what the
+/// kernels multiply by a broadcast of four activation bytes).
+fn panel_offset(n: usize, k: usize, stride: usize, width: usize) -> usize {
+    (n / width) * width * stride + (k / 4) * 4 * width + (n % width) * 4 + k % 4
 }
 
 /// Where weight `(n, k)` lives in the AMX layout: blocks of 16 channels × 64 inputs (1 KiB, one
@@ -354,10 +355,11 @@ impl QMatrix {
                 *o = 128 * q.iter().map(|&v| v as i32).sum::<i32>();
             });
         if isa.packed() {
-            // One channel block (16 rows) at a time, so the extra memory is one block's worth.
-            let mut block = vec![0i8; 16 * stride];
-            for nb in 0..padded_rows / 16 {
-                let rows = &mut data[nb * 16 * stride..(nb + 1) * 16 * stride];
+            // One tile of channels at a time, so the extra memory is one tile's worth.
+            let width = isa.tile_cols();
+            let mut block = vec![0i8; width * stride];
+            for nb in 0..padded_rows / width {
+                let rows = &mut data[nb * width * stride..(nb + 1) * width * stride];
                 for (nl, row) in rows.chunks(stride).enumerate() {
                     for (k, &v) in row.iter().enumerate() {
                         block[weight_offset(isa, nl, k, stride)] = v;
@@ -711,7 +713,11 @@ unsafe fn kernel(w: &QMatrix, a: &Activations, m0: usize, mr: usize, n0: usize, 
             1 => x86::avx512_vnni::<1>(ap, wp, k, acc),
             2 => x86::avx512_vnni::<2>(ap, wp, k, acc),
             3 => x86::avx512_vnni::<3>(ap, wp, k, acc),
-            _ => x86::avx512_vnni::<4>(ap, wp, k, acc),
+            4 => x86::avx512_vnni::<4>(ap, wp, k, acc),
+            5 => x86::avx512_vnni::<5>(ap, wp, k, acc),
+            6 => x86::avx512_vnni::<6>(ap, wp, k, acc),
+            7 => x86::avx512_vnni::<7>(ap, wp, k, acc),
+            _ => x86::avx512_vnni::<8>(ap, wp, k, acc),
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Amx => amx::tile(ap, a.stride, mr, wp, k, acc),

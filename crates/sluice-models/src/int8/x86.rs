@@ -2,7 +2,7 @@
 //! module so that the `unsafe` intrinsics code of one kernel family reads on its own.
 //!
 //! Each kernel computes `MR` activation rows × a tile of channels (`NR` weight rows, or a panel of
-//! 16 for AVX2), 4, 32 or 64 bytes of K per step.
+//! 16 for AVX2 and 32 for AVX-512 VNNI), 4 or 32 bytes of K per step.
 
 use super::NR;
 use std::arch::x86_64::*;
@@ -16,7 +16,9 @@ unsafe fn hsum256(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
-/// AVX-512 VNNI: `vpdpbusd` of `u8` (offset) activations with `i8` weights.
+/// AVX-512 VNNI on panels of 32 channels (see `panel_offset`): `vpdpbusd` of four `u8` (offset)
+/// activation bytes, broadcast, with 16 channels × 4 inputs of `i8` weights per register; one call
+/// computes `MR` rows × 32 channels with results one channel per lane (no horizontal sums).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn avx512_vnni<const MR: usize>(
     a: *const u8,
@@ -24,24 +26,21 @@ pub(super) unsafe fn avx512_vnni<const MR: usize>(
     k: usize,
     acc: &mut [i32],
 ) {
-    let mut s = [[_mm512_setzero_si512(); NR]; MR];
+    let mut s = [[_mm512_setzero_si512(); 2]; MR];
     let mut off = 0;
     while off < k {
-        let mut wv = [_mm512_setzero_si512(); NR];
-        for (j, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_loadu_si512(w.add(j * k + off) as *const _);
-        }
+        let w0 = _mm512_loadu_si512(w.add(off * 32) as *const _);
+        let w1 = _mm512_loadu_si512(w.add(off * 32 + 64) as *const _);
         for (i, row) in s.iter_mut().enumerate() {
-            let av = _mm512_loadu_si512(a.add(i * k + off) as *const _);
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = _mm512_dpbusd_epi32(*v, av, wv[j]);
-            }
+            let av = _mm512_set1_epi32((a.add(i * k + off) as *const i32).read_unaligned());
+            row[0] = _mm512_dpbusd_epi32(row[0], av, w0);
+            row[1] = _mm512_dpbusd_epi32(row[1], av, w1);
         }
-        off += 64;
+        off += 4;
     }
     for (i, row) in s.iter().enumerate() {
         for (j, v) in row.iter().enumerate() {
-            acc[i * NR + j] = _mm512_reduce_add_epi32(*v);
+            _mm512_storeu_si512(acc.as_mut_ptr().add(i * 32 + j * 16) as *mut _, *v);
         }
     }
 }
