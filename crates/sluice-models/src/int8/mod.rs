@@ -33,7 +33,8 @@ mod x86;
 /// 512-bit register), so no kernel needs a tail loop.
 const K_ALIGN: usize = 64;
 
-/// Output channels computed together by one kernel call (weights padded to a multiple).
+/// Output channels computed together by one call of the portable kernel (weights padded to a
+/// multiple).
 const NR: usize = 4;
 
 /// The widest tile any kernel computes ([`Isa::tile_cols`]).
@@ -58,7 +59,7 @@ pub enum Isa {
     /// x86-64 AVX2: `vpmaddubsw`/`vpmaddwd` with the sign trick (no 16-bit saturation), on
     /// panels of 16 channels.
     Avx2,
-    /// x86-64 AVX-VNNI: `vpdpbusd` on 256-bit registers.
+    /// x86-64 AVX-VNNI: `vpdpbusd` on 256-bit registers, on panels of 16 channels.
     AvxVnni,
     /// x86-64 AVX-512 VNNI: `vpdpbusd` on 512-bit registers, on panels of 32 channels.
     Avx512Vnni,
@@ -130,8 +131,7 @@ impl Isa {
         match self {
             Isa::Amx => 32,
             Isa::Avx512Vnni => 8,
-            Isa::Portable | Isa::Avx2 => 4,
-            Isa::AvxVnni => 2,
+            Isa::Portable | Isa::Avx2 | Isa::AvxVnni => 4,
         }
     }
 
@@ -139,15 +139,15 @@ impl Isa {
     fn tile_cols(self) -> usize {
         match self {
             Isa::Amx | Isa::Avx512Vnni => 32,
-            Isa::Avx2 => 16,
-            _ => NR,
+            Isa::Avx2 | Isa::AvxVnni => 16,
+            Isa::Portable => NR,
         }
     }
 
     /// Whether weights are stored in tiles of channels laid out for the kernel (see
     /// [`weight_offset`]) rather than row-major.
     fn packed(self) -> bool {
-        matches!(self, Isa::Amx | Isa::Avx2 | Isa::Avx512Vnni)
+        self != Isa::Portable
     }
 }
 
@@ -315,8 +315,8 @@ impl fmt::Debug for QMatrix {
 fn weight_offset(isa: Isa, n: usize, k: usize, stride: usize) -> usize {
     match isa {
         Isa::Amx => amx_offset(n, k, stride),
-        Isa::Avx2 | Isa::Avx512Vnni => panel_offset(n, k, stride, isa.tile_cols()),
-        _ => n * stride + k,
+        Isa::Portable => n * stride + k,
+        _ => panel_offset(n, k, stride, isa.tile_cols()),
     }
 }
 
@@ -706,7 +706,9 @@ unsafe fn kernel(w: &QMatrix, a: &Activations, m0: usize, mr: usize, n0: usize, 
         #[cfg(target_arch = "x86_64")]
         Isa::AvxVnni => match mr {
             1 => x86::avx_vnni::<1>(ap, wp, k, acc),
-            _ => x86::avx_vnni::<2>(ap, wp, k, acc),
+            2 => x86::avx_vnni::<2>(ap, wp, k, acc),
+            3 => x86::avx_vnni::<3>(ap, wp, k, acc),
+            _ => x86::avx_vnni::<4>(ap, wp, k, acc),
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => match mr {

@@ -1,20 +1,10 @@
 //! The x86-64 SIMD kernels (AVX2, AVX-VNNI, AVX-512 VNNI), apart from the dispatch in the parent
 //! module so that the `unsafe` intrinsics code of one kernel family reads on its own.
 //!
-//! Each kernel computes `MR` activation rows × a tile of channels (`NR` weight rows, or a panel of
-//! 16 for AVX2 and 32 for AVX-512 VNNI), 4 or 32 bytes of K per step.
+//! Each kernel computes `MR` activation rows × a panel of channels (16 on 256-bit registers, 32 on
+//! 512-bit ones), four inputs per step, with one channel per lane of its accumulators.
 
-use super::NR;
 use std::arch::x86_64::*;
-
-/// Sum of the eight `i32` lanes.
-#[inline(always)]
-unsafe fn hsum256(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    _mm_cvtsi128_si32(s)
-}
 
 /// AVX-512 VNNI on panels of 32 channels (see `panel_offset`): `vpdpbusd` of four `u8` (offset)
 /// activation bytes, broadcast, with 16 channels × 4 inputs of `i8` weights per register; one call
@@ -45,39 +35,8 @@ pub(super) unsafe fn avx512_vnni<const MR: usize>(
     }
 }
 
-/// `MR` rows × `NR` channels on 256-bit registers, 32 bytes of K per step; `step(acc, a, w)`
-/// adds the products of one register of activations and one of weights into `acc`.
-#[inline(always)]
-unsafe fn ymm_tile<const MR: usize>(
-    a: *const u8,
-    w: *const i8,
-    k: usize,
-    acc: &mut [i32],
-    step: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
-) {
-    let mut s = [[_mm256_setzero_si256(); NR]; MR];
-    let mut off = 0;
-    while off < k {
-        let mut wv = [_mm256_setzero_si256(); NR];
-        for (j, v) in wv.iter_mut().enumerate() {
-            *v = _mm256_loadu_si256(w.add(j * k + off) as *const _);
-        }
-        for (i, row) in s.iter_mut().enumerate() {
-            let av = _mm256_loadu_si256(a.add(i * k + off) as *const _);
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = step(*v, av, wv[j]);
-            }
-        }
-        off += 32;
-    }
-    for (i, row) in s.iter().enumerate() {
-        for (j, v) in row.iter().enumerate() {
-            acc[i * NR + j] = hsum256(*v);
-        }
-    }
-}
-
-/// AVX-VNNI: `vpdpbusd` on 256-bit registers.
+/// AVX-VNNI: `vpdpbusd` on 256-bit registers, on the AVX2 kernel's panels of 16 channels (four
+/// `u8` (offset) activation bytes broadcast against 8 channels × 4 inputs per register).
 #[target_feature(enable = "avx2,avxvnni")]
 pub(super) unsafe fn avx_vnni<const MR: usize>(
     a: *const u8,
@@ -85,7 +44,29 @@ pub(super) unsafe fn avx_vnni<const MR: usize>(
     k: usize,
     acc: &mut [i32],
 ) {
-    ymm_tile::<MR>(a, w, k, acc, |s, a, w| _mm256_dpbusd_avx_epi32(s, a, w))
+    let mut s = [[_mm256_setzero_si256(); 2]; MR];
+    let mut off = 0;
+    while off < k {
+        let w0 = _mm256_loadu_si256(w.add(off * 16) as *const _);
+        let w1 = _mm256_loadu_si256(w.add(off * 16 + 32) as *const _);
+        for (i, row) in s.iter_mut().enumerate() {
+            let av = _mm256_set1_epi32((a.add(i * k + off) as *const i32).read_unaligned());
+            row[0] = _mm256_dpbusd_avx_epi32(row[0], av, w0);
+            row[1] = _mm256_dpbusd_avx_epi32(row[1], av, w1);
+        }
+        off += 4;
+    }
+    store_ymm(&s, acc);
+}
+
+/// Each row's two registers of 8 channels into `acc` (row `i` at `i * 16`).
+#[inline(always)]
+unsafe fn store_ymm<const MR: usize>(s: &[[__m256i; 2]; MR], acc: &mut [i32]) {
+    for (i, row) in s.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            _mm256_storeu_si256(acc.as_mut_ptr().add(i * 16 + j * 8) as *mut _, *v);
+        }
+    }
 }
 
 /// AVX2 on panels of 16 channels (see `panel_offset`): each step broadcasts four bytes of an
@@ -122,9 +103,5 @@ pub(super) unsafe fn avx2<const MR: usize>(a: *const u8, w: *const i8, k: usize,
         }
         off += 4;
     }
-    for (i, row) in s.iter().enumerate() {
-        for (j, v) in row.iter().enumerate() {
-            _mm256_storeu_si256(acc.as_mut_ptr().add(i * 16 + j * 8) as *mut _, *v);
-        }
-    }
+    store_ymm(&s, acc);
 }
