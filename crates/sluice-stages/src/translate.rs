@@ -7,15 +7,19 @@
 //! [[stage]]
 //! kind = "translate"
 //! model = "facebook/m2m100_418M"   # a directory or hub id (the default)
-//! from = "en"
-//! to = "ja"
+//! from = "en"                      # or from_field = "lang": each record's own source language
+//! to = "ja"                        # or to_field = "target": each record's own target language
 //! field = "text"                    # the record field holding the text (default)
 //! output = "translation"            # the field the translation is written to (default)
 //! beams = 5                         # optional: the model's generation config otherwise
 //! max_new_tokens = 200              # optional
 //! compute_type = "int8"             # int8 | float32 | auto (the command's --compute-type otherwise)
 //! ```
+//!
+//! With `from_field` or `to_field`, the records of a batch are grouped by language pair and each
+//! group is translated together; a record whose language is missing or unknown fails alone.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -35,8 +39,10 @@ use crate::ModelDefaults;
 #[serde(deny_unknown_fields)]
 struct TranslateSection {
     model: Option<String>,
-    from: String,
-    to: String,
+    from: Option<String>,
+    to: Option<String>,
+    from_field: Option<String>,
+    to_field: Option<String>,
     #[serde(default = "default_text_field")]
     field: String,
     #[serde(default = "default_output_field")]
@@ -65,12 +71,23 @@ pub(crate) fn build(
     defaults: &ModelDefaults,
 ) -> Result<RecordStageFactory, ConfigError> {
     let spec: TranslateSection = stage.spec()?;
+    let side =
+        |fixed: Option<String>, field: Option<String>, name: &str| match (fixed, field) {
+            (Some(code), None) => Ok(Language::Fixed(code)),
+            (None, Some(field)) => Ok(Language::Field(field)),
+            (fixed, _) => Err(stage.error(format!(
+            "give {} `{name}` (a language code) or `{name}_field` (the record field holding one)",
+            if fixed.is_some() { "only one of" } else { "one of" }
+        ))),
+        };
+    let from = side(spec.from, spec.from_field, "from")?;
+    let to = side(spec.to, spec.to_field, "to")?;
     let mut translate = TranslateStage::new(
         &stage.name,
         spec.model.as_deref().unwrap_or(DEFAULT_MODEL),
         TranslationParams {
-            from: spec.from,
-            to: spec.to,
+            from: from.code().unwrap_or_default().to_owned(),
+            to: to.code().unwrap_or_default().to_owned(),
             beams: spec.beams,
             max_new_tokens: spec.max_new_tokens,
             ..TranslationParams::default()
@@ -79,8 +96,35 @@ pub(crate) fn build(
     );
     translate.field = spec.field;
     translate.output = spec.output;
+    translate.from_field = from.field().map(str::to_owned);
+    translate.to_field = to.field().map(str::to_owned);
     translate.compute_type = spec.compute_type.unwrap_or(defaults.compute_type);
     Ok(Arc::new(move || Box::new(translate.clone()) as RecordStage))
+}
+
+/// A source and a target language code.
+type Pair = (String, String);
+
+/// A stage's source or target language: fixed, or read from each record.
+enum Language {
+    Fixed(String),
+    Field(String),
+}
+
+impl Language {
+    fn code(&self) -> Option<&str> {
+        match self {
+            Language::Fixed(c) => Some(c),
+            Language::Field(_) => None,
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            Language::Fixed(_) => None,
+            Language::Field(f) => Some(f),
+        }
+    }
 }
 
 /// Translates `field` into `output` with a translation model.
@@ -96,11 +140,23 @@ pub struct TranslateStage {
     pub field: String,
     /// Field the translation is written to.
     pub output: String,
+    /// Field holding each record's source language, instead of `params.from`.
+    pub from_field: Option<String>,
+    /// Field holding each record's target language, instead of `params.to`.
+    pub to_field: Option<String>,
     /// int8, float32 or auto.
     pub compute_type: ComputeType,
     /// Worker settings.
     pub options: StageOptions,
-    loaded: Option<(Arc<TranslationService>, Translate)>,
+    loaded: Option<Loaded>,
+}
+
+/// A set-up stage's model and its checked language pairs (one for fixed languages, one per pair
+/// seen in records otherwise; a refused pair keeps its reason).
+#[derive(Clone)]
+struct Loaded {
+    service: Arc<TranslationService>,
+    pairs: HashMap<Pair, Result<Translate, String>>,
 }
 
 impl TranslateStage {
@@ -112,10 +168,28 @@ impl TranslateStage {
             params,
             field: default_text_field(),
             output: default_output_field(),
+            from_field: None,
+            to_field: None,
             compute_type: ComputeType::Auto,
             options,
             loaded: None,
         }
+    }
+
+    /// The language pair of `record`, from its fields where the stage reads them.
+    fn pair(&self, record: &Record) -> Result<Pair, ItemError> {
+        let side = |field: &Option<String>, fixed: &str| match field {
+            None => Ok(fixed.to_owned()),
+            Some(f) => record
+                .get(f)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| ItemError::permanent(format!("record has no language field {f:?}"))),
+        };
+        Ok((
+            side(&self.from_field, &self.params.from)?,
+            side(&self.to_field, &self.params.to)?,
+        ))
     }
 }
 
@@ -189,45 +263,101 @@ impl Stage for TranslateStage {
                 )))
             }
         };
+        // Settings are checked at setup whatever the languages; a language read from records is
+        // checked per pair as records bring it, standing in here as the model's first language.
+        let any = service.languages().first().copied().unwrap_or_default();
+        let mut params = self.params.clone();
+        for (field, code) in [
+            (&self.from_field, &mut params.from),
+            (&self.to_field, &mut params.to),
+        ] {
+            if field.is_some() {
+                *code = any.to_owned();
+            }
+        }
         let translate = service
-            .check(&self.params, Spelling::Toml)
+            .check(&params, Spelling::Toml)
             .map_err(service_error)?;
-        self.loaded = Some((service, translate));
+        let mut pairs = HashMap::new();
+        if self.from_field.is_none() && self.to_field.is_none() {
+            pairs.insert((params.from.clone(), params.to.clone()), Ok(translate));
+        }
+        self.loaded = Some(Loaded { service, pairs });
         Ok(())
     }
 
     fn process(&mut self, batch: &[Record]) -> Result<Vec<Result<Record, ItemError>>, StageError> {
-        let (service, translate) = self
-            .loaded
-            .as_ref()
-            .ok_or_else(|| StageError::new("translate stage was not set up"))?;
-        let texts: Vec<Result<&str, ItemError>> = batch
+        // Each record's text and language pair, or why it has none.
+        let read: Vec<Result<(&str, Pair), ItemError>> = batch
             .iter()
             .map(|record| {
-                record
+                let text = record
                     .get(&self.field)
                     .and_then(|t| t.as_str())
                     .ok_or_else(|| {
                         ItemError::permanent(format!("record has no text field {:?}", self.field))
-                    })
+                    })?;
+                Ok((text, self.pair(record)?))
             })
             .collect();
-        let read: Vec<&str> = texts.iter().flatten().copied().collect();
-        let mut translated = service
-            .translate(translate, &read, self.options.batch_size)
-            .into_iter();
+        let loaded = self
+            .loaded
+            .as_mut()
+            .ok_or_else(|| StageError::new("translate stage was not set up"))?;
+        // Records grouped by pair, in first-seen order, each group translated together.
+        let mut groups: Vec<(Pair, Vec<usize>)> = Vec::new();
+        for (i, r) in read.iter().enumerate() {
+            if let Ok((_, pair)) = r {
+                match groups.iter_mut().find(|(p, _)| p == pair) {
+                    Some((_, members)) => members.push(i),
+                    None => groups.push((pair.clone(), vec![i])),
+                }
+            }
+        }
+        let mut results: Vec<Option<Result<String, ItemError>>> = vec![None; batch.len()];
+        for (pair, members) in groups {
+            let service = &loaded.service;
+            let checked = loaded.pairs.entry(pair.clone()).or_insert_with(|| {
+                let params = TranslationParams {
+                    from: pair.0.clone(),
+                    to: pair.1.clone(),
+                    ..self.params.clone()
+                };
+                service
+                    .check(&params, Spelling::Toml)
+                    .map_err(|e| e.to_string())
+            });
+            match checked {
+                Ok(translate) => {
+                    let texts: Vec<&str> = members
+                        .iter()
+                        .map(|&i| read[i].as_ref().map(|(t, _)| *t).unwrap_or_default())
+                        .collect();
+                    let out = service.translate(translate, &texts, self.options.batch_size);
+                    for (&i, t) in members.iter().zip(out) {
+                        results[i] = Some(
+                            t.map(|t| t.text)
+                                .map_err(|e| ItemError::permanent(format!("translating: {e}"))),
+                        );
+                    }
+                }
+                Err(why) => {
+                    for &i in &members {
+                        results[i] = Some(Err(ItemError::permanent(why.clone())));
+                    }
+                }
+            }
+        }
         Ok(batch
             .iter()
-            .zip(texts)
-            .map(|(record, text)| {
-                text?;
-                let text = translated
-                    .next()
-                    .expect("one translation per text read")
-                    .map_err(|e| ItemError::permanent(format!("translating: {e}")))?;
+            .zip(read)
+            .zip(results)
+            .map(|((record, read), result)| {
+                read?;
+                let text = result.expect("every record read was translated or refused")?;
                 let mut record = record.clone();
                 if let Record::Object(map) = &mut record {
-                    map.insert(self.output.clone(), text.text.into());
+                    map.insert(self.output.clone(), text.into());
                 }
                 Ok(record)
             })
