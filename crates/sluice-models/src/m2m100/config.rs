@@ -177,6 +177,37 @@ enum OneOrMany {
     Many(Vec<u32>),
 }
 
+/// Whether a generation setting Sluice does not implement is set to a value that changes what
+/// transformers generates (older `config.json` files write these fields with their neutral
+/// values, which are accepted).
+fn changes_output(field: &str, value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    let neutral = match field {
+        "do_sample" => Value::Bool(false),
+        "num_beam_groups" => Value::from(1),
+        "diversity_penalty" => Value::from(0.0),
+        "repetition_penalty" | "encoder_repetition_penalty" => Value::from(1.0),
+        "no_repeat_ngram_size" | "encoder_no_repeat_ngram_size" => Value::from(0),
+        "bad_words_ids"
+        | "suppress_tokens"
+        | "begin_suppress_tokens"
+        | "force_words_ids"
+        | "sequence_bias"
+        | "constraints"
+        | "exponential_decay_length_penalty" => Value::Null,
+        _ => return false,
+    };
+    let empty = matches!(value, Value::Null)
+        || value.as_array().is_some_and(Vec::is_empty)
+        || value.as_object().is_some_and(serde_json::Map::is_empty);
+    !(empty
+        || value == &neutral
+        || value
+            .as_f64()
+            .zip(neutral.as_f64())
+            .is_some_and(|(a, b)| a == b))
+}
+
 /// The generation fields of `generation_config.json` (or of `config.json` when that file is absent).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct GenerationConfig {
@@ -210,10 +241,20 @@ impl GenerationConfig {
     pub fn from_dir(config_json: &Path, generation_json: Option<&Path>) -> Result<Self> {
         let path = generation_json.unwrap_or(config_json);
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| ModelError::InvalidFile {
+        let invalid = |reason: String| ModelError::InvalidFile {
             path: path.to_owned(),
-            reason: format!("invalid generation settings: {e}"),
-        })
+            reason,
+        };
+        let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+            .map_err(|e| invalid(format!("invalid generation settings: {e}")))?;
+        if let Some((field, value)) = fields.iter().find(|(k, v)| changes_output(k, v)) {
+            return Err(invalid(format!(
+                "generation setting {field} = {value} is not supported: Sluice would translate \
+                 differently from transformers (remove it to use the model's other settings)"
+            )));
+        }
+        serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|e| invalid(format!("invalid generation settings: {e}")))
     }
 
     /// End-of-sequence ids (the config's `eos_token_id` when this file names none).

@@ -240,3 +240,39 @@ fn fetch_model_copies_cached_files_into_a_directory() {
         .ends_with(".partial")));
     M2M100::load(&target, &Device::Cpu, ComputeType::Auto).unwrap();
 }
+
+#[test]
+fn a_generation_setting_sluice_would_not_follow_is_refused_at_load_by_name() {
+    let dir = copy_fixture(&[]);
+    let path = dir.path().join("generation_config.json");
+    let mut generation: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // Neutral values, as older config.json files write them, load.
+    for (field, neutral) in [
+        ("no_repeat_ngram_size", serde_json::json!(0)),
+        ("repetition_penalty", serde_json::json!(1.0)),
+        ("bad_words_ids", serde_json::json!(null)),
+        ("do_sample", serde_json::json!(false)),
+    ] {
+        generation[field] = neutral;
+    }
+    std::fs::write(&path, generation.to_string()).unwrap();
+    M2M100::load(dir.path(), &Device::Cpu, ComputeType::Float32).unwrap();
+    for (field, value) in [
+        ("no_repeat_ngram_size", serde_json::json!(3)),
+        ("repetition_penalty", serde_json::json!(1.2)),
+        ("bad_words_ids", serde_json::json!([[5]])),
+        ("do_sample", serde_json::json!(true)),
+    ] {
+        let mut changed = generation.clone();
+        changed[field] = value.clone();
+        std::fs::write(&path, changed.to_string()).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains(&format!(
+                "generation setting {field} = {value} is not supported"
+            )) && err.contains("generation_config.json"),
+            "{field}: {err}"
+        );
+    }
+}
