@@ -246,3 +246,50 @@ fn a_language_given_both_fixed_and_by_field_or_not_at_all_is_refused() {
         assert!(err.contains(want), "{keys:?}: {err}");
     }
 }
+
+#[test]
+fn an_nllb_model_translates_in_a_pipeline_with_iso_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nllb = sluice_testkit::fixture("tiny-nllb");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(nllb.join("reference.json")).unwrap())
+            .unwrap();
+    let case = &reference["generation"][0];
+    assert_eq!(case["name"], "defaults");
+    let mut input = String::new();
+    for (i, c) in reference["tokenize"].as_array().unwrap().iter().enumerate() {
+        input += &serde_json::json!({"id": format!("s{i}"), "text": c["text"]}).to_string();
+        input.push('\n');
+    }
+    std::fs::write(dir.path().join("in.jsonl"), input).unwrap();
+    let out = dir.path().join("out");
+    let toml = format!(
+        "[source]\nkind = \"jsonl\"\npath = \"{input}\"\nkey = \"id\"\n\n[[stage]]\n\
+         kind = \"translate\"\nmodel = \"{model}\"\nfrom = \"en\"\nto = \"fr\"\n\
+         compute_type = \"float32\"\n\n[sink]\nkind = \"jsonl\"\npath = \"{out}\"\n",
+        input = dir.path().join("in.jsonl").display(),
+        model = nllb.display(),
+        out = out.display(),
+    );
+    let mut config = PipelineConfig::from_raw_with(
+        RawConfig::parse(&dir.path().join("p.toml"), &toml, &[]).unwrap(),
+        &sluice_stages::registry(),
+    )
+    .unwrap();
+    config.options.progress = Progress::Off;
+    let summary = config.run().unwrap();
+    assert_eq!(summary.failed, 0, "{}", summary.render());
+    let mut got = HashMap::new();
+    for part in PartSink::part_files(&out, PartFormat::Jsonl).unwrap() {
+        for line in std::fs::read_to_string(part).unwrap().lines() {
+            let r: Value = serde_json::from_str(line).unwrap();
+            got.insert(
+                r["id"].as_str().unwrap().to_string(),
+                r["translation"].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    for (i, want) in case["texts"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(got[&format!("s{i}")], want.as_str().unwrap(), "record {i}");
+    }
+}
