@@ -6,3 +6,4 @@ mod load_errors;
 mod m2m100_parity;
 mod nllb_parity;
 mod objects;
+mod parity;
