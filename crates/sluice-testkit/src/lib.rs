@@ -53,11 +53,40 @@ pub fn fixture(rel: &str) -> PathBuf {
     repo_root().join("tests/fixtures").join(rel)
 }
 
+/// A model fixture's reference outputs from transformers (`tests/fixtures/{name}/reference.json`).
+pub fn fixture_reference(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json"))
+        .unwrap_or_else(|e| panic!("reading the {name} reference: {e}"));
+    serde_json::from_str(&text).expect("reference.json is JSON")
+}
+
 /// The tiny M2M100 fixture's reference outputs from transformers (`reference.json`).
 pub fn tiny_m2m100_reference() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixture("tiny-m2m100/reference.json"))
-        .expect("reading the tiny-m2m100 reference");
-    serde_json::from_str(&text).expect("reference.json is JSON")
+    fixture_reference("tiny-m2m100")
+}
+
+/// The tiny NLLB-200 fixture's source texts, the empty one included, with transformers'
+/// eng_Latn → fra_Latn translations under the model's own generation defaults.
+pub fn tiny_nllb_en_fr() -> Vec<(String, String)> {
+    let r = fixture_reference("tiny-nllb");
+    let case = &r["generation"][0];
+    assert_eq!(
+        (case["name"].as_str(), case["tgt"].as_str()),
+        (Some("defaults"), Some("fra_Latn"))
+    );
+    let sources = r["tokenize"].as_array().expect("tokenize cases");
+    let outputs = case["texts"].as_array().expect("texts");
+    assert_eq!(sources.len(), outputs.len());
+    sources
+        .iter()
+        .zip(outputs)
+        .map(|(s, o)| {
+            (
+                s["text"].as_str().unwrap().to_owned(),
+                o.as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Source texts and transformers' en→ja translations with the model's default (beam) settings,

@@ -333,20 +333,10 @@ fn a_line_that_fails_fails_alone_with_exit_status_3() {
 
 #[test]
 fn an_nllb_model_takes_iso_and_nllb_codes_alike_and_names_its_codes_when_refusing() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-nllb");
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
-    let case = &r["generation"][0];
-    assert_eq!(case["name"], "defaults");
-    let texts = reference_texts(&r);
+    let dir = sluice_testkit::fixture("tiny-nllb");
+    let (texts, want): (Vec<String>, Vec<String>) =
+        sluice_testkit::tiny_nllb_en_fr().into_iter().unzip();
     let input: String = texts.iter().map(|t| format!("{t}\n")).collect();
-    let want: Vec<&str> = case["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
     let model = dir.to_str().unwrap();
     for (from, to) in [("en", "fr"), ("eng_Latn", "fra_Latn")] {
         let out = sluice(

@@ -29,17 +29,13 @@ impl Fixture {
 
     /// Its directory.
     pub fn dir(&self) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures")
-            .join(self.name)
+        sluice_testkit::fixture(self.name)
     }
 
     /// Its `reference.json`.
     pub fn reference(&self) -> &Value {
-        self.reference.get_or_init(|| {
-            let text = std::fs::read_to_string(self.dir().join("reference.json")).unwrap();
-            serde_json::from_str(&text).unwrap()
-        })
+        self.reference
+            .get_or_init(|| sluice_testkit::fixture_reference(self.name))
     }
 
     /// Its model in float32 (what reproduces transformers token for token).

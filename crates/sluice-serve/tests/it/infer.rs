@@ -209,18 +209,9 @@ fn classifier_config(data_root: Option<&Path>) -> sluice_serve::ServeConfig {
 }
 
 async fn infer(server: &TestServer, model: &str, body: &Value) -> (u16, Value) {
-    let r = server
-        .client
-        .post(server.url(&format!("/v1/models/{model}/infer")))
-        .json(body)
-        .send()
+    server
+        .post_json(&format!("/v1/models/{model}/infer"), body)
         .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let bytes = r.bytes().await.unwrap();
-    let v = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("non-JSON answer ({e}): {}", String::from_utf8_lossy(&bytes)));
-    (status, v)
 }
 
 fn inline(id: &str, file: &str) -> Value {
@@ -267,15 +258,7 @@ async fn models_are_listed_with_kind_inputs_and_parameters() {
     assert_eq!(c["details"]["sample_rate"], 16000);
     assert_eq!(by_name("call")["details"]["output"], "softmax");
     // Both routes are in the OpenAPI document, with the input schema.
-    let doc: Value = server
-        .client
-        .get(server.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, doc) = server.get_json("/openapi.json").await;
     assert!(doc["paths"]["/v1/models"]["get"].is_object(), "{doc}");
     assert!(doc["components"]["schemas"]["InferInput"]["properties"]["path"].is_object());
     // One inference path per model, with the request that model takes.

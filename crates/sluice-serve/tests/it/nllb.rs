@@ -6,11 +6,6 @@ use crate::common::{self, TestServer};
 use serde_json::{json, Value};
 use sluice_serve::ServeConfig;
 
-fn reference() -> Value {
-    let dir = sluice_testkit::fixture("tiny-nllb");
-    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
-}
-
 async fn server() -> TestServer {
     let mut config = ServeConfig {
         models: vec![common::model("nllb", &sluice_testkit::fixture("tiny-nllb"))],
@@ -21,50 +16,29 @@ async fn server() -> TestServer {
     TestServer::start(config).await
 }
 
-async fn post(server: &TestServer, path: &str, body: &Value) -> (u16, Value) {
-    let r = server
-        .client
-        .post(server.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+/// The `text` of each answer in a list.
+fn texts_of(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["text"].as_str().unwrap())
+        .collect()
 }
 
 #[tokio::test]
 async fn every_route_takes_iso_and_nllb_codes_and_answers_as_transformers() {
-    let r = reference();
-    let case = &r["generation"][0];
-    assert_eq!(case["name"], "defaults");
-    let texts: Vec<&str> = r["tokenize"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let (texts, want): (Vec<String>, Vec<String>) = sluice_testkit::tiny_nllb_en_fr()
+        .into_iter()
         .take(5)
-        .map(|c| c["text"].as_str().unwrap())
-        .collect();
-    let want: Vec<&str> = case["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .take(5)
-        .map(|t| t.as_str().unwrap())
-        .collect();
+        .unzip();
     let server = server().await;
 
-    let records: Vec<(&str, &str)> = texts.iter().map(|t| ("r", *t)).collect();
+    let records: Vec<(&str, &str)> = texts.iter().map(|t| ("r", t.as_str())).collect();
     let (status, _, v) = server
         .translate(&common::request("en", "fr", &records))
         .await;
     assert_eq!(status, 200, "{v}");
-    let got: Vec<&str> = v["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(got, want);
+    assert_eq!(texts_of(&v["result"]), want);
 
     let inputs: Vec<Value> = texts
         .iter()
@@ -72,21 +46,15 @@ async fn every_route_takes_iso_and_nllb_codes_and_answers_as_transformers() {
         .map(|(i, t)| json!({"id": i.to_string(), "text": t}))
         .collect();
     let body = json!({"parameters": {"fromLang": "eng_Latn", "toLang": "fr"}, "inputs": inputs});
-    let (status, v) = post(&server, "/v1/models/nllb/infer", &body).await;
+    let (status, v) = server.post_json("/v1/models/nllb/infer", &body).await;
     assert_eq!(status, 200, "{v}");
-    let got: Vec<&str> = v["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(got, want);
+    assert_eq!(texts_of(&v["outputs"]), want);
 
     let body = json!({
         "parameters": {"source_lang": "en", "target_lang": "fra_Latn"},
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [texts.len()], "data": texts}],
     });
-    let (status, v) = post(&server, "/v2/models/nllb/infer", &body).await;
+    let (status, v) = server.post_json("/v2/models/nllb/infer", &body).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["outputs"][0]["data"], json!(want));
 
@@ -101,15 +69,7 @@ async fn every_route_takes_iso_and_nllb_codes_and_answers_as_transformers() {
     );
 
     // The served schema takes both spellings of a language.
-    let doc: Value = server
-        .client
-        .get(server.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, doc) = server.get_json("/openapi.json").await;
     let to = &doc["paths"]["/v1/models/nllb/infer"]["post"]["requestBody"]["content"]
         ["application/json"]["schema"]["properties"]["parameters"]["properties"]["toLang"]["enum"];
     for code in ["en", "eng_Latn", "zho_Hant"] {

@@ -43,19 +43,6 @@ async fn send(
     (status, headers, r.bytes().await.unwrap().to_vec())
 }
 
-async fn get(server: &TestServer, path: &str) -> (u16, Value) {
-    let (status, _, body) = send(server, reqwest::Method::GET, path, None).await;
-    (status, serde_json::from_slice(&body).unwrap())
-}
-
-async fn post_json(server: &TestServer, path: &str, body: &Value) -> (u16, Value) {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let (status, _, body) = send(server, reqwest::Method::POST, path, Some((bytes, None))).await;
-    let v = serde_json::from_slice(&body)
-        .unwrap_or_else(|e| panic!("non-JSON answer ({e}): {}", String::from_utf8_lossy(&body)));
-    (status, v)
-}
-
 /// Posts a binary-extension request: `head` as the JSON part, then `tensor`.
 async fn post_binary(
     server: &TestServer,
@@ -126,9 +113,9 @@ fn output<'a>(answer: &'a Value, name: &str) -> &'a Value {
 async fn health_server_and_model_metadata_follow_the_protocol() {
     let data = tempfile::tempdir().unwrap();
     let server = server(data.path()).await;
-    assert_eq!(get(&server, "/v2/health/live").await.0, 200);
-    assert_eq!(get(&server, "/v2/health/ready").await.0, 200);
-    let (status, meta) = get(&server, "/v2").await;
+    assert_eq!(server.get_json("/v2/health/live").await.0, 200);
+    assert_eq!(server.get_json("/v2/health/ready").await.0, 200);
+    let (status, meta) = server.get_json("/v2").await;
     assert_eq!(status, 200);
     assert_eq!(meta["name"], "sluice");
     assert!(meta["extensions"]
@@ -136,7 +123,7 @@ async fn health_server_and_model_metadata_follow_the_protocol() {
         .unwrap()
         .contains(&json!("binary_tensor_data")));
 
-    let (status, m) = get(&server, "/v2/models/m2m100").await;
+    let (status, m) = server.get_json("/v2/models/m2m100").await;
     assert_eq!(status, 200, "{m}");
     assert_eq!(m["versions"], json!(["1"]));
     assert_eq!(
@@ -144,7 +131,7 @@ async fn health_server_and_model_metadata_follow_the_protocol() {
         json!([{"name": "text", "datatype": "BYTES", "shape": [-1]}])
     );
     assert_eq!(m["outputs"][0]["name"], "translation");
-    let (status, m) = get(&server, "/v2/models/tone/versions/1").await;
+    let (status, m) = server.get_json("/v2/models/tone/versions/1").await;
     assert_eq!(status, 200, "{m}");
     let labels = m["parameters"]["labels"].as_array().unwrap().len();
     assert!(labels > 1, "{m}");
@@ -161,9 +148,12 @@ async fn health_server_and_model_metadata_follow_the_protocol() {
         "paths are offered with a data root"
     );
 
-    assert_eq!(get(&server, "/v2/models/tone/ready").await.0, 200);
+    assert_eq!(server.get_json("/v2/models/tone/ready").await.0, 200);
     assert_eq!(
-        get(&server, "/v2/models/m2m100/versions/1/ready").await.0,
+        server
+            .get_json("/v2/models/m2m100/versions/1/ready")
+            .await
+            .0,
         200
     );
     for missing in [
@@ -171,7 +161,7 @@ async fn health_server_and_model_metadata_follow_the_protocol() {
         "/v2/models/tone/versions/2",
         "/v2/models/nope/ready",
     ] {
-        let (status, e) = get(&server, missing).await;
+        let (status, e) = server.get_json(missing).await;
         assert_eq!(status, 404, "{missing}: {e}");
         assert!(e["error"].as_str().unwrap().contains("tone"), "{e}");
     }
@@ -202,7 +192,7 @@ async fn translation_answers_as_the_contract_route_in_json_and_binary() {
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [3, 1],
                     "data": texts.iter().map(|t| json!([t])).collect::<Vec<_>>()}],
     });
-    let (status, answer) = post_json(&server, "/v2/models/m2m100/infer", &body).await;
+    let (status, answer) = server.post_json("/v2/models/m2m100/infer", &body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["id"], "req-7");
     assert_eq!(answer["model_name"], "m2m100");
@@ -244,7 +234,7 @@ async fn the_classifier_answers_as_v1_for_audio_bytes_and_paths() {
         {"id": "a", "data": base64::engine::general_purpose::STANDARD.encode(&audio)},
         {"id": "b", "path": file},
     ]});
-    let (status, want) = post_json(&server, "/v1/models/tone/infer", &v1).await;
+    let (status, want) = server.post_json("/v1/models/tone/infer", &v1).await;
     assert_eq!(status, 200, "{want}");
     let windows: Vec<&Value> = want["outputs"]
         .as_array()
@@ -257,7 +247,7 @@ async fn the_classifier_answers_as_v1_for_audio_bytes_and_paths() {
     // Two inputs of the path tensor in JSON, every output in JSON.
     let body = json!({"inputs": [{"name": "path", "datatype": "BYTES", "shape": [2],
                                   "data": [file, file]}]});
-    let (status, answer) = post_json(&server, "/v2/models/tone/infer", &body).await;
+    let (status, answer) = server.post_json("/v2/models/tone/infer", &body).await;
     assert_eq!(status, 200, "{answer}");
     let scores = output(&answer, "scores");
     assert_eq!(scores["datatype"], "FP32");
@@ -393,7 +383,9 @@ async fn bad_requests_get_the_protocols_error_with_the_right_status() {
         ),
     ];
     for (model, body, status, needle) in cases {
-        let (got, e) = post_json(&server, &format!("/v2/models/{model}/infer"), &body).await;
+        let (got, e) = server
+            .post_json(&format!("/v2/models/{model}/infer"), &body)
+            .await;
         let message = e["error"]
             .as_str()
             .unwrap_or_else(|| panic!("not the protocol's error: {e}"));

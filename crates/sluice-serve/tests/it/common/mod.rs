@@ -102,6 +102,16 @@ impl TestServer {
         (status, headers, v)
     }
 
+    /// GETs `path`; returns the status and the JSON answer.
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        json_answer(self.client.get(self.url(path))).await
+    }
+
+    /// POSTs `body` as JSON to `path`; returns the status and the JSON answer.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        json_answer(self.client.post(self.url(path)).json(body)).await
+    }
+
     /// The metrics text.
     pub async fn metrics(&self) -> String {
         self.client
@@ -121,6 +131,17 @@ impl TestServer {
         }
         (&mut self.task).await.unwrap()
     }
+}
+
+/// Sends `request`; returns the status and the answer read as JSON (a non-JSON answer fails the
+/// test, showing it).
+async fn json_answer(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = request.send().await.unwrap();
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("non-JSON answer ({e}): {}", String::from_utf8_lossy(&bytes)));
+    (status, v)
 }
 
 /// A translation request body.
