@@ -71,23 +71,24 @@ pub(crate) fn build(
     defaults: &ModelDefaults,
 ) -> Result<RecordStageFactory, ConfigError> {
     let spec: TranslateSection = stage.spec()?;
+    // A side's fixed code (empty when records give it) and the field records give it in.
     let side =
         |fixed: Option<String>, field: Option<String>, name: &str| match (fixed, field) {
-            (Some(code), None) => Ok(Language::Fixed(code)),
-            (None, Some(field)) => Ok(Language::Field(field)),
+            (Some(code), None) => Ok((code, None)),
+            (None, Some(field)) => Ok((String::new(), Some(field))),
             (fixed, _) => Err(stage.error(format!(
             "give {} `{name}` (a language code) or `{name}_field` (the record field holding one)",
             if fixed.is_some() { "only one of" } else { "one of" }
         ))),
         };
-    let from = side(spec.from, spec.from_field, "from")?;
-    let to = side(spec.to, spec.to_field, "to")?;
+    let (from, from_field) = side(spec.from, spec.from_field, "from")?;
+    let (to, to_field) = side(spec.to, spec.to_field, "to")?;
     let mut translate = TranslateStage::new(
         &stage.name,
         spec.model.as_deref().unwrap_or(DEFAULT_MODEL),
         TranslationParams {
-            from: from.code().unwrap_or_default().to_owned(),
-            to: to.code().unwrap_or_default().to_owned(),
+            from,
+            to,
             beams: spec.beams,
             max_new_tokens: spec.max_new_tokens,
             ..TranslationParams::default()
@@ -96,36 +97,14 @@ pub(crate) fn build(
     );
     translate.field = spec.field;
     translate.output = spec.output;
-    translate.from_field = from.field().map(str::to_owned);
-    translate.to_field = to.field().map(str::to_owned);
+    translate.from_field = from_field;
+    translate.to_field = to_field;
     translate.compute_type = spec.compute_type.unwrap_or(defaults.compute_type);
     Ok(Arc::new(move || Box::new(translate.clone()) as RecordStage))
 }
 
 /// A source and a target language code.
 type Pair = (String, String);
-
-/// A stage's source or target language: fixed, or read from each record.
-enum Language {
-    Fixed(String),
-    Field(String),
-}
-
-impl Language {
-    fn code(&self) -> Option<&str> {
-        match self {
-            Language::Fixed(c) => Some(c),
-            Language::Field(_) => None,
-        }
-    }
-
-    fn field(&self) -> Option<&str> {
-        match self {
-            Language::Fixed(_) => None,
-            Language::Field(f) => Some(f),
-        }
-    }
-}
 
 /// Translates `field` into `output` with a translation model.
 #[derive(Clone)]
