@@ -283,13 +283,14 @@ impl Stage for TranslateStage {
             .loaded
             .as_mut()
             .ok_or_else(|| StageError::new("translate stage was not set up"))?;
-        // Records grouped by pair, in first-seen order, each group translated together.
-        let mut groups: Vec<(Pair, Vec<usize>)> = Vec::new();
+        // Records (index and text) grouped by pair, in first-seen order, each group translated
+        // together.
+        let mut groups: Vec<(Pair, Vec<(usize, &str)>)> = Vec::new();
         for (i, r) in read.iter().enumerate() {
-            if let Ok((_, pair)) = r {
+            if let Ok((text, pair)) = r {
                 match groups.iter_mut().find(|(p, _)| p == pair) {
-                    Some((_, members)) => members.push(i),
-                    None => groups.push((pair.clone(), vec![i])),
+                    Some((_, members)) => members.push((i, text)),
+                    None => groups.push((pair.clone(), vec![(i, text)])),
                 }
             }
         }
@@ -308,12 +309,9 @@ impl Stage for TranslateStage {
             });
             match checked {
                 Ok(translate) => {
-                    let texts: Vec<&str> = members
-                        .iter()
-                        .map(|&i| read[i].as_ref().map(|(t, _)| *t).unwrap_or_default())
-                        .collect();
+                    let texts: Vec<&str> = members.iter().map(|&(_, t)| t).collect();
                     let out = service.translate(translate, &texts, self.options.batch_size);
-                    for (&i, t) in members.iter().zip(out) {
+                    for (&(i, _), t) in members.iter().zip(out) {
                         results[i] = Some(
                             t.map(|t| t.text)
                                 .map_err(|e| ItemError::permanent(format!("translating: {e}"))),
@@ -321,7 +319,7 @@ impl Stage for TranslateStage {
                     }
                 }
                 Err(why) => {
-                    for &i in &members {
+                    for &(i, _) in &members {
                         results[i] = Some(Err(ItemError::permanent(why.clone())));
                     }
                 }
