@@ -400,7 +400,8 @@ impl QMatrix {
         self.data.len() + 8 * self.scales.len()
     }
 
-    /// Quantised weight `(n, k)`.
+    /// Quantised weight `(n, k)` (what the tests read a layout back with).
+    #[cfg(test)]
     fn at(&self, n: usize, k: usize) -> i8 {
         self.data[weight_offset(self.isa, n, k, self.stride)]
     }
@@ -408,8 +409,15 @@ impl QMatrix {
     /// Row `r` back in float32 (`q × scale`), for embedding lookups from a tied head.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let s = self.scales[r];
-        for (k, o) in out.iter_mut().enumerate().take(self.cols) {
-            *o = self.at(r, k) as f32 * s;
+        let n = out.len().min(self.cols);
+        // Every layout keeps a row's inputs in contiguous groups of four, so the layout is
+        // computed once per group rather than per value (this runs for each generated token).
+        for (g, group) in out[..n].chunks_mut(4).enumerate() {
+            let at = weight_offset(self.isa, r, 4 * g, self.stride);
+            let values = &self.data[at..at + group.len()];
+            for (o, &q) in group.iter_mut().zip(values) {
+                *o = q as f32 * s;
+            }
         }
     }
 

@@ -222,3 +222,23 @@ fn isa_names_round_trip() {
     assert_eq!(Isa::parse("AVX2"), Some(Isa::Avx2));
     assert_eq!(Isa::parse("sse"), None);
 }
+
+#[test]
+fn every_layout_dequantizes_each_row_to_its_values() {
+    let mut rng = Rng(7);
+    for &(n, k) in &[(5, 1), (33, 63), (40, 130)] {
+        let mut q: Vec<i8> = (0..n * k).map(|_| rng.i8()).collect();
+        for r in 0..n {
+            q[r * k] = 127; // quantisation is then the identity (see `weight_from`)
+        }
+        for isa in Isa::supported_all() {
+            let m = weight_from(&q, n, k, isa);
+            for r in 0..n {
+                let mut out = vec![0f32; k];
+                m.dequantize_row(r, &mut out);
+                let want: Vec<f32> = (0..k).map(|c| m.at(r, c) as f32 * m.scales[r]).collect();
+                assert_eq!(out, want, "{isa}: row {r} of {n}x{k}");
+            }
+        }
+    }
+}
