@@ -692,6 +692,18 @@ impl<T> SharedOut<T> {
     }
 }
 
+/// Calls the x86 kernel's instance for `$mr` rows: each listed count, then `$last` for the rest (the
+/// row count is a const generic, so every count a kernel takes is its own instance).
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_rows {
+    ($kernel:ident, $mr:expr, $args:tt, $($n:literal)*; $last:literal) => {
+        match $mr {
+            $($n => x86::$kernel::<$n> $args,)*
+            _ => x86::$kernel::<$last> $args,
+        }
+    };
+}
+
 /// Exact dot products of activation rows `m0..m0+mr` with the tile of channels at `n0` into
 /// `acc` (row `i` at `i * isa.tile_cols()`).
 ///
@@ -705,30 +717,11 @@ unsafe fn kernel(w: &QMatrix, a: &Activations, m0: usize, mr: usize, n0: usize, 
     match w.isa {
         Isa::Portable => portable(ap, wp, k, mr, acc),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => match mr {
-            1 => x86::avx2::<1>(ap, wp, k, acc),
-            2 => x86::avx2::<2>(ap, wp, k, acc),
-            3 => x86::avx2::<3>(ap, wp, k, acc),
-            _ => x86::avx2::<4>(ap, wp, k, acc),
-        },
+        Isa::Avx2 => by_rows!(avx2, mr, (ap, wp, k, acc), 1 2 3; 4),
         #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => match mr {
-            1 => x86::avx_vnni::<1>(ap, wp, k, acc),
-            2 => x86::avx_vnni::<2>(ap, wp, k, acc),
-            3 => x86::avx_vnni::<3>(ap, wp, k, acc),
-            _ => x86::avx_vnni::<4>(ap, wp, k, acc),
-        },
+        Isa::AvxVnni => by_rows!(avx_vnni, mr, (ap, wp, k, acc), 1 2 3; 4),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => match mr {
-            1 => x86::avx512_vnni::<1>(ap, wp, k, acc),
-            2 => x86::avx512_vnni::<2>(ap, wp, k, acc),
-            3 => x86::avx512_vnni::<3>(ap, wp, k, acc),
-            4 => x86::avx512_vnni::<4>(ap, wp, k, acc),
-            5 => x86::avx512_vnni::<5>(ap, wp, k, acc),
-            6 => x86::avx512_vnni::<6>(ap, wp, k, acc),
-            7 => x86::avx512_vnni::<7>(ap, wp, k, acc),
-            _ => x86::avx512_vnni::<8>(ap, wp, k, acc),
-        },
+        Isa::Avx512Vnni => by_rows!(avx512_vnni, mr, (ap, wp, k, acc), 1 2 3 4 5 6 7; 8),
         #[cfg(target_arch = "x86_64")]
         Isa::Amx => amx::tile(ap, a.stride, mr, wp, k, acc),
         #[cfg(not(target_arch = "x86_64"))]
