@@ -208,10 +208,12 @@ def trim(ids):
     return ids
 
 
-def generate(model, tok, texts, src, tgt, options, batched):
+def generate(model, tok, texts, src, tgt, options, batched, lang_id=None):
+    """Generates from `texts` in `src` into `tgt`; `lang_id` gives a language's token id
+    (M2M100's `get_lang_id` unless another family's tokenizer names its own)."""
     tok.src_lang = src
     kwargs = dict(options)
-    kwargs["forced_bos_token_id"] = tok.get_lang_id(tgt)
+    kwargs["forced_bos_token_id"] = (lang_id or tok.get_lang_id)(tgt)
     if batched:
         enc = tok(texts, return_tensors="pt", padding=True)
         with torch.no_grad():

@@ -56,14 +56,8 @@ GENERATION_CASES = [
 
 
 def generate(model, tok, texts, src, tgt, options):
-    tok.src_lang = src
-    kwargs = dict(options, forced_bos_token_id=tok.convert_tokens_to_ids(tgt))
-    out = []
-    for t in texts:
-        enc = tok(t, return_tensors="pt")
-        with torch.no_grad():
-            out.append(m2m.trim(model.generate(**enc, **kwargs)[0].tolist()))
-    return out
+    return m2m.generate(model, tok, texts, src, tgt, options, batched=False,
+                        lang_id=tok.convert_tokens_to_ids)
 
 
 def main():
