@@ -178,22 +178,24 @@ fn optional(dir: &Path, file: &str) -> Option<PathBuf> {
 /// the directory has `tokenizer.json` but no `vocab.json` (NLLB checkpoints on the hub), else
 /// M2M100's.
 fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
-    let config = optional(dir, "tokenizer_config.json");
-    let class = tokenizer::TokenizerConfig::read(config.as_deref())?.tokenizer_class;
-    let nllb = match class.as_deref() {
+    // Read once: it picks the family and configures either tokenizer.
+    let config_path = optional(dir, "tokenizer_config.json");
+    let config = tokenizer::TokenizerConfig::read(config_path.as_deref())?;
+    let nllb = match config.tokenizer_class.as_deref() {
         Some(c) => c.starts_with("Nllb"),
         None => optional(dir, "vocab.json").is_none() && optional(dir, "tokenizer.json").is_some(),
     };
     Ok(if nllb {
-        Tokenizer::Nllb(Box::new(NllbTokenizer::from_files(
+        Tokenizer::Nllb(Box::new(NllbTokenizer::new(
             &required(dir, "tokenizer.json")?,
-            config.as_deref(),
+            config,
         )?))
     } else {
-        Tokenizer::M2M100(Box::new(M2M100Tokenizer::from_files(
+        Tokenizer::M2M100(Box::new(M2M100Tokenizer::with_config(
             &required(dir, "vocab.json")?,
             &required(dir, "sentencepiece.bpe.model")?,
-            config.as_deref(),
+            config,
+            config_path.as_deref(),
         )?))
     })
 }

@@ -30,15 +30,14 @@ impl std::fmt::Debug for NllbTokenizer {
 }
 
 impl NllbTokenizer {
-    /// Loads `tokenizer.json` and (if present) `tokenizer_config.json`.
-    pub fn from_files(tokenizer_json: &Path, tokenizer_config: Option<&Path>) -> Result<Self> {
+    /// Loads `tokenizer.json`, with the directory's `tokenizer_config.json` already read (`cfg`).
+    pub(super) fn new(tokenizer_json: &Path, cfg: TokenizerConfig) -> Result<Self> {
         let invalid = |reason: String| ModelError::InvalidFile {
             path: tokenizer_json.to_owned(),
             reason,
         };
         let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
             .map_err(|e| invalid(format!("not a tokenizers file: {e}")))?;
-        let cfg = TokenizerConfig::read(tokenizer_config)?;
         let [_, eos, ..] = cfg.special_names();
         let id = |tok: &str| {
             inner

@@ -201,12 +201,27 @@ impl std::fmt::Debug for M2M100Tokenizer {
 impl M2M100Tokenizer {
     /// Loads `vocab.json`, `sentencepiece.bpe.model` and (if present) `tokenizer_config.json`.
     pub fn from_files(vocab: &Path, spm: &Path, tokenizer_config: Option<&Path>) -> Result<Self> {
+        Self::with_config(
+            vocab,
+            spm,
+            TokenizerConfig::read(tokenizer_config)?,
+            tokenizer_config,
+        )
+    }
+
+    /// As [`M2M100Tokenizer::from_files`], with `tokenizer_config.json` already read (`cfg`, from
+    /// `tokenizer_config`, which errors name).
+    pub(super) fn with_config(
+        vocab: &Path,
+        spm: &Path,
+        cfg: TokenizerConfig,
+        tokenizer_config: Option<&Path>,
+    ) -> Result<Self> {
         let vocab_map = read_vocab(vocab)?;
         let sp = SentencePieceProcessor::open(spm).map_err(|e| ModelError::InvalidFile {
             path: spm.to_owned(),
             reason: format!("not a SentencePiece model: {e}"),
         })?;
-        let cfg = TokenizerConfig::read(tokenizer_config)?;
         let languages = cfg.languages(tokenizer_config)?;
         let [bos, eos, sep, pad, unk] = cfg.special_names();
         let lookup = |tok: &str| {
