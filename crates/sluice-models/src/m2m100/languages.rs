@@ -226,13 +226,26 @@ const ALIASES: [(&str, &str); 16] = [
     ("ir", "fa"),
 ];
 
+/// `code` lower-cased without its region or script tag (`pt-BR` → `pt`, `zh_Hant` → `zh`).
+fn base_code(code: &str) -> String {
+    let lower = code.trim().to_ascii_lowercase();
+    lower.split(['-', '_']).next().unwrap_or("").to_owned()
+}
+
+/// The NLLB-200 code a user most likely meant by an unknown `code`: the one its ISO 639-1 base
+/// maps to (`EN`, `pt-BR`), else a near spelling (`fra`; `closest` ignores case, so `ENG_LATN`
+/// finds `eng_Latn` too).
+pub fn suggest_nllb(code: &str) -> Option<&'static str> {
+    nllb_code(&base_code(code))
+        .or_else(|| sluice_core::closest(code, NLLB_LANGUAGES.iter().copied()))
+}
+
 /// The valid code a user most likely meant by an unknown `code`, if any.
 ///
 /// Tried in order: case and region tags (`EN`, `pt-BR`, `zh_Hant`), country codes (`jp`),
 /// then a near spelling.
 pub fn suggest(code: &str, known: &[&'static str]) -> Option<&'static str> {
-    let lower = code.trim().to_ascii_lowercase();
-    let base = lower.split(['-', '_']).next().unwrap_or("");
+    let base = &base_code(code);
     let find = |c: &str| known.iter().copied().find(|k| *k == c);
     find(base)
         .or_else(|| {
@@ -266,6 +279,9 @@ mod tests {
         assert_eq!(nllb_code("zh"), Some("zho_Hans"));
         assert_eq!(nllb_code("zho_Hant"), Some("zho_Hant"));
         assert_eq!(nllb_code("xx"), None);
+        assert_eq!(suggest_nllb("EN"), Some("eng_Latn"));
+        assert_eq!(suggest_nllb("ENG_LATN"), Some("eng_Latn"));
+        assert_eq!(suggest_nllb("fra"), Some("fra_Latn"));
         for (iso, code) in ISO_TO_NLLB {
             assert_eq!(iso.len(), 2, "{iso}");
             assert!(NLLB_LANGUAGES.contains(&code), "{iso} -> {code}");

@@ -71,7 +71,7 @@ impl NllbTokenizer {
             Some(i) => Ok(self.language_ids[i]),
             None => Err(ModelError::UnknownLanguage {
                 code: code.to_owned(),
-                suggestion: suggest(code).map(str::to_owned),
+                suggestion: languages::suggest_nllb(code).map(str::to_owned),
                 known: NLLB_LANGUAGES.to_vec(),
             }),
         }
@@ -118,19 +118,4 @@ impl NllbTokenizer {
             text
         })
     }
-}
-
-/// The NLLB code a user most likely meant: the ISO 639-1 code's (`EN`, `pt-BR`), or a near
-/// spelling of an NLLB code.
-fn suggest(code: &str) -> Option<&'static str> {
-    let lower = code.trim().to_ascii_lowercase();
-    let base = lower.split(['-', '_']).next().unwrap_or("");
-    languages::nllb_code(base)
-        .or_else(|| {
-            NLLB_LANGUAGES
-                .iter()
-                .copied()
-                .find(|c| c.to_ascii_lowercase() == lower)
-        })
-        .or_else(|| sluice_core::closest(code, NLLB_LANGUAGES.iter().copied()))
 }
