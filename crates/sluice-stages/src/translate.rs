@@ -242,24 +242,19 @@ impl Stage for TranslateStage {
                 )))
             }
         };
-        // Settings are checked at setup whatever the languages; a language read from records is
-        // checked per pair as records bring it, standing in here as the model's first language.
-        let any = service.languages().first().copied().unwrap_or_default();
-        let mut params = self.params.clone();
-        for (field, code) in [
-            (&self.from_field, &mut params.from),
-            (&self.to_field, &mut params.to),
-        ] {
-            if field.is_some() {
-                *code = any.to_owned();
-            }
-        }
-        let translate = service
-            .check(&params, Spelling::Toml)
-            .map_err(service_error)?;
+        // Fixed languages are checked with the settings at setup; a language read from records
+        // is checked per pair as records bring it, so only the settings are checked here.
         let mut pairs = HashMap::new();
         if self.from_field.is_none() && self.to_field.is_none() {
-            pairs.insert((params.from.clone(), params.to.clone()), Ok(translate));
+            let translate = service
+                .check(&self.params, Spelling::Toml)
+                .map_err(service_error)?;
+            let pair = (self.params.from.clone(), self.params.to.clone());
+            pairs.insert(pair, Ok(translate));
+        } else {
+            service
+                .check_settings(&self.params, Spelling::Toml)
+                .map_err(service_error)?;
         }
         self.loaded = Some(Loaded { service, pairs });
         Ok(())

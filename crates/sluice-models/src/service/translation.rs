@@ -306,21 +306,11 @@ impl TranslationService {
     ) -> Result<Translate, ServiceError> {
         let src = self.lang(&params.from, Param::From, spelling)?;
         let tgt = self.lang(&params.to, Param::To, spelling)?;
+        self.check_settings(params, spelling)?;
         let (max_beams, max_new) = (
             self.limits.max_beams.get(),
             self.limits.max_new_tokens.get(),
         );
-        let out_of_range = |p: Param, value: usize, max: usize| ServiceError::ParameterOutOfRange {
-            field: spelling.name(p),
-            value,
-            max,
-        };
-        if let Some(b) = params.beams.filter(|&b| b == 0 || b > max_beams) {
-            return Err(out_of_range(Param::Beams, b, max_beams));
-        }
-        if let Some(n) = params.max_new_tokens.filter(|&n| n == 0 || n > max_new) {
-            return Err(out_of_range(Param::MaxNewTokens, n, max_new));
-        }
         let defaults = self.model.params(tgt, &GenerationOptions::default());
         let key = TranslateKey {
             tgt,
@@ -336,6 +326,31 @@ impl TranslationService {
             early_stopping: params.early_stopping,
         };
         Ok(Translate { src, key })
+    }
+
+    /// Checks the settings other than the languages against the limits (what a caller whose
+    /// languages come later, with each record, can check up front).
+    pub fn check_settings(
+        &self,
+        params: &TranslationParams,
+        spelling: Spelling,
+    ) -> Result<(), ServiceError> {
+        let (max_beams, max_new) = (
+            self.limits.max_beams.get(),
+            self.limits.max_new_tokens.get(),
+        );
+        let out_of_range = |p: Param, value: usize, max: usize| ServiceError::ParameterOutOfRange {
+            field: spelling.name(p),
+            value,
+            max,
+        };
+        if let Some(b) = params.beams.filter(|&b| b == 0 || b > max_beams) {
+            return Err(out_of_range(Param::Beams, b, max_beams));
+        }
+        if let Some(n) = params.max_new_tokens.filter(|&n| n == 0 || n > max_new) {
+            return Err(out_of_range(Param::MaxNewTokens, n, max_new));
+        }
+        Ok(())
     }
 
     fn lang(&self, code: &str, p: Param, spelling: Spelling) -> Result<u32, ServiceError> {
