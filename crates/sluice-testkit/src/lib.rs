@@ -74,7 +74,12 @@ pub fn tiny_nllb_en_fr() -> Vec<(String, String)> {
         (case["name"].as_str(), case["tgt"].as_str()),
         (Some("defaults"), Some("fra_Latn"))
     );
-    let sources = r["tokenize"].as_array().expect("tokenize cases");
+    with_outputs(&r["tokenize"], case)
+}
+
+/// Each source case's `text` paired with the generation case's text at its position.
+fn with_outputs(sources: &serde_json::Value, case: &serde_json::Value) -> Vec<(String, String)> {
+    let sources = sources.as_array().expect("source cases");
     let outputs = case["texts"].as_array().expect("texts");
     assert_eq!(sources.len(), outputs.len());
     sources
@@ -104,18 +109,8 @@ pub fn tiny_m2m100_en_ja() -> Vec<(String, String)> {
         (case["src"].as_str(), case["tgt"].as_str()),
         (Some("en"), Some("ja"))
     );
-    let sources = r["encoder"].as_array().expect("encoder cases");
-    let outputs = case["texts"].as_array().expect("texts");
-    assert_eq!(sources.len(), outputs.len());
-    sources
-        .iter()
-        .zip(outputs)
-        .map(|(s, o)| {
-            (
-                s["text"].as_str().unwrap().to_owned(),
-                o.as_str().unwrap().to_owned(),
-            )
-        })
+    with_outputs(&r["encoder"], &case)
+        .into_iter()
         .filter(|(s, _)| !s.is_empty())
         .collect()
 }
